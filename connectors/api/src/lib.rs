@@ -1,0 +1,247 @@
+//! The vocabulary every fnmill connector speaks: the [`Event`], the [`Source`] that lends events
+//! out as [`Delivery`]s, the [`Sink`] that publishes [`Record`]s and confirms them.
+//!
+//! This crate depends on nothing else of fnmill's. A connector (Kafka, AMQP, file) depends on
+//! it and on nothing above it; it knows nothing about WebAssembly.
+//!
+//! # Settlement
+//!
+//! A source lends each event out inside a [`Delivery`]. The pipeline settles it exactly once with
+//! an [`Outcome`]; only the source maps outcomes to broker calls (store a Kafka offset, send an
+//! AMQP `basic_ack`, advance a file checkpoint). A delivery dropped without being settled — a
+//! panic, a cancelled task, a bug — settles as [`Outcome::Abandoned`], so nothing is ever
+//! acknowledged by accident.
+
+use std::fmt;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One message header. Values are bytes, as Kafka carries them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Bytes,
+}
+
+impl Header {
+    pub fn new(name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// An event as a source delivered it. The payload and headers are never rewritten on the way
+/// through fnmill, so a dead-lettered event carries the original bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Unique within the source: `topic/partition/offset`, an AMQP message id, a JSON `id`.
+    pub id: String,
+    /// The `sources.<name>` key of the source that produced it.
+    pub source: String,
+    /// Message key, if any.
+    pub key: Option<Bytes>,
+    pub payload: Bytes,
+    pub headers: Vec<Header>,
+    /// Production time in milliseconds since the Unix epoch, when the source knows it.
+    pub timestamp_ms: Option<i64>,
+    /// Where the event came from, as `(name, value)` pairs the dead-letter headers repeat
+    /// (`topic`, `partition`, `offset`; `queue`, `delivery_tag`; `file`, `line`).
+    pub origin: Vec<(&'static str, String)>,
+}
+
+/// How the pipeline finished with a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The function succeeded and every output was confirmed by its sink.
+    Done,
+    /// The event was confirmed on its dead-letter destination.
+    DeadLettered,
+    /// The event was not handled (shutdown, a stopped lane, a dropped delivery). The source must
+    /// not acknowledge it, so it is delivered again (AMQP: requeue; Kafka/file: the committed
+    /// position stays before it).
+    Abandoned,
+}
+
+impl Outcome {
+    /// Whether the source may now acknowledge the event.
+    pub fn is_acknowledged(self) -> bool {
+        matches!(self, Outcome::Done | Outcome::DeadLettered)
+    }
+}
+
+/// The source's side of a settlement: told the outcome of one delivery, exactly once.
+pub trait Settle: Send + 'static {
+    fn settle(self: Box<Self>, outcome: Outcome);
+}
+
+impl<F: FnOnce(Outcome) + Send + 'static> Settle for F {
+    fn settle(self: Box<Self>, outcome: Outcome) {
+        (*self)(outcome)
+    }
+}
+
+/// An event lent out by a source, to be settled exactly once.
+///
+/// Dropping a `Delivery` without calling [`Delivery::settle`] settles it as
+/// [`Outcome::Abandoned`].
+pub struct Delivery {
+    event: Event,
+    ordering_key: Option<Bytes>,
+    settle: Option<Box<dyn Settle>>,
+}
+
+impl Delivery {
+    /// `ordering_key`: events with equal keys are handled one after another, in delivery order;
+    /// `None` means the event may run concurrently with any other.
+    pub fn new(event: Event, ordering_key: Option<Bytes>, settle: impl Settle) -> Self {
+        Self {
+            event,
+            ordering_key,
+            settle: Some(Box::new(settle)),
+        }
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    pub fn ordering_key(&self) -> Option<&Bytes> {
+        self.ordering_key.as_ref()
+    }
+
+    /// Settles the delivery with `outcome`, consuming it.
+    pub fn settle(mut self, outcome: Outcome) {
+        if let Some(settle) = self.settle.take() {
+            settle.settle(outcome);
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(settle) = self.settle.take() {
+            settle.settle(Outcome::Abandoned);
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("event", &self.event.id)
+            .field("ordering_key", &self.ordering_key)
+            .field("settled", &self.settle.is_none())
+            .finish()
+    }
+}
+
+/// What a source is given to run with.
+pub struct SourceContext {
+    /// Where deliveries go. Bounded: when the pipeline is saturated `send` waits, and the source
+    /// stops pulling from its broker (that is the backpressure). Dropping it tells the pipeline
+    /// that no more events come.
+    pub out: mpsc::Sender<Delivery>,
+    /// Cancelled on shutdown (SIGTERM): stop taking new events, drain, persist progress, return.
+    pub shutdown: CancellationToken,
+}
+
+/// Errors a source may end with.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A source of events: a Kafka consumer group, an AMQP queue, a JSON Lines file.
+pub trait Source: Send {
+    /// Runs until the source is exhausted or `ctx.shutdown` is cancelled. Before returning it
+    /// waits, within its own bound, for lent-out deliveries to settle and persists its progress.
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>>;
+}
+
+/// A message to publish: one function output, or a dead letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Topic, exchange or routing target inside the sink, from the route's destination config.
+    /// `None` uses the sink's own default.
+    pub target: Option<String>,
+    pub key: Option<Bytes>,
+    pub payload: Bytes,
+    pub headers: Vec<Header>,
+}
+
+/// Why a sink could not confirm records.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// May succeed if tried again (broker away, queue full, timeout).
+    #[error("retryable sink error: {0}")]
+    Retryable(String),
+    /// Will never succeed (message too large, unroutable, unknown topic).
+    #[error("permanent sink error: {0}")]
+    Permanent(String),
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Retryable(_))
+    }
+}
+
+/// A destination for records: a Kafka producer, an AMQP channel, a JSON Lines file.
+pub trait Sink: Send + Sync {
+    /// Publishes `records` and resolves once every one of them is confirmed (written, delivery
+    /// report received, publisher confirm received), or with the first failure. Implementations
+    /// batch concurrent calls into as few broker round trips as they can.
+    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Flushes and releases resources on shutdown.
+    fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            id: "1".into(),
+            source: "s".into(),
+            key: None,
+            payload: Bytes::from_static(b"{}"),
+            headers: vec![],
+            timestamp_ms: None,
+            origin: vec![],
+        }
+    }
+
+    #[test]
+    fn dropped_delivery_settles_as_abandoned() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        drop(Delivery::new(event(), None, move |o| s.lock().unwrap().push(o)));
+        assert_eq!(*seen.lock().unwrap(), vec![Outcome::Abandoned]);
+    }
+
+    #[test]
+    fn settled_delivery_settles_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        Delivery::new(event(), None, move |o| s.lock().unwrap().push(o)).settle(Outcome::Done);
+        assert_eq!(*seen.lock().unwrap(), vec![Outcome::Done]);
+    }
+}
