@@ -1,1 +1,124 @@
-fn main(){}
+//! Per-event cost of the wasm host: the echo guest in a fresh instance per event (what fnmill
+//! does), against one reused instance, and against a native Rust function doing the same work.
+//! Prints µs/event and the ratios, measured in the same run.
+//!
+//! `cargo bench --bench host` (add `-- --events N` to change the count).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fnmill::host::{FunctionSpec, Host, HostConfig, Limits, Output};
+use fnmill_connector_api::{Event, Header};
+
+fn event(i: usize) -> Event {
+    Event {
+        id: format!("e{i}"),
+        source: "bench".into(),
+        key: Some(Bytes::from(format!("key-{}", i % 64))),
+        payload: Bytes::from(format!(
+            "{{\"order_id\":\"o-{i}\",\"qty\":3,\"price\":12.5}}"
+        )),
+        headers: vec![Header::new("content-type", "application/json")],
+        timestamp_ms: Some(1_700_000_000_000),
+        origin: vec![],
+    }
+}
+
+/// The same work natively: copy the event into one output.
+fn native_echo(event: &Event) -> Vec<Output> {
+    vec![Output {
+        destination: "out".into(),
+        key: event.key.as_ref().map(|k| Bytes::copy_from_slice(k)),
+        payload: Bytes::copy_from_slice(&event.payload),
+        headers: event.headers.clone(),
+    }]
+}
+
+fn per_event(elapsed: Duration, n: usize) -> f64 {
+    elapsed.as_secs_f64() * 1e6 / n as f64
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip_while(|a| a != "--events")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let host = Host::new(&HostConfig {
+        max_instances: 64,
+        max_memory_bytes: 32 * 1024 * 1024,
+        fuel: false,
+        cache_dir: None,
+    })
+    .unwrap();
+    let function = host
+        .load(FunctionSpec {
+            name: "echo".into(),
+            component: common::guest("echo"),
+            limits: Limits {
+                memory_bytes: 32 * 1024 * 1024,
+                timeout: Duration::from_secs(5),
+                fuel: None,
+                max_outputs: 100,
+                max_output_bytes: 1 << 20,
+            },
+            config: Default::default(),
+        })
+        .unwrap();
+    let events: Vec<Event> = (0..1024).map(event).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let (fresh, reused) = rt.block_on(async {
+        // Warm up: pool slots, page tables, caches.
+        for e in events.iter().take(2000.min(n)) {
+            function.invoke(e, 1).await.unwrap();
+        }
+        let start = Instant::now();
+        for i in 0..n {
+            black_box(function.invoke(&events[i % events.len()], 1).await.unwrap());
+        }
+        let fresh = start.elapsed();
+
+        let mut instance = function.reused_instance().await.unwrap();
+        for e in events.iter().take(2000.min(n)) {
+            instance.call(e, 1).await.unwrap();
+        }
+        let start = Instant::now();
+        for i in 0..n {
+            black_box(instance.call(&events[i % events.len()], 1).await.unwrap());
+        }
+        (fresh, start.elapsed())
+    });
+
+    let start = Instant::now();
+    for i in 0..n {
+        black_box(native_echo(black_box(&events[i % events.len()])));
+    }
+    let native = start.elapsed();
+
+    let (f, r, nat) = (
+        per_event(fresh, n),
+        per_event(reused, n),
+        per_event(native, n),
+    );
+    println!("echo guest, {n} events, one thread");
+    println!(
+        "  fresh instance per event : {f:>8.2} µs/event  ({:>9.0} events/s)",
+        1e6 / f
+    );
+    println!(
+        "  one reused instance      : {r:>8.2} µs/event  ({:>9.0} events/s)",
+        1e6 / r
+    );
+    println!("  native Rust function     : {nat:>8.3} µs/event");
+    println!("  fresh / reused           : {:>8.2}×", f / r);
+    println!("  fresh / native           : {:>8.0}×", f / nat);
+    println!("  goals: fresh ≤ 5 µs/event and ≤ 2× reused");
+}

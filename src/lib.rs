@@ -1,0 +1,25 @@
+//! fnmill runs WebAssembly functions on every event that arrives on Kafka, RabbitMQ or a JSON
+//! Lines file, publishes what they return, and acknowledges the source only once that is
+//! confirmed.
+//!
+//! # Layout
+//!
+//! - [`config`]: `fnmill.toml` plus `FNMILL__…` overrides, parsed and validated before anything
+//!   starts; every problem is one error naming its key.
+//! - [`host`]: the wasm runtime (wasmtime): compiles components once, runs each event in a fresh
+//!   instance within its limits, and classifies every failure. Knows nothing about brokers.
+//! - [`pipeline`]: the dispatcher that joins a source to a function and its sinks: key-ordered
+//!   lanes, retries with backoff, dead letters, settlement. The only module (with [`app`]) that
+//!   knows both connectors and wasm.
+//! - [`app`]: builds connectors, functions and routes from a validated config and runs them on
+//!   the IO and compute runtimes.
+//! - [`telemetry`]: logging set-up.
+//!
+//! Connectors live in their own crates under `connectors/`, behind the traits of
+//! `fnmill-connector-api`.
+
+pub mod app;
+pub mod config;
+pub mod host;
+pub mod pipeline;
+pub mod telemetry;

@@ -233,7 +233,9 @@ mod tests {
     fn dropped_delivery_settles_as_abandoned() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        drop(Delivery::new(event(), None, move |o| s.lock().unwrap().push(o)));
+        drop(Delivery::new(event(), None, move |o| {
+            s.lock().unwrap().push(o)
+        }));
         assert_eq!(*seen.lock().unwrap(), vec![Outcome::Abandoned]);
     }
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs the wasm32-wasip2 target, then runs
+# every test of the workspace (unit and integration; the integration tests build their wasm
+# guests from source) and the example functions' own unit tests, and prints one summary line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2 || exit 1
+fi
+
+mkdir -p target
+log=target/test-output.log
+: > "$log"
+status=0
+
+echo "==> cargo test (workspace)"
+cargo test --workspace --no-fail-fast 2>&1 | tee -a "$log" || status=1
+echo "==> cargo test (example functions, host target)"
+(cd examples && cargo test --quiet 2>&1) | tee -a "$log" || status=1
+
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "Summary: ${passed} passed, ${failed} failed"
+if [ "$failed" != 0 ]; then status=1; fi
+exit $status

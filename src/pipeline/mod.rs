@@ -1,0 +1,272 @@
+//! The pipeline of one route: source deliveries → key-ordered lanes → function → sinks →
+//! settlement.
+//!
+//! The dispatcher ([`Route::run`]) runs on the IO runtime. It keeps one lane per ordering key:
+//! events with the same key run one after another, in delivery order; events with different keys
+//! (or none) run concurrently, up to the route's `max_in_flight`. When that many events are
+//! accepted but unsettled it stops receiving, the bounded channel from the source fills, and the
+//! source stops pulling: backpressure all the way to the broker.
+//!
+//! Each event's function call is spawned onto the compute runtime, so wasm never occupies an IO
+//! thread. A retryable failure is retried in place — its lane waits, so order holds — with
+//! exponential backoff and jitter. A failure that is final sends the original event to the
+//! dead-letter destination with headers saying why. Only then is the delivery settled: `Done`
+//! once every output was confirmed, `DeadLettered` once the dead letter was confirmed. A route
+//! without a dead-letter destination holds a failed event (and so its lane) until shutdown, and
+//! the event is delivered again after a restart.
+
+mod dead_letter;
+mod dispatcher;
+mod retry;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fnmill_connector_api::{Delivery, Event, Outcome, Record, Sink, SinkError};
+use futures::future::join_all;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::host::{Failure, Function, Output};
+pub use dead_letter::{HEADER_PREFIX, dead_letter_record};
+pub use retry::Backoff;
+
+/// A resolved destination: a sink and an optional target inside it.
+#[derive(Clone)]
+pub struct Destination {
+    pub sink_name: String,
+    pub sink: Arc<dyn Sink>,
+    pub target: Option<String>,
+}
+
+/// Counters of one route, for logs, tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    pub received: AtomicU64,
+    pub done: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub retries: AtomicU64,
+    pub abandoned: AtomicU64,
+}
+
+/// Everything one route needs to process events.
+pub struct Route {
+    pub name: String,
+    pub function: Arc<Function>,
+    pub destinations: BTreeMap<String, Destination>,
+    pub dead_letter: Option<Destination>,
+    pub backoff: Backoff,
+    pub max_attempts: u32,
+    pub max_in_flight: usize,
+    /// Where function calls run.
+    pub compute: Handle,
+    /// Cancelled on shutdown: backoff waits and stopped lanes give up, settling as abandoned.
+    pub shutdown: CancellationToken,
+    pub stats: Arc<RouteStats>,
+}
+
+/// How a delivery ended inside the route.
+enum Settled {
+    Done,
+    DeadLettered,
+    /// The event could not be handled or dead-lettered; it is settled as abandoned.
+    Abandoned,
+}
+
+impl Route {
+    /// Handles one delivery to the end and settles it.
+    async fn process(self: Arc<Self>, delivery: Delivery) {
+        let settled = self.handle(delivery.event()).await;
+        let outcome = match settled {
+            Settled::Done => {
+                self.stats.done.fetch_add(1, Ordering::Relaxed);
+                Outcome::Done
+            }
+            Settled::DeadLettered => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                Outcome::DeadLettered
+            }
+            Settled::Abandoned => {
+                self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                Outcome::Abandoned
+            }
+        };
+        delivery.settle(outcome);
+    }
+
+    async fn handle(&self, event: &Event) -> Settled {
+        let mut attempt = 1;
+        loop {
+            let failure = match self.call(event, attempt).await {
+                Ok(outputs) => match self.records(outputs) {
+                    Ok(batches) => match self.publish(batches).await {
+                        Ok(()) => return Settled::Done,
+                        Err(_) if self.shutdown.is_cancelled() => return Settled::Abandoned,
+                        Err(e) => Failure::Fatal(format!("publishing outputs failed: {e}")),
+                    },
+                    Err(failure) => failure,
+                },
+                Err(failure) => failure,
+            };
+            if failure.is_retryable() && attempt < self.max_attempts {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                let wait = self.backoff.delay(attempt);
+                tracing::debug!(
+                    route = %self.name,
+                    event = %event.id,
+                    attempt,
+                    error = %failure,
+                    wait_ms = wait.as_millis() as u64,
+                    "Retrying event"
+                );
+                if !self.sleep(wait).await {
+                    return Settled::Abandoned;
+                }
+                attempt += 1;
+                continue;
+            }
+            return self.dead_letter(event, &failure, attempt).await;
+        }
+    }
+
+    async fn call(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+        let function = self.function.clone();
+        let owned = event.clone();
+        let task = self
+            .compute
+            .spawn(async move { function.invoke(&owned, attempt).await });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(Failure::Trap {
+                code: "host".into(),
+                message: format!("the compute task failed: {e}"),
+            }),
+        }
+    }
+
+    /// Groups outputs by sink, in order. An output to a destination the route does not map is
+    /// the function's bug, so the event fails as fatal (before anything is published).
+    fn records(&self, outputs: Vec<Output>) -> Result<Vec<(Destination, Vec<Record>)>, Failure> {
+        let mut batches: Vec<(Destination, Vec<Record>)> = Vec::new();
+        for output in outputs {
+            let Some(dest) = self.destinations.get(&output.destination) else {
+                return Err(Failure::Fatal(format!(
+                    "output to unknown destination `{}` (the route defines: {})",
+                    output.destination,
+                    self.destinations
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            let record = Record {
+                target: dest.target.clone(),
+                key: output.key,
+                payload: output.payload,
+                headers: output.headers,
+            };
+            match batches
+                .iter_mut()
+                .find(|(d, _)| Arc::ptr_eq(&d.sink, &dest.sink))
+            {
+                Some((_, records)) => records.push(record),
+                None => batches.push((dest.clone(), vec![record])),
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Publishes every batch, retrying retryable sink errors with backoff until they succeed or
+    /// shutdown; a permanent error fails the event.
+    async fn publish(&self, batches: Vec<(Destination, Vec<Record>)>) -> Result<(), SinkError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let results = join_all(
+            batches
+                .into_iter()
+                .map(|(dest, records)| self.publish_one(dest, records)),
+        )
+        .await;
+        results.into_iter().collect()
+    }
+
+    async fn publish_one(&self, dest: Destination, records: Vec<Record>) -> Result<(), SinkError> {
+        let mut attempt = 1;
+        loop {
+            match dest.sink.publish(records.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    let wait = self.backoff.delay(attempt);
+                    tracing::warn!(
+                        route = %self.name,
+                        sink = %dest.sink_name,
+                        error = %e,
+                        wait_ms = wait.as_millis() as u64,
+                        "Sink failed; retrying"
+                    );
+                    if !self.sleep(wait).await {
+                        return Err(SinkError::Retryable("shutting down".into()));
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn dead_letter(&self, event: &Event, failure: &Failure, attempts: u32) -> Settled {
+        let Some(dest) = &self.dead_letter else {
+            tracing::error!(
+                route = %self.name,
+                event = %event.id,
+                error = %failure,
+                attempts,
+                "Event failed and the route has no dead_letter: its lane stops until shutdown"
+            );
+            self.shutdown.cancelled().await;
+            return Settled::Abandoned;
+        };
+        tracing::warn!(
+            route = %self.name,
+            event = %event.id,
+            kind = failure.kind(),
+            error = %failure,
+            attempts,
+            sink = %dest.sink_name,
+            "Event failed; sending it to the dead-letter destination"
+        );
+        let record = dead_letter_record(
+            event,
+            dest.target.clone(),
+            failure,
+            self.function.name(),
+            &self.name,
+            attempts,
+        );
+        match self.publish_one(dest.clone(), vec![record]).await {
+            Ok(()) => Settled::DeadLettered,
+            Err(e) => {
+                tracing::error!(
+                    route = %self.name,
+                    event = %event.id,
+                    error = %e,
+                    "Dead-lettering failed; the event is not acknowledged and its lane stops"
+                );
+                self.shutdown.cancelled().await;
+                Settled::Abandoned
+            }
+        }
+    }
+
+    /// Waits `wait`, or returns false at once on shutdown.
+    async fn sleep(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Shared helpers of the integration tests: building the test guests from source, writing
+//! configs and event files, running the `fnmill` binary, waiting on conditions with deadlines.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `fnmill` binary cargo built for this test run.
+pub fn fnmill() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fnmill"));
+    // One compiled-component cache for the whole test run, so each component compiles once.
+    cmd.env("XDG_CACHE_HOME", root().join("target").join("test-cache"));
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// Builds a wasm32-wasip2 cargo workspace once per test process (cargo's own lock makes
+/// concurrent test binaries wait for each other) and returns its release output directory.
+fn build_workspace(dir: &Path) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(dir)
+        // Not the outer build's target dir and flags: these are separate workspaces.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo for {}: {e}", dir.display()));
+    assert!(
+        status.success(),
+        "building the guests in {} failed",
+        dir.display()
+    );
+    dir.join("target").join("wasm32-wasip2").join("release")
+}
+
+/// Path of a test guest component, built from `tests/guests/<name>` for this run.
+pub fn guest(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| build_workspace(&root().join("tests").join("guests")));
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.is_file(), "no guest at {}", path.display());
+    path
+}
+
+/// Path of the quickstart example's component, built for this run.
+pub fn quickstart_component() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| build_workspace(&root().join("examples")));
+    dir.join("quickstart_orders.wasm")
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes events as JSON Lines: `(id, key, payload JSON)`.
+pub fn write_events(
+    path: &Path,
+    events: impl IntoIterator<Item = (String, Option<String>, Value)>,
+) {
+    let mut text = String::new();
+    for (id, key, payload) in events {
+        let mut line = serde_json::json!({ "id": id, "payload": payload });
+        if let Some(key) = key {
+            line["key"] = Value::String(key);
+        }
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Reads a JSON Lines file; a missing file reads as empty.
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Number of complete lines in a file; a missing file counts 0.
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Headers of a JSON Lines record as a map (the `headers` object form).
+pub fn headers(line: &Value) -> BTreeMap<String, String> {
+    line.get("headers")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A file route config: `input` through `component` into `out.jsonl`, dead letters into
+/// `dead.jsonl`, with extra TOML for the function section and the route.
+pub struct FileRoute {
+    pub dir: PathBuf,
+    pub component: PathBuf,
+    pub function_extra: String,
+    pub route_extra: String,
+    pub dead_letter: bool,
+    pub runtime_extra: String,
+}
+
+impl FileRoute {
+    pub fn new(dir: &Path, component: PathBuf) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            component,
+            function_extra: String::new(),
+            route_extra: String::new(),
+            dead_letter: true,
+            runtime_extra: String::new(),
+        }
+    }
+
+    pub fn input(&self) -> PathBuf {
+        self.dir.join("in.jsonl")
+    }
+
+    pub fn output(&self) -> PathBuf {
+        self.dir.join("out.jsonl")
+    }
+
+    pub fn dead(&self) -> PathBuf {
+        self.dir.join("dead.jsonl")
+    }
+
+    /// Writes `fnmill.toml` and returns its path.
+    pub fn write(&self) -> PathBuf {
+        let dead = if self.dead_letter {
+            "dead_letter = \"dead\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            r#"
+[runtime]
+compute_threads = 2
+{runtime}
+
+[sources.in]
+kind = "file"
+path = "in.jsonl"
+
+[sinks.out]
+kind = "file"
+path = "out.jsonl"
+
+[sinks.dead]
+kind = "file"
+path = "dead.jsonl"
+
+[functions.f]
+component = "{component}"
+{function}
+
+[[routes]]
+source = "in"
+function = "f"
+destinations = {{ out = "out" }}
+{dead}{route}
+"#,
+            runtime = self.runtime_extra,
+            component = self.component.display(),
+            function = self.function_extra,
+            route = self.route_extra,
+        );
+        let path = self.dir.join("fnmill.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// Runs `fnmill run -c config` to completion (the file source ends at end of file).
+pub fn run_to_end(config: &Path) -> Output {
+    let out = fnmill()
+        .args(["run", "-c"])
+        .arg(config)
+        .output()
+        .expect("running fnmill");
+    assert!(
+        out.status.success(),
+        "fnmill run failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
