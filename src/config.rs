@@ -399,7 +399,7 @@ pub fn load_with_env(
         .build()
         .map_err(|e| ConfigError::Read {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: one_line(&e.to_string()),
         })?;
     // Go through a JSON value so that serde_path_to_error can name the key of any problem,
     // which the config crate's own deserializer loses inside tagged enums.
@@ -601,6 +601,16 @@ impl Config {
             None => crate::host::default_cache_dir(),
         }
     }
+}
+
+/// The TOML parser's multi-line report (with a source excerpt) as one line: position and reason.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains('|') && !l.starts_with("in "))
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {

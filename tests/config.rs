@@ -66,7 +66,7 @@ fn each_invalid_config_gets_one_line_naming_the_key() {
             "unknown key",
             VALID.replace("timeout = \"2s\"", "timeout = \"2s\"\ntimeot = \"1s\""),
             vec![],
-            "functions.f: unknown field `timeot`",
+            "functions.f.timeot: unknown field `timeot`",
         ),
         (
             "unknown section",
@@ -81,7 +81,7 @@ fn each_invalid_config_gets_one_line_naming_the_key() {
                 "kind = \"fil\"\npath = \"in.jsonl\"",
             ),
             vec![],
-            "sources.in: unknown variant `fil`",
+            "sources.in.kind: unknown variant `fil`",
         ),
         (
             "unknown connector field",
@@ -172,26 +172,22 @@ fn each_invalid_config_gets_one_line_naming_the_key() {
         ),
     ];
     assert!(cases.len() >= 8);
+    let mut wrong: Vec<String> = Vec::new();
     for (what, text, env, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("missing.wasm.not"), "").unwrap();
         let (code, _, stderr) = check(dir.path(), &text, &env);
-        assert_eq!(code, 2, "{what}: exit status; stderr: {stderr}");
         let problems: Vec<&str> = stderr
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with("error: invalid configuration:"))
             .collect();
-        assert_eq!(
-            problems.len(),
-            1,
-            "{what}: one line expected, got {problems:#?}"
-        );
-        assert!(
-            problems[0].contains(expected),
-            "{what}: expected {expected:?} in {:?}",
-            problems[0]
-        );
+        if code != 2 || problems.len() != 1 || !problems[0].contains(expected) {
+            wrong.push(format!(
+                "{what}: status {code}, expected one line with {expected:?}, got {problems:#?}"
+            ));
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// Environment variables override file keys.

@@ -73,8 +73,8 @@ impl LineWriter {
         let text = text.trim_end_matches(['\n', '\r']);
         let (function, event) = (&*self.function, &*self.event);
         match self.stream {
-            Stream::Stdout => tracing::info!(function, event, stream = "stdout", "{text}"),
-            Stream::Stderr => tracing::warn!(function, event, stream = "stderr", "{text}"),
+            Stream::Stdout => tracing::info!(%function, %event, stream = "stdout", "{text}"),
+            Stream::Stderr => tracing::warn!(%function, %event, stream = "stderr", "{text}"),
         }
         self.line.clear();
     }

@@ -210,6 +210,7 @@ pub struct Host {
     linker: Linker<Ctx>,
     permits: Arc<Semaphore>,
     cache_dir: Option<PathBuf>,
+    fuel: bool,
     /// Keeps the epoch ticker thread alive; it stops by itself once the engine is dropped.
     _ticker: std::thread::JoinHandle<()>,
 }
@@ -229,6 +230,7 @@ impl Host {
             linker,
             permits: Arc::new(Semaphore::new(config.max_instances as usize)),
             cache_dir: config.cache_dir.clone(),
+            fuel: config.fuel,
             _ticker: ticker,
         })
     }
@@ -256,6 +258,7 @@ impl Host {
             limits: spec.limits,
             pre,
             permits: self.permits.clone(),
+            engine_fuel: self.fuel,
         })
     }
 
@@ -336,6 +339,8 @@ pub struct Function {
     limits: Limits,
     pre: EventFunctionPre<Ctx>,
     permits: Arc<Semaphore>,
+    /// Whether the engine meters fuel, so every store must be given some.
+    engine_fuel: bool,
 }
 
 impl Function {
@@ -373,9 +378,10 @@ impl Function {
             Ctx::new(&self.shared, &event_id, self.limits.memory_bytes),
         );
         store.limiter(|ctx| &mut ctx.limiter);
-        if let Some(fuel) = self.limits.fuel {
+        if self.engine_fuel {
+            // Fuel metering is engine-wide; a function without a fuel limit gets all of it.
             store
-                .set_fuel(fuel)
+                .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
                 .map_err(|e| Failure::Instantiation(format!("{e:#}")))?;
         }
         let deadline = Instant::now() + self.limits.timeout;
@@ -497,6 +503,11 @@ impl Function {
             Ctx::new(&self.shared, &id, self.limits.memory_bytes),
         );
         store.limiter(|ctx| &mut ctx.limiter);
+        if self.engine_fuel {
+            store
+                .set_fuel(u64::MAX)
+                .map_err(|e| Failure::Instantiation(format!("{e:#}")))?;
+        }
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
         let instance = self
             .pre
@@ -635,11 +646,11 @@ impl bindings::fnmill::function::logging::Host for Ctx {
         let function = &*self.function.name;
         let event = &*self.event_id;
         match level {
-            bindings::Level::Trace => tracing::trace!(function, event, "{message}"),
-            bindings::Level::Debug => tracing::debug!(function, event, "{message}"),
-            bindings::Level::Info => tracing::info!(function, event, "{message}"),
-            bindings::Level::Warn => tracing::warn!(function, event, "{message}"),
-            bindings::Level::Error => tracing::error!(function, event, "{message}"),
+            bindings::Level::Trace => tracing::trace!(%function, %event, "{message}"),
+            bindings::Level::Debug => tracing::debug!(%function, %event, "{message}"),
+            bindings::Level::Info => tracing::info!(%function, %event, "{message}"),
+            bindings::Level::Warn => tracing::warn!(%function, %event, "{message}"),
+            bindings::Level::Error => tracing::error!(%function, %event, "{message}"),
         }
     }
 }

@@ -167,9 +167,9 @@ impl Output {
                     Some(f) => f,
                     None => file.insert(open_for_append(path)?),
                 };
-                let result =
-                    f.write_all(buf)
-                        .and_then(|()| if *fsync { f.sync_data() } else { Ok(()) });
+                let result = f
+                    .write_all(buf)
+                    .and_then(|()| if *fsync { f.sync_data() } else { Ok(()) });
                 if result.is_err() {
                     *file = None;
                 }
@@ -257,5 +257,191 @@ fn write_loop(mut queue: mpsc::Receiver<Command>, mut output: Output) {
             let _ = done.send(result);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use fnmill_connector_api::Header;
+
+    use super::*;
+
+    fn record(payload: String) -> Record {
+        Record {
+            target: None,
+            key: None,
+            payload: Bytes::from(payload),
+            headers: vec![],
+        }
+    }
+
+    fn read_lines(path: &std::path::Path) -> Vec<jsonl::EventLine> {
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| jsonl::parse_event(l.as_bytes()).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_publishes_are_written_once_each_contiguous_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let sink = Arc::new(FileSink::new(FileSinkConfig::new(&path)).unwrap());
+
+        let (tasks, calls) = (16u64, 200u64);
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let sink = sink.clone();
+            handles.push(tokio::spawn(async move {
+                for c in 0..calls {
+                    let records = (0..1 + (t + c) % 4)
+                        .map(|r| record(format!("{{\"t\":{t},\"c\":{c},\"r\":{r}}}")))
+                        .collect();
+                    sink.publish(records).await.unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        sink.close().await.unwrap();
+
+        let lines = read_lines(&path);
+        let expected: u64 = (0..tasks)
+            .flat_map(|t| (0..calls).map(move |c| 1 + (t + c) % 4))
+            .sum();
+        assert_eq!(lines.len() as u64, expected);
+        let mut seen: HashMap<(u64, u64), u64> = HashMap::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let v: serde_json::Value = serde_json::from_slice(&lines[i].payload).unwrap();
+            let (t, c) = (v["t"].as_u64().unwrap(), v["c"].as_u64().unwrap());
+            let n = 1 + (t + c) % 4;
+            // The whole call, in order, right here.
+            for r in 0..n {
+                let v: serde_json::Value = serde_json::from_slice(&lines[i].payload).unwrap();
+                assert_eq!(
+                    (v["t"].as_u64(), v["c"].as_u64(), v["r"].as_u64()),
+                    (Some(t), Some(c), Some(r))
+                );
+                i += 1;
+            }
+            *seen.entry((t, c)).or_default() += 1;
+        }
+        assert_eq!(seen.len() as u64, tasks * calls);
+        assert!(seen.values().all(|&n| n == 1), "a call was written twice");
+    }
+
+    #[tokio::test]
+    async fn close_writes_everything_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/out.jsonl");
+        let sink = FileSink::new(FileSinkConfig {
+            path: path.clone(),
+            fsync: true,
+        })
+        .unwrap();
+
+        // Queue publishes without waiting for their confirmation, then close.
+        let mut pending = Vec::new();
+        for i in 0..50 {
+            let mut publish = sink.publish(vec![record(format!("{i}"))]);
+            assert!(futures::poll!(&mut publish).is_pending());
+            pending.push(publish);
+        }
+        sink.close().await.unwrap();
+        let lines = read_lines(&path);
+        let payloads: Vec<_> = lines.iter().map(|l| l.payload.clone()).collect();
+        let want: Vec<_> = (0..50).map(|i| Bytes::from(format!("{i}"))).collect();
+        assert_eq!(payloads, want);
+        for publish in pending {
+            publish.await.unwrap();
+        }
+
+        let err = sink.publish(vec![record("late".into())]).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        sink.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_read_back_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let sink = FileSink::new(FileSinkConfig::new(&path)).unwrap();
+        let r = Record {
+            target: Some("dlq".into()),
+            key: Some(Bytes::from_static(b"\xff\x00")),
+            payload: Bytes::from_static(b"\x00\x01 binary"),
+            headers: vec![Header::new("a", "1"), Header::new("a", vec![0xfeu8])],
+        };
+        sink.publish(vec![r.clone()]).await.unwrap();
+        sink.close().await.unwrap();
+        let back = read_lines(&path).pop().unwrap();
+        assert_eq!(back.target, r.target);
+        assert_eq!(back.key, r.key);
+        assert_eq!(back.payload, r.payload);
+        assert_eq!(back.headers, r.headers);
+    }
+
+    #[tokio::test]
+    async fn a_partial_last_line_is_ended_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        fs::write(&path, b"{\"payload\":1}\n{\"payl").unwrap();
+        let sink = FileSink::new(FileSinkConfig::new(&path)).unwrap();
+        sink.publish(vec![record("2".into())]).await.unwrap();
+        sink.close().await.unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"payload\":1}\n{\"payl\n{\"payload\":2}\n");
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields() {
+        let config: FileSinkConfig = serde_json::from_str(r#"{"path":"o.jsonl"}"#).unwrap();
+        assert_eq!(config, FileSinkConfig::new("o.jsonl"));
+        let err = serde_json::from_str::<FileSinkConfig>(r#"{"path":"o","fsnyc":true}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fsnyc"), "{err}");
+    }
+
+    /// Not a benchmark, a floor: prints records/s; run with
+    /// `cargo test --release -p fnmill-connector-file -- --ignored --nocapture throughput`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore]
+    async fn throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let sink = Arc::new(FileSink::new(FileSinkConfig::new(&path)).unwrap());
+        let (tasks, calls) = (64u64, 10_000u64);
+        let started = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    for c in 0..calls {
+                        let payload = format!("{{\"order_id\":\"o-{t}-{c}\",\"amount\":12.5}}");
+                        sink.publish(vec![record(payload)]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        sink.close().await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let n = tasks * calls;
+        println!(
+            "{n} records in {secs:.2}s: {:.0} records/s",
+            n as f64 / secs
+        );
+        assert!(secs < Duration::from_secs(60).as_secs_f64());
     }
 }

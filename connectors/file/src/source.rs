@@ -363,7 +363,7 @@ struct Tracker {
     watermark: Position,
     /// Lines after the watermark in read order: `slots[i]` is line `watermark.line + 1 + i`.
     slots: VecDeque<Slot>,
-    /// The first abandoned line; once set the watermark stays where it is for this run.
+    /// The earliest abandoned line: the watermark never passes it in this run.
     stuck_at: Option<u64>,
     /// Deliveries lent out and not yet settled: the drain waits for this to reach zero.
     outstanding: u64,
@@ -403,15 +403,16 @@ impl Tracker {
             }
             Progress::Settled { line, outcome } => {
                 self.outstanding -= 1;
-                if self.stuck_at.is_some() {
+                if self.stuck_at.is_some_and(|stuck| line >= stuck) {
                     return;
                 }
+                let index = (line - self.watermark.line - 1) as usize;
                 if outcome.is_acknowledged() {
-                    let index = (line - self.watermark.line - 1) as usize;
                     self.slots[index].done = true;
                     self.advance();
-                } else {
-                    self.stuck_at = Some(line);
+                    return;
+                }
+                if self.stuck_at.is_none() {
                     if self.shutting_down {
                         debug!(file = %self.label, line, "Line abandoned during shutdown");
                     } else {
@@ -421,10 +422,11 @@ impl Tracker {
                             "Line abandoned; the checkpoint stays before it until restart"
                         );
                     }
-                    // No slot can move the watermark any more: free the window.
-                    self.window.add_permits(self.slots.len());
-                    self.slots = VecDeque::new();
                 }
+                self.stuck_at = Some(line);
+                // Lines before it can still move the watermark up to it; from it on, none can.
+                self.window.add_permits(self.slots.len() - index);
+                self.slots.truncate(index);
             }
         }
     }
@@ -623,4 +625,523 @@ impl LineReader {
 /// The checkpoint used when `checkpoint` is not set: `<path>.checkpoint`.
 pub fn default_checkpoint_path(path: &Path) -> PathBuf {
     checkpoint::with_suffix(path, ".checkpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write as _;
+    use std::time::Duration;
+
+    use fnmill_connector_api::{Delivery, Outcome, Source, SourceContext, SourceError};
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// Generous: a deadline, not a wait; tests finish as soon as the condition holds.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    struct Running {
+        rx: mpsc::Receiver<Delivery>,
+        shutdown: CancellationToken,
+        handle: JoinHandle<Result<(), SourceError>>,
+    }
+
+    impl Running {
+        fn start(config: FileSourceConfig, capacity: usize) -> Self {
+            let source = FileSource::new("files", config).unwrap();
+            let (out, rx) = mpsc::channel(capacity);
+            let shutdown = CancellationToken::new();
+            let ctx = SourceContext {
+                out,
+                shutdown: shutdown.clone(),
+            };
+            let handle = tokio::spawn(Box::new(source).run(ctx));
+            Self {
+                rx,
+                shutdown,
+                handle,
+            }
+        }
+
+        async fn next(&mut self) -> Delivery {
+            tokio::time::timeout(DEADLINE, self.rx.recv())
+                .await
+                .expect("no delivery before the deadline")
+                .expect("channel closed")
+        }
+
+        async fn take(&mut self, n: usize) -> Vec<Delivery> {
+            let mut all = Vec::with_capacity(n);
+            for _ in 0..n {
+                all.push(self.next().await);
+            }
+            all
+        }
+
+        /// Waits for the pipeline side of the channel to be told no more events come.
+        async fn expect_closed(&mut self) {
+            let next = tokio::time::timeout(DEADLINE, self.rx.recv()).await;
+            assert!(matches!(next, Ok(None)), "expected the channel to close");
+        }
+
+        async fn finish(self) -> Result<(), SourceError> {
+            tokio::time::timeout(DEADLINE, self.handle)
+                .await
+                .expect("source did not stop before the deadline")
+                .expect("source task panicked")
+        }
+    }
+
+    fn line(i: usize) -> String {
+        format!(
+            "{{\"id\":\"e{i}\",\"key\":\"k{}\",\"payload\":{{\"i\":{i}}}}}\n",
+            i % 3
+        )
+    }
+
+    fn write_input(dir: &Path, lines: &[String]) -> PathBuf {
+        let path = dir.join("in.jsonl");
+        fs::write(&path, lines.concat()).unwrap();
+        path
+    }
+
+    /// Offset just past line `n` (1-based) of `lines`.
+    fn end_of(lines: &[String], n: usize) -> u64 {
+        lines[..n].iter().map(|l| l.len() as u64).sum()
+    }
+
+    fn checkpoint_of(path: &Path) -> Option<(u64, u64)> {
+        let text = fs::read(default_checkpoint_path(path)).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        Some((v["offset"].as_u64().unwrap(), v["line"].as_u64().unwrap()))
+    }
+
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn origin_line(d: &Delivery) -> &str {
+        &d.event()
+            .origin
+            .iter()
+            .find(|(k, _)| *k == "line")
+            .unwrap()
+            .1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_order_settlements_checkpoint_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<_> = (1..=500).map(line).collect();
+        let path = write_input(dir.path(), &lines);
+        let mut run = Running::start(FileSourceConfig::new(&path), 64);
+
+        let mut all = Vec::new();
+        while all.len() < lines.len() {
+            all.push(run.next().await);
+        }
+        let first = all[0].event();
+        assert_eq!(first.id, "e1");
+        assert_eq!(first.source, "files");
+        assert_eq!(first.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(all[0].ordering_key(), first.key.as_ref());
+        assert_eq!(&first.payload[..], br#"{"i":1}"#);
+        assert_eq!(
+            first.origin,
+            vec![("file", path.display().to_string()), ("line", "1".into())]
+        );
+        run.expect_closed().await;
+
+        // Last first; dead-lettered counts as acknowledged too.
+        for (i, d) in all.into_iter().enumerate().rev() {
+            d.settle(if i % 7 == 0 {
+                Outcome::DeadLettered
+            } else {
+                Outcome::Done
+            });
+        }
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, 500), 500)));
+    }
+
+    #[tokio::test]
+    async fn abandoned_line_holds_the_checkpoint_and_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<_> = (1..=10).map(line).collect();
+        let path = write_input(dir.path(), &lines);
+
+        let mut run = Running::start(FileSourceConfig::new(&path), 16);
+        let all = run.take(10).await;
+        for d in all.into_iter().rev() {
+            if d.event().id == "e5" {
+                drop(d); // abandoned
+            } else {
+                d.settle(Outcome::Done);
+            }
+        }
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, 4), 4)));
+
+        // The restart resumes at line 5, numbering lines as in the file.
+        let mut run = Running::start(FileSourceConfig::new(&path), 16);
+        let again = run.take(6).await;
+        let ids: Vec<_> = again.iter().map(|d| d.event().id.clone()).collect();
+        assert_eq!(ids, ["e5", "e6", "e7", "e8", "e9", "e10"]);
+        assert_eq!(origin_line(&again[0]), "5");
+        run.expect_closed().await;
+        again.into_iter().for_each(|d| d.settle(Outcome::Done));
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, 10), 10)));
+    }
+
+    #[tokio::test]
+    async fn resumes_from_a_checkpoint_with_the_right_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = vec![
+            "{\"payload\":1}\n".into(),
+            "\n".into(),
+            "{\"payload\":3}\n".into(),
+            "   \n".into(),
+            "{\"payload\":5}\n".into(),
+            "{\"payload\":6}".into(), // no final newline: still a line when not following
+        ];
+        let path = write_input(dir.path(), &lines);
+        checkpoint::store(
+            &default_checkpoint_path(&path),
+            Position {
+                offset: end_of(&lines, 3),
+                line: 3,
+            },
+        )
+        .unwrap();
+
+        let mut run = Running::start(FileSourceConfig::new(&path), 16);
+        let got = run.take(2).await;
+        run.expect_closed().await;
+        assert_eq!(got[0].event().id, "in.jsonl:5");
+        assert_eq!(origin_line(&got[0]), "5");
+        assert_eq!(&got[0].event().payload[..], b"5");
+        assert_eq!(got[1].event().id, "in.jsonl:6");
+        assert_eq!(&got[1].event().payload[..], b"6");
+        got.into_iter().for_each(|d| d.settle(Outcome::Done));
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, 6), 6)));
+    }
+
+    #[tokio::test]
+    async fn malformed_line_becomes_an_event_with_a_decode_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = vec![
+            line(1),
+            "not json at all\n".into(),
+            "{\"payload\":1,\"bogus\":true}\n".into(),
+            line(4),
+        ];
+        let path = write_input(dir.path(), &lines);
+        let mut run = Running::start(FileSourceConfig::new(&path), 16);
+        let got = run.take(4).await;
+
+        let bad = got[1].event();
+        assert_eq!(bad.id, "in.jsonl:2");
+        assert_eq!(bad.key, None);
+        assert_eq!(&bad.payload[..], b"not json at all");
+        assert_eq!(bad.headers.len(), 1);
+        assert_eq!(bad.headers[0].name, DECODE_ERROR_HEADER);
+        assert!(!bad.headers[0].value.is_empty());
+        let unknown = got[2].event();
+        assert_eq!(&unknown.payload[..], lines[2].trim_end().as_bytes());
+        let error = String::from_utf8_lossy(&unknown.headers[0].value).into_owned();
+        assert!(error.contains("bogus"), "{error}");
+        assert_eq!(got[3].event().id, "e4");
+
+        got.into_iter()
+            .for_each(|d| d.settle(Outcome::DeadLettered));
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, 4), 4)));
+    }
+
+    #[tokio::test]
+    async fn without_follow_ends_only_after_every_delivery_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<_> = (1..=3).map(line).collect();
+        let path = write_input(dir.path(), &lines);
+        let mut run = Running::start(FileSourceConfig::new(&path), 16);
+        let mut got = run.take(3).await;
+        run.expect_closed().await;
+
+        got.pop().unwrap().settle(Outcome::Done);
+        // Two still out: the source must be waiting for them.
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut run.handle).await;
+        assert!(early.is_err(), "source ended with deliveries unsettled");
+        assert_eq!(checkpoint_of(&path), None);
+
+        got.into_iter().for_each(|d| d.settle(Outcome::Done));
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, 3), 3)));
+    }
+
+    #[tokio::test]
+    async fn follow_picks_up_appended_lines_and_checkpoints_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<_> = (1..=2).map(line).collect();
+        let path = write_input(dir.path(), &lines);
+        let mut config = FileSourceConfig::new(&path);
+        config.follow = true;
+        config.checkpoint_interval = Duration::from_millis(20);
+        let mut run = Running::start(config, 16);
+
+        for d in run.take(2).await {
+            d.settle(Outcome::Done);
+        }
+        eventually("the running checkpoint", || {
+            checkpoint_of(&path) == Some((end_of(&lines, 2), 2))
+        })
+        .await;
+
+        // Half a line is not an event yet; the rest of it makes one.
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"id\":\"late\",").unwrap();
+        file.flush().unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), run.rx.recv()).await;
+        assert!(early.is_err(), "a partial line was delivered");
+        file.write_all(b"\"payload\":[3]}\n").unwrap();
+        let late = run.next().await;
+        assert_eq!(late.event().id, "late");
+        assert_eq!(&late.event().payload[..], b"[3]");
+        assert_eq!(origin_line(&late), "3");
+        late.settle(Outcome::Done);
+
+        let len = fs::metadata(&path).unwrap().len();
+        eventually("the checkpoint past the appended line", || {
+            checkpoint_of(&path) == Some((len, 3))
+        })
+        .await;
+        run.shutdown.cancel();
+        run.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn follow_waits_for_the_file_to_appear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("later.jsonl");
+        let mut config = FileSourceConfig::new(&path);
+        config.follow = true;
+        let mut run = Running::start(config, 16);
+        fs::write(&path, line(1)).unwrap();
+        let d = run.next().await;
+        assert_eq!(d.event().id, "e1");
+        d.settle(Outcome::Done);
+        run.shutdown.cancel();
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((line(1).len() as u64, 1)));
+    }
+
+    #[tokio::test]
+    async fn shutdown_with_a_full_channel_returns_within_the_drain_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<_> = (1..=10).map(line).collect();
+        let path = write_input(dir.path(), &lines);
+        let mut config = FileSourceConfig::new(&path);
+        config.drain_timeout = Duration::from_millis(300);
+        let run = Running::start(config, 1);
+
+        // The first delivery fills the channel; the source is now blocked sending the second.
+        eventually("a full channel", || run.rx.len() == 1).await;
+        let started = Instant::now();
+        run.shutdown.cancel();
+        let Running { rx, handle, .. } = run;
+        tokio::time::timeout(DEADLINE, handle)
+            .await
+            .expect("source did not stop")
+            .unwrap()
+            .unwrap();
+        let took = started.elapsed();
+        // It waited for the delivery still in the channel, but no longer than the drain timeout.
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(checkpoint_of(&path), None);
+        drop(rx);
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_settled_work_into_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<_> = (1..=5).map(line).collect();
+        let path = write_input(dir.path(), &lines);
+        let mut config = FileSourceConfig::new(&path);
+        config.follow = true;
+        let mut run = Running::start(config, 16);
+        let got = run.take(5).await;
+        run.shutdown.cancel();
+        // Settled after shutdown began but within the drain: still checkpointed.
+        for d in got {
+            d.settle(Outcome::Done);
+        }
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, 5), 5)));
+    }
+
+    #[tokio::test]
+    async fn corrupt_checkpoint_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_input(dir.path(), &[line(1)]);
+        let cp = default_checkpoint_path(&path);
+        fs::write(&cp, b"garbage").unwrap();
+        let run = Running::start(FileSourceConfig::new(&path), 16);
+        let err = run.finish().await.unwrap_err().to_string();
+        assert!(err.contains(&cp.display().to_string()), "{err}");
+    }
+
+    #[tokio::test]
+    async fn checkpoint_past_the_end_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_input(dir.path(), &[line(1)]);
+        checkpoint::store(
+            &default_checkpoint_path(&path),
+            Position {
+                offset: 10_000,
+                line: 7,
+            },
+        )
+        .unwrap();
+        let run = Running::start(FileSourceConfig::new(&path), 16);
+        let err = run.finish().await.unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn tracker_advances_over_contiguous_settlements_only() {
+        let window = Arc::new(Semaphore::new(0));
+        let mut t = Tracker::new(Position::default(), window.clone(), "t".into());
+        let read = |line, lent| Progress::Read {
+            line,
+            end: line * 10,
+            lent,
+        };
+        let settled = |line, outcome| Progress::Settled { line, outcome };
+        for line in 1..=8 {
+            // Line 3 is blank: nothing lent, already done.
+            t.apply(read(line, line != 3));
+        }
+        assert_eq!(t.outstanding, 7);
+        t.apply(settled(2, Outcome::Done));
+        assert_eq!(t.watermark, Position::default());
+        t.apply(settled(1, Outcome::Done));
+        assert_eq!(
+            t.watermark,
+            Position {
+                offset: 30,
+                line: 3
+            }
+        );
+        t.apply(settled(6, Outcome::Abandoned));
+        t.apply(settled(7, Outcome::Done));
+        t.apply(settled(5, Outcome::DeadLettered));
+        assert_eq!(
+            t.watermark,
+            Position {
+                offset: 30,
+                line: 3
+            }
+        );
+        t.apply(settled(4, Outcome::Done));
+        assert_eq!(
+            t.watermark,
+            Position {
+                offset: 50,
+                line: 5
+            }
+        );
+        t.apply(read(9, true));
+        t.apply(settled(9, Outcome::Done));
+        t.apply(settled(8, Outcome::Done));
+        assert_eq!(
+            t.watermark,
+            Position {
+                offset: 50,
+                line: 5
+            }
+        );
+        assert_eq!(t.outstanding, 0);
+        // Every slot taken was given back to the reader's window.
+        assert_eq!(window.available_permits(), 9);
+    }
+
+    #[test]
+    fn config_parses_durations_and_rejects_unknown_fields() {
+        let config: FileSourceConfig = serde_json::from_str(
+            r#"{"path":"a.jsonl","follow":true,"checkpoint_interval":"1s 500ms","drain_timeout":"2m"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.checkpoint_interval, Duration::from_millis(1500));
+        assert_eq!(config.drain_timeout, Duration::from_secs(120));
+        assert!(config.follow);
+        let config: FileSourceConfig = serde_json::from_str(r#"{"path":"a.jsonl"}"#).unwrap();
+        assert_eq!(config, FileSourceConfig::new("a.jsonl"));
+        let err = serde_json::from_str::<FileSourceConfig>(r#"{"path":"a","folow":true}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("folow"), "{err}");
+    }
+
+    #[test]
+    fn constructor_checks_the_config() {
+        let missing = FileSourceConfig::new("/definitely/not/here.jsonl");
+        assert!(matches!(
+            FileSource::new("s", missing.clone()),
+            Err(FileError::NotFound { .. })
+        ));
+        let mut follow = missing;
+        follow.follow = true;
+        FileSource::new("s", follow).unwrap();
+
+        let mut stdin = FileSourceConfig::new("-");
+        FileSource::new("s", stdin.clone()).unwrap();
+        stdin.checkpoint = Some("x".into());
+        assert!(matches!(
+            FileSource::new("s", stdin),
+            Err(FileError::Stdin {
+                key: "checkpoint",
+                ..
+            })
+        ));
+        let mut zero = FileSourceConfig::new("-");
+        zero.checkpoint_interval = Duration::ZERO;
+        assert!(matches!(
+            FileSource::new("s", zero),
+            Err(FileError::ZeroDuration { .. })
+        ));
+    }
+
+    /// Not a benchmark, a floor: prints lines/s; run with
+    /// `cargo test --release -p fnmill-connector-file -- --ignored --nocapture throughput`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore]
+    async fn throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 1_000_000;
+        let lines: Vec<_> = (1..=n).map(line).collect();
+        let path = write_input(dir.path(), &lines);
+        let mut run = Running::start(FileSourceConfig::new(&path), 1024);
+        let started = Instant::now();
+        let mut count = 0;
+        while let Some(d) = run.rx.recv().await {
+            d.settle(Outcome::Done);
+            count += 1;
+        }
+        run.finish().await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{count} lines in {secs:.2}s: {:.0} lines/s",
+            count as f64 / secs
+        );
+        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, n), n as u64)));
+    }
 }
