@@ -9,6 +9,10 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2 || exit 1
 fi
 
+# PostgreSQL, Redis and RabbitMQ (Debian packages), started unless already up or pointed
+# elsewhere by FNMILL_TEST_*_URL.
+./scripts/services.sh || exit 1
+
 mkdir -p target
 log=target/test-output.log
 : > "$log"

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
-use fnmill_connector_api::{Sink, Source, SourceContext};
+use fnmill_connector_api::{Readiness, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSource};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -176,6 +176,7 @@ async fn run_routes(
         let ctx = SourceContext {
             out: tx,
             shutdown: shutdown.clone(),
+            ready: Readiness::default(),
         };
         tasks.spawn(async move {
             source

@@ -13,6 +13,8 @@
 //! acknowledged by accident.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -140,6 +142,21 @@ impl fmt::Debug for Delivery {
     }
 }
 
+/// Whether a connector can do its job right now (connected, subscribed). Served at `/readyz`.
+/// Starts not ready; the connector flips it as its connection comes and goes.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What a source is given to run with.
 pub struct SourceContext {
     /// Where deliveries go. Bounded: when the pipeline is saturated `send` waits, and the source
@@ -148,6 +165,8 @@ pub struct SourceContext {
     pub out: mpsc::Sender<Delivery>,
     /// Cancelled on shutdown (SIGTERM): stop taking new events, drain, persist progress, return.
     pub shutdown: CancellationToken,
+    /// Set true while the source is connected and consuming, false while it is not.
+    pub ready: Readiness,
 }
 
 /// Errors a source may end with.

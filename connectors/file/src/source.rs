@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnmill_connector_api::{Delivery, Event, Header, Outcome, Source, SourceContext, SourceError};
+use fnmill_connector_api::{
+    Delivery, Event, Header, Outcome, Readiness, Source, SourceContext, SourceError,
+};
 use futures::future::{BoxFuture, OptionFuture};
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -169,7 +171,13 @@ impl FileSource {
 
 impl Source for FileSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
-        Box::pin(async move { self.run_to_end(ctx).await.map_err(SourceError::from) })
+        Box::pin(async move {
+            // The reader sets it once the input is open (a followed file may not exist yet).
+            let ready = ctx.ready.clone();
+            let result = self.run_to_end(ctx).await.map_err(SourceError::from);
+            ready.set(false);
+            result
+        })
     }
 }
 
@@ -225,6 +233,7 @@ impl FileSource {
             progress: progress_tx,
             window: window.clone(),
             shutdown: ctx.shutdown.clone(),
+            ready: ctx.ready,
         };
         let mut reader = pin!(reader.run(&self.input, start, ctx.out));
         let mut shutdown = pin!(ctx.shutdown.clone().cancelled_owned());
@@ -460,6 +469,8 @@ struct LineReader {
     progress: mpsc::UnboundedSender<Progress>,
     window: Arc<Semaphore>,
     shutdown: CancellationToken,
+    /// Set once the input is open.
+    ready: Readiness,
 }
 
 type Lines = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
@@ -477,6 +488,7 @@ impl LineReader {
         let Some(mut lines) = self.open(input, start, cancelled.as_mut()).await? else {
             return Ok(ReadEnd::Shutdown);
         };
+        self.ready.set(true);
         let mut position = start;
         let mut buf = Vec::with_capacity(1024);
         loop {
@@ -646,6 +658,7 @@ mod tests {
     struct Running {
         rx: mpsc::Receiver<Delivery>,
         shutdown: CancellationToken,
+        ready: Readiness,
         handle: JoinHandle<Result<(), SourceError>>,
     }
 
@@ -654,14 +667,17 @@ mod tests {
             let source = FileSource::new("files", config).unwrap();
             let (out, rx) = mpsc::channel(capacity);
             let shutdown = CancellationToken::new();
+            let ready = Readiness::default();
             let ctx = SourceContext {
                 out,
                 shutdown: shutdown.clone(),
+                ready: ready.clone(),
             };
             let handle = tokio::spawn(Box::new(source).run(ctx));
             Self {
                 rx,
                 shutdown,
+                ready,
                 handle,
             }
         }
@@ -934,12 +950,16 @@ mod tests {
         let mut config = FileSourceConfig::new(&path);
         config.follow = true;
         let mut run = Running::start(config, 16);
+        assert!(!run.ready.is_ready());
         fs::write(&path, line(1)).unwrap();
         let d = run.next().await;
         assert_eq!(d.event().id, "e1");
+        assert!(run.ready.is_ready());
         d.settle(Outcome::Done);
         run.shutdown.cancel();
+        let ready = run.ready.clone();
         run.finish().await.unwrap();
+        assert!(!ready.is_ready());
         assert_eq!(checkpoint_of(&path), Some((line(1).len() as u64, 1)));
     }
 

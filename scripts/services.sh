@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Brings up the services the integration tests talk to, idempotently: a service that already
+# answers is left alone. PostgreSQL, Redis and RabbitMQ come from Debian's packages.
+#
+#   scripts/services.sh [postgres] [redis] [rabbitmq]     (no argument: all of them)
+#
+# Point the tests at your own services instead with FNMILL_TEST_POSTGRES_URL,
+# FNMILL_TEST_REDIS_URL and FNMILL_TEST_AMQP_URL; a service whose variable is set is not started.
+set -euo pipefail
+
+APT_UPDATED=""
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ -z "$APT_UPDATED" ]; then
+    apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Waits until "$@" succeeds, up to $WAIT_SECONDS (default 60).
+wait_for() {
+  local what=$1; shift
+  local deadline=$(( $(date +%s) + ${WAIT_SECONDS:-60} ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "services: $what did not come up" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "services: $what is up"
+}
+
+postgres() {
+  if [ -n "${FNMILL_TEST_POSTGRES_URL:-}" ]; then return 0; fi
+  apt_install postgresql postgresql-client
+  local version
+  version=$(ls /etc/postgresql | sort -n | tail -1)
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    # Tests connect as `postgres` over TCP without a password: trust loopback only.
+    local hba=/etc/postgresql/$version/main/pg_hba.conf
+    if ! grep -q "fnmill-tests" "$hba"; then
+      sed -i '1i host all all 127.0.0.1/32 trust # fnmill-tests\nhost all all ::1/128 trust # fnmill-tests' "$hba"
+    fi
+    pg_ctlcluster "$version" main start || true
+  fi
+  wait_for "PostgreSQL" pg_isready -h 127.0.0.1 -p 5432 -q
+  if ! psql -h 127.0.0.1 -U postgres -tAc "select 1 from pg_database where datname = 'test'" | grep -q 1; then
+    psql -h 127.0.0.1 -U postgres -qc "create database test"
+  fi
+}
+
+redis() {
+  if [ -n "${FNMILL_TEST_REDIS_URL:-}" ]; then return 0; fi
+  apt_install redis-server
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    redis-server --daemonize yes --port 6379 --save '' >/dev/null
+  fi
+  wait_for "Redis" sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
+}
+
+rabbitmq() {
+  if [ -n "${FNMILL_TEST_AMQP_URL:-}" ]; then return 0; fi
+  apt_install rabbitmq-server
+  if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+  fi
+  WAIT_SECONDS=120 wait_for "RabbitMQ" rabbitmq-diagnostics -q check_port_connectivity
+}
+
+if [ $# -eq 0 ]; then set -- postgres redis rabbitmq; fi
+for service in "$@"; do
+  "$service"
+done
