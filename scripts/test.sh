@@ -13,6 +13,12 @@ fi
 # elsewhere by FNMILL_TEST_*_URL.
 ./scripts/services.sh || exit 1
 
+# Apache Kafka (jars from Maven Central, KRaft, no Docker), unless FNMILL_TEST_KAFKA_BOOTSTRAP
+# points elsewhere; stopped when the tests end.
+./scripts/kafka.sh start || exit 1
+trap './scripts/kafka.sh stop' EXIT
+eval "$(./scripts/kafka.sh env)"
+
 mkdir -p target
 log=target/test-output.log
 : > "$log"

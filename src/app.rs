@@ -11,13 +11,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
+use fnmill_connector_amqp::{AmqpSink, AmqpSource};
 use fnmill_connector_api::{Readiness, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSource};
+use fnmill_connector_kafka::{KafkaSink, KafkaSource};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DestinationConfig, SinkConfig, SourceConfig};
-use crate::host::{Function, FunctionSpec, Host, HostConfig, Limits};
+use crate::admin::AdminState;
+use crate::config::{Config, DataSourceConfig, DestinationConfig, SinkConfig, SourceConfig};
+use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig, Limits};
 use crate::pipeline::{Backoff, Destination, Route, RouteStats};
 
 /// Deliveries buffered between a source and its dispatcher. The route's `max_in_flight` is the
@@ -40,8 +43,49 @@ pub fn host_config(config: &Config) -> HostConfig {
 }
 
 /// Compiles (or loads from cache) every function of the config and checks each implements the
-/// function world. Fails on the first function that does not, naming its key.
+/// function world. Fails on the first function that does not, naming its key. The functions get
+/// no data sources (for `fnmill check`); [`load_functions_with`] grants them.
 pub fn load_functions(config: &Config, host: &Host) -> Result<BTreeMap<String, Arc<Function>>> {
+    load_functions_with(config, host, None)
+}
+
+/// Creates a pool for every data source of the config; their work runs on `io`. No connection
+/// is opened until a function needs one.
+pub fn build_data_sources(config: &Config, io: tokio::runtime::Handle) -> Result<DataSources> {
+    let mut data = DataSources::new(io);
+    for (name, ds) in &config.data_sources {
+        let key = || format!("data_sources.{name}");
+        match ds {
+            DataSourceConfig::Postgres(c) => {
+                let pool_config = c
+                    .pool_config(&config.base_dir)
+                    .map_err(|e| anyhow::anyhow!("{}.{}: {}", key(), e.field, e.message))?;
+                let pool =
+                    fnmill_connector_postgres::PgPool::new(&pool_config).with_context(key)?;
+                data.add_postgres(name, pool);
+            }
+            DataSourceConfig::Redis(c) => {
+                let pool_config = c
+                    .pool_config(&config.base_dir)
+                    .map_err(|e| anyhow::anyhow!("{}.{}: {}", key(), e.field, e.message))?;
+                let pool =
+                    fnmill_connector_redis::RedisPool::new(&pool_config).with_context(key)?;
+                for (bucket, b) in &c.buckets {
+                    data.add_bucket(bucket, pool.bucket(&b.prefix));
+                }
+            }
+        }
+        tracing::info!(data_source = %name, "Data source ready");
+    }
+    Ok(data)
+}
+
+/// [`load_functions`], granting each function the data sources and buckets its config lists.
+pub fn load_functions_with(
+    config: &Config,
+    host: &Host,
+    data: Option<&DataSources>,
+) -> Result<BTreeMap<String, Arc<Function>>> {
     let mut functions = BTreeMap::new();
     for (name, f) in &config.functions {
         let spec = FunctionSpec {
@@ -56,9 +100,17 @@ pub fn load_functions(config: &Config, host: &Host) -> Result<BTreeMap<String, A
             },
             config: f.config.clone(),
         };
-        let function = host
-            .load(spec)
-            .with_context(|| format!("functions.{name}.component"))?;
+        let function = match data {
+            Some(data) => {
+                let grants = Grants {
+                    data_sources: f.data_sources.iter().cloned().collect(),
+                    buckets: f.buckets.iter().cloned().collect(),
+                };
+                host.load_with(spec, data, &grants)
+            }
+            None => host.load(spec),
+        }
+        .with_context(|| format!("functions.{name}.component"))?;
         functions.insert(name.clone(), Arc::new(function));
     }
     Ok(functions)
@@ -80,6 +132,12 @@ fn build_source(config: &Config, name: &str, source: &SourceConfig) -> Result<Bo
             c.checkpoint = c.checkpoint.as_deref().map(|p| config.resolve(p));
             Box::new(FileSource::new(name, c).with_context(|| format!("sources.{name}"))?)
         }
+        SourceConfig::Amqp(c) => Box::new(
+            AmqpSource::new(name, (**c).clone()).with_context(|| format!("sources.{name}"))?,
+        ),
+        SourceConfig::Kafka(c) => {
+            Box::new(KafkaSource::new(name, c.clone()).with_context(|| format!("sources.{name}"))?)
+        }
     })
 }
 
@@ -90,6 +148,12 @@ fn build_sink(config: &Config, name: &str, sink: &SinkConfig) -> Result<Arc<dyn 
             let mut c = c.clone();
             c.path = resolve_io_path(config, &c.path);
             Arc::new(FileSink::new(c).with_context(|| format!("sinks.{name}"))?)
+        }
+        SinkConfig::Amqp(c) => {
+            Arc::new(AmqpSink::new(name, (**c).clone()).with_context(|| format!("sinks.{name}"))?)
+        }
+        SinkConfig::Kafka(c) => {
+            Arc::new(KafkaSink::new(c.clone()).with_context(|| format!("sinks.{name}"))?)
         }
     })
 }
@@ -104,7 +168,6 @@ pub struct RunSummary {
 /// calling thread; builds and owns both runtimes.
 pub fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary> {
     let host = Host::new(&host_config(&config))?;
-    let functions = load_functions(&config, &host)?;
 
     let compute = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime.compute_threads)
@@ -118,6 +181,10 @@ pub fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary> {
         .enable_all()
         .build()
         .context("starting the IO runtime")?;
+    // The pools' connection tasks run on the IO runtime; instances await their work from the
+    // compute side.
+    let data = build_data_sources(&config, io.handle().clone())?;
+    let functions = load_functions_with(&config, &host, Some(&data))?;
 
     let summary = io.block_on(run_routes(
         &config,
@@ -148,6 +215,7 @@ async fn run_routes(
     };
 
     let mut summary = RunSummary::default();
+    let mut admin = AdminState::default();
     let mut tasks = tokio::task::JoinSet::new();
     for r in &config.routes {
         let name = r.name();
@@ -173,10 +241,13 @@ async fn run_routes(
         let (tx, rx) = mpsc::channel(SOURCE_CHANNEL.min(r.max_in_flight));
         tracing::info!(route = %name, source = %r.source, function = %r.function, "Route started");
         let source_name = r.source.clone();
+        let ready = Readiness::default();
+        admin.sources.push((r.source.clone(), ready.clone()));
+        admin.routes.push((name.clone(), route.stats.clone()));
         let ctx = SourceContext {
             out: tx,
             shutdown: shutdown.clone(),
-            ready: Readiness::default(),
+            ready,
         };
         tasks.spawn(async move {
             source
@@ -189,6 +260,16 @@ async fn run_routes(
             Ok(())
         });
     }
+
+    // Started after the routes so that /readyz lists every source from the first request.
+    let admin_task = match config.admin.listen {
+        Some(listen) => Some(
+            crate::admin::serve(listen, admin, shutdown.clone())
+                .await
+                .with_context(|| format!("admin.listen: cannot listen on {listen}"))?,
+        ),
+        None => None,
+    };
 
     let grace = config.runtime.shutdown_grace;
     let mut failures = Vec::new();
@@ -226,6 +307,9 @@ async fn run_routes(
                 grace_deadline = Some(tokio::time::Instant::now() + grace);
             }
         }
+    }
+    if let Some(task) = admin_task {
+        task.abort();
     }
     for (name, sink) in &sinks {
         if let Err(e) = sink.close().await {

@@ -12,7 +12,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fnmill_connector_amqp::{AmqpSinkConfig, AmqpSourceConfig, DeadLetterMode};
 use fnmill_connector_file::{FileSinkConfig, FileSourceConfig};
+use fnmill_connector_kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use fnmill_connector_postgres::config::PostgresConfig;
+use fnmill_connector_redis::config::RedisConfig;
 use serde::{Deserialize, Deserializer};
 
 /// One configuration problem, naming the key it is about.
@@ -69,6 +73,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Where events come from, by name.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -78,6 +85,9 @@ pub struct Config {
     /// The WebAssembly functions, by name.
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionConfig>,
+    /// Databases and key-value stores that functions may use, by name; see [`DataSourceConfig`].
+    #[serde(default)]
+    pub data_sources: BTreeMap<String, DataSourceConfig>,
     /// Each route runs one source's events through one function into sinks.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -145,6 +155,16 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The admin HTTP endpoint.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to serve `/healthz`, `/readyz` and `/metrics` on, e.g. `"0.0.0.0:9464"`
+    /// (9464 is the port OpenTelemetry's Prometheus exporter uses). Unset: no endpoint.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// Logging settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +204,10 @@ pub enum LogFormat {
 pub enum SourceConfig {
     /// A JSON Lines file (or stdin), with a durable checkpoint.
     File(FileSourceConfig),
+    /// A RabbitMQ (AMQP 0.9.1) queue.
+    Amqp(Box<AmqpSourceConfig>),
+    /// Kafka topics, consumed as a consumer group.
+    Kafka(KafkaSourceConfig),
 }
 
 /// A destination for outputs and dead letters.
@@ -192,6 +216,10 @@ pub enum SourceConfig {
 pub enum SinkConfig {
     /// A JSON Lines file (or stdout).
     File(FileSinkConfig),
+    /// A RabbitMQ (AMQP 0.9.1) exchange, with publisher confirms.
+    Amqp(Box<AmqpSinkConfig>),
+    /// Kafka topics, through an idempotent producer.
+    Kafka(KafkaSinkConfig),
 }
 
 /// A function: a component and its limits.
@@ -219,6 +247,24 @@ pub struct FunctionConfig {
     /// Values the function reads with `config.get`. Only this function sees them.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// SQL data sources (`data_sources.<name>` of kind `postgres`) the function may query.
+    /// Any other name is refused at the host.
+    #[serde(default)]
+    pub data_sources: Vec<String>,
+    /// Key-value buckets (defined under a `redis` data source's `buckets`) the function may open.
+    #[serde(default)]
+    pub buckets: Vec<String>,
+}
+
+/// A data source: a pool of connections on the IO side, served to the functions granted it.
+/// Adding a kind adds one variant here and one arm in `app`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DataSourceConfig {
+    /// PostgreSQL, through the `sql` capability.
+    Postgres(PostgresConfig),
+    /// Redis, through the `keyvalue` capability: its buckets are key prefixes.
+    Redis(RedisConfig),
 }
 
 /// Enough for Rust and JavaScript functions with room to spare; Python functions need more
@@ -483,6 +529,61 @@ impl Config {
             if f.fuel == Some(0) {
                 problems.push(Problem::new(format!("{key}.fuel"), "must be above zero"));
             }
+            for (i, ds) in f.data_sources.iter().enumerate() {
+                match self.data_sources.get(ds) {
+                    Some(DataSourceConfig::Postgres(_)) => {}
+                    Some(DataSourceConfig::Redis(_)) => problems.push(Problem::new(
+                        format!("{key}.data_sources[{i}]"),
+                        format!(
+                            "`{ds}` is a redis data source; grant its buckets in {key}.buckets"
+                        ),
+                    )),
+                    None => problems.push(Problem::new(
+                        format!("{key}.data_sources[{i}]"),
+                        format!(
+                            "no postgres data source named `{ds}`{}",
+                            known(self.data_sources.keys())
+                        ),
+                    )),
+                }
+            }
+            let buckets = self.buckets();
+            for (i, b) in f.buckets.iter().enumerate() {
+                if !buckets.contains_key(b) {
+                    problems.push(Problem::new(
+                        format!("{key}.buckets[{i}]"),
+                        format!("no bucket named `{b}`{}", known(buckets.keys())),
+                    ));
+                }
+            }
+        }
+        let mut bucket_owner: BTreeMap<&String, &String> = BTreeMap::new();
+        for (name, ds) in &self.data_sources {
+            let key = format!("data_sources.{name}");
+            let resolved = match ds {
+                DataSourceConfig::Postgres(c) => c
+                    .pool_config(&self.base_dir)
+                    .err()
+                    .map(|e| (e.field, e.message)),
+                DataSourceConfig::Redis(c) => {
+                    for bucket in c.buckets.keys() {
+                        if let Some(prev) = bucket_owner.insert(bucket, name) {
+                            problems.push(Problem::new(
+                                format!("{key}.buckets.{bucket}"),
+                                format!(
+                                    "bucket `{bucket}` is already defined by data_sources.{prev}"
+                                ),
+                            ));
+                        }
+                    }
+                    c.pool_config(&self.base_dir)
+                        .err()
+                        .map(|e| (e.field, e.message))
+                }
+            };
+            if let Some((field, message)) = resolved {
+                problems.push(Problem::new(format!("{key}.{field}"), message));
+            }
         }
         if self.routes.is_empty() && !self.sources.is_empty() {
             problems.push(Problem::new(
@@ -559,6 +660,20 @@ impl Config {
         }
         let mut sources_used = BTreeMap::new();
         for (i, r) in self.routes.iter().enumerate() {
+            // The broker's dead-letter exchange and the route's would both get the event.
+            if let Some(SourceConfig::Amqp(c)) = self.sources.get(&r.source)
+                && c.dead_letter == DeadLetterMode::Broker
+                && r.dead_letter.is_some()
+            {
+                problems.push(Problem::new(
+                    format!("routes[{i}].dead_letter"),
+                    format!(
+                        "source `{}` has `dead_letter = \"broker\"` (the queue's own dead-letter \
+                         exchange); remove one of the two",
+                        r.source
+                    ),
+                ));
+            }
             if let Some(prev) = sources_used.insert(&r.source, i) {
                 problems.push(Problem::new(
                     format!("routes[{i}].source"),
@@ -574,6 +689,20 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// Every bucket of every redis data source: bucket name → (data source name, prefix).
+    pub fn buckets(&self) -> BTreeMap<String, (String, String)> {
+        let mut out = BTreeMap::new();
+        for (name, ds) in &self.data_sources {
+            if let DataSourceConfig::Redis(c) = ds {
+                for (bucket, b) in &c.buckets {
+                    out.entry(bucket.clone())
+                        .or_insert_with(|| (name.clone(), b.prefix.clone()));
+                }
+            }
+        }
+        out
     }
 
     fn check_sink(&self, problems: &mut Vec<Problem>, key: String, d: &DestinationConfig) {
@@ -693,7 +822,7 @@ mod tests {
         let p = problems("[runtime]\nio_thread = 3\n");
         assert_eq!(p.len(), 1);
         assert!(
-            p[0].starts_with("runtime: unknown field `io_thread`"),
+            p[0].starts_with("runtime.io_thread: unknown field `io_thread`"),
             "{p:?}"
         );
     }

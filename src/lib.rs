@@ -14,10 +14,12 @@
 //! - [`app`]: builds connectors, functions and routes from a validated config and runs them on
 //!   the IO and compute runtimes.
 //! - [`telemetry`]: logging set-up.
+//! - [`admin`]: the `/healthz`, `/readyz` and `/metrics` endpoint.
 //!
 //! Connectors live in their own crates under `connectors/`, behind the traits of
 //! `fnmill-connector-api`.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod host;

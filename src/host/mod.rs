@@ -11,10 +11,13 @@
 //!   lack of a slot: callers wait instead.
 //!
 //! The host knows nothing about brokers: it takes an [`Event`] and gives back [`Output`]s or a
-//! [`Failure`] that says exactly what went wrong.
+//! [`Failure`] that says exactly what went wrong. It serves the `sql` and `keyvalue`
+//! capabilities from native pools ([`DataSources`]) that live on the IO runtime, to the
+//! functions whose config grants them ([`Grants`]); see `data.rs`.
 
 mod bindings;
 mod cache;
+mod data;
 mod guest_log;
 
 use std::collections::BTreeMap;
@@ -34,6 +37,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use self::bindings::{EventFunction, EventFunctionPre, GuestError};
 pub use self::cache::default_cache_dir;
+pub use self::data::{DataSources, Grants, KvBucket};
 
 /// How often the epoch ticker advances the engine's epoch. A guest that overruns its timeout is
 /// stopped within one tick; a tick costs one atomic increment, so 10 ms is cheap and precise
@@ -197,6 +201,9 @@ pub enum LoadError {
     Compile { path: PathBuf, message: String },
     #[error("{path} does not implement the fnmill:function/event-function world: {message}")]
     World { path: PathBuf, message: String },
+    /// A grant names a data source or bucket that is not there.
+    #[error("{0}")]
+    Grant(String),
 }
 
 /// Errors creating the host.
@@ -236,8 +243,29 @@ impl Host {
     }
 
     /// Compiles (or loads from the cache) a component and checks that it implements the
-    /// `event-function` world with nothing but the imports fnmill provides.
+    /// `event-function` world with nothing but the imports fnmill provides. The function is
+    /// granted no data source: its `sql` and `keyvalue` calls are refused.
     pub fn load(&self, spec: FunctionSpec) -> Result<Function, LoadError> {
+        self.load_inner(spec, data::FunctionData::default())
+    }
+
+    /// [`Host::load`] for a function that may use the data sources and buckets of `data` that
+    /// `grants` names, and nothing else.
+    pub fn load_with(
+        &self,
+        spec: FunctionSpec,
+        data: &DataSources,
+        grants: &Grants,
+    ) -> Result<Function, LoadError> {
+        let data = data.resolve(grants).map_err(LoadError::Grant)?;
+        self.load_inner(spec, data)
+    }
+
+    fn load_inner(
+        &self,
+        spec: FunctionSpec,
+        data: data::FunctionData,
+    ) -> Result<Function, LoadError> {
         let component = self.compile(&spec.component)?;
         let pre = self
             .linker
@@ -254,6 +282,7 @@ impl Host {
             shared: Arc::new(FunctionShared {
                 name: spec.name.into(),
                 config: spec.config,
+                data,
             }),
             limits: spec.limits,
             pre,
@@ -331,6 +360,8 @@ fn spawn_epoch_ticker(engine: &Engine) -> std::thread::JoinHandle<()> {
 struct FunctionShared {
     name: Arc<str>,
     config: BTreeMap<String, String>,
+    /// The pools this function is granted.
+    data: data::FunctionData,
 }
 
 /// A loaded function, ready to run events. Cheap to share behind an `Arc`.

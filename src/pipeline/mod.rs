@@ -78,7 +78,9 @@ enum Settled {
 impl Route {
     /// Handles one delivery to the end and settles it.
     async fn process(self: Arc<Self>, delivery: Delivery) {
-        let settled = self.handle(delivery.event()).await;
+        let settled = self
+            .handle(delivery.event(), delivery.source_dead_letters())
+            .await;
         let outcome = match settled {
             Settled::Done => {
                 self.stats.done.fetch_add(1, Ordering::Relaxed);
@@ -96,7 +98,9 @@ impl Route {
         delivery.settle(outcome);
     }
 
-    async fn handle(&self, event: &Event) -> Settled {
+    /// `source_dead_letters`: the source dead-letters this event itself (AMQP `reject` to the
+    /// queue's DLX), so a route without a dead-letter destination settles it as dead-lettered.
+    async fn handle(&self, event: &Event, source_dead_letters: bool) -> Settled {
         let mut attempt = 1;
         loop {
             let failure = match self.call(event, attempt).await {
@@ -127,7 +131,9 @@ impl Route {
                 attempt += 1;
                 continue;
             }
-            return self.dead_letter(event, &failure, attempt).await;
+            return self
+                .dead_letter(event, &failure, attempt, source_dead_letters)
+                .await;
         }
     }
 
@@ -218,8 +224,25 @@ impl Route {
         }
     }
 
-    async fn dead_letter(&self, event: &Event, failure: &Failure, attempts: u32) -> Settled {
+    async fn dead_letter(
+        &self,
+        event: &Event,
+        failure: &Failure,
+        attempts: u32,
+        source_dead_letters: bool,
+    ) -> Settled {
         let Some(dest) = &self.dead_letter else {
+            if source_dead_letters {
+                tracing::warn!(
+                    route = %self.name,
+                    event = %event.id,
+                    kind = failure.kind(),
+                    error = %failure,
+                    attempts,
+                    "Event failed; its source dead-letters it (broker dead-letter exchange)"
+                );
+                return Settled::DeadLettered;
+            }
             tracing::error!(
                 route = %self.name,
                 event = %event.id,

@@ -61,7 +61,9 @@ pub struct Event {
 pub enum Outcome {
     /// The function succeeded and every output was confirmed by its sink.
     Done,
-    /// The event was confirmed on its dead-letter destination.
+    /// The event was confirmed on its dead-letter destination — or, for a delivery whose
+    /// [source dead-letters it](Delivery::source_dead_letters), failed for good and the source
+    /// is to dead-letter it now.
     DeadLettered,
     /// The event was not handled (shutdown, a stopped lane, a dropped delivery). The source must
     /// not acknowledge it, so it is delivered again (AMQP: requeue; Kafka/file: the committed
@@ -94,6 +96,8 @@ impl<F: FnOnce(Outcome) + Send + 'static> Settle for F {
 pub struct Delivery {
     event: Event,
     ordering_key: Option<Bytes>,
+    /// See [`Delivery::source_dead_letters`].
+    source_dead_letters: bool,
     settle: Option<Box<dyn Settle>>,
 }
 
@@ -104,8 +108,23 @@ impl Delivery {
         Self {
             event,
             ordering_key,
+            source_dead_letters: false,
             settle: Some(Box::new(settle)),
         }
+    }
+
+    /// Marks the delivery as one its source dead-letters by itself (AMQP: `reject` without
+    /// requeue, to the queue's dead-letter exchange). A route without a `dead_letter`
+    /// destination then settles such an event that failed for good as
+    /// [`Outcome::DeadLettered`] instead of stopping its lane.
+    pub fn with_source_dead_letter(mut self) -> Self {
+        self.source_dead_letters = true;
+        self
+    }
+
+    /// Whether the source dead-letters this delivery itself on [`Outcome::DeadLettered`].
+    pub fn source_dead_letters(&self) -> bool {
+        self.source_dead_letters
     }
 
     pub fn event(&self) -> &Event {

@@ -8,7 +8,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fnmill_connector_api::{Record, Sink, SinkError};
 use futures::future::BoxFuture;
@@ -188,7 +188,7 @@ impl Output {
 
 /// Opens `path` for append, first ending a partial last line left by a writer killed mid-write,
 /// so the next record starts on its own line instead of corrupting both.
-fn open_for_append(path: &PathBuf) -> io::Result<File> {
+fn open_for_append(path: &Path) -> io::Result<File> {
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     if ends_with_partial_line(path)? {
         warn!(file = %path.display(), "File ends with a partial line; ending it before appending");
@@ -197,7 +197,7 @@ fn open_for_append(path: &PathBuf) -> io::Result<File> {
     Ok(file)
 }
 
-fn ends_with_partial_line(path: &PathBuf) -> io::Result<bool> {
+fn ends_with_partial_line(path: &Path) -> io::Result<bool> {
     let meta = fs::metadata(path)?;
     if !meta.is_file() || meta.len() == 0 {
         return Ok(false);

@@ -1,0 +1,166 @@
+//! Messages per second RabbitMQ → echo function → RabbitMQ through fnmill, against a native
+//! lapin passthrough doing the same broker work (consume with the same prefetch → publish
+//! persistent + mandatory with publisher confirms → ack after the confirm), in the same run
+//! against the same broker. Prints both and their ratio (goal ≥ 0.7).
+//!
+//! `cargo bench --bench amqp` (add `-- --messages N` to change the count). Needs RabbitMQ at
+//! `FNMILL_TEST_AMQP_URL` (default 127.0.0.1:5672, guest/guest).
+
+#[path = "../tests/amqp_common/mod.rs"]
+mod amqp_common;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use amqp_common::{AmqpRoute, Broker, Collector, keyed_messages, unique, wait_for};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation};
+use tokio_util::sync::CancellationToken;
+
+const PREFETCH: u16 = 256;
+const KEYS: usize = 100;
+
+/// The native baseline: one consuming channel with `PREFETCH`, one confirm channel; each
+/// delivery is republished as it arrives, and acked when its confirm comes back.
+async fn native_passthrough(broker: &Broker, input: &str, output: &str, n: usize) -> f64 {
+    let out = Collector::start(&broker.connection, output).await;
+    let consume = broker.connection.create_channel().await.unwrap();
+    consume
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let publish = Arc::new(broker.connection.create_channel().await.unwrap());
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consume
+        .basic_consume(
+            input.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let output = output.to_string();
+    let a = acked.clone();
+    let task = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let confirm = publish
+                .basic_publish(
+                    "".into(),
+                    output.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &d.data,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(d.properties.headers().clone().unwrap_or_default()),
+                )
+                .await
+                .unwrap();
+            let a = a.clone();
+            tokio::spawn(async move {
+                let c = confirm.await.unwrap();
+                assert!(matches!(c, Confirmation::Ack(None)));
+                d.acker.ack(BasicAckOptions::default()).await.unwrap();
+                a.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    wait_for(Duration::from_secs(600), "native outputs", || {
+        out.len() >= n
+    })
+    .await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    wait_for(Duration::from_secs(60), "native acks", || {
+        acked.load(Ordering::Relaxed) >= n
+    })
+    .await;
+    task.abort();
+    let _ = consume.close(200, "done".into()).await;
+    rate
+}
+
+/// fnmill in-process (`app::run`) on the same broker work, with the echo guest.
+async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> f64 {
+    let out = Collector::start(&broker.connection, output).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = AmqpRoute::new(input, output, None, common::guest("echo"));
+    route.prefetch = PREFETCH;
+    let config = fnmill::config::load(&route.write(dir.path())).unwrap();
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let start = Instant::now();
+    let run = std::thread::spawn(move || fnmill::app::run(config, stop));
+    wait_for(Duration::from_secs(600), "fnmill outputs", || {
+        out.len() >= n
+    })
+    .await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    tokio::task::spawn_blocking(move || run.join().unwrap().unwrap())
+        .await
+        .unwrap();
+    rate
+}
+
+async fn one_round(n: usize) -> (f64, f64) {
+    let broker = Broker::new().await;
+    let names: Vec<String> = ["n-in", "n-out", "f-in", "f-out"]
+        .iter()
+        .map(|p| unique(p))
+        .collect();
+    for q in &names {
+        broker.queue(q).await;
+    }
+    let messages = keyed_messages(n, KEYS);
+    broker.publish(&names[0], messages.iter().map(copy)).await;
+    broker.publish(&names[2], messages.iter().map(copy)).await;
+    let native = native_passthrough(&broker, &names[0], &names[1], n).await;
+    let fnmill = fnmill_route(&broker, &names[2], &names[3], n).await;
+    broker.cleanup().await;
+    (native, fnmill)
+}
+
+fn copy(m: &amqp_common::Message) -> amqp_common::Message {
+    amqp_common::Message {
+        id: m.id.clone(),
+        payload: m.payload.clone(),
+        headers: m.headers.clone(),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::args()
+        .skip_while(|a| a != "--messages")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    // Warm-up: fills the compiled-component cache and the broker's own caches.
+    one_round(2_000).await;
+    let (native, fnmill) = one_round(n).await;
+    println!(
+        "RabbitMQ → echo → RabbitMQ, {n} messages ({KEYS} keys), prefetch {PREFETCH}, persistent, confirms"
+    );
+    println!("  native lapin passthrough : {native:>9.0} msg/s");
+    println!("  fnmill (echo guest)      : {fnmill:>9.0} msg/s");
+    println!(
+        "  ratio                    : {:>9.2}   (goal ≥ 0.70)",
+        fnmill / native
+    );
+}

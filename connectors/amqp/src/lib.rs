@@ -1,0 +1,160 @@
+//! RabbitMQ (AMQP 0.9.1) in and out of fnmill: an [`AmqpSource`] that consumes a queue and
+//! acknowledges each message only once its delivery settled, and an [`AmqpSink`] that publishes
+//! to an exchange with publisher confirms and `mandatory`, so an unroutable message is a failure.
+//!
+//! # Delivery contract
+//!
+//! - A message is `basic_ack`ed only after the pipeline settled its delivery as done (every output
+//!   confirmed) or dead-lettered (the dead letter confirmed). Settlements arrive in any order (keys
+//!   run concurrently); acks are per delivery tag, with one `multiple` ack covering the contiguous
+//!   run of settled tags below the oldest unsettled one.
+//! - An abandoned delivery (shutdown, a stopped lane, a dropped delivery) is `basic_nack`ed with
+//!   requeue; one lost with its connection is requeued by the broker itself.
+//! - With `dead_letter = "broker"` on the source, an event that failed for good is
+//!   `basic_reject`ed with `requeue = false`, so the queue's own dead-letter exchange receives it.
+//! - The sink publishes persistent messages (`delivery_mode = 2`) with `mandatory = true` on a
+//!   channel in confirm mode; `publish` resolves when the broker confirmed every record. A record
+//!   the broker returned as unroutable fails the call as [`SinkError::Permanent`] even though the
+//!   broker also acks it.
+//!
+//! # Layout
+//!
+//! - [`config`]: the config structs of source and sink, and the topology they may declare.
+//! - [`source`]: [`AmqpSource`], consuming with `basic_qos` prefetch, reconnecting with backoff.
+//! - [`sink`]: [`AmqpSink`], publishing on pooled confirm channels (deadpool).
+//! - `headers`: AMQP field tables to fnmill headers and back.
+//!
+//! [`SinkError::Permanent`]: fnmill_connector_api::SinkError::Permanent
+
+use std::time::Duration;
+
+use lapin::uri::AMQPUri;
+use lapin::{Connection, ConnectionProperties};
+
+pub mod config;
+mod headers;
+pub mod sink;
+pub mod source;
+
+pub use config::{AmqpSinkConfig, AmqpSourceConfig, DeadLetterMode, OrderingKey, Topology};
+pub use sink::AmqpSink;
+pub use source::AmqpSource;
+
+/// What can go wrong building or running an AMQP source or sink.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// `url` is not an AMQP URI. The URI itself is not repeated: it may hold a password.
+    #[error("`url` is not a valid AMQP URI: {0}")]
+    Url(String),
+    #[error("`{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("{what}: {source}")]
+    Broker {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("{what}: timed out after {after:?}")]
+    Timeout { what: String, after: Duration },
+}
+
+impl AmqpError {
+    pub(crate) fn broker(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let what = what.into();
+        move |source| AmqpError::Broker { what, source }
+    }
+}
+
+pub type Result<T, E = AmqpError> = std::result::Result<T, E>;
+
+/// How long opening a connection may take before it counts as failed (and is retried).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parses `url` and sets the heartbeat interval, unless the URL sets its own.
+pub(crate) fn parse_url(url: &str, heartbeat: Duration) -> Result<AMQPUri> {
+    let mut uri: AMQPUri = url.parse().map_err(AmqpError::Url)?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(heartbeat.as_secs().clamp(1, u16::MAX as u64) as u16);
+    }
+    Ok(uri)
+}
+
+/// Opens one connection, named so that it can be found in the management UI.
+pub(crate) async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let what = format!(
+        "connecting to {}:{}",
+        uri.authority.host, uri.authority.port
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri.clone(), props)).await {
+        Ok(result) => result.map_err(AmqpError::broker(what)),
+        Err(_) => Err(AmqpError::Timeout {
+            what,
+            after: CONNECT_TIMEOUT,
+        }),
+    }
+}
+
+/// Exponential backoff with jitter for reconnecting: from 100 ms (a broker restart or a cut
+/// connection is usually over quickly) doubling to 5 s (a long outage costs one attempt per
+/// 5 s, which a broker coming back up does not notice).
+#[derive(Debug)]
+pub(crate) struct Reconnect {
+    next: Duration,
+}
+
+impl Reconnect {
+    const INITIAL: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Self {
+        Self {
+            next: Self::INITIAL,
+        }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::INITIAL;
+    }
+
+    /// The wait before the next attempt (±20% jitter, so replicas do not reconnect in lockstep).
+    pub(crate) fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_added_unless_the_url_sets_one() {
+        let uri = parse_url(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Duration::from_secs(7),
+        )
+        .unwrap();
+        assert_eq!(uri.query.heartbeat, Some(7));
+        let uri = parse_url(
+            "amqp://127.0.0.1:5672/%2f?heartbeat=3",
+            Duration::from_secs(7),
+        )
+        .unwrap();
+        assert_eq!(uri.query.heartbeat, Some(3));
+        assert!(parse_url("http://x", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn reconnect_backoff_grows_and_caps() {
+        let mut r = Reconnect::new();
+        let first = r.delay();
+        assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120));
+        for _ in 0..20 {
+            assert!(r.delay() <= Duration::from_secs(6));
+        }
+        r.reset();
+        assert!(r.delay() <= Duration::from_millis(120));
+    }
+}

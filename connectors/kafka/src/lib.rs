@@ -1,0 +1,66 @@
+//! Kafka in and out of fnmill, on librdkafka: a [`KafkaSource`] that consumes topics as a
+//! consumer group and commits only what is finished, and a [`KafkaSink`] that produces with an
+//! idempotent producer and confirms each record by its delivery report.
+//!
+//! # At-least-once, the librdkafka way
+//!
+//! The source runs with `enable.auto.offset.store=false` and `enable.auto.commit=true`: it
+//! *stores* a partition's offset only once every event before it settled as done or
+//! dead-lettered (the contiguous watermark), and librdkafka commits stored offsets in the
+//! background. On partition revoke and on shutdown it stops reading, waits (within a bound) for
+//! the partitions' in-flight events, stores and commits synchronously, and only then lets go.
+//! A `kill -9` at any moment loses nothing: the committed offset is never past an unfinished event.
+//!
+//! # Layout
+//!
+//! - [`source`]: [`KafkaSource`], the consumer thread, its per-partition watermarks and the
+//!   rebalance handling.
+//! - [`sink`]: [`KafkaSink`], one shared producer per cluster config, with a delivery callback
+//!   that settles each `publish` call.
+//! - `properties`: librdkafka properties from config, and the ones fnmill insists on.
+
+use fnmill_connector_api::SourceError;
+
+mod properties;
+pub mod sink;
+pub mod source;
+
+pub use properties::PropertyValue;
+pub use rdkafka;
+pub use sink::{KafkaSink, KafkaSinkConfig};
+pub use source::{KafkaSource, KafkaSourceConfig};
+
+/// What can go wrong building a Kafka source or sink.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("`{key}` must not be empty")]
+    Empty { key: &'static str },
+    #[error("`{key}` must be greater than zero")]
+    ZeroDuration { key: &'static str },
+    #[error(
+        "`properties.\"{property}\"` cannot be `{value}`: fnmill sets it to `{required}` \
+         because {reason}"
+    )]
+    Fixed {
+        property: String,
+        value: String,
+        required: &'static str,
+        reason: &'static str,
+    },
+    #[error("`properties.\"{property}\"` must be {expected}, not `{value}`")]
+    BadProperty {
+        property: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("cannot create the Kafka client: {0}")]
+    Client(#[source] rdkafka::error::KafkaError),
+}
+
+pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+impl From<KafkaError> for SourceError {
+    fn from(err: KafkaError) -> Self {
+        SourceError::Other(err.to_string())
+    }
+}

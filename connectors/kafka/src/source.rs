@@ -1,0 +1,740 @@
+//! [`KafkaSource`]: a consumer-group member that lends each message out as a [`Delivery`] and
+//! stores, per partition, the contiguous watermark of messages settled as done or dead-lettered.
+//!
+//! One dedicated thread owns the librdkafka consumer. It polls messages, hands them to the
+//! pipeline, applies settlements and stores offsets; librdkafka runs the rebalance callbacks on
+//! this same thread (inside `poll`), so the bookkeeping needs no cross-thread coordination beyond
+//! the channel the settle closures send on. Settle closures, called wherever an event finished,
+//! only send a message.
+//!
+//! Backpressure: when the pipeline's channel is full, the message in hand is held and every
+//! assigned partition is paused, so librdkafka stops fetching instead of fnmill buffering; the
+//! partitions resume once the held messages are handed over. (librdkafka resumes a paused
+//! partition at the position after the last message it returned, so nothing is skipped.)
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fnmill_connector_api::{
+    Delivery, Event, Header, Outcome, Readiness, Source, SourceContext, SourceError,
+};
+use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::KafkaError;
+use crate::properties::{self, Fixed, PropertyValue};
+
+/// How long one `poll` may block while idle: the latency of noticing shutdown and of applying
+/// settlements when no message arrives. Short enough to be unnoticeable, long enough that an
+/// idle source costs nothing measurable.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// `poll` timeout while messages are held for a full pipeline: how soon a freed slot is used.
+const HELD_POLL: Duration = Duration::from_millis(5);
+
+/// How long a message waits for room in a full pipeline before the partitions are paused. A
+/// busy pipeline frees a slot within milliseconds; pausing at once would make librdkafka drop
+/// and fetch again its prefetched messages on every resume.
+const PAUSE_AFTER: Duration = Duration::from_millis(100);
+
+/// While not ready, how often the source asks the cluster for metadata to learn it is back.
+const READINESS_PROBE: Duration = Duration::from_secs(2);
+
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+
+/// Where `drain_timeout` comes from: below the 20 s default `runtime.shutdown_grace`, itself
+/// below Kubernetes' 30 s between SIGTERM and SIGKILL, so offsets are committed before either.
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+/// `sources.<name>` with `kind = "kafka"`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap brokers, `host:port` separated by commas (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    /// Consumer group id. Replicas with the same group share the partitions between them.
+    pub group: String,
+    /// Topics to consume. A name starting with `^` is a regular expression matched against every
+    /// topic of the cluster, including topics created later (e.g. `"^orders\\..*"`).
+    pub topics: Vec<String>,
+    /// On shutdown, how long to wait for events already handed to functions before committing
+    /// what finished and leaving the group; unfinished events are consumed again by whoever gets
+    /// the partition. On a partition revoke the wait is also capped at two thirds of
+    /// `session.timeout.ms`, so the member is never expelled while it drains. Default: `15s`.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Any librdkafka consumer property (see librdkafka's CONFIGURATION.md), e.g.
+    /// `{ "session.timeout.ms" = 6000, "auto.offset.reset" = "latest" }`. fnmill's defaults:
+    /// `partition.assignment.strategy = "cooperative-sticky"` (a rebalance moves only the
+    /// partitions that must move), `auto.offset.reset = "earliest"` (a new group processes what
+    /// the topic holds), `enable.auto.commit = true`. `enable.auto.offset.store` is always
+    /// `false`: fnmill stores an offset only after the events before it finished.
+    #[serde(default)]
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+impl KafkaSourceConfig {
+    /// A config for `topics` in `group` on `brokers`, everything else at its default.
+    pub fn new(brokers: impl Into<String>, group: impl Into<String>, topics: Vec<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group: group.into(),
+            topics,
+            drain_timeout: default_drain_timeout(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+const SOURCE_DEFAULTS: &[(&str, &str)] = &[
+    ("partition.assignment.strategy", "cooperative-sticky"),
+    ("auto.offset.reset", "earliest"),
+    ("enable.auto.commit", "true"),
+    ("enable.partition.eof", "false"),
+];
+
+const SOURCE_FIXED: &[Fixed] = &[Fixed {
+    name: "enable.auto.offset.store",
+    value: "false",
+    reason: "an offset is stored only after the events before it finished (at-least-once)",
+}];
+
+/// Consumes Kafka topics as a consumer-group member and lends each message out.
+pub struct KafkaSource {
+    name: String,
+    config: rdkafka::ClientConfig,
+    topics: Vec<String>,
+    brokers: String,
+    drain_timeout: Duration,
+    revoke_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("name", &self.name)
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// Checks the config; `name` becomes [`Event::source`]. Nothing connects yet.
+    pub fn new(name: impl Into<String>, config: KafkaSourceConfig) -> Result<Self, KafkaError> {
+        if config.brokers.trim().is_empty() {
+            return Err(KafkaError::Empty { key: "brokers" });
+        }
+        if config.group.trim().is_empty() {
+            return Err(KafkaError::Empty { key: "group" });
+        }
+        if config.topics.is_empty() || config.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(KafkaError::Empty { key: "topics" });
+        }
+        if config.drain_timeout.is_zero() {
+            return Err(KafkaError::ZeroDuration {
+                key: "drain_timeout",
+            });
+        }
+        let session = properties::millis(
+            &config.properties,
+            "session.timeout.ms",
+            DEFAULT_SESSION_TIMEOUT_MS,
+        )?;
+        let mut client = properties::client_config(
+            &config.brokers,
+            SOURCE_DEFAULTS,
+            &config.properties,
+            SOURCE_FIXED,
+        )?;
+        client.set("group.id", &config.group);
+        Ok(Self {
+            name: name.into(),
+            config: client,
+            topics: config.topics,
+            brokers: config.brokers,
+            drain_timeout: config.drain_timeout,
+            revoke_timeout: config
+                .drain_timeout
+                .min(Duration::from_millis(session * 2 / 3)),
+        })
+    }
+}
+
+impl Source for KafkaSource {
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
+        Box::pin(async move {
+            let ready = ctx.ready.clone();
+            let io = tokio::runtime::Handle::current();
+            let result = tokio::task::spawn_blocking(move || self.run_blocking(ctx, io))
+                .await
+                .unwrap_or_else(|e| Err(SourceError::Other(format!("consumer thread: {e}"))));
+            ready.set(false);
+            result
+        })
+    }
+}
+
+/// One settled delivery, from its settle closure to the consumer thread.
+#[derive(Debug)]
+struct Settlement {
+    partition: PartitionId,
+    epoch: u64,
+    offset: i64,
+    outcome: Outcome,
+}
+
+type PartitionId = (Arc<str>, i32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    InFlight,
+    Acknowledged,
+    Abandoned,
+}
+
+/// An assigned partition's unsettled window, in offset order.
+#[derive(Debug)]
+struct PartitionState {
+    /// Bumped on every assignment, so settlements of an earlier assignment are ignored.
+    epoch: u64,
+    window: VecDeque<(i64, Slot)>,
+    /// The next offset to consume after the contiguous acknowledged prefix: what to store.
+    watermark: Option<i64>,
+    /// What was last stored with librdkafka.
+    stored: Option<i64>,
+}
+
+impl PartitionState {
+    fn in_flight(&self) -> usize {
+        self.window
+            .iter()
+            .filter(|(_, s)| *s == Slot::InFlight)
+            .count()
+    }
+
+    /// Moves the watermark across the acknowledged prefix. An abandoned event pins it for the
+    /// rest of this assignment: it and everything after it are consumed again later.
+    fn advance(&mut self) {
+        while let Some((offset, Slot::Acknowledged)) = self.window.front().copied() {
+            self.window.pop_front();
+            self.watermark = Some(offset + 1);
+        }
+    }
+}
+
+/// The consumer thread's bookkeeping, reachable from the rebalance callbacks.
+#[derive(Default)]
+struct State {
+    partitions: HashMap<PartitionId, PartitionState>,
+    next_epoch: u64,
+    /// Deliveries the pipeline had no room for; while any is held, partitions are paused.
+    held: VecDeque<(PartitionId, Delivery)>,
+    paused: bool,
+    /// Set once the shutdown drain is over: the revoke on leaving the group must not wait again.
+    closing: bool,
+}
+
+/// The consumer's context: librdkafka calls it (on the consumer thread) for rebalances and errors.
+struct SourceContextImpl {
+    name: String,
+    brokers: String,
+    ready: Readiness,
+    state: Mutex<State>,
+    settlements: Mutex<std_mpsc::Receiver<Settlement>>,
+    revoke_timeout: Duration,
+    /// When the last "brokers unreachable" line was logged, so a long outage logs once in a
+    /// while, not on every reconnect attempt.
+    last_down_log: Mutex<Option<Instant>>,
+}
+
+impl SourceContextImpl {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies every queued settlement, waiting up to `wait` for the first one. Returns whether
+    /// any arrived.
+    fn apply_settlements(&self, state: &mut State, wait: Duration) -> bool {
+        let rx = self.settlements.lock().unwrap_or_else(|p| p.into_inner());
+        let first = if wait.is_zero() {
+            rx.try_recv().ok()
+        } else {
+            rx.recv_timeout(wait).ok()
+        };
+        let Some(first) = first else { return false };
+        let mut next = Some(first);
+        while let Some(s) = next {
+            if let Some(p) = state.partitions.get_mut(&s.partition)
+                && p.epoch == s.epoch
+                && let Ok(i) = p.window.binary_search_by_key(&s.offset, |(o, _)| *o)
+            {
+                p.window[i].1 = if s.outcome.is_acknowledged() {
+                    Slot::Acknowledged
+                } else {
+                    Slot::Abandoned
+                };
+                p.advance();
+            }
+            next = rx.try_recv().ok();
+        }
+        true
+    }
+
+    /// Stores the watermark of `which` partitions (all if `None`) that moved since last stored,
+    /// and returns them as a list fit for a commit.
+    fn store(
+        &self,
+        consumer: &BaseConsumer<SourceContextImpl>,
+        state: &mut State,
+        which: Option<&[PartitionId]>,
+    ) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        let mut all = TopicPartitionList::new();
+        for (id, p) in state.partitions.iter_mut() {
+            if which.is_some_and(|w| !w.contains(id)) {
+                continue;
+            }
+            let Some(watermark) = p.watermark else {
+                continue;
+            };
+            let _ = all.add_partition_offset(&id.0, id.1, Offset::Offset(watermark));
+            if p.stored != Some(watermark) {
+                let _ = tpl.add_partition_offset(&id.0, id.1, Offset::Offset(watermark));
+                p.stored = Some(watermark);
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.store_offsets(&tpl)
+        {
+            // A partition revoked under us: the new owner starts from the last commit.
+            debug!(source = %self.name, error = %e, "Storing offsets failed");
+        }
+        all
+    }
+
+    /// Waits until `which` partitions have nothing in flight, or `timeout`.
+    fn drain(&self, state: &mut State, which: Option<&[PartitionId]>, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let in_flight: usize = state
+                .partitions
+                .iter()
+                .filter(|(id, _)| which.is_none_or(|w| w.contains(id)))
+                .map(|(_, p)| p.in_flight())
+                .sum();
+            let now = Instant::now();
+            if in_flight == 0 || now >= deadline {
+                return in_flight;
+            }
+            self.apply_settlements(state, (deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Commits `tpl` synchronously, logging the outcome.
+    fn commit(&self, consumer: &BaseConsumer<SourceContextImpl>, tpl: &TopicPartitionList) {
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(tpl, CommitMode::Sync) {
+            Ok(()) => debug!(source = %self.name, partitions = tpl.count(), "Committed offsets"),
+            Err(e) => warn!(source = %self.name, error = %e, "Committing offsets failed"),
+        }
+    }
+}
+
+impl ClientContext for SourceContextImpl {
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        let down = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        );
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.ready.set(false);
+        }
+        if down {
+            let mut last = self.last_down_log.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                *last = Some(Instant::now());
+                error!(
+                    source = %self.name,
+                    brokers = %self.brokers,
+                    error = %reason,
+                    "Kafka brokers unreachable; not ready, retrying"
+                );
+            }
+        } else {
+            warn!(source = %self.name, error = %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContextImpl {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let revoked: Vec<PartitionId> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (Arc::from(e.topic()), e.partition()))
+                    .collect();
+                let mut state = self.state();
+                // Stop reading them: what the pipeline has not taken is given back.
+                state.held.retain(|(id, _)| !revoked.contains(id));
+                let timeout = if state.closing {
+                    Duration::ZERO
+                } else {
+                    self.revoke_timeout
+                };
+                let left = self.drain(&mut state, Some(&revoked), timeout);
+                let tpl = self.store(consumer, &mut state, Some(&revoked));
+                self.commit(consumer, &tpl);
+                for id in &revoked {
+                    state.partitions.remove(id);
+                }
+                info!(
+                    source = %self.name,
+                    partitions = %names(&revoked),
+                    abandoned = left,
+                    "Partitions revoked: drained and committed"
+                );
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => warn!(source = %self.name, error = %e, "Rebalance failed"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut state = self.state();
+            let mut assigned = Vec::new();
+            for e in tpl.elements() {
+                let id: PartitionId = (Arc::from(e.topic()), e.partition());
+                state.next_epoch += 1;
+                let epoch = state.next_epoch;
+                state.partitions.insert(
+                    id.clone(),
+                    PartitionState {
+                        epoch,
+                        window: VecDeque::new(),
+                        watermark: None,
+                        stored: None,
+                    },
+                );
+                assigned.push(id);
+            }
+            // Newly assigned partitions are not paused; the loop pauses them when needed.
+            state.paused = false;
+            self.ready.set(true);
+            info!(source = %self.name, partitions = %names(&assigned), "Partitions assigned");
+        }
+    }
+}
+
+fn names(ids: &[PartitionId]) -> String {
+    ids.iter()
+        .map(|(t, p)| format!("{t}[{p}]"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Events with the same topic, partition and key run in order; the partition is part of the
+/// key because Kafka orders only within a partition.
+fn ordering_key(topic: &str, partition: i32, key: Option<&[u8]>) -> Bytes {
+    let key = key.unwrap_or_default();
+    let mut b = BytesMut::with_capacity(topic.len() + 5 + key.len());
+    b.put_slice(topic.as_bytes());
+    b.put_u8(0);
+    b.put_i32(partition);
+    b.put_slice(key);
+    b.freeze()
+}
+
+fn event(source: &str, m: &BorrowedMessage<'_>) -> Event {
+    let topic = m.topic();
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header::new(h.key, Bytes::copy_from_slice(h.value.unwrap_or_default())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Event {
+        id: format!("{topic}/{}/{}", m.partition(), m.offset()),
+        source: source.to_string(),
+        key: m.key().map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+        origin: vec![
+            ("topic", topic.to_string()),
+            ("partition", m.partition().to_string()),
+            ("offset", m.offset().to_string()),
+        ],
+    }
+}
+
+impl KafkaSource {
+    fn run_blocking(self, ctx: SourceContext, io: Handle) -> Result<(), SourceError> {
+        let SourceContext {
+            out,
+            shutdown,
+            ready,
+        } = ctx;
+        let (settled_tx, settled_rx) = std_mpsc::channel();
+        let context = SourceContextImpl {
+            name: self.name.clone(),
+            brokers: self.brokers.clone(),
+            ready: ready.clone(),
+            state: Mutex::new(State::default()),
+            settlements: Mutex::new(settled_rx),
+            revoke_timeout: self.revoke_timeout,
+            last_down_log: Mutex::new(None),
+        };
+        let consumer: BaseConsumer<SourceContextImpl> = self
+            .config
+            .create_with_context(context)
+            .map_err(|e| SourceError::from(KafkaError::Client(e)))?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| SourceError::Other(format!("subscribing to {topics:?}: {e}")))?;
+        info!(source = %self.name, brokers = %self.brokers, topics = ?topics, "Kafka source started");
+
+        let outcome = self.consume(&consumer, &out, &shutdown, &settled_tx, &io);
+        // Stop taking new events: the pipeline finishes what it accepted.
+        drop(out);
+        let cx = consumer.context();
+        let mut state = cx.state();
+        state.held.clear();
+        let left = cx.drain(&mut state, None, self.drain_timeout);
+        let tpl = cx.store(&consumer, &mut state, None);
+        cx.commit(&consumer, &tpl);
+        state.closing = true;
+        info!(
+            source = %self.name,
+            partitions = tpl.count(),
+            abandoned = left,
+            "Kafka source stopped: offsets committed"
+        );
+        drop(state);
+        // Leaves the group; the revoke callback runs once more and finds nothing in flight.
+        drop(consumer);
+        outcome
+    }
+
+    /// The consume loop; returns on shutdown or when the pipeline is gone.
+    fn consume(
+        &self,
+        consumer: &BaseConsumer<SourceContextImpl>,
+        out: &mpsc::Sender<Delivery>,
+        shutdown: &CancellationToken,
+        settled_tx: &std_mpsc::Sender<Settlement>,
+        io: &Handle,
+    ) -> Result<(), SourceError> {
+        let cx = consumer.context();
+        let mut last_probe = Instant::now();
+        let mut last_store = Instant::now();
+        while !shutdown.is_cancelled() {
+            let timeout = {
+                let mut state = cx.state();
+                cx.apply_settlements(&mut state, Duration::ZERO);
+                // Storing is cheap but not free: at most every few milliseconds.
+                if last_store.elapsed() >= Duration::from_millis(5) {
+                    cx.store(consumer, &mut state, None);
+                    last_store = Instant::now();
+                }
+                while let Some((id, d)) = state.held.pop_front() {
+                    match out.try_send(d) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(d)) => {
+                            state.held.push_front((id, d));
+                            break;
+                        }
+                        Err(TrySendError::Closed(_)) => return Ok(()),
+                    }
+                }
+                if state.held.is_empty() {
+                    if state.paused {
+                        state.paused = false;
+                        if let Ok(assignment) = consumer.assignment() {
+                            let _ = consumer.resume(&assignment);
+                        }
+                    }
+                    IDLE_POLL
+                } else {
+                    if !state.paused {
+                        state.paused = true;
+                        if let Ok(assignment) = consumer.assignment() {
+                            let _ = consumer.pause(&assignment);
+                        }
+                    }
+                    HELD_POLL
+                }
+            };
+            match consumer.poll(timeout) {
+                None => {}
+                Some(Ok(m)) => {
+                    cx.ready.set(true);
+                    let id: PartitionId = (Arc::from(m.topic()), m.partition());
+                    let mut state = cx.state();
+                    let State {
+                        partitions,
+                        next_epoch,
+                        ..
+                    } = &mut *state;
+                    let p = partitions.entry(id.clone()).or_insert_with(|| {
+                        *next_epoch += 1;
+                        PartitionState {
+                            epoch: *next_epoch,
+                            window: VecDeque::new(),
+                            watermark: None,
+                            stored: None,
+                        }
+                    });
+                    let offset = m.offset();
+                    if p.window.back().is_some_and(|(o, _)| *o >= offset) {
+                        // Already lent out in this assignment (a fetch raced a pause).
+                        continue;
+                    }
+                    p.window.push_back((offset, Slot::InFlight));
+                    let settlement = Settlement {
+                        partition: id.clone(),
+                        epoch: p.epoch,
+                        offset,
+                        outcome: Outcome::Abandoned,
+                    };
+                    let tx = settled_tx.clone();
+                    let delivery = Delivery::new(
+                        event(&self.name, &m),
+                        Some(ordering_key(m.topic(), m.partition(), m.key())),
+                        move |outcome| {
+                            // The consumer may be gone (shutdown): nothing left to store.
+                            let _ = tx.send(Settlement {
+                                outcome,
+                                ..settlement
+                            });
+                        },
+                    );
+                    if state.held.is_empty() {
+                        match out.try_send(delivery) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(d)) => {
+                                match io.block_on(tokio::time::timeout(PAUSE_AFTER, out.reserve()))
+                                {
+                                    Ok(Ok(permit)) => permit.send(d),
+                                    Ok(Err(_)) => return Ok(()),
+                                    Err(_) => state.held.push_back((id, d)),
+                                }
+                            }
+                            Err(TrySendError::Closed(_)) => return Ok(()),
+                        }
+                    } else {
+                        state.held.push_back((id, delivery));
+                        // A partition assigned since the pause is not paused yet.
+                        state.paused = false;
+                    }
+                }
+                Some(Err(e)) => {
+                    debug!(source = %self.name, error = %e, "Kafka consumer error");
+                }
+            }
+            if !cx.ready.is_ready() && last_probe.elapsed() >= READINESS_PROBE {
+                last_probe = Instant::now();
+                if consumer
+                    .fetch_metadata(None, Duration::from_millis(500))
+                    .is_ok()
+                {
+                    info!(source = %self.name, "Kafka brokers reachable again");
+                    cx.ready.set(true);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(slots: &[(i64, Slot)]) -> PartitionState {
+        PartitionState {
+            epoch: 1,
+            window: slots.iter().copied().collect(),
+            watermark: None,
+            stored: None,
+        }
+    }
+
+    #[test]
+    fn watermark_moves_only_over_the_contiguous_acknowledged_prefix() {
+        let mut p = partition(&[
+            (10, Slot::Acknowledged),
+            (11, Slot::InFlight),
+            (13, Slot::Acknowledged),
+        ]);
+        p.advance();
+        assert_eq!(p.watermark, Some(11));
+        p.window[0].1 = Slot::Acknowledged;
+        p.advance();
+        assert_eq!(p.watermark, Some(14));
+        assert!(p.window.is_empty());
+    }
+
+    #[test]
+    fn an_abandoned_event_pins_the_watermark() {
+        let mut p = partition(&[(0, Slot::Abandoned), (1, Slot::Acknowledged)]);
+        p.advance();
+        assert_eq!(p.watermark, None);
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn ordering_key_separates_partitions_and_keys() {
+        assert_ne!(
+            ordering_key("t", 0, Some(b"k")),
+            ordering_key("t", 1, Some(b"k"))
+        );
+        assert_ne!(
+            ordering_key("t", 0, Some(b"a")),
+            ordering_key("t", 0, Some(b"b"))
+        );
+        assert_eq!(ordering_key("t", 0, None), ordering_key("t", 0, Some(b"")));
+    }
+
+    #[test]
+    fn config_checks_name_the_key() {
+        let mut c = KafkaSourceConfig::new("b:9092", "g", vec![]);
+        assert!(
+            KafkaSource::new("s", c.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("`topics`")
+        );
+        c.topics = vec!["t".into()];
+        c.properties
+            .insert("session.timeout.ms".into(), PropertyValue::Integer(6000));
+        let s = KafkaSource::new("s", c).unwrap();
+        assert_eq!(s.revoke_timeout, Duration::from_secs(4));
+    }
+}

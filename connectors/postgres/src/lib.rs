@@ -1,0 +1,547 @@
+//! PostgreSQL pools for fnmill's `sql` capability.
+//!
+//! A [`PgPool`] is a bounded pool of connections (deadpool-postgres) to one database, sized for
+//! the database and not for the number of callers: thousands of concurrent callers wait for one
+//! of `pool_size` connections, at most `wait_timeout` each. Every statement is prepared once per
+//! connection and then served from that connection's statement cache.
+//!
+//! Values cross this crate's edge as [`Value`]s, a small closed set of types (null, bool, int,
+//! float, text, bytes, json, timestamp) converted to and from the PostgreSQL type of each
+//! parameter and column. Errors say whether retrying may help ([`SqlError::is_retryable`]):
+//! an exhausted pool or a lost connection is transient; an SQL error carries its SQLSTATE.
+//!
+//! The crate knows nothing about wasm. Its futures must run on a tokio runtime, and the pool's
+//! connection tasks live on the runtime that first needed them — fnmill's IO runtime.
+
+pub mod config;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+
+/// Re-exported so tests and benchmarks can talk to the same database without another dependency.
+pub use tokio_postgres;
+
+/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 00:00:00 UTC), the
+/// origin of PostgreSQL's binary timestamps.
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// A value of a parameter or a column.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// SQL `NULL`, of any type.
+    Null,
+    /// `boolean`.
+    Bool(bool),
+    /// `smallint`, `integer`, `bigint` (checked for range on the way in), `oid`.
+    Int(i64),
+    /// `real`, `double precision`.
+    Float(f64),
+    /// `text`, `varchar`, `char(n)`, `name`, and parameters of unknown type.
+    Text(String),
+    /// `bytea`.
+    Bytes(Vec<u8>),
+    /// `json` or `jsonb`, as JSON text.
+    Json(String),
+    /// `timestamp` or `timestamptz`, in microseconds since the Unix epoch (UTC). A `timestamp`
+    /// without time zone is read and written as if it were UTC.
+    Timestamp(i64),
+}
+
+impl Value {
+    /// The name of the value's kind, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Text(_) => "text",
+            Value::Bytes(_) => "bytes",
+            Value::Json(_) => "json",
+            Value::Timestamp(_) => "timestamp",
+        }
+    }
+
+    /// Whether this value can be sent as a parameter of type `ty`.
+    fn fits(&self, ty: &Type) -> bool {
+        match self {
+            Value::Null => true,
+            Value::Bool(_) => *ty == Type::BOOL,
+            Value::Int(i) => match *ty {
+                Type::INT2 => i16::try_from(*i).is_ok(),
+                Type::INT4 => i32::try_from(*i).is_ok(),
+                Type::OID => u32::try_from(*i).is_ok(),
+                Type::INT8 => true,
+                _ => false,
+            },
+            Value::Float(_) => [Type::FLOAT4, Type::FLOAT8].contains(ty),
+            Value::Text(_) => is_text(ty),
+            Value::Bytes(_) => *ty == Type::BYTEA,
+            Value::Json(_) => [Type::JSON, Type::JSONB].contains(ty),
+            Value::Timestamp(_) => [Type::TIMESTAMP, Type::TIMESTAMPTZ].contains(ty),
+        }
+    }
+}
+
+fn is_text(ty: &Type) -> bool {
+    [
+        Type::TEXT,
+        Type::VARCHAR,
+        Type::BPCHAR,
+        Type::NAME,
+        Type::UNKNOWN,
+    ]
+    .contains(ty)
+}
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        match self {
+            Value::Null => return Ok(IsNull::Yes),
+            Value::Bool(b) => out.put_u8(u8::from(*b)),
+            Value::Int(i) => match *ty {
+                Type::INT2 => out.put_i16(i16::try_from(*i).map_err(|_| range(*i, "smallint"))?),
+                Type::INT4 => out.put_i32(i32::try_from(*i).map_err(|_| range(*i, "integer"))?),
+                Type::OID => out.put_u32(u32::try_from(*i).map_err(|_| range(*i, "oid"))?),
+                _ => out.put_i64(*i),
+            },
+            Value::Float(f) => match *ty {
+                Type::FLOAT4 => out.put_f32(*f as f32),
+                _ => out.put_f64(*f),
+            },
+            Value::Text(s) => out.put_slice(s.as_bytes()),
+            Value::Bytes(b) => out.put_slice(b),
+            Value::Json(s) => {
+                if *ty == Type::JSONB {
+                    // jsonb's binary format: a version byte, then the JSON text.
+                    out.put_u8(1);
+                }
+                out.put_slice(s.as_bytes());
+            }
+            Value::Timestamp(micros) => out.put_i64(
+                micros
+                    .checked_sub(PG_EPOCH_OFFSET_MICROS)
+                    .ok_or("timestamp out of range")?,
+            ),
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Checked per value by `fits` before the statement runs, with a clearer message.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn range(i: i64, ty: &str) -> BoxError {
+    format!("{i} is out of range for {ty}").into()
+}
+
+impl<'a> FromSql<'a> for Value {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        Ok(match *ty {
+            Type::BOOL => Value::Bool(bool::from_sql(ty, raw)?),
+            Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
+            Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT8 => Value::Int(i64::from_sql(ty, raw)?),
+            Type::OID => Value::Int(u32::from_sql(ty, raw)?.into()),
+            Type::FLOAT4 => Value::Float(f32::from_sql(ty, raw)?.into()),
+            Type::FLOAT8 => Value::Float(f64::from_sql(ty, raw)?),
+            Type::BYTEA => Value::Bytes(raw.to_vec()),
+            Type::JSON => Value::Json(String::from_utf8(raw.to_vec())?),
+            Type::JSONB => match raw.split_first() {
+                Some((1, text)) => Value::Json(String::from_utf8(text.to_vec())?),
+                _ => return Err("unsupported jsonb version".into()),
+            },
+            Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+                let pg = i64::from_sql(&Type::INT8, raw)?;
+                Value::Timestamp(pg.saturating_add(PG_EPOCH_OFFSET_MICROS))
+            }
+            ref t if is_text(t) => Value::Text(String::from_utf8(raw.to_vec())?),
+            ref t => {
+                return Err(format!(
+                    "columns of type {t} are not converted; cast the column in SQL \
+                     (e.g. `::text`, `::float8`, `::int8`)"
+                )
+                .into());
+            }
+        })
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
+        Ok(Value::Null)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// The result of a query: column names, and rows of values in column order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Why a statement did not run or did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SqlError {
+    /// The database refused or failed the statement.
+    #[error("SQLSTATE {sqlstate}: {message}")]
+    Database {
+        /// The five-character SQLSTATE code, e.g. `42P01` (undefined table).
+        sqlstate: String,
+        /// The server's message, with its detail and hint when there are any.
+        message: String,
+        /// Whether the same statement may succeed later: serialization failures and deadlocks
+        /// (class 40), connection exceptions (08), operator intervention such as
+        /// `pg_terminate_backend` (57P01..57P03), insufficient resources (53).
+        retryable: bool,
+    },
+    /// No connection could be had or kept: the pool was exhausted for `wait_timeout`, the
+    /// database refused or dropped the connection, or it did not answer in time. Transient.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A parameter did not fit its statement's parameter type, or a column could not be
+    /// converted. The caller's mistake: retrying will not help.
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+impl SqlError {
+    /// Whether trying the same work again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SqlError::Database { retryable, .. } => *retryable,
+            SqlError::Unavailable(_) => true,
+            SqlError::Invalid(_) => false,
+        }
+    }
+}
+
+/// Is a SQLSTATE transient? See [`SqlError::Database::retryable`].
+fn retryable_sqlstate(code: &str) -> bool {
+    code.starts_with("40")
+        || code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Settings of one pool.
+#[derive(Clone)]
+pub struct PgPoolConfig {
+    /// A `postgres://` URL or a `key=value` connection string. Secret: never logged.
+    pub url: String,
+    /// Connections the pool may open.
+    pub pool_size: usize,
+    /// Longest wait for a free connection before the caller gets [`SqlError::Unavailable`].
+    pub wait_timeout: Duration,
+    /// Longest time to open a connection.
+    pub connect_timeout: Duration,
+    /// Server-side limit on each statement (`statement_timeout`); `None` = the server's.
+    pub statement_timeout: Option<Duration>,
+    /// `application_name` of every connection, so they can be told apart in
+    /// `pg_stat_activity`.
+    pub application_name: String,
+}
+
+impl fmt::Debug for PgPoolConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgPoolConfig")
+            .field("url", &"<redacted>")
+            .field("pool_size", &self.pool_size)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("application_name", &self.application_name)
+            .finish()
+    }
+}
+
+/// Why a pool could not be created. Never contains the URL.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Clone)]
+pub struct PgPool {
+    pool: Pool,
+    wait_timeout: Duration,
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgPool")
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+/// Statistics of a pool, for metrics and tests.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolStatus {
+    /// Connections open now.
+    pub open: usize,
+    /// Open connections not in use.
+    pub idle: usize,
+    /// The pool's limit.
+    pub max: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+impl PgPool {
+    /// Creates the pool; no connection is opened until the first statement.
+    pub fn new(config: &PgPoolConfig) -> Result<Self, ConfigError> {
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
+            ConfigError(redact(
+                &format!("not a valid PostgreSQL URL: {e}"),
+                &[&config.url],
+            ))
+        })?;
+        pg.application_name(&config.application_name)
+            .connect_timeout(config.connect_timeout);
+        if let Some(t) = config.statement_timeout {
+            pg.options(format!("-c statement_timeout={}", t.as_millis()));
+        }
+        let secrets = secrets_of(&config.url, &pg);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                // A dead connection is noticed by its closed socket; checking each checkout
+                // with a round trip would double the latency of short statements.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .wait_timeout(Some(config.wait_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| ConfigError(format!("cannot build the pool: {e}")))?;
+        Ok(Self {
+            pool,
+            wait_timeout: config.wait_timeout,
+            secrets,
+        })
+    }
+
+    /// Runs a statement that returns rows.
+    pub async fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, SqlError> {
+        let client = self.client().await?;
+        let prepared = client
+            .prepare_cached(statement)
+            .await
+            .map_err(|e| self.error(e))?;
+        check_params(prepared.params(), params)?;
+        let rows = client
+            .query(&prepared, &as_params(params))
+            .await
+            .map_err(|e| self.error(e))?;
+        let columns: Vec<String> = prepared
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, name) in columns.iter().enumerate() {
+                let value = row
+                    .try_get::<_, Value>(i)
+                    .map_err(|e| SqlError::Invalid(format!("column `{name}`: {}", cause(&e))))?;
+                values.push(value);
+            }
+            out.push(values);
+        }
+        Ok(Rows { columns, rows: out })
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    pub async fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, SqlError> {
+        let client = self.client().await?;
+        let prepared = client
+            .prepare_cached(statement)
+            .await
+            .map_err(|e| self.error(e))?;
+        check_params(prepared.params(), params)?;
+        client
+            .execute(&prepared, &as_params(params))
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// How many connections are open, idle and awaited.
+    pub fn status(&self) -> PoolStatus {
+        let s = self.pool.status();
+        PoolStatus {
+            open: s.size,
+            idle: s.available,
+            max: s.max_size,
+            waiting: s.waiting,
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, SqlError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                SqlError::Unavailable(format!(
+                    "the pool is exhausted: no connection was free within {:?}",
+                    self.wait_timeout
+                ))
+            }
+            PoolError::Timeout(_) => {
+                SqlError::Unavailable("timed out connecting to the database".into())
+            }
+            PoolError::Backend(e) => match self.error(e) {
+                // An error while connecting (say, too many connections) is transient here.
+                SqlError::Database {
+                    sqlstate, message, ..
+                } => {
+                    SqlError::Unavailable(format!("cannot connect: SQLSTATE {sqlstate}: {message}"))
+                }
+                other => other,
+            },
+            other => SqlError::Unavailable(self.redact(&format!("cannot connect: {other}"))),
+        })
+    }
+
+    /// Classifies a driver error. Whatever is not the server's answer to the statement is a
+    /// lost or unusable connection.
+    fn error(&self, e: tokio_postgres::Error) -> SqlError {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            let mut message = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!(" (detail: {detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                message.push_str(&format!(" (hint: {hint})"));
+            }
+            return SqlError::Database {
+                sqlstate: code.to_string(),
+                retryable: retryable_sqlstate(code),
+                message: self.redact(&message),
+            };
+        }
+        SqlError::Unavailable(self.redact(&format!("connection lost: {}", cause(&e))))
+    }
+
+    fn redact(&self, text: &str) -> String {
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        redact(text, &secrets)
+    }
+}
+
+fn check_params(types: &[Type], params: &[Value]) -> Result<(), SqlError> {
+    if types.len() != params.len() {
+        return Err(SqlError::Invalid(format!(
+            "the statement takes {} parameter(s), {} given",
+            types.len(),
+            params.len()
+        )));
+    }
+    for (i, (ty, value)) in types.iter().zip(params).enumerate() {
+        if !value.fits(ty) {
+            return Err(SqlError::Invalid(format!(
+                "parameter ${} is of type {ty}; this {} value does not fit (out of range, or cast \
+                 the parameter in SQL, e.g. `${}::text`)",
+                i + 1,
+                value.kind(),
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn as_params(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+/// The error and its sources on one line.
+fn cause(e: &dyn StdError) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The strings that must never appear in a message: the URL and its password.
+fn secrets_of(url: &str, pg: &tokio_postgres::Config) -> Vec<String> {
+    let mut secrets = vec![url.to_string()];
+    if let Some(p) = pg.get_password()
+        && let Ok(p) = std::str::from_utf8(p)
+        && !p.is_empty()
+    {
+        secrets.push(p.to_string());
+    }
+    secrets
+}
+
+/// `text` with every occurrence of each secret replaced by `<redacted>`.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        if s.len() >= 3 {
+            out = out.replace(s, "<redacted>");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_codes() {
+        assert!(retryable_sqlstate("40001"));
+        assert!(retryable_sqlstate("57P01"));
+        assert!(retryable_sqlstate("08006"));
+        assert!(!retryable_sqlstate("42P01"));
+        assert!(!retryable_sqlstate("23505"));
+    }
+
+    #[test]
+    fn a_bad_url_does_not_echo_the_secret() {
+        let err = PgPool::new(&PgPoolConfig {
+            url: "postgres://u:hunter2@host:notaport/db".into(),
+            pool_size: 1,
+            wait_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            statement_timeout: None,
+            application_name: "t".into(),
+        })
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn values_fit_their_types() {
+        assert!(Value::Int(1).fits(&Type::INT4));
+        assert!(!Value::Int(1).fits(&Type::TEXT));
+        assert!(Value::Null.fits(&Type::JSONB));
+        assert!(Value::Text("x".into()).fits(&Type::VARCHAR));
+    }
+}

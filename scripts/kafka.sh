@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka (KRaft) for the integration tests and the benchmark, with no
+# Docker: the broker's jars come from Maven Central (org.apache.kafka:kafka_2.13 and its
+# runtime dependencies), cached under ~/.cache/fnmill-kafka, and run on the machine's Java.
+#
+#   scripts/kafka.sh start   fetch (once), format a fresh log dir, start on free ports, wait
+#   scripts/kafka.sh env     print `export FNMILL_TEST_KAFKA_BOOTSTRAP=...` for the running broker
+#   scripts/kafka.sh stop    stop the broker this script started and delete its log dir
+#
+# If FNMILL_TEST_KAFKA_BOOTSTRAP is already set, that broker is used and nothing is started.
+set -euo pipefail
+
+KAFKA_VERSION=${FNMILL_KAFKA_VERSION:-4.1.2}
+CACHE=${FNMILL_KAFKA_CACHE:-$HOME/.cache/fnmill-kafka}
+JARS=$CACHE/$KAFKA_VERSION/libs
+RUN=${FNMILL_KAFKA_RUN:-$(cd "$(dirname "$0")/.." && pwd)/target/kafka}
+
+fetch() {
+  if [ -f "$JARS/.complete" ]; then return 0; fi
+  mkdir -p "$CACHE/$KAFKA_VERSION"
+  # A throwaway pom whose only purpose is to let Maven resolve the broker's runtime classpath.
+  cat > "$CACHE/$KAFKA_VERSION/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.fnmill</groupId>
+  <artifactId>kafka-broker-classpath</artifactId>
+  <version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>$KAFKA_VERSION</version>
+    </dependency>
+    <!-- The broker logs through SLF4J; bind it to log4j2 (as the Kafka distribution does). -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>2.24.3</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>2.24.3</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+  echo "kafka: fetching Apache Kafka $KAFKA_VERSION from Maven Central (once)" >&2
+  mvn -q -B -f "$CACHE/$KAFKA_VERSION/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$JARS" >&2
+  touch "$JARS/.complete"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+answers() {
+  # The broker is up once its client listener accepts a connection and it logged that it started.
+  grep -q "Kafka Server started" "$RUN/broker.log" 2>/dev/null \
+    || grep -q "\[KafkaRaftServer nodeId=1\] Kafka Server started" "$RUN/broker.log" 2>/dev/null
+}
+
+running() {
+  [ -f "$RUN/pid" ] && kill -0 "$(cat "$RUN/pid")" 2>/dev/null
+}
+
+start() {
+  if [ -n "${FNMILL_TEST_KAFKA_BOOTSTRAP:-}" ]; then
+    echo "kafka: using FNMILL_TEST_KAFKA_BOOTSTRAP=$FNMILL_TEST_KAFKA_BOOTSTRAP" >&2
+    return 0
+  fi
+  if running; then
+    echo "kafka: already running at $(cat "$RUN/bootstrap")" >&2
+    return 0
+  fi
+  fetch
+  rm -rf "$RUN" && mkdir -p "$RUN/data"
+  local port controller
+  port=$(free_port)
+  controller=$(free_port)
+  cat > "$RUN/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$RUN/data
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Tests create groups constantly: let a new group start at once instead of after 3 s.
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+PROPS
+  cat > "$RUN/log4j2.properties" <<'LOG'
+status = error
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+LOG
+  local cp="$JARS/*"
+  local cluster_id
+  cluster_id=$(java -cp "$cp" -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
+    kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+  java -cp "$cp" -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
+    kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN/server.properties" --standalone \
+    > "$RUN/format.log" 2>&1 || {
+      # Older 4.x releases reject --standalone together with controller.quorum.voters.
+      java -cp "$cp" -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
+        kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN/server.properties" \
+        > "$RUN/format.log" 2>&1 || { cat "$RUN/format.log" >&2; return 1; }
+    }
+  # Small heap: the machine is shared, and the test load is modest.
+  nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
+    -cp "$cp" kafka.Kafka "$RUN/server.properties" > "$RUN/broker.log" 2>&1 &
+  echo $! > "$RUN/pid"
+  echo "127.0.0.1:$port" > "$RUN/bootstrap"
+  local deadline=$(( $(date +%s) + ${KAFKA_START_SECONDS:-120} ))
+  until answers; do
+    if ! running || [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "kafka: the broker did not start; last lines of $RUN/broker.log:" >&2
+      tail -30 "$RUN/broker.log" >&2
+      stop
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "kafka: Apache Kafka $KAFKA_VERSION is up at 127.0.0.1:$port" >&2
+}
+
+env_() {
+  if [ -n "${FNMILL_TEST_KAFKA_BOOTSTRAP:-}" ]; then
+    echo "export FNMILL_TEST_KAFKA_BOOTSTRAP=$FNMILL_TEST_KAFKA_BOOTSTRAP"
+  elif running; then
+    echo "export FNMILL_TEST_KAFKA_BOOTSTRAP=$(cat "$RUN/bootstrap")"
+  fi
+}
+
+stop() {
+  if [ -f "$RUN/pid" ]; then
+    local pid
+    pid=$(cat "$RUN/pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$RUN/pid"
+  fi
+  rm -rf "$RUN/data"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  env) env_ ;;
+  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,326 @@
+//! The `sql` and `keyvalue` capabilities: grants checked in the host, work done on the IO side.
+//!
+//! [`DataSources`] holds the native pools (PostgreSQL, Redis buckets) and a handle to the IO
+//! runtime they live on. A function sees only the subset its config grants ([`Grants`]),
+//! resolved once at load into [`FunctionData`]. A guest call naming anything else is refused
+//! right here, with an error to the guest and a log line, before any pool is touched.
+//!
+//! A granted call is spawned onto the IO runtime and its `JoinHandle` awaited: the guest's fiber
+//! is suspended and the compute thread runs other instances meanwhile. How many connections
+//! exist is the pools' business, independent of how many instances wait for them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use fnmill_connector_postgres::{PgPool, SqlError, Value};
+use fnmill_connector_redis::{Bucket, KvError};
+use tokio::runtime::Handle;
+use wasmtime::component::Resource;
+
+use super::Ctx;
+use super::bindings::{keyvalue, sql};
+
+/// The pools of every data source in the config, and the IO runtime they run on.
+pub struct DataSources {
+    io: Handle,
+    postgres: BTreeMap<String, PgPool>,
+    buckets: BTreeMap<String, Bucket>,
+}
+
+impl DataSources {
+    /// No data sources yet; their work will run on `io`.
+    pub fn new(io: Handle) -> Self {
+        Self {
+            io,
+            postgres: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a PostgreSQL data source that functions can name in `sql` calls.
+    pub fn add_postgres(&mut self, name: impl Into<String>, pool: PgPool) {
+        self.postgres.insert(name.into(), pool);
+    }
+
+    /// Adds a key-value bucket that functions can open by name.
+    pub fn add_bucket(&mut self, name: impl Into<String>, bucket: Bucket) {
+        self.buckets.insert(name.into(), bucket);
+    }
+
+    /// The pool of a PostgreSQL data source.
+    pub fn postgres(&self, name: &str) -> Option<&PgPool> {
+        self.postgres.get(name)
+    }
+
+    /// What a function with `grants` may use. Fails naming the first granted name that does
+    /// not exist (the config validation reports these before anything starts).
+    pub(super) fn resolve(&self, grants: &Grants) -> Result<FunctionData, String> {
+        let mut data = FunctionData {
+            io: Some(self.io.clone()),
+            ..FunctionData::default()
+        };
+        for name in &grants.data_sources {
+            let pool = self
+                .postgres
+                .get(name)
+                .ok_or_else(|| format!("granted data source `{name}` is not a SQL data source"))?;
+            data.postgres.insert(name.clone(), pool.clone());
+        }
+        for name in &grants.buckets {
+            let bucket = self
+                .buckets
+                .get(name)
+                .ok_or_else(|| format!("granted bucket `{name}` does not exist"))?;
+            data.buckets.insert(name.clone(), bucket.clone());
+        }
+        data.other_buckets = self
+            .buckets
+            .keys()
+            .filter(|b| !grants.buckets.contains(*b))
+            .cloned()
+            .collect();
+        Ok(data)
+    }
+}
+
+/// The data sources and buckets a function may use, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// `functions.<name>.data_sources`: SQL data sources.
+    pub data_sources: BTreeSet<String>,
+    /// `functions.<name>.buckets`: key-value buckets.
+    pub buckets: BTreeSet<String>,
+}
+
+/// What one function may reach, resolved at load.
+#[derive(Default)]
+pub(super) struct FunctionData {
+    /// Where granted calls run; `None` when the host has no data sources at all.
+    io: Option<Handle>,
+    postgres: BTreeMap<String, PgPool>,
+    buckets: BTreeMap<String, Bucket>,
+    /// Buckets that exist but are not granted: opening one is `access-denied` rather than
+    /// `no-such-store`.
+    other_buckets: BTreeSet<String>,
+}
+
+/// An open bucket, as kept in the store's resource table.
+pub struct KvBucket {
+    bucket: Bucket,
+}
+
+impl Ctx {
+    fn io(&self) -> Option<Handle> {
+        self.function.data.io.clone()
+    }
+
+    fn refuse(&self, what: &str, name: &str) {
+        tracing::warn!(
+            function = %self.function.name,
+            event = %self.event_id,
+            name,
+            "The function used {what} `{name}` it is not granted; refused"
+        );
+    }
+
+    /// The pool of `source`, or the `not-granted` error (logged).
+    fn sql_pool(&self, source: &str) -> Result<(Handle, PgPool), sql::SqlError> {
+        match (self.io(), self.function.data.postgres.get(source)) {
+            (Some(io), Some(pool)) => Ok((io, pool.clone())),
+            _ => {
+                self.refuse("data source", source);
+                Err(sql::SqlError::NotGranted(format!(
+                    "the function is not granted data source `{source}` \
+                     (grant it in functions.{}.data_sources)",
+                    self.function.name
+                )))
+            }
+        }
+    }
+}
+
+/// Runs `work` on the IO runtime and awaits it from the compute side.
+async fn on_io<T: Send + 'static>(
+    io: &Handle,
+    work: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    io.spawn(work).await.ok()
+}
+
+fn to_value(v: sql::Value) -> Value {
+    match v {
+        sql::Value::Null => Value::Null,
+        sql::Value::Boolean(b) => Value::Bool(b),
+        sql::Value::Int(i) => Value::Int(i),
+        sql::Value::Float(f) => Value::Float(f),
+        sql::Value::Text(s) => Value::Text(s),
+        sql::Value::Bytes(b) => Value::Bytes(b),
+        sql::Value::Json(s) => Value::Json(s),
+        sql::Value::Timestamp(t) => Value::Timestamp(t),
+    }
+}
+
+fn from_value(v: Value) -> sql::Value {
+    match v {
+        Value::Null => sql::Value::Null,
+        Value::Bool(b) => sql::Value::Boolean(b),
+        Value::Int(i) => sql::Value::Int(i),
+        Value::Float(f) => sql::Value::Float(f),
+        Value::Text(s) => sql::Value::Text(s),
+        Value::Bytes(b) => sql::Value::Bytes(b),
+        Value::Json(s) => sql::Value::Json(s),
+        Value::Timestamp(t) => sql::Value::Timestamp(t),
+    }
+}
+
+fn from_sql_error(e: SqlError) -> sql::SqlError {
+    match e {
+        SqlError::Database {
+            sqlstate,
+            message,
+            retryable,
+        } => sql::SqlError::Database(sql::DatabaseError {
+            sqlstate,
+            message,
+            retryable,
+        }),
+        SqlError::Unavailable(m) => sql::SqlError::Unavailable(m),
+        SqlError::Invalid(m) => sql::SqlError::Invalid(m),
+    }
+}
+
+fn io_gone() -> String {
+    "the IO runtime is shutting down".into()
+}
+
+impl sql::Host for Ctx {
+    async fn query(
+        &mut self,
+        source: String,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> Result<sql::Rows, sql::SqlError> {
+        let (io, pool) = self.sql_pool(&source)?;
+        let params: Vec<Value> = params.into_iter().map(to_value).collect();
+        let rows = on_io(&io, async move { pool.query(&statement, &params).await })
+            .await
+            .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))?
+            .map_err(from_sql_error)?;
+        Ok(sql::Rows {
+            columns: rows.columns,
+            rows: rows
+                .rows
+                .into_iter()
+                .map(|r| r.into_iter().map(from_value).collect())
+                .collect(),
+        })
+    }
+
+    async fn execute(
+        &mut self,
+        source: String,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> Result<u64, sql::SqlError> {
+        let (io, pool) = self.sql_pool(&source)?;
+        let params: Vec<Value> = params.into_iter().map(to_value).collect();
+        on_io(&io, async move { pool.execute(&statement, &params).await })
+            .await
+            .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))?
+            .map_err(from_sql_error)
+    }
+}
+
+fn from_kv_error(e: KvError) -> keyvalue::Error {
+    match e {
+        KvError::Unavailable(m) => keyvalue::Error::Unavailable(m),
+        KvError::Other(m) => keyvalue::Error::Other(m),
+    }
+}
+
+type KvResult<T> = wasmtime::Result<Result<T, keyvalue::Error>>;
+
+impl Ctx {
+    /// Runs one operation on an open bucket on the IO runtime.
+    async fn kv<T, F, Fut>(&mut self, handle: &Resource<KvBucket>, op: F) -> KvResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Bucket) -> Fut,
+        Fut: Future<Output = Result<T, KvError>> + Send + 'static,
+    {
+        let bucket = self.table.get(handle)?.bucket.clone();
+        let Some(io) = self.io() else {
+            return Ok(Err(keyvalue::Error::AccessDenied));
+        };
+        Ok(match on_io(&io, op(bucket)).await {
+            Some(result) => result.map_err(from_kv_error),
+            None => Err(keyvalue::Error::Unavailable(io_gone())),
+        })
+    }
+}
+
+impl keyvalue::Host for Ctx {
+    async fn open(&mut self, identifier: String) -> KvResult<Resource<KvBucket>> {
+        let data = &self.function.data;
+        if let Some(bucket) = data.buckets.get(&identifier) {
+            let bucket = KvBucket {
+                bucket: bucket.clone(),
+            };
+            return Ok(Ok(self.table.push(bucket)?));
+        }
+        self.refuse("bucket", &identifier);
+        if data.other_buckets.contains(&identifier) {
+            Ok(Err(keyvalue::Error::AccessDenied))
+        } else {
+            Ok(Err(keyvalue::Error::NoSuchStore))
+        }
+    }
+}
+
+impl keyvalue::HostBucket for Ctx {
+    async fn get(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<Option<Vec<u8>>> {
+        self.kv(&this, |b| async move { b.get(&key).await }).await
+    }
+
+    async fn set(&mut self, this: Resource<KvBucket>, key: String, value: Vec<u8>) -> KvResult<()> {
+        self.kv(&this, |b| async move { b.set(&key, &value).await })
+            .await
+    }
+
+    async fn delete(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<()> {
+        self.kv(&this, |b| async move { b.delete(&key).await })
+            .await
+    }
+
+    async fn exists(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<bool> {
+        self.kv(&this, |b| async move { b.exists(&key).await })
+            .await
+    }
+
+    async fn list_keys(
+        &mut self,
+        this: Resource<KvBucket>,
+        cursor: Option<u64>,
+    ) -> KvResult<keyvalue::KeyResponse> {
+        self.kv(&this, |b| async move {
+            let (keys, cursor) = b.list_keys(cursor).await?;
+            Ok(keyvalue::KeyResponse { keys, cursor })
+        })
+        .await
+    }
+
+    async fn increment(
+        &mut self,
+        this: Resource<KvBucket>,
+        key: String,
+        delta: i64,
+    ) -> KvResult<i64> {
+        self.kv(&this, |b| async move { b.increment(&key, delta).await })
+            .await
+    }
+
+    async fn drop(&mut self, this: Resource<KvBucket>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}

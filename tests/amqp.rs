@@ -1,0 +1,394 @@
+//! RabbitMQ end to end through `fnmill run`, against the broker at `FNMILL_TEST_AMQP_URL`
+//! (default 127.0.0.1:5672, guest/guest), with random queue names per test: every id comes out
+//! in per-key order; poison goes to the dead-letter queue with its original bytes; `kill -9` and
+//! cut connections lose nothing; an unroutable output dead-letters its event; a quorum queue with
+//! a delivery limit and the broker's own dead-letter exchange keeps the same guarantees.
+
+#[path = "amqp_common/mod.rs"]
+mod amqp_common;
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use amqp_common::{
+    AmqpRoute, Broker, Collector, Message, Proxy, Running, keyed_messages, tally, unique, wait_for,
+};
+use common::{fnmill, guest};
+use lapin::types::{AMQPValue, FieldTable};
+
+fn ids(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(|m| m.id.clone()).collect()
+}
+
+/// 20,000 messages over 100 ordering keys: every id comes out exactly once, each key's messages
+/// in the order they were published, and the input queue is left empty (everything acked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_every_id_out_in_per_key_order() {
+    let broker = Broker::new().await;
+    let (input, output) = (unique("e2e-in"), unique("e2e-out"));
+    broker.queue(&input).await;
+    broker.queue(&output).await;
+    let messages = keyed_messages(20_000, 100);
+    broker
+        .publish(&input, messages.iter().map(clone_message))
+        .await;
+    let out = Collector::start(&broker.connection, &output).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = AmqpRoute::new(&input, &output, None, guest("echo")).write(dir.path());
+    let run = Running::start(fnmill(), &config);
+    wait_for(Duration::from_secs(120), "20,000 outputs", || {
+        out.len() >= 20_000
+    })
+    .await;
+    run.stop();
+
+    let outputs = out.snapshot();
+    let t = tally(&ids(&messages), &outputs, &[]);
+    assert!(
+        t.lost.is_empty(),
+        "lost: {:?}",
+        &t.lost[..t.lost.len().min(10)]
+    );
+    assert_eq!((t.ok, t.duplicates, t.unexpected), (20_000, 0, 0), "{t:?}");
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for r in &outputs {
+        let v = r.json();
+        let (key, seq) = (
+            v["key"].as_str().unwrap().to_string(),
+            v["seq"].as_i64().unwrap(),
+        );
+        let prev = last.insert(key.clone(), seq).unwrap_or(-1);
+        assert!(seq > prev, "key {key}: seq {seq} after {prev}");
+        assert_eq!(r.headers.get("k"), Some(&key), "headers pass through");
+    }
+    assert_eq!(broker.ready(&input).await, 0);
+    broker.cleanup().await;
+}
+
+fn clone_message(m: &Message) -> Message {
+    Message {
+        id: m.id.clone(),
+        payload: m.payload.clone(),
+        headers: m.headers.clone(),
+    }
+}
+
+/// A poison message (the `poison` guest fails it as fatal) lands in the dead-letter queue with
+/// its original payload bytes and headers plus `fnmill.error.*`; the rest come out; nothing stays
+/// in the input queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_goes_to_the_dead_letter_queue_with_headers_and_original_bytes() {
+    let broker = Broker::new().await;
+    let (input, output, dead) = (unique("p-in"), unique("p-out"), unique("p-dead"));
+    for q in [&input, &output, &dead] {
+        broker.queue(q).await;
+    }
+    let mut messages = keyed_messages(200, 10);
+    // Not JSON, odd bytes: must come back exactly.
+    let poison_payload = b"{\"id\": \"m7\",  \"poison\" :true}\xff\x00 tail".to_vec();
+    messages[7].payload = poison_payload.clone();
+    messages[7]
+        .headers
+        .push(("traceparent".into(), "00-abc-def-01".into()));
+    broker
+        .publish(&input, messages.iter().map(clone_message))
+        .await;
+    let out = Collector::start(&broker.connection, &output).await;
+    let dl = Collector::start(&broker.connection, &dead).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = AmqpRoute::new(&input, &output, Some(&dead), guest("poison")).write(dir.path());
+    let run = Running::start(fnmill(), &config);
+    wait_for(
+        Duration::from_secs(60),
+        "199 outputs and 1 dead letter",
+        || out.len() >= 199 && dl.len() >= 1,
+    )
+    .await;
+    run.stop();
+
+    let dead_letters = dl.snapshot();
+    let t = tally(&ids(&messages), &out.snapshot(), &dead_letters);
+    assert_eq!(
+        (t.ok, t.dead_lettered, t.lost.len(), t.duplicates),
+        (199, 1, 0, 0),
+        "{t:?}"
+    );
+    let d = &dead_letters[0];
+    assert_eq!(d.payload, poison_payload, "original bytes");
+    let h = &d.headers;
+    assert_eq!(h["k"], "k7");
+    assert_eq!(h["traceparent"], "00-abc-def-01");
+    assert_eq!(h["fnmill.error.kind"], "fatal");
+    assert!(
+        h["fnmill.error.message"].contains("poison message"),
+        "{h:?}"
+    );
+    assert_eq!(h["fnmill.error.event.id"], "m7");
+    assert_eq!(h["fnmill.error.function"], "f");
+    assert_eq!(h["fnmill.error.source"], "in");
+    assert_eq!(h["fnmill.error.attempts"], "1");
+    assert_eq!(h["fnmill.error.origin.queue"], input);
+    assert!(h.contains_key("fnmill.error.origin.delivery_tag"), "{h:?}");
+    assert_eq!(h["fnmill.error.origin.redelivered"], "false");
+    assert_eq!(broker.ready(&input).await, 0);
+    broker.cleanup().await;
+}
+
+/// `kill -9` of `fnmill run` five times while 50,000 messages flow: each kill lands mid-stream
+/// (outputs grew since the start and input is left), the next run picks up the unacked
+/// messages, and in the end nothing is lost and duplicates stay within the prefetch per kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_five_times_loses_nothing() {
+    const TOTAL: usize = 50_000;
+    const KILLS: usize = 5;
+    let broker = Broker::new().await;
+    let (input, output) = (unique("k-in"), unique("k-out"));
+    broker.queue(&input).await;
+    broker.queue(&output).await;
+    let messages = keyed_messages(TOTAL, 100);
+    broker
+        .publish(&input, messages.iter().map(clone_message))
+        .await;
+    let out = Collector::start(&broker.connection, &output).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let route = AmqpRoute::new(&input, &output, None, guest("echo"));
+    let config = route.write(dir.path());
+    for kill in 0..KILLS {
+        let before = out.len();
+        let mut run = Running::start(fnmill(), &config);
+        // Let it make progress — a slice of the total — before the kill.
+        let step = 4_000;
+        wait_for(Duration::from_secs(120), "progress before the kill", || {
+            out.len() >= before + step
+        })
+        .await;
+        run.kill9();
+        let at_kill = out.len();
+        let left = broker.ready(&input).await;
+        assert!(
+            at_kill < TOTAL && left > 0,
+            "kill {kill} must land mid-stream: {at_kill} out, {left} left in the queue"
+        );
+    }
+    let run = Running::start(fnmill(), &config);
+    let expected = ids(&messages);
+    wait_for(Duration::from_secs(180), "every id out", || {
+        out.len() >= TOTAL && tally(&expected, &out.snapshot(), &[]).lost.is_empty()
+    })
+    .await;
+    run.stop();
+    let t = tally(&expected, &out.snapshot(), &[]);
+    assert!(t.lost.is_empty(), "lost {}", t.lost.len());
+    assert_eq!(t.ok, TOTAL);
+    assert!(
+        t.duplicates <= KILLS * route.prefetch as usize,
+        "{} duplicates for {KILLS} kills at prefetch {}",
+        t.duplicates,
+        route.prefetch
+    );
+    assert_eq!(broker.ready(&input).await, 0);
+    broker.cleanup().await;
+}
+
+/// The connection to the broker is cut under fnmill (a TCP proxy in the test drops every socket)
+/// twice mid-run: it logs the loss, reconnects with backoff, and every id still comes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_reconnect_and_lose_nothing() {
+    const TOTAL: usize = 10_000;
+    let broker = Broker::new().await;
+    let (input, output) = (unique("c-in"), unique("c-out"));
+    broker.queue(&input).await;
+    broker.queue(&output).await;
+    let messages = keyed_messages(TOTAL, 50);
+    broker
+        .publish(&input, messages.iter().map(clone_message))
+        .await;
+    let out = Collector::start(&broker.connection, &output).await;
+    let proxy = Proxy::start().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = AmqpRoute::new(&input, &output, None, guest("echo"));
+    route.url = proxy.url();
+    let run = Running::start(fnmill(), &route.write(dir.path()));
+    for (i, at) in [2_000, 5_000].into_iter().enumerate() {
+        wait_for(Duration::from_secs(60), "progress before the cut", || {
+            out.len() >= at
+        })
+        .await;
+        let cut = proxy.cut();
+        assert!(cut >= 2, "source and sink connections cut, got {cut}");
+        let at_cut = out.len();
+        assert!(at_cut < TOTAL, "cut {i} must land mid-stream");
+        wait_for(Duration::from_secs(30), "the loss logged", || {
+            run.logged("Connection to the broker lost")
+        })
+        .await;
+        wait_for(
+            Duration::from_secs(60),
+            "progress after reconnecting",
+            || out.len() > at_cut + 500,
+        )
+        .await;
+    }
+    let expected = ids(&messages);
+    wait_for(Duration::from_secs(120), "every id out", || {
+        out.len() >= TOTAL && tally(&expected, &out.snapshot(), &[]).lost.is_empty()
+    })
+    .await;
+    let log = run.stop();
+    assert!(log.contains("Consuming"), "{log}");
+    let t = tally(&expected, &out.snapshot(), &[]);
+    assert!(t.lost.is_empty() && t.ok == TOTAL, "{t:?}");
+    // Per cut, up to a prefetch window of unacked messages comes back from the broker, and the
+    // same events — still in the pipeline when the sink's connection went too — may republish
+    // an output whose confirm was lost: at most two copies per in-flight event.
+    assert!(t.duplicates <= 2 * 2 * route.prefetch as usize, "{t:?}");
+    assert_eq!(broker.ready(&input).await, 0);
+    broker.cleanup().await;
+}
+
+/// Outputs to an exchange with no binding come back (`mandatory`): each event is dead-lettered
+/// with an `unroutable` reason, nothing is acked as done, and the input queue ends empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_to_an_unbound_exchange_is_dead_lettered_not_done() {
+    let broker = Broker::new().await;
+    let (input, dead) = (unique("u-in"), unique("u-dead"));
+    let exchange = unique("u-exchange");
+    broker.queue(&input).await;
+    broker.queue(&dead).await;
+    let messages = keyed_messages(20, 4);
+    broker
+        .publish(&input, messages.iter().map(clone_message))
+        .await;
+    let dl = Collector::start(&broker.connection, &dead).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = AmqpRoute::new(&input, "anything", Some(&dead), guest("echo"));
+    // The sink declares its exchange (auto-deleted later) and binds nothing to it.
+    route.out_sink_extra = format!(
+        "exchange = \"{exchange}\"\ndeclare = {{ exchanges = [{{ name = \"{exchange}\", type = \"direct\", durable = false, auto_delete = true }}] }}\n"
+    );
+    let run = Running::start(fnmill(), &route.write(dir.path()));
+    wait_for(Duration::from_secs(60), "20 dead letters", || {
+        dl.len() >= 20
+    })
+    .await;
+    let log = run.stop();
+
+    let dead_letters = dl.snapshot();
+    let t = tally(&ids(&messages), &[], &dead_letters);
+    assert_eq!((t.dead_lettered, t.lost.len()), (20, 0), "{t:?}\n{log}");
+    for d in &dead_letters {
+        assert_eq!(d.headers["fnmill.error.kind"], "fatal");
+        assert!(
+            d.headers["fnmill.error.message"].contains("unroutable"),
+            "{:?}",
+            d.headers
+        );
+    }
+    assert_eq!(broker.ready(&input).await, 0);
+    broker.cleanup().await;
+}
+
+/// A quorum queue with `x-delivery-limit`, declared by fnmill's own `declare` config, with
+/// `dead_letter = "broker"`: poison is rejected to the queue's dead-letter exchange (arriving
+/// with the broker's `x-death`/`x-first-death-*` headers), the rest come out, a `kill -9`
+/// mid-run loses nothing, and redeliveries carry the broker's `x-delivery-count`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_with_delivery_limit_and_broker_dead_lettering() {
+    const TOTAL: usize = 6_000;
+    let broker = Broker::new().await;
+    let (input, output, dlq) = (unique("q-in"), unique("q-out"), unique("q-dlq"));
+    broker.queue(&output).await;
+    broker.queue(&dlq).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(10));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    broker.queue_with(&input, args).await;
+    let mut messages = keyed_messages(TOTAL, 20);
+    let poison: Vec<usize> = vec![10, 2_000, 5_999];
+    for &i in &poison {
+        messages[i].payload = format!("{{\"id\":\"m{i}\",\"poison\":true}}").into_bytes();
+    }
+    broker
+        .publish(&input, messages.iter().map(clone_message))
+        .await;
+    let out = Collector::start(&broker.connection, &output).await;
+    let dl = Collector::start(&broker.connection, &dlq).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = AmqpRoute::new(&input, &output, None, guest("poison"));
+    route.source_extra = format!(
+        "dead_letter = \"broker\"\n\
+         [[sources.in.declare.queues]]\n\
+         name = \"{input}\"\n\
+         type = \"quorum\"\n\
+         arguments = {{ \"x-delivery-limit\" = 10, \"x-dead-letter-exchange\" = \"\", \"x-dead-letter-routing-key\" = \"{dlq}\" }}\n"
+    );
+    let config = route.write(dir.path());
+    let mut run = Running::start(fnmill(), &config);
+    wait_for(Duration::from_secs(60), "progress before the kill", || {
+        out.len() >= 1_500
+    })
+    .await;
+    run.kill9();
+    assert!(out.len() < TOTAL, "the kill must land mid-stream");
+    let run = Running::start(fnmill(), &config);
+    let expected = ids(&messages);
+    wait_for(
+        Duration::from_secs(120),
+        "every id out or dead-lettered",
+        || {
+            let t = tally(&expected, &out.snapshot(), &dl.snapshot());
+            t.lost.is_empty()
+        },
+    )
+    .await;
+    let log = run.stop();
+
+    let dead_letters = dl.snapshot();
+    let t = tally(&expected, &out.snapshot(), &dead_letters);
+    assert_eq!(
+        (t.ok, t.dead_lettered, t.lost.len()),
+        (TOTAL - poison.len(), poison.len(), 0),
+        "{t:?}\n{log}"
+    );
+    assert!(t.duplicates <= 100, "{t:?}");
+    for d in &dead_letters {
+        assert!(d.payload.windows(6).any(|w| w == b"poison"));
+        assert_eq!(
+            d.headers.get("x-first-death-reason").map(String::as_str),
+            Some("rejected"),
+            "{:?}",
+            d.headers
+        );
+        assert_eq!(d.headers.get("x-first-death-queue"), Some(&input));
+    }
+    // Messages that were in flight at the kill came back with a delivery count.
+    let redelivered = out
+        .snapshot()
+        .iter()
+        .filter(|r| r.headers.contains_key("x-delivery-count"))
+        .count();
+    assert!(
+        redelivered > 0,
+        "the kill left unacked messages that came back"
+    );
+    assert_eq!(broker.ready(&input).await, 0);
+    broker.cleanup().await;
+}

@@ -1,0 +1,109 @@
+//! Faults injected with librdkafka's mock cluster (hosted in this test process; `fnmill run`
+//! connects to it over TCP): the broker goes down and comes back, then Produce requests and then
+//! OffsetCommit requests fail for a while. After each fault progress resumes, and in the end no
+//! event is lost and, after a graceful stop, every input offset is committed.
+
+mod common;
+mod kafka_support;
+
+use std::time::Duration;
+
+use common::{guest, wait_until};
+use fnmill_connector_kafka::rdkafka;
+use kafka_support::{KafkaRoute, Running, check, count, read_topic};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::Producer;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>) {
+    let p = kafka_support::producer(brokers);
+    for id in ids {
+        let key = format!("k{}", id % 20);
+        kafka_support::send(
+            &p,
+            topic,
+            &key,
+            kafka_support::payload(id, &key, id / 20).as_bytes(),
+            None,
+        );
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let route = KafkaRoute::new(dir.path(), &brokers, guest("echo"));
+    for (topic, partitions) in [(&route.input, 4), (&route.output, 4), (&route.dead, 1)] {
+        mock.create_topic(topic, partitions, 1).unwrap();
+    }
+    produce(&brokers, &route.input, 0..2_000);
+    let mut run = Running::start(&route.write("fnmill"), dir.path().join("run.log"));
+    let output = || count(&brokers, &route.output);
+    wait_until(Duration::from_secs(60), "the first outputs", || {
+        assert!(run.alive(), "fnmill exited: {}", run.log_text());
+        output() >= 2_000
+    });
+
+    // 1. The broker goes away: fnmill notices (and says so), then resumes when it is back.
+    mock.broker_down(-1).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "fnmill to report the broker down",
+        || run.log_text().contains("brokers unreachable"),
+    );
+    mock.broker_up(-1).unwrap();
+    produce(&brokers, &route.input, 2_000..4_000);
+    wait_until(
+        Duration::from_secs(60),
+        "progress after the broker is back",
+        || {
+            assert!(run.alive(), "fnmill exited: {}", run.log_text());
+            output() >= 4_000
+        },
+    );
+
+    // 2. Produce requests fail (retriable errors), for whichever producer sends next. The input
+    //    is written first, so the errors hit fnmill's producer.
+    produce(&brokers, &route.input, 4_000..6_000);
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8],
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "progress after Produce errors",
+        || {
+            assert!(run.alive(), "fnmill exited: {}", run.log_text());
+            output() >= 6_000
+        },
+    );
+
+    // 3. Offset commits fail for a while; the final commit still covers everything.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 8],
+    );
+    produce(&brokers, &route.input, 6_000..8_000);
+    wait_until(
+        Duration::from_secs(60),
+        "progress after OffsetCommit errors",
+        || {
+            assert!(run.alive(), "fnmill exited: {}", run.log_text());
+            output() >= 8_000
+        },
+    );
+    run.terminate(Duration::from_secs(30));
+
+    let out = read_topic(&brokers, &route.output);
+    let verdict = check(8_000, &out, &[]);
+    assert!(verdict.lost.is_empty(), "lost {} ids", verdict.lost.len());
+    eprintln!("{} extra copies across the faults", verdict.extra_copies());
+    for (partition, committed, high) in
+        kafka_support::committed(&brokers, &route.group, &route.input)
+    {
+        assert_eq!(committed, high, "partition {partition} not fully committed");
+    }
+}
