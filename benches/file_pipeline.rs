@@ -29,7 +29,7 @@ fn run_once(dir: &Path, component: &Path, n: usize) -> f64 {
     let _ = std::fs::remove_file(dir.join("out.jsonl"));
     let _ = std::fs::remove_file(dir.join("in.jsonl.checkpoint"));
     let mut route = common::FileRoute::new(dir, component.to_path_buf());
-    route.runtime_extra = "io_threads = 1\ncompute_threads = 2\n".into();
+    route.runtime_extra = "io_threads = 1\n".into();
     let config = fnmill::config::load(&route.write()).unwrap();
     let start = Instant::now();
     let summary = fnmill::app::run(config, CancellationToken::new()).unwrap();

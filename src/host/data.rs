@@ -10,7 +10,6 @@
 //! exist is the pools' business, independent of how many instances wait for them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use fnmill_connector_postgres::{PgPool, SqlError, Value};
 use fnmill_connector_redis::{Bucket, KvError};
