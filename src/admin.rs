@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::RouteStats;
 
+/// A route counter: metric name, help text, and how to read it.
+type Counter = (&'static str, &'static str, fn(&RouteStats) -> u64);
+
 /// What the endpoint reports on.
 #[derive(Clone, Default)]
 pub struct AdminState {
@@ -39,7 +42,7 @@ impl AdminState {
 
     fn metrics(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, fn(&RouteStats) -> u64); 5] = [
+        let counters: [Counter; 5] = [
             (
                 "fnmill_events_received_total",
                 "Events accepted by the route's dispatcher.",

@@ -57,11 +57,14 @@ fn a_valid_config_passes() {
     );
 }
 
+/// What is wrong, the config text, environment variables, and the expected error fragment.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
+
 /// Each case: a change to the valid config, and the key its single error line must name.
 #[test]
 fn each_invalid_config_gets_one_line_naming_the_key() {
     let wrong_world = guest("wrong-world").display().to_string();
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "unknown key",
             VALID.replace("timeout = \"2s\"", "timeout = \"2s\"\ntimeot = \"1s\""),

@@ -184,6 +184,8 @@ fn invoke_reports_the_failure_class_and_exit_status() {
 }
 
 /// Peak resident memory of a finished `fnmill invoke` child, in bytes.
+// The child is reaped with `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn invoke_peak_rss(component: &Path, event: &Path, extra: &[&str]) -> (i32, u64) {
     let child = fnmill()
         .arg("invoke")
