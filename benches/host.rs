@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fnmill::host::{FunctionSpec, Host, HostConfig, Limits, Output};
+use fnmill::host::Output;
 use fnmill_connector_api::{Event, Header};
 
 fn event(i: usize) -> Event {
@@ -48,27 +48,7 @@ fn main() {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
-    let host = Host::new(&HostConfig {
-        max_instances: 64,
-        max_memory_bytes: 32 * 1024 * 1024,
-        fuel: false,
-        cache_dir: None,
-    })
-    .unwrap();
-    let function = host
-        .load(FunctionSpec {
-            name: "echo".into(),
-            component: common::guest("echo"),
-            limits: Limits {
-                memory_bytes: 32 * 1024 * 1024,
-                timeout: Duration::from_secs(5),
-                fuel: None,
-                max_outputs: 100,
-                max_output_bytes: 1 << 20,
-            },
-            config: Default::default(),
-        })
-        .unwrap();
+    let function = common::load_guest("echo", 64);
     let events: Vec<Event> = (0..1024).map(event).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -8,7 +8,8 @@
 //! (and the dispatcher around it) adds.
 //!
 //! `scripts/kafka.sh start && eval "$(scripts/kafka.sh env)" && cargo bench --bench kafka`
-//! (`-- --events N` changes the backlog size).
+//! (`-- --events N` changes the backlog size; `-- --profile wasm` runs only the wasm pipeline's
+//! throughput phase, e.g. under `perf record`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -180,6 +181,13 @@ struct Result {
 }
 
 fn measure(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> Result {
+    let rate = throughput(kind, brokers, n, dir);
+    let (p50, p99) = latency(kind, brokers, dir);
+    Result { rate, p50, p99 }
+}
+
+/// Events/s over a preloaded backlog of `n` events.
+fn throughput(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> f64 {
     // Throughput over a backlog.
     let (input, output) = (unique("bench-in"), unique("bench-out"));
     create_topic(brokers, &input, PARTITIONS);
@@ -188,9 +196,11 @@ fn measure(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> Result {
     run_pipeline(kind, brokers, &input, &output, n as i64, dir);
     let out = times(brokers, &output);
     let (first, last) = (out.values().min().unwrap(), out.values().max().unwrap());
-    let rate = n as f64 / ((last - first).max(1) as f64 / 1000.0);
+    n as f64 / ((last - first).max(1) as f64 / 1000.0)
+}
 
-    // Latency at a steady rate, the pipeline already running.
+/// Latency (p50, p99 in ms) at a steady input rate, the pipeline already running.
+fn latency(kind: Kind, brokers: &str, dir: &std::path::Path) -> (i64, i64) {
     let (input, output) = (unique("lat-in"), unique("lat-out"));
     create_topic(brokers, &input, PARTITIONS);
     create_topic(brokers, &output, PARTITIONS);
@@ -208,11 +218,7 @@ fn measure(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> Result {
     let got = times(brokers, &output);
     let mut lat: Vec<i64> = got.iter().map(|(id, t)| t - sent[id]).collect();
     lat.sort_unstable();
-    Result {
-        rate,
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-    }
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
 fn main() {
@@ -223,6 +229,19 @@ fn main() {
         .unwrap_or(100_000);
     let brokers = kafka_support::bootstrap();
     let dir = tempfile::tempdir().unwrap();
+    // `--profile wasm|native`: only that pipeline's throughput phase, to run under a profiler.
+    if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
+        let kind = if only == "native" {
+            Kind::Native
+        } else {
+            Kind::Wasm
+        };
+        throughput(Kind::Wasm, &brokers, 2_000, dir.path());
+        eprintln!("profile: backlog ready, measuring {kind:?}");
+        let rate = throughput(kind, &brokers, n, dir.path());
+        println!("kafka {kind:?}: {n} events, {rate:.0} events/s");
+        return;
+    }
     // Warm the compiled-component cache (and the broker) with a small run.
     measure(Kind::Wasm, &brokers, 2_000, dir.path());
     let native = measure(Kind::Native, &brokers, n, dir.path());

@@ -1,7 +1,9 @@
 //! Key-ordered lanes.
 //!
 //! A lane exists while its key has an event running; later events with the same key wait in the
-//! lane's queue and start, in order, as the one before them settles. Events without a key run at
+//! lane's queue and start, in order, as the one before them finishes: settles, or hands its
+//! outputs to sinks that keep the order of what they are handed (then it settles later, once
+//! they are confirmed, while the next event already runs). Events without a key run at
 //! once. Everything accepted — running or queued — counts against `max_in_flight`, so memory is
 //! bounded by the route's window, not by the broker's backlog (the idea of Confluent's parallel
 //! consumer: concurrency per key, not per partition).
@@ -19,16 +21,19 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
-use super::Route;
+use super::{Route, Settling};
 
 impl Route {
     /// Runs the route until the source closes its channel and every accepted event settled.
     pub async fn run(self: Arc<Self>, mut deliveries: mpsc::Receiver<Delivery>) {
         // Queued events per busy key. A key is present exactly while one of its events runs.
         let mut lanes: HashMap<Bytes, VecDeque<Delivery>> = HashMap::new();
-        // Each running event resolves to its ordering key, so its lane can move on.
-        let mut running: FuturesUnordered<BoxFuture<'static, Option<Bytes>>> =
+        // Each running event resolves to its ordering key, so its lane can move on, and to
+        // what is left of it: waiting for its outputs' confirmations.
+        let mut running: FuturesUnordered<BoxFuture<'static, (Option<Bytes>, Settling)>> =
             FuturesUnordered::new();
+        // Events whose lane moved on, waiting for confirmation before they settle.
+        let mut settling: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut in_flight = 0usize;
         let mut source_open = true;
 
@@ -36,8 +41,12 @@ impl Route {
             tokio::select! {
                 // Settle before taking more: keeps memory bounded and lanes moving.
                 biased;
-                Some(key) = running.next(), if !running.is_empty() => {
-                    in_flight -= 1;
+                Some(()) = settling.next(), if !settling.is_empty() => in_flight -= 1,
+                Some((key, rest)) = running.next(), if !running.is_empty() => {
+                    match rest {
+                        Some(rest) => settling.push(rest),
+                        None => in_flight -= 1,
+                    }
                     if let Some(key) = key
                         && let Entry::Occupied(mut lane) = lanes.entry(key)
                     {
@@ -73,11 +82,10 @@ impl Route {
         debug_assert!(lanes.is_empty() && in_flight == 0);
     }
 
-    fn start(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, Option<Bytes>> {
+    fn start(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, (Option<Bytes>, Settling)> {
         Box::pin(async move {
             let key = delivery.ordering_key().cloned();
-            self.process(delivery).await;
-            key
+            (key, self.process(delivery).await)
         })
     }
 }

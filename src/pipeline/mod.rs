@@ -11,7 +11,13 @@
 //! thread. A retryable failure is retried in place — its lane waits, so order holds — with
 //! exponential backoff and jitter. A failure that is final sends the original event to the
 //! dead-letter destination with headers saying why. Only then is the delivery settled: `Done`
-//! once every output was confirmed, `DeadLettered` once the dead letter was confirmed. A route
+//! once every output was confirmed, `DeadLettered` once the dead letter was confirmed.
+//!
+//! A key's next event starts as soon as this one's outputs are handed to their sinks
+//! ([`Sink::enqueue`]): a sink that keeps the order of what it is handed (the Kafka producer)
+//! lets a lane run at compute speed while confirmations arrive behind it; the event still
+//! settles only on its confirmation, and a failed confirmation is published again or
+//! dead-lettered then. Other sinks confirm before `enqueue` returns, so their lanes wait. A route
 //! without a dead-letter destination holds a failed event (and so its lane) until shutdown, and
 //! the event is delivered again after a restart.
 
@@ -24,8 +30,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fnmill_connector_api::{Delivery, Event, Outcome, Record, Sink, SinkError};
-use futures::future::join_all;
+use fnmill_connector_api::{Confirmation, Delivery, Event, Outcome, Record, Sink, SinkError};
+use futures::future::{BoxFuture, join_all};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -75,39 +81,68 @@ enum Settled {
     Abandoned,
 }
 
+/// Where an event stands when its lane may move on.
+enum Progress {
+    Settled(Settled),
+    /// The function succeeded and its outputs are handed to their sinks in order; the event
+    /// settles once they are confirmed.
+    Enqueued(Vec<Pending>),
+}
+
+/// Records handed to one sink, awaiting its confirmation. The records are kept to publish them
+/// again if the confirmation fails retryably.
+struct Pending {
+    dest: Destination,
+    records: Vec<Record>,
+    confirmation: Confirmation,
+}
+
+/// What a started event leaves behind once its lane may move on: the rest of its work, if any
+/// (waiting for its outputs to be confirmed, then settling).
+pub(crate) type Settling = Option<BoxFuture<'static, ()>>;
+
 impl Route {
-    /// Handles one delivery to the end and settles it.
-    async fn process(self: Arc<Self>, delivery: Delivery) {
-        let settled = self
-            .handle(delivery.event(), delivery.source_dead_letters())
-            .await;
-        let outcome = match settled {
-            Settled::Done => {
-                self.stats.done.fetch_add(1, Ordering::Relaxed);
-                Outcome::Done
+    /// Handles one delivery until its key's next event may start; the returned future, if any,
+    /// finishes and settles it.
+    async fn process(self: Arc<Self>, delivery: Delivery) -> Settling {
+        let sdl = delivery.source_dead_letters();
+        match self.handle(delivery.event(), sdl).await {
+            Progress::Settled(settled) => {
+                self.settle(delivery, settled);
+                None
             }
-            Settled::DeadLettered => {
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                Outcome::DeadLettered
-            }
-            Settled::Abandoned => {
-                self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
-                Outcome::Abandoned
-            }
+            Progress::Enqueued(pending) => Some(Box::pin(async move {
+                let settled = self.confirm(delivery.event(), pending, sdl).await;
+                self.settle(delivery, settled);
+            })),
+        }
+    }
+
+    fn settle(&self, delivery: Delivery, settled: Settled) {
+        let (counter, outcome) = match settled {
+            Settled::Done => (&self.stats.done, Outcome::Done),
+            Settled::DeadLettered => (&self.stats.dead_lettered, Outcome::DeadLettered),
+            Settled::Abandoned => (&self.stats.abandoned, Outcome::Abandoned),
         };
+        counter.fetch_add(1, Ordering::Relaxed);
         delivery.settle(outcome);
     }
 
+    /// Runs the function (retrying retryable failures in place) and hands its outputs to the
+    /// sinks, or dead-letters the event.
+    ///
     /// `source_dead_letters`: the source dead-letters this event itself (AMQP `reject` to the
     /// queue's DLX), so a route without a dead-letter destination settles it as dead-lettered.
-    async fn handle(&self, event: &Event, source_dead_letters: bool) -> Settled {
+    async fn handle(&self, event: &Event, source_dead_letters: bool) -> Progress {
         let mut attempt = 1;
         loop {
             let failure = match self.call(event, attempt).await {
                 Ok(outputs) => match self.records(outputs) {
-                    Ok(batches) => match self.publish(batches).await {
-                        Ok(()) => return Settled::Done,
-                        Err(_) if self.shutdown.is_cancelled() => return Settled::Abandoned,
+                    Ok(batches) => match self.enqueue(batches).await {
+                        Ok(pending) => return Progress::Enqueued(pending),
+                        Err(_) if self.shutdown.is_cancelled() => {
+                            return Progress::Settled(Settled::Abandoned);
+                        }
                         Err(e) => Failure::Fatal(format!("publishing outputs failed: {e}")),
                     },
                     Err(failure) => failure,
@@ -126,14 +161,60 @@ impl Route {
                     "Retrying event"
                 );
                 if !self.sleep(wait).await {
-                    return Settled::Abandoned;
+                    return Progress::Settled(Settled::Abandoned);
                 }
                 attempt += 1;
                 continue;
             }
-            return self
-                .dead_letter(event, &failure, attempt, source_dead_letters)
-                .await;
+            return Progress::Settled(
+                self.dead_letter(event, &failure, attempt, source_dead_letters)
+                    .await,
+            );
+        }
+    }
+
+    /// Waits for the confirmations of an event's outputs. A sink whose confirmation failed
+    /// retryably gets its records again (with backoff, until shutdown); a permanent failure
+    /// dead-letters the event. Records published again may land after a later event's records
+    /// of the same key: that takes a delivery failing past the sink's own retries (for Kafka,
+    /// `message.timeout.ms`), and is the price of not waiting for every confirmation in line.
+    async fn confirm(
+        &self,
+        event: &Event,
+        pending: Vec<Pending>,
+        source_dead_letters: bool,
+    ) -> Settled {
+        let mut failed = None;
+        let results = join_all(pending.into_iter().map(|p| async move {
+            match p.confirmation.await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(
+                        route = %self.name,
+                        sink = %p.dest.sink_name,
+                        event = %event.id,
+                        error = %e,
+                        "Outputs not confirmed; publishing them again"
+                    );
+                    self.publish_one(p.dest, p.records).await
+                }
+                Err(e) => Err(e),
+            }
+        }))
+        .await;
+        for result in results {
+            if let Err(e) = result {
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            None => Settled::Done,
+            Some(_) if self.shutdown.is_cancelled() => Settled::Abandoned,
+            Some(e) => {
+                let failure = Failure::Fatal(format!("publishing outputs failed: {e}"));
+                self.dead_letter(event, &failure, 1, source_dead_letters)
+                    .await
+            }
         }
     }
 
@@ -185,19 +266,47 @@ impl Route {
         Ok(batches)
     }
 
-    /// Publishes every batch, retrying retryable sink errors with backoff until they succeed or
-    /// shutdown; a permanent error fails the event.
-    async fn publish(&self, batches: Vec<(Destination, Vec<Record>)>) -> Result<(), SinkError> {
-        if batches.is_empty() {
-            return Ok(());
+    /// Hands every batch to its sink, in order. A retryable error is retried with backoff
+    /// until it succeeds or shutdown; a permanent one fails the event.
+    async fn enqueue(
+        &self,
+        batches: Vec<(Destination, Vec<Record>)>,
+    ) -> Result<Vec<Pending>, SinkError> {
+        let mut pending = Vec::with_capacity(batches.len());
+        for (dest, records) in batches {
+            let mut attempt = 1;
+            let confirmation = loop {
+                match dest.sink.enqueue(records.clone()).await {
+                    Ok(confirmation) => break confirmation,
+                    Err(e) if e.is_retryable() => {
+                        if !self.sink_backoff(&dest, &e, attempt).await {
+                            return Err(SinkError::Retryable("shutting down".into()));
+                        }
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            pending.push(Pending {
+                dest,
+                records,
+                confirmation,
+            });
         }
-        let results = join_all(
-            batches
-                .into_iter()
-                .map(|(dest, records)| self.publish_one(dest, records)),
-        )
-        .await;
-        results.into_iter().collect()
+        Ok(pending)
+    }
+
+    /// Logs a retryable sink error and waits before the next try; false on shutdown.
+    async fn sink_backoff(&self, dest: &Destination, error: &SinkError, attempt: u32) -> bool {
+        let wait = self.backoff.delay(attempt);
+        tracing::warn!(
+            route = %self.name,
+            sink = %dest.sink_name,
+            error = %error,
+            wait_ms = wait.as_millis() as u64,
+            "Sink failed; retrying"
+        );
+        self.sleep(wait).await
     }
 
     async fn publish_one(&self, dest: Destination, records: Vec<Record>) -> Result<(), SinkError> {
@@ -206,15 +315,7 @@ impl Route {
             match dest.sink.publish(records.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
-                    let wait = self.backoff.delay(attempt);
-                    tracing::warn!(
-                        route = %self.name,
-                        sink = %dest.sink_name,
-                        error = %e,
-                        wait_ms = wait.as_millis() as u64,
-                        "Sink failed; retrying"
-                    );
-                    if !self.sleep(wait).await {
+                    if !self.sink_backoff(&dest, &e, attempt).await {
                         return Err(SinkError::Retryable("shutting down".into()));
                     }
                     attempt += 1;

@@ -53,6 +53,32 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// A test guest loaded on a host of its own, for up to `max_instances` concurrent events, with
+/// limits generous enough for any test or bench that is not about limits.
+pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
+    use fnmill::host::{FunctionSpec, Host, HostConfig, Limits};
+    let host = Host::new(&HostConfig {
+        max_instances,
+        max_memory_bytes: 32 << 20,
+        fuel: false,
+        cache_dir: None,
+    })
+    .unwrap();
+    host.load(FunctionSpec {
+        name: name.into(),
+        component: guest(name),
+        limits: Limits {
+            memory_bytes: 32 << 20,
+            timeout: Duration::from_secs(10),
+            fuel: None,
+            max_outputs: 100,
+            max_output_bytes: 1 << 20,
+        },
+        config: Default::default(),
+    })
+    .unwrap_or_else(|e| panic!("loading guest {name}: {e}"))
+}
+
 /// Path of the quickstart example's component, built for this run.
 pub fn quickstart_component() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

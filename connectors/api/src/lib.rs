@@ -236,12 +236,34 @@ impl SinkError {
     }
 }
 
+/// Resolves once records handed over by [`Sink::enqueue`] are confirmed, or with the first
+/// failure among them.
+pub type Confirmation = BoxFuture<'static, Result<(), SinkError>>;
+
 /// A destination for records: a Kafka producer, an AMQP channel, a JSON Lines file.
 pub trait Sink: Send + Sync {
     /// Publishes `records` and resolves once every one of them is confirmed (written, delivery
     /// report received, publisher confirm received), or with the first failure. Implementations
     /// batch concurrent calls into as few broker round trips as they can.
     fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Hands `records` over for publishing and resolves once they are *ordered*: records of a
+    /// later `enqueue` call are published after these (per topic partition or file), whatever
+    /// happens to the confirmations. The returned [`Confirmation`] resolves like [`publish`]
+    /// does. The pipeline uses it to start a key's next event while this one's records are still
+    /// on their way, and settles the event only on the confirmation.
+    ///
+    /// The default publishes and waits for the confirmation, which is correct for every sink
+    /// (its order is the confirmation order) and pipelines nothing. A sink overrides it when its
+    /// transport keeps the order of what was handed over (one producer queue, one writer).
+    ///
+    /// [`publish`]: Sink::publish
+    fn enqueue(&self, records: Vec<Record>) -> BoxFuture<'_, Result<Confirmation, SinkError>> {
+        Box::pin(async move {
+            self.publish(records).await?;
+            Ok(Box::pin(std::future::ready(Ok(()))) as Confirmation)
+        })
+    }
 
     /// Flushes and releases resources on shutdown.
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use fnmill_connector_api::{Record, Sink, SinkError};
+use fnmill_connector_api::{Confirmation, Record, Sink, SinkError};
 use futures::future::BoxFuture;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
@@ -209,7 +209,9 @@ impl KafkaSink {
         })
     }
 
-    async fn publish_all(&self, records: Vec<Record>) -> Result<(), SinkError> {
+    /// Hands every record to librdkafka's queue, in order, and returns the future of their
+    /// delivery reports. Records that cannot be queued fail that future, not this call.
+    async fn enqueue_all(&self, records: Vec<Record>) -> Confirmation {
         let (tx, rx) = oneshot::channel();
         let batch = Arc::new(Batch {
             inner: Mutex::new(BatchInner {
@@ -260,14 +262,22 @@ impl KafkaSink {
             }
         }
         batch.complete(Ok(()));
-        rx.await
-            .unwrap_or_else(|_| Err(SinkError::Retryable("the producer was dropped".into())))
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(SinkError::Retryable("the producer was dropped".into())))
+        })
     }
 }
 
 impl Sink for KafkaSink {
     fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(self.publish_all(records))
+        Box::pin(async move { self.enqueue_all(records).await.await })
+    }
+
+    /// One producer queue keeps the order records were handed over in, per partition, and the
+    /// idempotent producer keeps it through librdkafka's retries.
+    fn enqueue(&self, records: Vec<Record>) -> BoxFuture<'_, Result<Confirmation, SinkError>> {
+        Box::pin(async move { Ok(self.enqueue_all(records).await) })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -1,0 +1,303 @@
+//! Per-key pipelining: a key's next event starts once the previous event's outputs are handed to
+//! a sink that keeps order ([`Sink::enqueue`]), and every event still settles only on its own
+//! confirmation. A sink with only `publish` keeps the lane waiting for the confirmation.
+//!
+//! These drive a [`Route`] directly with the real echo guest and scripted sinks, so the test
+//! decides when each confirmation arrives and how it ends.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fnmill::pipeline::{Backoff, Destination, Route, RouteStats};
+use fnmill_connector_api::{Confirmation, Delivery, Event, Outcome, Record, Sink, SinkError};
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Records each `enqueue` and holds its confirmation until the test resolves it.
+#[derive(Default)]
+struct HeldSink {
+    /// Payloads in the order they were enqueued.
+    enqueued: Mutex<Vec<Bytes>>,
+    /// Pending confirmations by payload.
+    pending: Mutex<HashMap<Bytes, oneshot::Sender<Result<(), SinkError>>>>,
+    /// Payloads published again through `publish` (after a failed confirmation).
+    republished: Mutex<Vec<Bytes>>,
+}
+
+impl HeldSink {
+    fn resolve(&self, payload: &str, result: Result<(), SinkError>) {
+        let tx = self
+            .pending
+            .lock()
+            .unwrap()
+            .remove(payload.as_bytes())
+            .unwrap_or_else(|| panic!("no pending confirmation for {payload}"));
+        tx.send(result).unwrap();
+    }
+
+    fn enqueued(&self) -> Vec<Bytes> {
+        self.enqueued.lock().unwrap().clone()
+    }
+}
+
+impl Sink for HeldSink {
+    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
+        let mut republished = self.republished.lock().unwrap();
+        republished.extend(records.into_iter().map(|r| r.payload));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn enqueue(&self, records: Vec<Record>) -> BoxFuture<'_, Result<Confirmation, SinkError>> {
+        let (tx, rx) = oneshot::channel();
+        let payload = records[0].payload.clone();
+        self.enqueued.lock().unwrap().push(payload.clone());
+        self.pending.lock().unwrap().insert(payload, tx);
+        Box::pin(async move {
+            Ok(Box::pin(async move {
+                rx.await
+                    .unwrap_or_else(|_| Err(SinkError::Retryable("dropped".into())))
+            }) as Confirmation)
+        })
+    }
+}
+
+/// A sink with only `publish` (the default `enqueue`), whose calls wait until released.
+#[derive(Default)]
+struct GatedSink {
+    started: Mutex<Vec<Bytes>>,
+    gates: Mutex<HashMap<Bytes, oneshot::Sender<()>>>,
+}
+
+impl Sink for GatedSink {
+    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
+        let (tx, rx) = oneshot::channel();
+        let payload = records[0].payload.clone();
+        self.started.lock().unwrap().push(payload.clone());
+        self.gates.lock().unwrap().insert(payload, tx);
+        Box::pin(async move {
+            let _ = rx.await;
+            Ok(())
+        })
+    }
+}
+
+/// Collects what it is given: the dead-letter destination.
+#[derive(Default)]
+struct Collect(Mutex<Vec<Record>>);
+
+impl Sink for Collect {
+    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.0.lock().unwrap().extend(records);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn destination(name: &str, sink: Arc<dyn Sink>) -> Destination {
+    Destination {
+        sink_name: name.into(),
+        sink,
+        target: None,
+    }
+}
+
+fn route(out: Arc<dyn Sink>, dead: Arc<Collect>) -> Arc<Route> {
+    let function = common::load_guest("echo", 16);
+    Arc::new(Route {
+        name: "pipelining".into(),
+        function: Arc::new(function),
+        destinations: BTreeMap::from([("out".to_string(), destination("out", out))]),
+        dead_letter: Some(destination("dead", dead)),
+        backoff: Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+            multiplier: 1.0,
+            jitter: 0.0,
+        },
+        max_attempts: 3,
+        max_in_flight: 100,
+        compute: tokio::runtime::Handle::current(),
+        shutdown: CancellationToken::new(),
+        stats: Arc::new(RouteStats::default()),
+    })
+}
+
+type Settlements = Arc<Mutex<Vec<(String, Outcome)>>>;
+
+/// Sends one delivery per payload, all with the same ordering key; returns what settled.
+async fn send_same_key(tx: &mpsc::Sender<Delivery>, payloads: &[&str]) -> Settlements {
+    let settled: Settlements = Default::default();
+    for p in payloads {
+        send(tx, p, Some(Bytes::from_static(b"k")), &settled).await;
+    }
+    settled
+}
+
+async fn send(
+    tx: &mpsc::Sender<Delivery>,
+    payload: &str,
+    key: Option<Bytes>,
+    settled: &Settlements,
+) {
+    let event = Event {
+        id: payload.to_string(),
+        source: "test".into(),
+        key: key.clone(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        headers: vec![],
+        timestamp_ms: None,
+        origin: vec![],
+    };
+    let s = settled.clone();
+    let id = payload.to_string();
+    let delivery = Delivery::new(event, key, move |o| s.lock().unwrap().push((id, o)));
+    tx.send(delivery).await.unwrap();
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn outcomes(settled: &Settlements) -> Vec<(String, Outcome)> {
+    let mut v = settled.lock().unwrap().clone();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_event_of_a_key_runs_before_the_previous_is_confirmed() {
+    let sink = Arc::new(HeldSink::default());
+    let route = route(sink.clone(), Arc::new(Collect::default()));
+    let (tx, rx) = mpsc::channel(16);
+    let run = tokio::spawn(route.clone().run(rx));
+    let settled = send_same_key(&tx, &["e1", "e2", "e3"]).await;
+
+    // All three ran and handed their outputs over, in key order, with no confirmation yet.
+    wait_for("three enqueues", || sink.enqueued().len() == 3).await;
+    assert_eq!(
+        sink.enqueued(),
+        ["e1", "e2", "e3"].map(|p| Bytes::from_static(p.as_bytes()))
+    );
+    assert!(
+        settled.lock().unwrap().is_empty(),
+        "nothing settles unconfirmed"
+    );
+
+    // Each event settles on its own confirmation, in whatever order they come.
+    sink.resolve("e2", Ok(()));
+    wait_for("e2 to settle", || settled.lock().unwrap().len() == 1).await;
+    assert_eq!(outcomes(&settled), [("e2".to_string(), Outcome::Done)]);
+    sink.resolve("e3", Ok(()));
+    sink.resolve("e1", Ok(()));
+    wait_for("all to settle", || settled.lock().unwrap().len() == 3).await;
+    assert!(outcomes(&settled).iter().all(|(_, o)| *o == Outcome::Done));
+
+    drop(tx);
+    tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
+    assert_eq!(
+        route.stats.done.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_confirmations_publish_again_or_dead_letter() {
+    let sink = Arc::new(HeldSink::default());
+    let dead = Arc::new(Collect::default());
+    let route = route(sink.clone(), dead.clone());
+    let (tx, rx) = mpsc::channel(16);
+    let run = tokio::spawn(route.clone().run(rx));
+    let settled = send_same_key(&tx, &["retry-me", "too-large"]).await;
+    wait_for("two enqueues", || sink.enqueued().len() == 2).await;
+
+    sink.resolve("retry-me", Err(SinkError::Retryable("broker away".into())));
+    sink.resolve(
+        "too-large",
+        Err(SinkError::Permanent("message too large".into())),
+    );
+    wait_for("both to settle", || settled.lock().unwrap().len() == 2).await;
+
+    assert_eq!(
+        outcomes(&settled),
+        [
+            ("retry-me".to_string(), Outcome::Done),
+            ("too-large".to_string(), Outcome::DeadLettered),
+        ]
+    );
+    assert_eq!(
+        *sink.republished.lock().unwrap(),
+        [Bytes::from_static(b"retry-me")],
+        "the retryable failure is published again, the permanent one is not"
+    );
+    let dead = dead.0.lock().unwrap().clone();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, Bytes::from_static(b"too-large"));
+    let kind = dead[0]
+        .headers
+        .iter()
+        .find(|h| h.name == "fnmill.error.kind")
+        .map(|h| h.value.clone());
+    assert_eq!(kind, Some(Bytes::from_static(b"fatal")));
+    drop(tx);
+    tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_without_enqueue_keeps_the_lane_waiting_for_its_confirmation() {
+    let sink = Arc::new(GatedSink::default());
+    let route = route(sink.clone(), Arc::new(Collect::default()));
+    let (tx, rx) = mpsc::channel(16);
+    let run = tokio::spawn(route.clone().run(rx));
+    let settled = send_same_key(&tx, &["e1", "e2"]).await;
+    // An event without a key, sent after e2, runs at once: once it has published, the route
+    // has long taken e2 in, which must still wait behind e1's confirmation.
+    send(&tx, "free", None, &settled).await;
+
+    wait_for("e1 and the keyless event to publish", || {
+        sink.started.lock().unwrap().len() == 2
+    })
+    .await;
+    let mut started = sink.started.lock().unwrap().clone();
+    started.sort();
+    assert_eq!(
+        started,
+        [Bytes::from_static(b"e1"), Bytes::from_static(b"free")]
+    );
+    let gate = sink
+        .gates
+        .lock()
+        .unwrap()
+        .remove(b"free".as_slice())
+        .unwrap();
+    gate.send(()).unwrap();
+
+    let gate = sink.gates.lock().unwrap().remove(b"e1".as_slice()).unwrap();
+    gate.send(()).unwrap();
+    wait_for("e2 to publish", || sink.started.lock().unwrap().len() == 3).await;
+    let gate = sink.gates.lock().unwrap().remove(b"e2".as_slice()).unwrap();
+    gate.send(()).unwrap();
+    wait_for("all to settle", || settled.lock().unwrap().len() == 3).await;
+    assert_eq!(
+        outcomes(&settled),
+        [
+            ("e1".to_string(), Outcome::Done),
+            ("e2".to_string(), Outcome::Done),
+            ("free".to_string(), Outcome::Done)
+        ]
+    );
+    drop(tx);
+    tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
+}
