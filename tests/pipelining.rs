@@ -54,7 +54,10 @@ impl Sink for HeldSink {
         Box::pin(async { Ok(()) })
     }
 
-    fn enqueue(&self, records: Vec<Record>) -> BoxFuture<'_, Result<Confirmation, SinkError>> {
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
+    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
         let (tx, rx) = oneshot::channel();
         let payload = records[0].payload.clone();
         self.enqueued.lock().unwrap().push(payload.clone());

@@ -8,7 +8,6 @@
 //! bounded by the route's window, not by the broker's backlog (the idea of Confluent's parallel
 //! consumer: concurrency per key, not per partition).
 
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
@@ -27,7 +26,7 @@ impl Route {
     /// Runs the route until the source closes its channel and every accepted event settled.
     pub async fn run(self: Arc<Self>, mut deliveries: mpsc::Receiver<Delivery>) {
         // Queued events per busy key. A key is present exactly while one of its events runs.
-        let mut lanes: HashMap<Bytes, VecDeque<Delivery>> = HashMap::new();
+        let mut lanes: foldhash::HashMap<Bytes, VecDeque<Delivery>> = Default::default();
         // Each running event resolves to its ordering key, so its lane can move on, and to
         // what is left of it: waiting for its outputs' confirmations.
         let mut running: FuturesUnordered<BoxFuture<'static, (Option<Bytes>, Settling)>> =

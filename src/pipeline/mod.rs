@@ -133,7 +133,7 @@ impl Route {
     ///
     /// `source_dead_letters`: the source dead-letters this event itself (AMQP `reject` to the
     /// queue's DLX), so a route without a dead-letter destination settles it as dead-lettered.
-    async fn handle(&self, event: &Event, source_dead_letters: bool) -> Progress {
+    async fn handle(&self, event: &Arc<Event>, source_dead_letters: bool) -> Progress {
         let mut attempt = 1;
         loop {
             let failure = match self.call(event, attempt).await {
@@ -218,12 +218,12 @@ impl Route {
         }
     }
 
-    async fn call(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+    async fn call(&self, event: &Arc<Event>, attempt: u32) -> Result<Vec<Output>, Failure> {
         let function = self.function.clone();
-        let owned = event.clone();
+        let event = event.clone();
         let task = self
             .compute
-            .spawn(async move { function.invoke(&owned, attempt).await });
+            .spawn(async move { function.invoke(&event, attempt).await });
         match task.await {
             Ok(result) => result,
             Err(e) => Err(Failure::Trap {
@@ -276,7 +276,7 @@ impl Route {
         for (dest, records) in batches {
             let mut attempt = 1;
             let confirmation = loop {
-                match dest.sink.enqueue(records.clone()).await {
+                match dest.sink.enqueue(&records).await {
                     Ok(confirmation) => break confirmation,
                     Err(e) if e.is_retryable() => {
                         if !self.sink_backoff(&dest, &e, attempt).await {

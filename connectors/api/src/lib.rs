@@ -94,7 +94,8 @@ impl<F: FnOnce(Outcome) + Send + 'static> Settle for F {
 /// Dropping a `Delivery` without calling [`Delivery::settle`] settles it as
 /// [`Outcome::Abandoned`].
 pub struct Delivery {
-    event: Event,
+    /// Shared, so the pipeline hands it to the compute side without copying it.
+    event: Arc<Event>,
     ordering_key: Option<Bytes>,
     /// See [`Delivery::source_dead_letters`].
     source_dead_letters: bool,
@@ -106,7 +107,7 @@ impl Delivery {
     /// `None` means the event may run concurrently with any other.
     pub fn new(event: Event, ordering_key: Option<Bytes>, settle: impl Settle) -> Self {
         Self {
-            event,
+            event: Arc::new(event),
             ordering_key,
             source_dead_letters: false,
             settle: Some(Box::new(settle)),
@@ -127,7 +128,7 @@ impl Delivery {
         self.source_dead_letters
     }
 
-    pub fn event(&self) -> &Event {
+    pub fn event(&self) -> &Arc<Event> {
         &self.event
     }
 
@@ -258,9 +259,12 @@ pub trait Sink: Send + Sync {
     /// transport keeps the order of what was handed over (one producer queue, one writer).
     ///
     /// [`publish`]: Sink::publish
-    fn enqueue(&self, records: Vec<Record>) -> BoxFuture<'_, Result<Confirmation, SinkError>> {
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
+    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
         Box::pin(async move {
-            self.publish(records).await?;
+            self.publish(records.to_vec()).await?;
             Ok(Box::pin(std::future::ready(Ok(()))) as Confirmation)
         })
     }

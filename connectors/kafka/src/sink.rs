@@ -211,7 +211,7 @@ impl KafkaSink {
 
     /// Hands every record to librdkafka's queue, in order, and returns the future of their
     /// delivery reports. Records that cannot be queued fail that future, not this call.
-    async fn enqueue_all(&self, records: Vec<Record>) -> Confirmation {
+    async fn enqueue_all(&self, records: &[Record]) -> Confirmation {
         let (tx, rx) = oneshot::channel();
         let batch = Arc::new(Batch {
             inner: Mutex::new(BatchInner {
@@ -220,7 +220,7 @@ impl KafkaSink {
                 done: Some(tx),
             }),
         });
-        for record in &records {
+        for record in records {
             batch
                 .inner
                 .lock()
@@ -271,12 +271,15 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move { self.enqueue_all(records).await.await })
+        Box::pin(async move { self.enqueue_all(&records).await.await })
     }
 
     /// One producer queue keeps the order records were handed over in, per partition, and the
     /// idempotent producer keeps it through librdkafka's retries.
-    fn enqueue(&self, records: Vec<Record>) -> BoxFuture<'_, Result<Confirmation, SinkError>> {
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
+    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
         Box::pin(async move { Ok(self.enqueue_all(records).await) })
     }
 
