@@ -12,6 +12,8 @@
 //! panic, a cancelled task, a bug — settles as [`Outcome::Abandoned`], so nothing is ever
 //! acknowledged by accident.
 
+pub mod secret;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

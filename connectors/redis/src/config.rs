@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::fmt;
-
 use serde::Deserialize;
+
+pub use fnmill_connector_api::secret::{FieldError, Secret, resolve_url};
 
 use crate::RedisPoolConfig;
 
@@ -74,24 +74,6 @@ fn default_command_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
-/// A configuration value that is never printed.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// A problem with a data-source config: the field it is about and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: &'static str,
-    pub message: String,
-}
-
 impl RedisConfig {
     /// The pool settings, with the URL read from wherever the config says.
     pub fn pool_config(&self, base_dir: &std::path::Path) -> Result<RedisPoolConfig, FieldError> {
@@ -114,55 +96,5 @@ impl RedisConfig {
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
         })
-    }
-}
-
-// The same rules as the PostgreSQL data source (kept in step with connectors/postgres).
-/// Reads a secret URL from exactly one of `url`, `url_env`, `url_file`. Messages never contain
-/// the secret.
-pub fn resolve_url(
-    url: Option<&Secret>,
-    url_env: Option<&str>,
-    url_file: Option<&std::path::Path>,
-    base_dir: &std::path::Path,
-) -> Result<String, FieldError> {
-    let given = [url.is_some(), url_env.is_some(), url_file.is_some()]
-        .iter()
-        .filter(|g| **g)
-        .count();
-    if given != 1 {
-        return Err(FieldError {
-            field: "url",
-            message: format!("give exactly one of `url`, `url_env`, `url_file` ({given} given)"),
-        });
-    }
-    if let Some(url) = url {
-        return Ok(url.0.clone());
-    }
-    if let Some(var) = url_env {
-        return match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-            _ => Err(FieldError {
-                field: "url_env",
-                message: format!("the environment variable `{var}` is not set or empty"),
-            }),
-        };
-    }
-    let path = url_file.expect("one of the three is set");
-    let path = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base_dir.join(path)
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-        Ok(_) => Err(FieldError {
-            field: "url_file",
-            message: format!("{} is empty", path.display()),
-        }),
-        Err(e) => Err(FieldError {
-            field: "url_file",
-            message: format!("cannot read {}: {e}", path.display()),
-        }),
     }
 }
