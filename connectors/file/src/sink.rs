@@ -264,7 +264,6 @@ fn write_loop(mut queue: mpsc::Receiver<Command>, mut output: Output) {
 mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
 
     use bytes::Bytes;
     use fnmill_connector_api::Header;
@@ -409,39 +408,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("fsnyc"), "{err}");
-    }
-
-    /// Not a benchmark, a floor: prints records/s; run with
-    /// `cargo test --release -p fnmill-connector-file -- --ignored --nocapture throughput`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore]
-    async fn throughput() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.jsonl");
-        let sink = Arc::new(FileSink::new(FileSinkConfig::new(&path)).unwrap());
-        let (tasks, calls) = (64u64, 10_000u64);
-        let started = Instant::now();
-        let handles: Vec<_> = (0..tasks)
-            .map(|t| {
-                let sink = sink.clone();
-                tokio::spawn(async move {
-                    for c in 0..calls {
-                        let payload = format!("{{\"order_id\":\"o-{t}-{c}\",\"amount\":12.5}}");
-                        sink.publish(vec![record(payload)]).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.await.unwrap();
-        }
-        sink.close().await.unwrap();
-        let secs = started.elapsed().as_secs_f64();
-        let n = tasks * calls;
-        println!(
-            "{n} records in {secs:.2}s: {:.0} records/s",
-            n as f64 / secs
-        );
-        assert!(secs < Duration::from_secs(60).as_secs_f64());
     }
 }

@@ -1139,29 +1139,4 @@ mod tests {
             Err(FileError::ZeroDuration { .. })
         ));
     }
-
-    /// Not a benchmark, a floor: prints lines/s; run with
-    /// `cargo test --release -p fnmill-connector-file -- --ignored --nocapture throughput`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore]
-    async fn throughput() {
-        let dir = tempfile::tempdir().unwrap();
-        let n = 1_000_000;
-        let lines: Vec<_> = (1..=n).map(line).collect();
-        let path = write_input(dir.path(), &lines);
-        let mut run = Running::start(FileSourceConfig::new(&path), 1024);
-        let started = Instant::now();
-        let mut count = 0;
-        while let Some(d) = run.rx.recv().await {
-            d.settle(Outcome::Done);
-            count += 1;
-        }
-        run.finish().await.unwrap();
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{count} lines in {secs:.2}s: {:.0} lines/s",
-            count as f64 / secs
-        );
-        assert_eq!(checkpoint_of(&path), Some((end_of(&lines, n), n as u64)));
-    }
 }
