@@ -4,7 +4,8 @@
 //! run. Prints both and the ratio (the goal is ≥ 0.7).
 //!
 //! Needs PostgreSQL (`FNMILL_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
-//! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P`).
+//! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P`, or
+//! `-- --profile wasm` to run only the function side, e.g. under `perf record`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -46,7 +47,8 @@ fn main() {
         .unwrap();
     let compute = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .enable_all()
+        // As `fnmill run` builds it: timers, no IO driver.
+        .enable_time()
         .build()
         .unwrap();
 
@@ -156,6 +158,20 @@ fn main() {
     };
     native(2_000);
     wasm(2_000);
+    // `--profile wasm|native`: only that side, to run under a profiler.
+    if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
+        let start = Instant::now();
+        if only == "native" {
+            native(events)
+        } else {
+            wasm(events)
+        }
+        println!(
+            "{only}: {:.0} events/s",
+            events as f64 / start.elapsed().as_secs_f64()
+        );
+        return;
+    }
 
     let start = Instant::now();
     native(events);
