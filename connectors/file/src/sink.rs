@@ -3,14 +3,16 @@
 //! Every publish is queued to one writer thread, which takes whatever is queued, serializes it
 //! into one buffer and appends it with one `write_all` (plus one fsync when configured), then
 //! confirms every publisher of that batch. Concurrent publishers therefore share write calls, and
-//! each publish's records land contiguous and in order. The writer is a plain thread because
+//! each publish's records land contiguous and in order. Records are written in the order they
+//! were queued, so the sink implements [`Sink::enqueue`]: the pipeline may start a key's next
+//! event once this one's records are queued. The writer is a plain thread because
 //! every step is a blocking syscall; it also means the sink needs no particular async runtime.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
-use fnmill_connector_api::{Record, Sink, SinkError};
+use fnmill_connector_api::{Confirmation, Record, Sink, SinkError};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -110,22 +112,37 @@ fn closed() -> SinkError {
     SinkError::Retryable("file sink is closed".into())
 }
 
-impl Sink for FileSink {
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move {
-            if records.is_empty() {
-                return Ok(());
-            }
-            let (done, confirmed) = oneshot::channel();
-            self.commands
-                .send(Command::Write { records, done })
-                .await
-                .map_err(|_| closed())?;
+impl FileSink {
+    /// Queues `records` for the writer, in order, and returns the future of their write.
+    async fn queue(&self, records: Vec<Record>) -> Result<Confirmation, SinkError> {
+        if records.is_empty() {
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        }
+        let (done, confirmed) = oneshot::channel();
+        self.commands
+            .send(Command::Write { records, done })
+            .await
+            .map_err(|_| closed())?;
+        Ok(Box::pin(async move {
             confirmed
                 .await
                 .map_err(|_| closed())?
                 .map_err(SinkError::Retryable)
-        })
+        }))
+    }
+}
+
+impl Sink for FileSink {
+    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move { self.queue(records).await?.await })
+    }
+
+    /// One writer takes the queue in order, so what is queued first is written first.
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
+    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
+        Box::pin(self.queue(records.to_vec()))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
