@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fnmill::config::{self, Config, ConfigError};
-use fnmill::host::{Failure, FunctionSpec, Host, HostConfig, Limits};
+use fnmill::host::{Failure, FunctionSpec, Grants, Host, HostConfig, Limits};
 use fnmill_connector_api::Record;
 use fnmill_connector_file::jsonl;
 use tokio_util::sync::CancellationToken;
@@ -183,6 +183,9 @@ struct InvokeArgs {
 }
 
 fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
+    // For a function of a config: the config and the function's grants, so its data sources
+    // are served as in `fnmill run`.
+    let mut granted: Option<(fnmill::config::Config, Grants)> = None;
     let (mut spec, host_config) =
         if args.function.ends_with(".wasm") || Path::new(&args.function).is_file() {
             fnmill::telemetry::init(&Default::default());
@@ -234,6 +237,13 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
             host.max_instances = 1;
             host.max_memory_bytes = host.max_memory_bytes.max(spec.limits.memory_bytes);
             host.fuel |= spec.limits.fuel.is_some();
+            if !f.data_sources.is_empty() || !f.buckets.is_empty() {
+                let grants = Grants {
+                    data_sources: f.data_sources.iter().cloned().collect(),
+                    buckets: f.buckets.iter().cloned().collect(),
+                };
+                granted = Some((config, grants));
+            }
             (spec, host)
         };
     for kv in &args.set {
@@ -257,10 +267,18 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
         .into_event("invoke", || "invoke-1".to_string(), vec![]);
 
     let host = Host::new(&host_config)?;
-    let function = host.load(spec)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // One thread serves both sides here: the pools' work runs while `block_on` waits for it.
+    let function = match &granted {
+        Some((config, grants)) => {
+            let _entered = rt.enter();
+            let data = fnmill::app::build_data_sources(config, rt.handle().clone())?;
+            host.load_with(spec, &data, grants)?
+        }
+        None => host.load(spec)?,
+    };
     match rt.block_on(function.invoke(&event, args.attempt)) {
         Ok(outputs) => {
             let mut out = Vec::new();

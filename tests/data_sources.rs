@@ -653,3 +653,48 @@ async fn redis_unreachable_is_retryable_and_recovers() {
         }
     }
 }
+
+/// `fnmill invoke <function> --config` serves the function's granted data sources as
+/// `fnmill run` does, and still refuses what is not granted.
+#[test]
+fn invoke_of_a_config_function_uses_its_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let route = sql_route(
+        dir.path(),
+        "select $1::int8 + 1 as next",
+        "fnmill_invoke",
+        1,
+        "",
+    );
+    let config = route.write();
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, r#"{"id":"e1","payload":[41]}"#).unwrap();
+    let invoke = |config: &Path| {
+        fnmill()
+            .env("FNMILL_TEST_PG_URL", pg_url())
+            .args(["invoke", "f", "--config"])
+            .arg(config)
+            .arg("--event")
+            .arg(&event)
+            .output()
+            .unwrap()
+    };
+    let out = invoke(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["destination"], "out");
+    assert_eq!(
+        line["payload"],
+        json!({"columns": ["next"], "rows": [[42]]})
+    );
+
+    // The same function without the grant: the guest gets `not-granted` (fatal, exit code 11).
+    let text = std::fs::read_to_string(&config).unwrap();
+    let ungranted = dir.path().join("ungranted.toml");
+    std::fs::write(&ungranted, text.replace("data_sources = [\"db\"]\n", "")).unwrap();
+    let out = invoke(&ungranted);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("not-granted"), "{stderr}");
+}
