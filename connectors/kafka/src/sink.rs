@@ -4,7 +4,9 @@
 //! The producer is a `ThreadedProducer` whose delivery callback counts down a per-call
 //! [`Batch`]: one librdkafka queue and one callback thread serve every concurrent call, and
 //! librdkafka batches their records into few produce requests (a future per message measured
-//! 1.6–2.5× slower). Sinks with the same brokers and properties share one producer.
+//! 1.6–2.5× slower). Sinks with the same brokers and properties share one producer. A producer
+//! that raised a fatal error (an idempotence guarantee it can no longer keep) is replaced by a
+//! fresh one on the next publish; what was queued on it fails and is published again.
 //!
 //! Errors: librdkafka retries retriable produce errors by itself (idempotence keeps that free of
 //! duplicates and reordering) until `message.timeout.ms`; what still fails is reported as
@@ -13,15 +15,15 @@
 //! pipeline dead-letters the source event.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use fnmill_connector_api::{Confirmation, Record, Sink, SinkError};
 use futures::future::BoxFuture;
-use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
@@ -120,7 +122,7 @@ impl ClientContext for SinkContext {
         ) {
             warn!(error = %reason, "Kafka producer: brokers unreachable; retrying");
         } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            error!(error = %error, reason, "Kafka producer: fatal error");
+            error!(error = %error, reason, "Kafka producer: fatal error; it will be replaced");
         }
     }
 }
@@ -159,15 +161,60 @@ fn classify(e: &RdKafkaError) -> SinkError {
 
 type SharedProducer = ThreadedProducer<SinkContext>;
 
+/// The producer of one cluster config, replaced by a fresh one after a fatal error.
+struct ProducerSlot {
+    config: ClientConfig,
+    current: RwLock<Arc<SharedProducer>>,
+}
+
+impl ProducerSlot {
+    fn new(config: ClientConfig) -> Result<Self, KafkaError> {
+        let producer = config
+            .create_with_context(SinkContext)
+            .map_err(KafkaError::Client)?;
+        Ok(Self {
+            config,
+            current: RwLock::new(Arc::new(producer)),
+        })
+    }
+
+    /// The current producer; a fatal one is replaced first. Records queued on the fatal one
+    /// fail (librdkafka purges them when it is dropped) and the pipeline publishes them again.
+    fn get(&self) -> Arc<SharedProducer> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // An atomic read inside librdkafka while there is no fatal error.
+        let Some((code, reason)) = current.client().fatal_error() else {
+            return current;
+        };
+        let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if Arc::ptr_eq(&slot, &current) {
+            match self.config.create_with_context(SinkContext) {
+                Ok(fresh) => {
+                    warn!(error = ?code, reason, "Kafka producer: replaced after its fatal error");
+                    let old = std::mem::replace(&mut *slot, Arc::new(fresh));
+                    // Dropping purges and flushes for up to half a second: not on this thread.
+                    std::thread::spawn(move || drop(old));
+                }
+                Err(e) => error!(error = %e, "Kafka producer: could not create a replacement"),
+            }
+        }
+        slot.clone()
+    }
+}
+
 /// Producers by cluster config, so sinks that differ only by topic share one.
-fn registry() -> &'static Mutex<HashMap<String, Weak<SharedProducer>>> {
-    static PRODUCERS: OnceLock<Mutex<HashMap<String, Weak<SharedProducer>>>> = OnceLock::new();
+fn registry() -> &'static Mutex<HashMap<String, Weak<ProducerSlot>>> {
+    static PRODUCERS: OnceLock<Mutex<HashMap<String, Weak<ProducerSlot>>>> = OnceLock::new();
     PRODUCERS.get_or_init(Default::default)
 }
 
 /// Produces records to Kafka. Cheap to share: every `publish` goes through one producer.
 pub struct KafkaSink {
-    producer: Arc<SharedProducer>,
+    producer: Arc<ProducerSlot>,
     topic: Option<String>,
 }
 
@@ -195,10 +242,7 @@ impl KafkaSink {
         let producer = match producers.get(&key).and_then(Weak::upgrade) {
             Some(p) => p,
             None => {
-                let p: SharedProducer = client
-                    .create_with_context(SinkContext)
-                    .map_err(KafkaError::Client)?;
-                let p = Arc::new(p);
+                let p = Arc::new(ProducerSlot::new(client)?);
                 producers.insert(key, Arc::downgrade(&p));
                 p
             }
@@ -212,6 +256,7 @@ impl KafkaSink {
     /// Hands every record to librdkafka's queue, in order, and returns the future of their
     /// delivery reports. Records that cannot be queued fail that future, not this call.
     async fn enqueue_all(&self, records: &[Record]) -> Confirmation {
+        let producer = self.producer.get();
         let (tx, rx) = oneshot::channel();
         let batch = Arc::new(Batch {
             inner: Mutex::new(BatchInner {
@@ -246,7 +291,7 @@ impl KafkaSink {
                 base = base.key(key.as_ref());
             }
             loop {
-                match self.producer.send(base) {
+                match producer.send(base) {
                     Ok(()) => break,
                     Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         base = back;
@@ -284,7 +329,7 @@ impl Sink for KafkaSink {
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || producer.flush(CLOSE_FLUSH))
                 .await
@@ -313,5 +358,45 @@ mod tests {
             .insert("enable.idempotence".into(), PropertyValue::Bool(false));
         let err = KafkaSink::new(c).unwrap_err().to_string();
         assert!(err.contains("enable.idempotence"), "{err}");
+    }
+
+    /// librdkafka's test hook raises a fatal error on the producer (what a broken idempotence
+    /// guarantee does); the next publish goes through a fresh producer and succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_with_a_fatal_error_is_replaced() {
+        use rdkafka::mocking::MockCluster;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let sink = KafkaSink::new(KafkaSinkConfig::new(
+            cluster.bootstrap_servers(),
+            Some("t".into()),
+        ))
+        .unwrap();
+        let record = || Record {
+            target: None,
+            key: Some(bytes::Bytes::from_static(b"k")),
+            payload: bytes::Bytes::from_static(b"v"),
+            headers: vec![],
+        };
+        sink.publish(vec![record()]).await.unwrap();
+
+        let first = sink.producer.get();
+        let code = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+        // SAFETY: a live producer handle and a NUL-terminated reason.
+        let raised = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                first.client().native_ptr(),
+                code,
+                c"injected by the test".as_ptr(),
+            )
+        };
+        assert_eq!(
+            raised,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        assert!(first.client().fatal_error().is_some());
+
+        sink.publish(vec![record()]).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &sink.producer.get()), "replaced");
     }
 }
