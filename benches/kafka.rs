@@ -19,7 +19,7 @@ mod kafka_support;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fnmill_connector_kafka::rdkafka;
 use kafka_support::{count, create_topic, read_topic, unique};
@@ -141,25 +141,7 @@ fn native_passthrough(brokers: &str, input: &str, output: &str, stop: &Cancellat
 }
 
 fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>, rate: Option<u64>) {
-    let p = kafka_support::producer(brokers);
-    let start = Instant::now();
-    for id in ids.clone() {
-        let key = format!("k{}", id % KEYS);
-        kafka_support::send(
-            &p,
-            topic,
-            &key,
-            kafka_support::payload(id, &key, id / KEYS).as_bytes(),
-            None,
-        );
-        if let Some(rate) = rate {
-            let due = Duration::from_micros((id - ids.start) * 1_000_000 / rate);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
+    kafka_support::produce_paced(brokers, topic, ids, KEYS, rate, None);
 }
 
 /// Record timestamps by event id.

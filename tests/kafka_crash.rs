@@ -6,12 +6,10 @@
 mod common;
 mod kafka_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{guest, wait_until};
-use fnmill_connector_kafka::rdkafka::producer::Producer;
 use kafka_support::{KafkaRoute, Running, bootstrap, check, count, read_topic};
 
 const TOTAL: u64 = 50_000;
@@ -36,31 +34,8 @@ fn kill_nine_five_times_mid_stream_loses_nothing() {
     let config = route.write("fnmill");
 
     // The producer runs beside the kills, at a steady rate.
-    let produced = Arc::new(AtomicU64::new(0));
-    let producer = {
-        let (brokers, topic, produced) =
-            (route.brokers.clone(), route.input.clone(), produced.clone());
-        std::thread::spawn(move || {
-            let p = kafka_support::producer(&brokers);
-            let start = std::time::Instant::now();
-            for id in 0..TOTAL {
-                let key = format!("k{}", id % 100);
-                kafka_support::send(
-                    &p,
-                    &topic,
-                    &key,
-                    kafka_support::payload(id, &key, id / 100).as_bytes(),
-                    None,
-                );
-                produced.store(id + 1, Ordering::Relaxed);
-                let due = Duration::from_micros(id * 1_000_000 / RATE_PER_SECOND);
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            p.flush(Duration::from_secs(60)).unwrap();
-        })
-    };
+    let (producer, produced) =
+        kafka_support::spawn_paced_producer(&route.brokers, &route.input, TOTAL, RATE_PER_SECOND);
 
     let mut kills = Vec::new();
     for n in 0..KILLS {

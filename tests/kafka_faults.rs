@@ -12,22 +12,10 @@ use common::{guest, wait_until};
 use fnmill_connector_kafka::rdkafka;
 use kafka_support::{KafkaRoute, Running, check, count, read_topic};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::Producer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>) {
-    let p = kafka_support::producer(brokers);
-    for id in ids {
-        let key = format!("k{}", id % 20);
-        kafka_support::send(
-            &p,
-            topic,
-            &key,
-            kafka_support::payload(id, &key, id / 20).as_bytes(),
-            None,
-        );
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
+    kafka_support::produce_events(brokers, topic, ids, 20);
 }
 
 #[test]

@@ -6,12 +6,10 @@
 mod common;
 mod kafka_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{guest, wait_until};
-use fnmill_connector_kafka::rdkafka::producer::Producer;
 use kafka_support::{KafkaRoute, Running, bootstrap, check, count, read_topic};
 
 const TOTAL: u64 = 20_000;
@@ -41,31 +39,8 @@ fn sigterm_of_one_member_loses_and_duplicates_nothing() {
         },
     );
 
-    let produced = Arc::new(AtomicU64::new(0));
-    let producer = {
-        let (brokers, topic, produced) =
-            (route.brokers.clone(), route.input.clone(), produced.clone());
-        std::thread::spawn(move || {
-            let p = kafka_support::producer(&brokers);
-            let start = std::time::Instant::now();
-            for id in 0..TOTAL {
-                let key = format!("k{}", id % 100);
-                kafka_support::send(
-                    &p,
-                    &topic,
-                    &key,
-                    kafka_support::payload(id, &key, id / 100).as_bytes(),
-                    None,
-                );
-                produced.store(id + 1, Ordering::Relaxed);
-                let due = Duration::from_micros(id * 1_000_000 / RATE_PER_SECOND);
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            p.flush(Duration::from_secs(60)).unwrap();
-        })
-    };
+    let (producer, produced) =
+        kafka_support::spawn_paced_producer(&route.brokers, &route.input, TOTAL, RATE_PER_SECOND);
 
     // Halfway through the input, with the pipeline visibly working on it.
     wait_until(

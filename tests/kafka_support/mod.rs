@@ -109,8 +109,22 @@ pub fn send(
 /// Produces events `ids` with keys `k0..k{keys}` and per-key sequence numbers, and waits for
 /// their delivery.
 pub fn produce_events(brokers: &str, topic: &str, ids: std::ops::Range<u64>, keys: u64) {
+    produce_paced(brokers, topic, ids, keys, None, None);
+}
+
+/// [`produce_events`] at `rate` events per second (as fast as possible without one), storing
+/// the number of events handed to the producer so far in `progress`.
+pub fn produce_paced(
+    brokers: &str,
+    topic: &str,
+    ids: std::ops::Range<u64>,
+    keys: u64,
+    rate: Option<u64>,
+    progress: Option<&std::sync::atomic::AtomicU64>,
+) {
     let p = producer(brokers);
-    for id in ids {
+    let start = std::time::Instant::now();
+    for (n, id) in ids.enumerate() {
         let key = format!("k{}", id % keys);
         send(
             &p,
@@ -119,8 +133,38 @@ pub fn produce_events(brokers: &str, topic: &str, ids: std::ops::Range<u64>, key
             payload(id, &key, id / keys).as_bytes(),
             None,
         );
+        if let Some(progress) = progress {
+            progress.store(n as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // Pacing is the scenario (events keep arriving while fnmill is killed or stopped), not
+        // a wait for a condition.
+        if let Some(rate) = rate {
+            let due = Duration::from_micros(n as u64 * 1_000_000 / rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// A producer thread running [`produce_paced`] with 100 keys beside the scenario; the counter
+/// tells how many events it has handed over so far.
+pub fn spawn_paced_producer(
+    brokers: &str,
+    topic: &str,
+    total: u64,
+    rate: u64,
+) -> (
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (brokers, topic, counter) = (brokers.to_string(), topic.to_string(), produced.clone());
+    let thread = std::thread::spawn(move || {
+        produce_paced(&brokers, &topic, 0..total, 100, Some(rate), Some(&counter));
+    });
+    (thread, produced)
 }
 
 /// A record read back from a topic.
