@@ -59,6 +59,7 @@ fn main() {
         connect_timeout: Duration::from_secs(5),
         statement_timeout: None,
         application_name: "fnmill-bench".into(),
+        tls_ca_file: None,
     })
     .unwrap();
     io.block_on(async {

@@ -11,7 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -63,13 +63,18 @@ async fn connections(client: &tokio_postgres::Client, app: &str) -> i64 {
 }
 
 fn pg_pool(app: &str, size: usize) -> PgPool {
+    pool_at(pg_url(), app, size, None)
+}
+
+fn pool_at(url: String, app: &str, size: usize, tls_ca_file: Option<PathBuf>) -> PgPool {
     PgPool::new(&PgPoolConfig {
-        url: pg_url(),
+        url,
         pool_size: size,
         wait_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         statement_timeout: None,
         application_name: app.into(),
+        tls_ca_file,
     })
     .unwrap()
 }
@@ -697,4 +702,50 @@ fn invoke_of_a_config_function_uses_its_grants() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(11), "{stderr}");
     assert!(stderr.contains("not-granted"), "{stderr}");
+}
+
+/// `sslmode=require` connects over TLS, verifying the server's certificate against
+/// `tls_ca_file` and the host name; a server the client cannot verify is refused (as `unavailable`, so events
+/// retry rather than fail). Debian's PostgreSQL serves its `localhost` snakeoil certificate;
+/// `FNMILL_TEST_POSTGRES_TLS_URL` and `FNMILL_TEST_POSTGRES_CA` point the test elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_the_url_requires_it() {
+    let url = std::env::var("FNMILL_TEST_POSTGRES_TLS_URL").unwrap_or_else(|_| {
+        "postgres://postgres@localhost:5432/test?sslmode=require&hostaddr=127.0.0.1".into()
+    });
+    let ca = std::env::var("FNMILL_TEST_POSTGRES_CA")
+        .unwrap_or_else(|_| "/etc/ssl/certs/ssl-cert-snakeoil.pem".into());
+    let pool = pool_at(
+        url.clone(),
+        &unique("fnmill_tls"),
+        1,
+        Some(ca.clone().into()),
+    );
+    let rows = pool
+        .query(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.rows,
+        vec![vec![fnmill_connector_postgres::Value::Bool(true)]]
+    );
+
+    // The certificate names `localhost`, not the address: a client that verifies refuses it.
+    // (Only for a URL of that shape, the default; another server has its own names.)
+    let Some(by_address) = url
+        .contains("@localhost:")
+        .then(|| url.replace("@localhost:", "@127.0.0.1:"))
+    else {
+        eprintln!("FNMILL_TEST_POSTGRES_TLS_URL does not use host localhost: name check skipped");
+        return;
+    };
+    let untrusted = pool_at(by_address, &unique("fnmill_tls"), 1, Some(ca.into()));
+    let err = untrusted.query("select 1", &[]).await.unwrap_err();
+    assert!(
+        matches!(&err, fnmill_connector_postgres::SqlError::Unavailable(m) if m.contains("certificate")),
+        "{err}"
+    );
 }

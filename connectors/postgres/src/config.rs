@@ -46,6 +46,12 @@ pub struct PostgresConfig {
     /// `application_name` of fnmill's connections, as seen in `pg_stat_activity`.
     #[serde(default = "default_application_name")]
     pub application_name: String,
+    /// With `sslmode=require` in the URL: a PEM file of the certificate authorities that may
+    /// sign the server's certificate (e.g. a cloud provider's CA bundle). Without it, the
+    /// operating system's trusted roots. Relative to the config file. The server certificate
+    /// must also name the host in the URL.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// PostgreSQL's default `max_connections` is 100; a handful of replicas with 10 each leave room
@@ -91,6 +97,7 @@ impl PostgresConfig {
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
             application_name: self.application_name.clone(),
+            tls_ca_file: self.tls_ca_file.as_ref().map(|p| base_dir.join(p)),
         })
     }
 }

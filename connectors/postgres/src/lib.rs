@@ -17,12 +17,18 @@ pub mod config;
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Re-exported so tests and benchmarks can talk to the same database without another dependency.
 pub use tokio_postgres;
@@ -254,6 +260,9 @@ pub struct PgPoolConfig {
     /// `application_name` of every connection, so they can be told apart in
     /// `pg_stat_activity`.
     pub application_name: String,
+    /// PEM file of the certificates that may sign the server's certificate when the URL says
+    /// `sslmode=require`; `None` = the operating system's trusted roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for PgPoolConfig {
@@ -265,6 +274,7 @@ impl fmt::Debug for PgPoolConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("application_name", &self.application_name)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -303,6 +313,50 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
+/// TLS for `sslmode=require`: the server's certificate must chain to `ca_file`'s certificates
+/// (or the system's roots) and name the host connected to, as libpq's `verify-full` checks.
+fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "tls_ca_file {}: not PEM certificates: {e}",
+                        path.display()
+                    ))
+                })?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| ConfigError(format!("tls_ca_file {}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A malformed system certificate is skipped, as every TLS client does.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(ConfigError(
+            "sslmode=require, but there is no certificate to verify the server with: set \
+             tls_ca_file or install the system's CA certificates"
+                .into(),
+        ));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ConfigError(format!("TLS set-up: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(tls))
+}
+
 impl PgPool {
     /// Creates the pool; no connection is opened until the first statement.
     pub fn new(config: &PgPoolConfig) -> Result<Self, ConfigError> {
@@ -318,15 +372,18 @@ impl PgPool {
             pg.options(format!("-c statement_timeout={}", t.as_millis()));
         }
         let secrets = secrets_of(&config.url, &pg);
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                // A dead connection is noticed by its closed socket; checking each checkout
-                // with a round trip would double the latency of short statements.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            // A dead connection is noticed by its closed socket; checking each checkout with a
+            // round trip would double the latency of short statements.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if matches!(pg.get_ssl_mode(), SslMode::Require) {
+            let tls = tls_connector(config.tls_ca_file.as_deref())?;
+            Manager::from_config(pg, tls, manager_config)
+        } else {
+            // `disable`, and `prefer` (the default): plain TCP, as before TLS was supported.
+            Manager::from_config(pg, NoTls, manager_config)
+        };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .wait_timeout(Some(config.wait_timeout))
@@ -532,9 +589,30 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             statement_timeout: None,
             application_name: "t".into(),
+            tls_ca_file: None,
         })
         .unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_is_a_config_error() {
+        let missing = tls_connector(Some(Path::new("/nonexistent/ca.pem")))
+            .err()
+            .unwrap();
+        assert!(
+            missing
+                .to_string()
+                .contains("tls_ca_file /nonexistent/ca.pem"),
+            "{missing}"
+        );
+        let dir = std::env::temp_dir().join(format!("fnmill-pg-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let empty = tls_connector(Some(&garbage)).err().unwrap();
+        assert!(empty.to_string().contains("no certificate"), "{empty}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
