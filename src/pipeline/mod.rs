@@ -85,8 +85,8 @@ enum Settled {
 enum Progress {
     Settled(Settled),
     /// The function succeeded and its outputs are handed to their sinks in order; the event
-    /// settles once they are confirmed.
-    Enqueued(Vec<Pending>),
+    /// settles once they are confirmed. With the attempt that produced them.
+    Enqueued(Vec<Pending>, u32),
 }
 
 /// Records handed to one sink, awaiting its confirmation. The records are kept to publish them
@@ -111,8 +111,8 @@ impl Route {
                 self.settle(delivery, settled);
                 None
             }
-            Progress::Enqueued(pending) => Some(Box::pin(async move {
-                let settled = self.confirm(delivery.event(), pending, sdl).await;
+            Progress::Enqueued(pending, attempt) => Some(Box::pin(async move {
+                let settled = self.confirm(delivery.event(), pending, attempt, sdl).await;
                 self.settle(delivery, settled);
             })),
         }
@@ -139,7 +139,7 @@ impl Route {
             let failure = match self.call(event, attempt).await {
                 Ok(outputs) => match self.records(outputs) {
                     Ok(batches) => match self.enqueue(batches).await {
-                        Ok(pending) => return Progress::Enqueued(pending),
+                        Ok(pending) => return Progress::Enqueued(pending, attempt),
                         Err(_) if self.shutdown.is_cancelled() => {
                             return Progress::Settled(Settled::Abandoned);
                         }
@@ -182,6 +182,7 @@ impl Route {
         &self,
         event: &Event,
         pending: Vec<Pending>,
+        attempt: u32,
         source_dead_letters: bool,
     ) -> Settled {
         let mut failed = None;
@@ -212,7 +213,7 @@ impl Route {
             Some(_) if self.shutdown.is_cancelled() => Settled::Abandoned,
             Some(e) => {
                 let failure = Failure::Fatal(format!("publishing outputs failed: {e}"));
-                self.dead_letter(event, &failure, 1, source_dead_letters)
+                self.dead_letter(event, &failure, attempt, source_dead_letters)
                     .await
             }
         }
