@@ -80,12 +80,17 @@ fn pool_at(url: String, app: &str, size: usize, tls_ca_file: Option<PathBuf>) ->
 }
 
 fn redis_pool(url: &str) -> RedisPool {
+    redis_pool_with(url, None)
+}
+
+fn redis_pool_with(url: &str, tls_ca_file: Option<PathBuf>) -> RedisPool {
     RedisPool::new(&RedisPoolConfig {
         url: url.into(),
         pool_size: 2,
         wait_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         command_timeout: Duration::from_millis(500),
+        tls_ca_file,
     })
     .unwrap()
 }
@@ -746,6 +751,89 @@ async fn tls_when_the_url_requires_it() {
     let err = untrusted.query("select 1", &[]).await.unwrap_err();
     assert!(
         matches!(&err, fnmill_connector_postgres::SqlError::Unavailable(m) if m.contains("certificate")),
+        "{err}"
+    );
+}
+
+/// A `redis-server` serving TLS only, on a free port, stopped when dropped.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsRedis {
+    /// Uses Debian's `localhost` snakeoil certificate, as the PostgreSQL TLS test does.
+    fn start(cert: &str, key: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", cert, "--tls-key-file", key])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting redis-server (Debian's package serves TLS)");
+        Self { child, port }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `rediss://` URL connects over TLS, verifying the server's certificate against
+/// `tls_ca_file` and the host name; a server that cannot be verified is `unavailable`.
+/// `FNMILL_TEST_REDIS_TLS_URL` (a `rediss://localhost:<port>` URL) and `FNMILL_TEST_REDIS_CA`
+/// use another server instead of starting one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server() {
+    let ca = std::env::var("FNMILL_TEST_REDIS_CA")
+        .unwrap_or_else(|_| "/etc/ssl/certs/ssl-cert-snakeoil.pem".into());
+    let mut _server = None;
+    let url = std::env::var("FNMILL_TEST_REDIS_TLS_URL").unwrap_or_else(|_| {
+        let server = TlsRedis::start(&ca, "/etc/ssl/private/ssl-cert-snakeoil.key");
+        let url = format!("rediss://localhost:{}", server.port);
+        _server = Some(server);
+        url
+    });
+    let bucket = redis_pool_with(&url, Some(ca.clone().into())).bucket(unique("tls:"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match bucket.set("k", b"over tls").await {
+            Ok(()) => break,
+            // The server is still starting.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no TLS connection to {url}: {e}"),
+        }
+    }
+    assert_eq!(bucket.get("k").await.unwrap(), Some(b"over tls".to_vec()));
+
+    // The certificate names `localhost`, not the address.
+    let by_address = url.replace("://localhost:", "://127.0.0.1:");
+    if by_address == url {
+        eprintln!("FNMILL_TEST_REDIS_TLS_URL does not use host localhost: name check skipped");
+        return;
+    }
+    let untrusted = redis_pool_with(&by_address, Some(ca.into())).bucket("tls:");
+    let err = untrusted.get("k").await.unwrap_err();
+    eprintln!("refused as expected: {err}");
+    assert!(
+        matches!(&err, fnmill_connector_redis::KvError::Unavailable(m) if m.contains("certificate")),
         "{err}"
     );
 }

@@ -40,6 +40,11 @@ pub struct RedisConfig {
     /// `unavailable` (retryable).
     #[serde(default = "default_command_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// With a `rediss://` URL: a PEM file of the certificate authorities that may sign the
+    /// server's certificate. Without it, the operating system's trusted roots. Relative to the
+    /// config file. The certificate must also name the host in the URL.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Buckets served by this data source, by name: what functions open with
     /// `keyvalue.open(name)` and are granted with `functions.<f>.buckets`. Bucket names are
     /// unique across all data sources.
@@ -95,6 +100,7 @@ impl RedisConfig {
             wait_timeout: self.wait_timeout,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
+            tls_ca_file: self.tls_ca_file.as_ref().map(|p| base_dir.join(p)),
         })
     }
 }

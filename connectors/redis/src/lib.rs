@@ -14,6 +14,7 @@
 pub mod config;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands, ErrorKind, RedisError};
@@ -53,6 +54,9 @@ pub struct RedisPoolConfig {
     pub connect_timeout: Duration,
     /// Longest time one command may take, connection checkout included.
     pub command_timeout: Duration,
+    /// For a `rediss://` URL: a PEM file of the certificate authorities that may sign the
+    /// server's certificate; `None` = the operating system's trusted roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for RedisPoolConfig {
@@ -63,6 +67,7 @@ impl fmt::Debug for RedisPoolConfig {
             .field("wait_timeout", &self.wait_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
 }
@@ -99,18 +104,46 @@ impl RedisPool {
         {
             secrets.push(p.clone());
         }
-        let mut cfg = deadpool_redis::Config::from_connection_info(info);
-        cfg.pool = Some(deadpool_redis::PoolConfig {
-            max_size: config.pool_size,
-            timeouts: Timeouts {
+        let tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
+        let info = match (&config.tls_ca_file, tls) {
+            // `rediss://` verifies the server's certificate and host name: against these
+            // authorities, or (without a file) the system's roots.
+            (Some(path), true) => {
+                let root_cert = std::fs::read(path)
+                    .map_err(|e| ConfigError(format!("tls_ca_file {}: {e}", path.display())))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(info, certs)
+                    .map_err(|e| {
+                        ConfigError(redact(
+                            &format!("tls_ca_file {}: {e}", path.display()),
+                            &secrets,
+                        ))
+                    })?
+                    .get_connection_info()
+                    .clone()
+            }
+            (Some(_), false) => {
+                return Err(ConfigError(
+                    "tls_ca_file is set but the URL is not rediss:// (TLS)".into(),
+                ));
+            }
+            (None, _) => info,
+        };
+        // The manager takes redis' own connection info, TLS parameters included.
+        let manager = deadpool_redis::Manager::new(info)
+            .map_err(|e| ConfigError(redact(&format!("cannot build the pool: {e}"), &secrets)))?;
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .timeouts(Timeouts {
                 wait: Some(config.wait_timeout),
                 create: Some(config.connect_timeout),
                 recycle: Some(config.connect_timeout),
-            },
-            ..Default::default()
-        });
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|e| ConfigError(redact(&format!("cannot build the pool: {e}"), &secrets)))?;
         Ok(Self {
             pool,
@@ -297,16 +330,38 @@ mod tests {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 
-    #[test]
-    fn a_bad_url_does_not_echo_the_secret() {
-        let err = RedisPool::new(&RedisPoolConfig {
-            url: "mysql://u:hunter2@h/0".into(),
+    fn config(url: &str, tls_ca_file: Option<&str>) -> RedisPoolConfig {
+        RedisPoolConfig {
+            url: url.into(),
             pool_size: 1,
             wait_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
-        })
-        .unwrap_err();
+            tls_ca_file: tls_ca_file.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn a_bad_url_does_not_echo_the_secret() {
+        let err = RedisPool::new(&config("mysql://u:hunter2@h/0", None)).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_tls_url_and_must_exist() {
+        let plain = RedisPool::new(&config("redis://h:6379", Some("/ca.pem"))).unwrap_err();
+        assert!(plain.to_string().contains("not rediss://"), "{plain}");
+        let missing = RedisPool::new(&config(
+            "rediss://u:hunter2@h:6379",
+            Some("/nonexistent/ca.pem"),
+        ))
+        .unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("tls_ca_file /nonexistent/ca.pem"),
+            "{missing}"
+        );
+        assert!(!missing.to_string().contains("hunter2"), "{missing}");
     }
 }
