@@ -185,7 +185,6 @@ impl Route {
         attempt: u32,
         source_dead_letters: bool,
     ) -> Settled {
-        let mut failed = None;
         let results = join_all(pending.into_iter().map(|p| async move {
             match p.confirmation.await {
                 Ok(()) => Ok(()),
@@ -203,12 +202,7 @@ impl Route {
             }
         }))
         .await;
-        for result in results {
-            if let Err(e) = result {
-                failed.get_or_insert(e);
-            }
-        }
-        match failed {
+        match results.into_iter().find_map(Result::err) {
             None => Settled::Done,
             Some(_) if self.shutdown.is_cancelled() => Settled::Abandoned,
             Some(e) => {
