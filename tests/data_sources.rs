@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{FileRoute, count_lines, fnmill, guest, headers, read_lines, write_events};
-use fnmill::host::{
-    DataSources, Failure, Function, FunctionSpec, Grants, Host, HostConfig, Limits,
-};
+use fnmill::host::{DataSources, Failure, Function, FunctionSpec, Grants, Host, Limits};
 use fnmill_connector_api::Event;
 use fnmill_connector_postgres::tokio_postgres::{self, NoTls};
 use fnmill_connector_postgres::{PgPool, PgPoolConfig};
@@ -96,18 +94,7 @@ fn redis_pool_with(url: &str, tls_ca_file: Option<PathBuf>) -> RedisPool {
 }
 
 fn host() -> Host {
-    Host::new(&HostConfig {
-        max_instances: 16,
-        max_memory_bytes: 32 * 1024 * 1024,
-        fuel: false,
-        cache_dir: Some(
-            common::root()
-                .join("target")
-                .join("test-cache")
-                .join("fnmill"),
-        ),
-    })
-    .unwrap()
+    common::test_host(false)
 }
 
 fn load(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{FileRoute, fnmill, guest, read_lines, run_to_end, write_events};
-use fnmill::host::{Failure, Function, FunctionSpec, Host, HostConfig, Limits};
+use fnmill::host::{Failure, Function, FunctionSpec, Host, Limits};
 use fnmill_connector_api::{Event, Header};
 use serde_json::json;
 
@@ -25,18 +25,7 @@ fn limits() -> Limits {
 }
 
 fn host() -> Host {
-    Host::new(&HostConfig {
-        max_instances: 16,
-        max_memory_bytes: 32 * 1024 * 1024,
-        fuel: true,
-        cache_dir: Some(
-            common::root()
-                .join("target")
-                .join("test-cache")
-                .join("fnmill"),
-        ),
-    })
-    .unwrap()
+    common::test_host(true)
 }
 
 fn load(host: &Host, name: &str, limits: Limits, config: &[(&str, &str)]) -> Function {

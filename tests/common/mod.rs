@@ -53,6 +53,18 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// A host for tests that load guests themselves: 16 instances of up to 32 MiB, fuel metering
+/// as asked, and the test run's shared compiled-component cache.
+pub fn test_host(fuel: bool) -> fnmill::host::Host {
+    fnmill::host::Host::new(&fnmill::host::HostConfig {
+        max_instances: 16,
+        max_memory_bytes: 32 * 1024 * 1024,
+        fuel,
+        cache_dir: Some(root().join("target").join("test-cache").join("fnmill")),
+    })
+    .unwrap()
+}
+
 /// A test guest loaded on a host of its own, for up to `max_instances` concurrent events, with
 /// limits generous enough for any test or bench that is not about limits.
 pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {

@@ -401,12 +401,7 @@ impl PgPool {
 
     /// Runs a statement that returns rows.
     pub async fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, SqlError> {
-        let client = self.client().await?;
-        let prepared = client
-            .prepare_cached(statement)
-            .await
-            .map_err(|e| self.error(e))?;
-        check_params(prepared.params(), params)?;
+        let (client, prepared) = self.prepare(statement, params).await?;
         let rows = client
             .query(&prepared, &as_params(params))
             .await
@@ -432,12 +427,7 @@ impl PgPool {
 
     /// Runs a statement and returns the number of rows it affected.
     pub async fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, SqlError> {
-        let client = self.client().await?;
-        let prepared = client
-            .prepare_cached(statement)
-            .await
-            .map_err(|e| self.error(e))?;
-        check_params(prepared.params(), params)?;
+        let (client, prepared) = self.prepare(statement, params).await?;
         client
             .execute(&prepared, &as_params(params))
             .await
@@ -453,6 +443,22 @@ impl PgPool {
             max: s.max_size,
             waiting: s.waiting,
         }
+    }
+
+    /// A pooled connection and `statement` prepared on it (once per connection, then cached),
+    /// with `params` checked against the statement's parameter types.
+    async fn prepare(
+        &self,
+        statement: &str,
+        params: &[Value],
+    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), SqlError> {
+        let client = self.client().await?;
+        let prepared = client
+            .prepare_cached(statement)
+            .await
+            .map_err(|e| self.error(e))?;
+        check_params(prepared.params(), params)?;
+        Ok((client, prepared))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SqlError> {
