@@ -10,6 +10,8 @@
 mod amqp_common;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/cpu.rs"]
+mod cpu;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +32,7 @@ const KEYS: usize = 100;
 
 /// The native baseline: one consuming channel with `PREFETCH`, one confirm channel; each
 /// delivery is republished as it arrives, and acked when its confirm comes back.
-async fn native_passthrough(broker: &Broker, input: &str, output: &str, n: usize) -> f64 {
+async fn native_passthrough(broker: &Broker, input: &str, output: &str, n: usize) -> Measured {
     let out = Collector::start(&broker.connection, output).await;
     let consume = broker.connection.create_channel().await.unwrap();
     consume
@@ -52,6 +54,8 @@ async fn native_passthrough(broker: &Broker, input: &str, output: &str, n: usize
         .await
         .unwrap();
     let acked = Arc::new(AtomicUsize::new(0));
+    let rabbit = cpu::processes_matching("rabbitmq", "beam.smp");
+    let cpu_start = cpu::CpuTimes::now(&rabbit);
     let start = Instant::now();
     let output = output.to_string();
     let a = acked.clone();
@@ -86,17 +90,24 @@ async fn native_passthrough(broker: &Broker, input: &str, output: &str, n: usize
     })
     .await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = cpu::CpuTimes::now(&rabbit).per_event_since(&cpu_start, n);
     wait_for(Duration::from_secs(60), "native acks", || {
         acked.load(Ordering::Relaxed) >= n
     })
     .await;
     task.abort();
     let _ = consume.close(200, "done".into()).await;
-    rate
+    Measured { rate, cpu }
+}
+
+/// Messages/s and the CPU per message, by thread name (and the broker), while they flowed.
+struct Measured {
+    rate: f64,
+    cpu: Vec<(String, f64)>,
 }
 
 /// fnmill in-process (`app::run`) on the same broker work, with the echo guest.
-async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> f64 {
+async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> Measured {
     let out = Collector::start(&broker.connection, output).await;
     let dir = tempfile::tempdir().unwrap();
     let mut route = AmqpRoute::new(input, output, None, common::guest("echo"));
@@ -104,6 +115,8 @@ async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> f
     let config = fnmill::config::load(&route.write(dir.path())).unwrap();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let rabbit = cpu::processes_matching("rabbitmq", "beam.smp");
+    let cpu_start = cpu::CpuTimes::now(&rabbit);
     let start = Instant::now();
     let run = std::thread::spawn(move || fnmill::app::run(config, stop));
     wait_for(Duration::from_secs(600), "fnmill outputs", || {
@@ -111,14 +124,15 @@ async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> f
     })
     .await;
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = cpu::CpuTimes::now(&rabbit).per_event_since(&cpu_start, n);
     shutdown.cancel();
     tokio::task::spawn_blocking(move || run.join().unwrap().unwrap())
         .await
         .unwrap();
-    rate
+    Measured { rate, cpu }
 }
 
-async fn one_round(n: usize) -> (f64, f64) {
+async fn one_round(n: usize) -> (Measured, Measured) {
     let broker = Broker::new().await;
     let names: Vec<String> = ["n-in", "n-out", "f-in", "f-out"]
         .iter()
@@ -157,10 +171,12 @@ async fn main() {
     println!(
         "RabbitMQ → echo → RabbitMQ, {n} messages ({KEYS} keys), prefetch {PREFETCH}, persistent, confirms"
     );
-    println!("  native lapin passthrough : {native:>9.0} msg/s");
-    println!("  fnmill (echo guest)      : {fnmill:>9.0} msg/s");
+    println!("  native lapin passthrough : {:>9.0} msg/s", native.rate);
+    println!("  fnmill (echo guest)      : {:>9.0} msg/s", fnmill.rate);
     println!(
         "  ratio                    : {:>9.2}   (goal ≥ 0.70)",
-        fnmill / native
+        fnmill.rate / native.rate
     );
+    cpu::print_per_event("native lapin passthrough", &native.cpu);
+    cpu::print_per_event("fnmill (echo guest)", &fnmill.cpu);
 }

@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/cpu.rs"]
+mod cpu;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,11 +44,13 @@ fn main() {
     // box, for both the function and the native loop.
     let io = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("fnmill-io")
         .enable_all()
         .build()
         .unwrap();
     let compute = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("fnmill-compute")
         // As `fnmill run` builds it: timers, no IO driver.
         .enable_time()
         .build()
@@ -159,6 +163,22 @@ fn main() {
     };
     native(2_000);
     wasm(2_000);
+    // The PostgreSQL backends serving the pool, to count their CPU too.
+    let backends: Vec<(String, u32)> = io.block_on(async {
+        pool.query(
+            "select pid from pg_stat_activity where application_name = 'fnmill-bench'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .rows
+        .iter()
+        .filter_map(|r| match r.first() {
+            Some(Value::Int(pid)) => Some(("postgres backends".to_string(), *pid as u32)),
+            _ => None,
+        })
+        .collect()
+    });
     // `--profile wasm|native`: only that side, to run under a profiler.
     if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
         let start = Instant::now();
@@ -174,12 +194,15 @@ fn main() {
         return;
     }
 
+    let cpu0 = cpu::CpuTimes::now(&backends);
     let start = Instant::now();
     native(events);
     let native_rate = events as f64 / start.elapsed().as_secs_f64();
+    let cpu1 = cpu::CpuTimes::now(&backends);
     let start = Instant::now();
     wasm(events);
     let wasm_rate = events as f64 / start.elapsed().as_secs_f64();
+    let cpu2 = cpu::CpuTimes::now(&backends);
 
     println!(
         "one indexed SELECT per event, {events} events, {concurrency} in flight, pool of {pool_size}:"
@@ -190,4 +213,6 @@ fn main() {
         "  ratio function / native      : {:>9.2} (goal >= 0.7)",
         wasm_rate / native_rate
     );
+    cpu::print_per_event("native loop", &cpu1.per_event_since(&cpu0, events));
+    cpu::print_per_event("function", &cpu2.per_event_since(&cpu1, events));
 }

@@ -13,6 +13,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "../tests/kafka_support/mod.rs"]
 mod kafka_support;
 
@@ -42,6 +44,8 @@ enum Kind {
 }
 
 /// Runs one pipeline from `input` to `output` until `expect` records are on the output.
+/// Returns the CPU times of this process's threads (and of `others`) taken just before the
+/// pipeline is told to stop, while its threads are still alive to be read.
 fn run_pipeline(
     kind: Kind,
     brokers: &str,
@@ -49,15 +53,19 @@ fn run_pipeline(
     output: &str,
     expect: i64,
     dir: &std::path::Path,
-) {
+    others: &[(String, u32)],
+) -> cpu::CpuTimes {
     let stop = CancellationToken::new();
     let watcher = {
         let (stop, brokers, output) = (stop.clone(), brokers.to_string(), output.to_string());
+        let others = others.to_vec();
         std::thread::spawn(move || {
             while count(&brokers, &output) < expect {
                 std::thread::sleep(Duration::from_millis(100));
             }
+            let times = cpu::CpuTimes::now(&others);
             stop.cancel();
+            times
         })
     };
     match kind {
@@ -93,7 +101,7 @@ destinations = {{ out = "out" }}
         }
         Kind::Native => native_passthrough(brokers, input, output, &stop),
     }
-    watcher.join().unwrap();
+    watcher.join().unwrap()
 }
 
 struct Counting(Arc<AtomicU64>);
@@ -160,25 +168,41 @@ struct Result {
     rate: f64,
     p50: i64,
     p99: i64,
+    /// µs of CPU per event in the throughput phase, by thread name (and the broker).
+    cpu: Vec<(String, f64)>,
 }
 
 fn measure(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> Result {
-    let rate = throughput(kind, brokers, n, dir);
+    let (rate, cpu) = throughput(kind, brokers, n, dir);
     let (p50, p99) = latency(kind, brokers, dir);
-    Result { rate, p50, p99 }
+    Result {
+        rate,
+        p50,
+        p99,
+        cpu,
+    }
 }
 
-/// Events/s over a preloaded backlog of `n` events.
-fn throughput(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> f64 {
+/// Events/s over a preloaded backlog of `n` events, and the CPU each event took, by thread
+/// name (from the pipeline's start to its stop, so group join and shutdown are included).
+fn throughput(
+    kind: Kind,
+    brokers: &str,
+    n: u64,
+    dir: &std::path::Path,
+) -> (f64, Vec<(String, f64)>) {
     // Throughput over a backlog.
     let (input, output) = (unique("bench-in"), unique("bench-out"));
     create_topic(brokers, &input, PARTITIONS);
     create_topic(brokers, &output, PARTITIONS);
     produce(brokers, &input, 0..n, None);
-    run_pipeline(kind, brokers, &input, &output, n as i64, dir);
+    let broker = cpu::processes_matching("kafka broker", "kafka.Kafka");
+    let before = cpu::CpuTimes::now(&broker);
+    let used = run_pipeline(kind, brokers, &input, &output, n as i64, dir, &broker)
+        .per_event_since(&before, n as usize);
     let out = times(brokers, &output);
     let (first, last) = (out.values().min().unwrap(), out.values().max().unwrap());
-    n as f64 / ((last - first).max(1) as f64 / 1000.0)
+    (n as f64 / ((last - first).max(1) as f64 / 1000.0), used)
 }
 
 /// Latency (p50, p99 in ms) at a steady input rate, the pipeline already running.
@@ -194,7 +218,15 @@ fn latency(kind: Kind, brokers: &str, dir: &std::path::Path) -> (i64, i64) {
             produce(&brokers, &input, 0..LATENCY_EVENTS, Some(LATENCY_RATE));
         })
     };
-    run_pipeline(kind, brokers, &input, &output, LATENCY_EVENTS as i64, dir);
+    run_pipeline(
+        kind,
+        brokers,
+        &input,
+        &output,
+        LATENCY_EVENTS as i64,
+        dir,
+        &[],
+    );
     producer.join().unwrap();
     let sent = times(brokers, &input);
     let got = times(brokers, &output);
@@ -220,8 +252,9 @@ fn main() {
         };
         throughput(Kind::Wasm, &brokers, 2_000, dir.path());
         eprintln!("profile: backlog ready, measuring {kind:?}");
-        let rate = throughput(kind, &brokers, n, dir.path());
+        let (rate, cpu) = throughput(kind, &brokers, n, dir.path());
         println!("kafka {kind:?}: {n} events, {rate:.0} events/s");
+        cpu::print_per_event(&format!("{kind:?}"), &cpu);
         return;
     }
     // Warm the compiled-component cache (and the broker) with a small run.
@@ -245,4 +278,6 @@ fn main() {
         wasm.p50 - native.p50,
         wasm.p99 - native.p99
     );
+    cpu::print_per_event("native passthrough", &native.cpu);
+    cpu::print_per_event("fnmill + echo wasm", &wasm.cpu);
 }
