@@ -136,7 +136,11 @@ fn build_source(config: &Config, name: &str, source: &SourceConfig) -> Result<Bo
             AmqpSource::new(name, (**c).clone()).with_context(|| format!("sources.{name}"))?,
         ),
         SourceConfig::Kafka(c) => {
-            Box::new(KafkaSource::new(name, c.clone()).with_context(|| format!("sources.{name}"))?)
+            let mut c = c.clone();
+            for secret in c.secret_properties.values_mut() {
+                secret.resolve_path(&config.base_dir);
+            }
+            Box::new(KafkaSource::new(name, c).with_context(|| format!("sources.{name}"))?)
         }
     })
 }
@@ -153,7 +157,11 @@ fn build_sink(config: &Config, name: &str, sink: &SinkConfig) -> Result<Arc<dyn 
             Arc::new(AmqpSink::new(name, (**c).clone()).with_context(|| format!("sinks.{name}"))?)
         }
         SinkConfig::Kafka(c) => {
-            Arc::new(KafkaSink::new(c.clone()).with_context(|| format!("sinks.{name}"))?)
+            let mut c = c.clone();
+            for secret in c.secret_properties.values_mut() {
+                secret.resolve_path(&config.base_dir);
+            }
+            Arc::new(KafkaSink::new(c).with_context(|| format!("sinks.{name}"))?)
         }
     })
 }

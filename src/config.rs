@@ -508,6 +508,30 @@ impl Config {
         if rt.max_instances == 0 {
             problems.push(Problem::new("runtime.max_instances", "must be at least 1"));
         }
+        let kafka = self
+            .sources
+            .iter()
+            .filter_map(|(name, s)| match s {
+                SourceConfig::Kafka(c) => Some((
+                    format!("sources.{name}"),
+                    &c.properties,
+                    &c.secret_properties,
+                )),
+                _ => None,
+            })
+            .chain(self.sinks.iter().filter_map(|(name, s)| match s {
+                SinkConfig::Kafka(c) => {
+                    Some((format!("sinks.{name}"), &c.properties, &c.secret_properties))
+                }
+                _ => None,
+            }));
+        for (key, properties, secrets) in kafka {
+            if let Err(e) =
+                fnmill_connector_kafka::check_secrets(properties, secrets, &self.base_dir)
+            {
+                problems.push(Problem::new(key, e.to_string()));
+            }
+        }
         for (name, f) in &self.functions {
             let key = format!("functions.{name}");
             let path = self.resolve(&f.component);
@@ -847,5 +871,23 @@ mod tests {
         assert!(p[0].starts_with("routes[0].source: no source named `nope`"));
         assert!(p[1].starts_with("routes[0].function: no function named `g`"));
         assert!(p[2].starts_with("routes[0].destinations.out: no sink named `x`"));
+    }
+
+    #[test]
+    fn an_unreadable_kafka_secret_is_named_without_a_value() {
+        let text = format!(
+            "{BASE}\n[sinks.k]\nkind = \"kafka\"\nbrokers = \"b:9092\"\ntopic = \"t\"\n\
+             properties = {{ \"security.protocol\" = \"sasl_ssl\" }}\n\
+             secret_properties = {{ \"sasl.password\" = {{ env = \"FNMILL_SURELY_UNSET_VAR\" }}, \
+             \"ssl.key.password\" = {{ file = \"no-such-file\" }} }}\n\
+             [[routes]]\nsource = \"in\"\nfunction = \"f\"\ndestinations = {{ out = \"k\" }}\n"
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("sinks.k: `secret_properties.\"sasl.password\"`"),
+            "{p:?}"
+        );
+        assert!(p[0].contains("FNMILL_SURELY_UNSET_VAR"), "{p:?}");
     }
 }

@@ -1,6 +1,6 @@
-//! Secrets in connector configs: a URL given as exactly one of `url` (inline), `url_env` (an
-//! environment variable) or `url_file` (a file, e.g. a mounted Kubernetes secret), never
-//! printed, never quoted in an error.
+//! Secrets in connector configs, read from an environment variable or a file, never printed and
+//! never quoted in an error. A URL is given as exactly one of `url` (inline), `url_env` (an
+//! environment variable) or `url_file` (a file, e.g. a mounted Kubernetes secret).
 
 use std::fmt;
 use std::path::Path;
@@ -47,15 +47,32 @@ pub fn resolve_url(
         return Ok(url.0.clone());
     }
     if let Some(var) = url_env {
-        return match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-            _ => Err(FieldError {
-                field: "url_env",
-                message: format!("the environment variable `{var}` is not set or empty"),
-            }),
-        };
+        return from_env(var).map_err(|message| FieldError {
+            field: "url_env",
+            message,
+        });
     }
     let path = url_file.expect("one of the three is set");
+    from_file(path, base_dir).map_err(|message| FieldError {
+        field: "url_file",
+        message,
+    })
+}
+
+/// A secret from the environment variable `var`, trimmed. The message of an error names the
+/// variable, never a value.
+pub fn from_env(var: &str) -> Result<String, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        _ => Err(format!(
+            "the environment variable `{var}` is not set or empty"
+        )),
+    }
+}
+
+/// A secret from the file at `path` (relative to `base_dir`), trimmed: e.g. a mounted
+/// Kubernetes secret. The message of an error names the file, never its content.
+pub fn from_file(path: &Path, base_dir: &Path) -> Result<String, String> {
     let path = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -63,14 +80,8 @@ pub fn resolve_url(
     };
     match std::fs::read_to_string(&path) {
         Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-        Ok(_) => Err(FieldError {
-            field: "url_file",
-            message: format!("{} is empty", path.display()),
-        }),
-        Err(e) => Err(FieldError {
-            field: "url_file",
-            message: format!("cannot read {}: {e}", path.display()),
-        }),
+        Ok(_) => Err(format!("{} is empty", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 

@@ -25,7 +25,7 @@ mod properties;
 pub mod sink;
 pub mod source;
 
-pub use properties::PropertyValue;
+pub use properties::{PropertyValue, SecretProperty, check_secrets};
 pub use rdkafka;
 pub use sink::{KafkaSink, KafkaSinkConfig};
 pub use source::{KafkaSource, KafkaSourceConfig};
@@ -53,6 +53,8 @@ pub enum KafkaError {
         value: String,
         expected: &'static str,
     },
+    #[error("`secret_properties.\"{property}\"`: {message}")]
+    Secret { property: String, message: String },
     #[error("cannot create the Kafka client: {0}")]
     Client(#[source] rdkafka::error::KafkaError),
 }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
+use fnmill_connector_api::secret::{self, Secret};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
@@ -29,6 +31,74 @@ impl fmt::Display for PropertyValue {
     }
 }
 
+/// Where the value of a secret property (`sasl.password`, `ssl.key.password`, ...) is read
+/// from, instead of the config file: exactly one of an environment variable or a file (e.g. a
+/// mounted Kubernetes secret; a relative path is relative to the config file). The value is
+/// read when the source or sink starts and is never logged.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretProperty {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl SecretProperty {
+    /// `file` made absolute against `base_dir` (the config file's directory).
+    pub fn resolve_path(&mut self, base_dir: &Path) {
+        if let Some(file) = &self.file
+            && file.is_relative()
+        {
+            self.file = Some(base_dir.join(file));
+        }
+    }
+}
+
+/// Reads every secret property; an error names the property and where its value was to come
+/// from, never a value. A name also given in `properties` is refused: one value per property.
+pub(crate) fn read_secrets(
+    properties: &BTreeMap<String, PropertyValue>,
+    secrets: &BTreeMap<String, SecretProperty>,
+) -> Result<BTreeMap<String, Secret>, KafkaError> {
+    let fail = |property: &str, message: String| KafkaError::Secret {
+        property: property.to_string(),
+        message,
+    };
+    secrets
+        .iter()
+        .map(|(name, from)| {
+            if properties.contains_key(name) {
+                return Err(fail(
+                    name,
+                    "is also set in `properties`; give it in one place".into(),
+                ));
+            }
+            let value = match (&from.env, &from.file) {
+                (Some(var), None) => secret::from_env(var),
+                (None, Some(file)) => secret::from_file(file, Path::new(".")),
+                _ => Err("give exactly one of `env` or `file`".into()),
+            }
+            .map_err(|m| fail(name, m))?;
+            Ok((name.clone(), Secret(value)))
+        })
+        .collect()
+}
+
+/// Checks that every secret property can be read (relative files against `base_dir`), without
+/// keeping any value: what `fnmill check` and config validation call.
+pub fn check_secrets(
+    properties: &BTreeMap<String, PropertyValue>,
+    secrets: &BTreeMap<String, SecretProperty>,
+    base_dir: &Path,
+) -> Result<(), KafkaError> {
+    let mut secrets = secrets.clone();
+    for s in secrets.values_mut() {
+        s.resolve_path(base_dir);
+    }
+    read_secrets(properties, &secrets).map(drop)
+}
+
 /// A property fnmill sets and the user may not change.
 pub(crate) struct Fixed {
     pub name: &'static str,
@@ -42,6 +112,7 @@ pub(crate) fn client_config(
     brokers: &str,
     defaults: &[(&str, &str)],
     properties: &BTreeMap<String, PropertyValue>,
+    secrets: &BTreeMap<String, SecretProperty>,
     fixed: &[Fixed],
 ) -> Result<ClientConfig, KafkaError> {
     let mut config = ClientConfig::new();
@@ -62,6 +133,15 @@ pub(crate) fn client_config(
             });
         }
         config.set(name, value);
+    }
+    for (name, value) in read_secrets(properties, secrets)? {
+        if let Some(f) = fixed.iter().find(|f| f.name == name) {
+            return Err(KafkaError::Secret {
+                property: name,
+                message: format!("fnmill sets it to `{}` because {}", f.value, f.reason),
+            });
+        }
+        config.set(name, value.0);
     }
     for f in fixed {
         config.set(f.name, f.value);
@@ -95,10 +175,73 @@ mod tests {
         reason: "offsets are stored only after events are finished",
     };
 
+    fn no_secrets() -> BTreeMap<String, SecretProperty> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn secret_properties_come_from_env_or_file_and_errors_never_show_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret-from-file\n").unwrap();
+        let var = format!("FNMILL_TEST_KAFKA_SECRET_{}", std::process::id());
+        // SAFETY: a variable no other test reads, set before anything reads it.
+        unsafe { std::env::set_var(&var, "s3cret-from-env") };
+        let mut from_file = SecretProperty {
+            env: None,
+            file: Some("pw".into()),
+        };
+        from_file.resolve_path(dir.path());
+        let secrets = BTreeMap::from([
+            (
+                "sasl.password".to_string(),
+                SecretProperty {
+                    env: Some(var.clone()),
+                    file: None,
+                },
+            ),
+            ("ssl.key.password".to_string(), from_file),
+        ]);
+        let c = client_config("b", &[], &BTreeMap::new(), &secrets, &[]).unwrap();
+        assert_eq!(c.get("sasl.password"), Some("s3cret-from-env"));
+        assert_eq!(c.get("ssl.key.password"), Some("s3cret-from-file"));
+
+        // Unset variable, neither or both sources, a name also in `properties`, a fixed one.
+        let one = |p: SecretProperty| BTreeMap::from([("sasl.password".to_string(), p)]);
+        let unset = one(SecretProperty {
+            env: Some("FNMILL_SURELY_UNSET_VAR".into()),
+            file: None,
+        });
+        let err = client_config("b", &[], &BTreeMap::new(), &unset, &[]).unwrap_err();
+        assert!(err.to_string().contains("FNMILL_SURELY_UNSET_VAR"), "{err}");
+        assert!(err.to_string().contains("sasl.password"), "{err}");
+        let neither = one(SecretProperty {
+            env: None,
+            file: None,
+        });
+        let err = client_config("b", &[], &BTreeMap::new(), &neither, &[]).unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+        let both = BTreeMap::from([(
+            "sasl.password".to_string(),
+            PropertyValue::Text("inline".into()),
+        )]);
+        let err = client_config("b", &[], &both, &secrets, &[]).unwrap_err();
+        assert!(err.to_string().contains("one place"), "{err}");
+        let fixed = BTreeMap::from([(
+            "enable.auto.offset.store".to_string(),
+            SecretProperty {
+                env: Some(var.clone()),
+                file: None,
+            },
+        )]);
+        let err = client_config("b", &[], &BTreeMap::new(), &fixed, &[FIXED]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(err.to_string().contains("fnmill sets it"), "{err}");
+    }
+
     #[test]
     fn user_properties_override_defaults() {
         let props = BTreeMap::from([("linger.ms".to_string(), PropertyValue::Integer(20))]);
-        let c = client_config("b:9092", &[("linger.ms", "5")], &props, &[]).unwrap();
+        let c = client_config("b:9092", &[("linger.ms", "5")], &props, &no_secrets(), &[]).unwrap();
         assert_eq!(c.get("linger.ms"), Some("20"));
         assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
     }
@@ -109,7 +252,7 @@ mod tests {
             "enable.auto.offset.store".to_string(),
             PropertyValue::Bool(true),
         )]);
-        let err = client_config("b", &[], &props, &[FIXED]).unwrap_err();
+        let err = client_config("b", &[], &props, &no_secrets(), &[FIXED]).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("enable.auto.offset.store"), "{text}");
         assert!(text.contains("only after events are finished"), "{text}");
@@ -118,6 +261,6 @@ mod tests {
             "enable.auto.offset.store".to_string(),
             PropertyValue::Text("false".into()),
         )]);
-        assert!(client_config("b", &[], &props, &[FIXED]).is_ok());
+        assert!(client_config("b", &[], &props, &no_secrets(), &[FIXED]).is_ok());
     }
 }

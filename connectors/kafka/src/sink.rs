@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use crate::KafkaError;
-use crate::properties::{self, Fixed, PropertyValue};
+use crate::properties::{self, Fixed, PropertyValue, SecretProperty};
 
 /// How long `close` waits for records still queued in librdkafka to be delivered.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
@@ -54,6 +54,10 @@ pub struct KafkaSinkConfig {
     /// replica has it, and librdkafka's retries never duplicate or reorder it.
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
+    /// Properties whose values are secrets, read from the environment or a file when the sink
+    /// starts, e.g. `{ "sasl.password" = { env = "KAFKA_PASSWORD" } }`.
+    #[serde(default)]
+    pub secret_properties: BTreeMap<String, SecretProperty>,
 }
 
 impl KafkaSinkConfig {
@@ -62,6 +66,7 @@ impl KafkaSinkConfig {
             brokers: brokers.into(),
             topic,
             properties: BTreeMap::new(),
+            secret_properties: BTreeMap::new(),
         }
     }
 }
@@ -235,9 +240,18 @@ impl KafkaSink {
         if config.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err(KafkaError::Empty { key: "topic" });
         }
-        let client =
-            properties::client_config(&config.brokers, &[], &config.properties, SINK_FIXED)?;
-        let key = format!("{}|{:?}", config.brokers, config.properties);
+        let client = properties::client_config(
+            &config.brokers,
+            &[],
+            &config.properties,
+            &config.secret_properties,
+            SINK_FIXED,
+        )?;
+        // Secrets are keyed by where they come from, not by their values.
+        let key = format!(
+            "{}|{:?}|{:?}",
+            config.brokers, config.properties, config.secret_properties
+        );
         let mut producers = registry().lock().unwrap_or_else(|p| p.into_inner());
         let producer = match producers.get(&key).and_then(Weak::upgrade) {
             Some(p) => p,

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::KafkaError;
-use crate::properties::{self, Fixed, PropertyValue};
+use crate::properties::{self, Fixed, PropertyValue, SecretProperty};
 
 /// How long one `poll` may block while idle: the latency of noticing shutdown and of applying
 /// settlements when no message arrives. Short enough to be unnoticeable, long enough that an
@@ -86,6 +86,10 @@ pub struct KafkaSourceConfig {
     /// `false`: fnmill stores an offset only after the events before it finished.
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
+    /// Properties whose values are secrets, read from the environment or a file when the
+    /// source starts, e.g. `{ "sasl.password" = { env = "KAFKA_PASSWORD" } }`.
+    #[serde(default)]
+    pub secret_properties: BTreeMap<String, SecretProperty>,
 }
 
 impl KafkaSourceConfig {
@@ -97,6 +101,7 @@ impl KafkaSourceConfig {
             topics,
             drain_timeout: default_drain_timeout(),
             properties: BTreeMap::new(),
+            secret_properties: BTreeMap::new(),
         }
     }
 }
@@ -160,6 +165,7 @@ impl KafkaSource {
             &config.brokers,
             SOURCE_DEFAULTS,
             &config.properties,
+            &config.secret_properties,
             SOURCE_FIXED,
         )?;
         client.set("group.id", &config.group);
