@@ -4,10 +4,16 @@
 # runtime dependencies), cached under ~/.cache/fnmill-kafka, and run on the machine's Java.
 #
 #   scripts/kafka.sh start   fetch (once), format a fresh log dir, start on free ports, wait
-#   scripts/kafka.sh env     print `export FNMILL_TEST_KAFKA_BOOTSTRAP=...` for the running broker
+#   scripts/kafka.sh env     print the `export FNMILL_TEST_KAFKA_*=...` lines for the running broker
 #   scripts/kafka.sh stop    stop the broker this script started and delete its log dir
 #
-# If FNMILL_TEST_KAFKA_BOOTSTRAP is already set, that broker is used and nothing is started.
+# The broker has two client listeners: PLAINTEXT (FNMILL_TEST_KAFKA_BOOTSTRAP) and SASL_SSL
+# (FNMILL_TEST_KAFKA_TLS_BOOTSTRAP: TLS with a certificate made at start for 127.0.0.1, whose
+# PEM is FNMILL_TEST_KAFKA_TLS_CA, and SASL/PLAIN as FNMILL_TEST_KAFKA_SASL_USER with a
+# password made at start, FNMILL_TEST_KAFKA_SASL_PASSWORD).
+#
+# If FNMILL_TEST_KAFKA_BOOTSTRAP is already set, that broker is used and nothing is started
+# (set the TLS and SASL variables too for the tests that need them).
 set -euo pipefail
 
 KAFKA_VERSION=${FNMILL_KAFKA_VERSION:-4.1.2}
@@ -76,18 +82,32 @@ start() {
   fi
   fetch
   rm -rf "$RUN" && mkdir -p "$RUN/data"
-  local port controller
+  local port controller tls_port password
   port=$(free_port)
   controller=$(free_port)
+  tls_port=$(free_port)
+  # A throwaway certificate for the SASL_SSL listener, valid for 127.0.0.1 and localhost, and a
+  # fresh SASL password: nothing secret is kept in the repository.
+  mkdir -p "$RUN/tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$RUN/tls/broker.key" -out "$RUN/tls/broker.crt" >/dev/null 2>&1
+  cat "$RUN/tls/broker.key" "$RUN/tls/broker.crt" > "$RUN/tls/broker.pem"
+  password=$(openssl rand -hex 16)
+  echo "$password" > "$RUN/sasl-password"
   cat > "$RUN/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller,SASL_SSL://127.0.0.1:$tls_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$tls_port
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_fnmill="$password";
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$RUN/tls/broker.pem
 log.dirs=$RUN/data
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -131,6 +151,7 @@ LOG
     -cp "$cp" kafka.Kafka "$RUN/server.properties" > "$RUN/broker.log" 2>&1 &
   echo $! > "$RUN/pid"
   echo "127.0.0.1:$port" > "$RUN/bootstrap"
+  echo "127.0.0.1:$tls_port" > "$RUN/tls-bootstrap"
   local deadline=$(( $(date +%s) + ${KAFKA_START_SECONDS:-120} ))
   until answers; do
     if ! running || [ "$(date +%s)" -ge "$deadline" ]; then
@@ -149,6 +170,10 @@ env_() {
     echo "export FNMILL_TEST_KAFKA_BOOTSTRAP=$FNMILL_TEST_KAFKA_BOOTSTRAP"
   elif running; then
     echo "export FNMILL_TEST_KAFKA_BOOTSTRAP=$(cat "$RUN/bootstrap")"
+    echo "export FNMILL_TEST_KAFKA_TLS_BOOTSTRAP=$(cat "$RUN/tls-bootstrap")"
+    echo "export FNMILL_TEST_KAFKA_TLS_CA=$RUN/tls/broker.crt"
+    echo "export FNMILL_TEST_KAFKA_SASL_USER=fnmill"
+    echo "export FNMILL_TEST_KAFKA_SASL_PASSWORD=$(cat "$RUN/sasl-password")"
   fi
 }
 

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Runs the embedded quickstart on a fresh machine: installs the wasm32-wasip2 target if needed,
+# Runs the embedded quickstart on a fresh machine: installs the build dependencies if needed,
 # builds the example function from source, runs fnmill on examples/quickstart/fnmill.toml (a
 # JSON Lines file in, JSON Lines files out; no broker, no database) and shows what came out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  rustup target add wasm32-wasip2
-fi
+./scripts/build-deps.sh
 echo "==> Building the quickstart function (Rust → wasm32-wasip2 component)"
 (cd examples && cargo build --release --target wasm32-wasip2 --quiet)
 

@@ -8,19 +8,8 @@
 # FNMILL_TEST_REDIS_URL and FNMILL_TEST_AMQP_URL; a service whose variable is set is not started.
 set -euo pipefail
 
-APT_UPDATED=""
-apt_install() {
-  local missing=()
-  for pkg in "$@"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ -z "$APT_UPDATED" ]; then
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-}
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
 
 # Waits until "$@" succeeds, up to $WAIT_SECONDS (default 60).
 wait_for() {

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs the wasm32-wasip2 target, then runs
-# every test of the workspace (unit and integration; the integration tests build their wasm
-# guests from source) and the example functions' own unit tests, and prints one summary line.
+# Runs the whole test suite on a fresh machine: installs the build dependencies (OpenSSL
+# headers, pkg-config, the wasm32-wasip2 target), then runs every test of the workspace (unit
+# and integration; the integration tests build their wasm guests from source) and the example
+# functions' own unit tests, and prints one summary line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  rustup target add wasm32-wasip2 || exit 1
-fi
+./scripts/build-deps.sh || exit 1
 
 # PostgreSQL, Redis and RabbitMQ (Debian packages), started unless already up or pointed
 # elsewhere by FNMILL_TEST_*_URL.

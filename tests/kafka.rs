@@ -6,7 +6,6 @@
 mod common;
 mod kafka_support;
 
-use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use common::{guest, wait_until};
@@ -185,14 +184,7 @@ fn unreachable_broker_at_start_is_reported_and_retried() {
             run.log_text().contains("Kafka brokers unreachable")
         },
     );
-    let readyz = || -> Option<String> {
-        let mut s = std::net::TcpStream::connect(admin).ok()?;
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        Some(text)
-    };
+    let readyz = || kafka_support::readyz(admin);
     wait_until(Duration::from_secs(10), "/readyz to answer", || {
         readyz().is_some()
     });

@@ -398,6 +398,11 @@ pub struct KafkaRoute {
     pub source_properties: String,
     /// librdkafka producer properties of the output sink, as TOML inline-table entries.
     pub sink_properties: String,
+    /// librdkafka properties of all three clients (source and both sinks), as TOML
+    /// inline-table entries separated by `, `: settings every client needs, such as TLS.
+    pub client_properties: String,
+    /// Lines added to the source and to both sinks (e.g. `secret_properties = {...}`).
+    pub client_extra: String,
     pub route_extra: String,
     pub runtime_extra: String,
 }
@@ -414,6 +419,8 @@ impl KafkaRoute {
             component,
             source_properties: String::new(),
             sink_properties: String::new(),
+            client_properties: String::new(),
+            client_extra: String::new(),
             route_extra: String::new(),
             runtime_extra: String::new(),
         }
@@ -431,18 +438,22 @@ kind = "kafka"
 brokers = "{brokers}"
 group = "{group}"
 topics = ["{input}"]
-properties = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 500, "auto.commit.interval.ms" = 100{source_props} }}
+properties = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 500, "auto.commit.interval.ms" = 100{source_props}{source_client} }}
+{client}
 
 [sinks.out]
 kind = "kafka"
 brokers = "{brokers}"
 topic = "{output}"
 properties = {{ {sink_props} }}
+{client}
 
 [sinks.dead]
 kind = "kafka"
 brokers = "{brokers}"
 topic = "{dead}"
+properties = {{ {client_props} }}
+{client}
 
 [functions.f]
 component = "{component}"
@@ -462,7 +473,18 @@ dead_letter = "dead"
             dead = self.dead,
             component = self.component.display(),
             source_props = self.source_properties,
-            sink_props = self.sink_properties,
+            source_client = if self.client_properties.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", self.client_properties)
+            },
+            sink_props = [self.sink_properties.as_str(), &self.client_properties]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(", "),
+            client_props = self.client_properties,
+            client = self.client_extra,
             route = self.route_extra,
         );
         let path = self.dir.join(format!("{name}.toml"));
@@ -485,10 +507,16 @@ pub struct Running {
 
 impl Running {
     pub fn start(config: &Path, log: PathBuf) -> Self {
+        Self::start_with_env(config, log, &[])
+    }
+
+    /// [`Running::start`] with extra environment variables for the child.
+    pub fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Self {
         let file = File::create(&log).unwrap();
         let child = common::fnmill()
             .args(["run", "-c"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -547,4 +575,15 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The raw HTTP answer of fnmill's admin `/readyz` at `admin`, or `None` while nothing answers.
+pub fn readyz(admin: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(admin).ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
 }

@@ -1,0 +1,130 @@
+//! Kafka over TLS with SASL/PLAIN, against the SASL_SSL listener `scripts/kafka.sh` opens on
+//! Apache Kafka: `fnmill run` consumes and produces through it with the CA and the user from
+//! config and the password from an environment variable (`secret_properties`), and a wrong
+//! password is reported, not fatal. Topics are made, filled and read through the plain listener
+//! of the same broker.
+
+mod common;
+mod kafka_support;
+
+use std::time::Duration;
+
+use common::{guest, wait_until};
+use kafka_support::{
+    KafkaRoute, Running, bootstrap, check, count, create_topic, produce_events, read_topic,
+};
+
+/// The SASL_SSL listener, its CA certificate (PEM), the SASL user and password.
+struct Secure {
+    bootstrap: String,
+    ca: String,
+    user: String,
+    password: String,
+}
+
+fn secure() -> Secure {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: run `eval \"$(scripts/kafka.sh env)\"` (scripts/test.sh does), \
+                 or set it for your own broker's SASL_SSL listener"
+            )
+        })
+    };
+    Secure {
+        bootstrap: var("FNMILL_TEST_KAFKA_TLS_BOOTSTRAP"),
+        ca: var("FNMILL_TEST_KAFKA_TLS_CA"),
+        user: var("FNMILL_TEST_KAFKA_SASL_USER"),
+        password: var("FNMILL_TEST_KAFKA_SASL_PASSWORD"),
+    }
+}
+
+/// A route whose three clients all go through the SASL_SSL listener, the password read from
+/// the environment variable `FNMILL_KAFKA_PASSWORD`.
+fn secure_route(dir: &std::path::Path, s: &Secure) -> KafkaRoute {
+    let mut route = KafkaRoute::new(dir, &s.bootstrap, guest("echo"));
+    route.client_properties = format!(
+        "\"security.protocol\" = \"sasl_ssl\", \"sasl.mechanism\" = \"PLAIN\", \
+         \"sasl.username\" = \"{}\", \"ssl.ca.location\" = \"{}\"",
+        s.user, s.ca
+    );
+    route.client_extra =
+        r#"secret_properties = { "sasl.password" = { env = "FNMILL_KAFKA_PASSWORD" } }"#.into();
+    route
+}
+
+/// 2,000 events in over TLS + SASL → every id out once; the password never reaches the log.
+#[test]
+fn events_flow_over_tls_with_sasl_and_the_password_stays_out_of_the_log() {
+    const TOTAL: u64 = 2_000;
+    let s = secure();
+    let plain = bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let route = secure_route(dir.path(), &s);
+    for (topic, partitions) in [(&route.input, 4), (&route.output, 4), (&route.dead, 1)] {
+        create_topic(&plain, topic, partitions);
+    }
+    produce_events(&plain, &route.input, 0..TOTAL, 50);
+    let config = route.write("fnmill");
+    let mut run = Running::start_with_env(
+        &config,
+        dir.path().join("run.log"),
+        &[("FNMILL_KAFKA_PASSWORD", s.password.as_str())],
+    );
+    wait_until(Duration::from_secs(120), "all outputs over TLS", || {
+        assert!(run.alive(), "fnmill exited: {}", run.log_text());
+        count(&plain, &route.output) >= TOTAL as i64
+    });
+    run.terminate(Duration::from_secs(30));
+    let verdict = check(TOTAL, &read_topic(&plain, &route.output), &[]);
+    assert!(verdict.lost.is_empty(), "lost: {}", verdict.lost.len());
+    assert_eq!(verdict.ok, TOTAL as usize);
+    let log = run.log_text();
+    assert!(
+        !log.contains(&s.password),
+        "the password is in the log: {log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A wrong password: `fnmill run` stays up, says authentication failed, reports not ready,
+/// and the log still holds no password.
+#[test]
+fn a_wrong_password_is_reported_and_not_ready() {
+    let s = secure();
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = secure_route(dir.path(), &s);
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    route.runtime_extra = format!("\n[admin]\nlisten = \"{admin}\"\n");
+    let plain = bootstrap();
+    for topic in [&route.input, &route.output, &route.dead] {
+        create_topic(&plain, topic, 1);
+    }
+    let wrong = format!("not-{}", s.password);
+    let mut run = Running::start_with_env(
+        &route.write("fnmill"),
+        dir.path().join("run.log"),
+        &[("FNMILL_KAFKA_PASSWORD", wrong.as_str())],
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "an authentication error in the log",
+        || {
+            assert!(run.alive(), "fnmill exited: {}", run.log_text());
+            run.log_text().to_lowercase().contains("authentication")
+        },
+    );
+    let readyz = || kafka_support::readyz(admin);
+    wait_until(Duration::from_secs(10), "/readyz to answer", || {
+        readyz().is_some()
+    });
+    let answer = readyz().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(run.alive(), "fnmill exited: {}", run.log_text());
+    let log = run.log_text();
+    assert!(!log.contains(&wrong), "the password is in the log: {log}");
+    run.terminate(Duration::from_secs(30));
+}
