@@ -5,7 +5,8 @@
 #   scripts/services.sh [postgres] [redis] [rabbitmq]     (no argument: all of them)
 #
 # Point the tests at your own services instead with FNMILL_TEST_POSTGRES_URL,
-# FNMILL_TEST_REDIS_URL and FNMILL_TEST_AMQP_URL; a service whose variable is set is not started.
+# FNMILL_TEST_REDIS_URL and FNMILL_TEST_AMQP_URL (with FNMILL_TEST_AMQPS_URL and
+# FNMILL_TEST_AMQPS_CA for its TLS listener); a service whose variable is set is not started.
 set -euo pipefail
 
 # shellcheck source=scripts/apt.sh
@@ -53,9 +54,53 @@ redis() {
   wait_for "Redis" sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
 }
 
+# RabbitMQ's TLS listener (amqps on 5671) for the TLS tests: a test CA and a certificate it
+# signs for localhost and 127.0.0.1, made once. rustls refuses a self-signed CA certificate as
+# the server's own, so the two are kept apart, as in production. Prints "changed" when it
+# (re)wrote them.
+RABBIT_TLS=/etc/rabbitmq/tls
+RABBIT_TLS_CONF=/etc/rabbitmq/conf.d/50-fnmill-tls.conf
+rabbitmq_tls_config() {
+  if [ -f "$RABBIT_TLS_CONF" ] && [ -f "$RABBIT_TLS/ca.pem" ]; then return 0; fi
+  mkdir -p "$RABBIT_TLS" /etc/rabbitmq/conf.d
+  (
+    cd "$RABBIT_TLS"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fnmill test CA" \
+      -keyout ca.key -out ca.pem
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout key.pem -out cert.csr
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+      > cert.ext
+    openssl x509 -req -in cert.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile cert.ext -out cert.pem
+    rm -f ca.key cert.csr cert.ext ca.srl
+  ) >/dev/null 2>&1
+  chown -R rabbitmq:rabbitmq "$RABBIT_TLS"
+  chmod 600 "$RABBIT_TLS/key.pem"
+  chmod 644 "$RABBIT_TLS/cert.pem" "$RABBIT_TLS/ca.pem"
+  cat > "$RABBIT_TLS_CONF" <<CONF
+listeners.ssl.default = 5671
+ssl_options.cacertfile = $RABBIT_TLS/ca.pem
+ssl_options.certfile = $RABBIT_TLS/cert.pem
+ssl_options.keyfile = $RABBIT_TLS/key.pem
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+  echo changed
+}
+
 rabbitmq() {
   if [ -n "${FNMILL_TEST_AMQP_URL:-}" ]; then return 0; fi
   apt_install rabbitmq-server
+  local tls
+  tls=$(rabbitmq_tls_config)
+  if rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    if [ "$tls" = changed ] \
+      || ! rabbitmq-diagnostics -q listeners 2>/dev/null | grep -q 5671; then
+      # Running without the TLS listener or its new certificates: restart once to load them.
+      echo "services: restarting RabbitMQ to open its TLS listener" >&2
+      rabbitmqctl -q stop >/dev/null 2>&1 || true
+    fi
+  fi
   if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     rabbitmq-server -detached >/dev/null 2>&1 || true
   fi

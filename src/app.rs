@@ -132,9 +132,11 @@ fn build_source(config: &Config, name: &str, source: &SourceConfig) -> Result<Bo
             c.checkpoint = c.checkpoint.as_deref().map(|p| config.resolve(p));
             Box::new(FileSource::new(name, c).with_context(|| format!("sources.{name}"))?)
         }
-        SourceConfig::Amqp(c) => Box::new(
-            AmqpSource::new(name, (**c).clone()).with_context(|| format!("sources.{name}"))?,
-        ),
+        SourceConfig::Amqp(c) => {
+            let mut c = (**c).clone();
+            c.tls_ca_file = c.tls_ca_file.map(|p| config.resolve(&p));
+            Box::new(AmqpSource::new(name, c).with_context(|| format!("sources.{name}"))?)
+        }
         SourceConfig::Kafka(c) => {
             let mut c = c.clone();
             for secret in c.secret_properties.values_mut() {
@@ -154,7 +156,9 @@ fn build_sink(config: &Config, name: &str, sink: &SinkConfig) -> Result<Arc<dyn 
             Arc::new(FileSink::new(c).with_context(|| format!("sinks.{name}"))?)
         }
         SinkConfig::Amqp(c) => {
-            Arc::new(AmqpSink::new(name, (**c).clone()).with_context(|| format!("sinks.{name}"))?)
+            let mut c = (**c).clone();
+            c.tls_ca_file = c.tls_ca_file.map(|p| config.resolve(&p));
+            Arc::new(AmqpSink::new(name, c).with_context(|| format!("sinks.{name}"))?)
         }
         SinkConfig::Kafka(c) => {
             let mut c = c.clone();

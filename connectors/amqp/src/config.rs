@@ -2,6 +2,7 @@
 //! bindings) either may declare before it starts.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -59,6 +60,10 @@ pub struct AmqpSourceConfig {
     /// (`FNMILL__SOURCES__<NAME>__URL`), not in the file.
     #[serde(default = "default_url")]
     pub url: String,
+    /// For an `amqps://` url: a PEM file of CA certificates to trust besides the system's
+    /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// The queue to consume.
     pub queue: String,
     /// Unacknowledged messages the broker may send ahead (`basic_qos`). This is the source's
@@ -103,6 +108,10 @@ pub struct AmqpSinkConfig {
     /// Broker address; see the source's `url`.
     #[serde(default = "default_url")]
     pub url: String,
+    /// For an `amqps://` url: a PEM file of CA certificates to trust besides the system's
+    /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// The exchange to publish to. Default: `""`, the default exchange, which routes a message
     /// to the queue named by its routing key.
     #[serde(default)]
@@ -135,6 +144,7 @@ impl AmqpSourceConfig {
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
             url: default_url(),
+            tls_ca_file: None,
             queue: queue.into(),
             prefetch: default_prefetch(),
             ordering_key: OrderingKey::None,
@@ -151,6 +161,7 @@ impl AmqpSinkConfig {
     pub fn new(exchange: impl Into<String>) -> Self {
         Self {
             url: default_url(),
+            tls_ca_file: None,
             exchange: exchange.into(),
             routing_key: String::new(),
             mandatory: true,

@@ -28,7 +28,10 @@
 
 use std::time::Duration;
 
-use lapin::uri::AMQPUri;
+use std::path::Path;
+
+use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
 pub mod config;
@@ -79,19 +82,71 @@ pub(crate) fn parse_url(url: &str, heartbeat: Duration) -> Result<AMQPUri> {
     Ok(uri)
 }
 
-/// Opens one connection, named so that it can be found in the management UI.
-pub(crate) async fn connect(uri: &AMQPUri, name: &str) -> Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    let what = format!(
-        "connecting to {}:{}",
-        uri.authority.host, uri.authority.port
-    );
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri.clone(), props)).await {
-        Ok(result) => result.map_err(AmqpError::broker(what)),
-        Err(_) => Err(AmqpError::Timeout {
-            what,
-            after: CONNECT_TIMEOUT,
-        }),
+/// Where a source or sink connects: the parsed URI and, for `amqps://`, what to trust.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    uri: AMQPUri,
+    tls: OwnedTLSConfig,
+}
+
+/// Host, port, vhost and whether TLS is on; never the user or password.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.uri.authority.host)
+            .field("port", &self.uri.authority.port)
+            .field("vhost", &self.uri.vhost)
+            .field("tls", &(self.uri.scheme == AMQPScheme::AMQPS))
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// `url` with `heartbeat` (see [`parse_url`]). An `amqps://` URL connects over TLS and
+    /// checks the broker's certificate and host name against the system's roots plus the PEM
+    /// certificates in `tls_ca_file`, read here so that a bad file fails at start.
+    pub(crate) fn new(url: &str, heartbeat: Duration, tls_ca_file: Option<&Path>) -> Result<Self> {
+        let uri = parse_url(url, heartbeat)?;
+        let mut tls = OwnedTLSConfig::default();
+        if let Some(path) = tls_ca_file {
+            if uri.scheme != AMQPScheme::AMQPS {
+                return Err(AmqpError::Invalid {
+                    key: "tls_ca_file",
+                    message: "is set, but `url` is not amqps://".into(),
+                });
+            }
+            let pem = std::fs::read_to_string(path).map_err(|e| AmqpError::Invalid {
+                key: "tls_ca_file",
+                message: format!("cannot be read: {}: {e}", path.display()),
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(AmqpError::Invalid {
+                    key: "tls_ca_file",
+                    message: format!("{} holds no PEM certificate", path.display()),
+                });
+            }
+            tls.cert_chain = Some(pem);
+        }
+        Ok(Self { uri, tls })
+    }
+
+    /// Opens one connection, named so that it can be found in the management UI.
+    pub(crate) async fn connect(&self, name: &str) -> Result<Connection> {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let what = format!(
+            "connecting to {}:{}",
+            self.uri.authority.host, self.uri.authority.port
+        );
+        let runtime = lapin::runtime::default_runtime().map_err(AmqpError::broker(&what))?;
+        let connect =
+            Connection::connect_uri_with_config(self.uri.clone(), props, self.tls.clone(), runtime);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(result) => result.map_err(AmqpError::broker(what)),
+            Err(_) => Err(AmqpError::Timeout {
+                what,
+                after: CONNECT_TIMEOUT,
+            }),
+        }
     }
 }
 
@@ -144,6 +199,37 @@ mod tests {
         .unwrap();
         assert_eq!(uri.query.heartbeat, Some(3));
         assert!(parse_url("http://x", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn tls_ca_file_needs_amqps_and_a_readable_pem_and_debug_hides_the_password() {
+        let dir = std::env::temp_dir().join(format!("fnmill-amqp-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let hb = Duration::from_secs(5);
+        let err = |url: &str, ca: &Path| Endpoint::new(url, hb, Some(ca)).unwrap_err().to_string();
+
+        let e = err("amqp://u:hunter2@h:5672/%2f", &pem);
+        assert!(e.contains("not amqps://"), "{e}");
+        let e = err("amqps://u:hunter2@h/%2f", &dir.join("missing.pem"));
+        assert!(e.contains("cannot be read"), "{e}");
+        let e = err("amqps://u:hunter2@h/%2f", &junk);
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let ok = Endpoint::new("amqps://u:hunter2@h/%2f", hb, Some(&pem)).unwrap();
+        let shown = format!("{ok:?}");
+        assert!(
+            shown.contains("tls: true") && shown.contains("port: 5671"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

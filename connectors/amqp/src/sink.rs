@@ -30,7 +30,6 @@ use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult
 use fnmill_connector_api::{Record, Sink, SinkError};
 use futures::future::{BoxFuture, join_all};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -45,7 +44,7 @@ const PERSISTENT: u8 = 2;
 /// Creates confirm-mode channels on a shared connection, replacing the connection when it is
 /// broken.
 struct ChannelManager {
-    uri: AMQPUri,
+    endpoint: crate::Endpoint,
     name: String,
     declare: Topology,
     connection: Mutex<Option<Arc<Connection>>>,
@@ -62,7 +61,10 @@ impl ChannelManager {
         if current.take().is_some() {
             warn!(sink = %self.name, "Connection to the broker lost; reconnecting");
         }
-        let connection = crate::connect(&self.uri, &format!("fnmill sink {}", self.name)).await?;
+        let connection = self
+            .endpoint
+            .connect(&format!("fnmill sink {}", self.name))
+            .await?;
         if !self.declare.is_empty() {
             let channel = connection
                 .create_channel()
@@ -132,9 +134,10 @@ impl AmqpSink {
                 message: "must be at least 1".into(),
             });
         }
-        let uri = crate::parse_url(&config.url, config.heartbeat)?;
+        let endpoint =
+            crate::Endpoint::new(&config.url, config.heartbeat, config.tls_ca_file.as_deref())?;
         let manager = ChannelManager {
-            uri,
+            endpoint,
             name: name.into(),
             declare: config.declare,
             connection: Mutex::new(None),

@@ -60,7 +60,7 @@ struct Settlement {
 pub struct AmqpSource {
     name: String,
     config: AmqpSourceConfig,
-    uri: lapin::uri::AMQPUri,
+    endpoint: crate::Endpoint,
 }
 
 impl AmqpSource {
@@ -86,11 +86,12 @@ impl AmqpSource {
                 message: "must not be empty".into(),
             });
         }
-        let uri = crate::parse_url(&config.url, config.heartbeat)?;
+        let endpoint =
+            crate::Endpoint::new(&config.url, config.heartbeat, config.tls_ca_file.as_deref())?;
         Ok(Self {
             name: name.into(),
             config,
-            uri,
+            endpoint,
         })
     }
 }
@@ -193,7 +194,10 @@ impl AmqpSource {
 
     /// Connects, declares the topology, sets the prefetch and starts consuming.
     async fn open(&self, number: u64) -> Result<(Session, Consumer)> {
-        let connection = crate::connect(&self.uri, &format!("fnmill source {}", self.name)).await?;
+        let connection = self
+            .endpoint
+            .connect(&format!("fnmill source {}", self.name))
+            .await?;
         let result = async {
             if !self.config.declare.is_empty() {
                 let channel = connection
