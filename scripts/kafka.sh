@@ -9,8 +9,8 @@
 #
 # The broker has two client listeners: PLAINTEXT (FNMILL_TEST_KAFKA_BOOTSTRAP) and SASL_SSL
 # (FNMILL_TEST_KAFKA_TLS_BOOTSTRAP: TLS with a certificate made at start for 127.0.0.1, whose
-# PEM is FNMILL_TEST_KAFKA_TLS_CA, and SASL/PLAIN as FNMILL_TEST_KAFKA_SASL_USER with a
-# password made at start, FNMILL_TEST_KAFKA_SASL_PASSWORD).
+# PEM is FNMILL_TEST_KAFKA_TLS_CA, and SASL PLAIN or SCRAM-SHA-512 as FNMILL_TEST_KAFKA_SASL_USER
+# with a password made at start, FNMILL_TEST_KAFKA_SASL_PASSWORD).
 #
 # If FNMILL_TEST_KAFKA_BOOTSTRAP is already set, that broker is used and nothing is started
 # (set the TLS and SASL variables too for the tests that need them).
@@ -104,8 +104,9 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$tls_port
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
-sasl.enabled.mechanisms=PLAIN
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_fnmill="$password";
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PEM
 listener.name.sasl_ssl.ssl.keystore.location=$RUN/tls/broker.pem
 log.dirs=$RUN/data
@@ -137,13 +138,15 @@ LOG
   local cluster_id
   cluster_id=$(java -cp "$cp" -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
     kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+  # The SCRAM credential of the SASL user lives in the cluster metadata, written at format.
+  local scram="SCRAM-SHA-512=[name=fnmill,password=$password]"
   java -cp "$cp" -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
     kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN/server.properties" --standalone \
-    > "$RUN/format.log" 2>&1 || {
+    --add-scram "$scram" > "$RUN/format.log" 2>&1 || {
       # Older 4.x releases reject --standalone together with controller.quorum.voters.
       java -cp "$cp" -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
         kafka.tools.StorageTool format -t "$cluster_id" -c "$RUN/server.properties" \
-        > "$RUN/format.log" 2>&1 || { cat "$RUN/format.log" >&2; return 1; }
+        --add-scram "$scram" > "$RUN/format.log" 2>&1 || { cat "$RUN/format.log" >&2; return 1; }
     }
   # Small heap: the machine is shared, and the test load is modest.
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \

@@ -1,7 +1,7 @@
-//! Kafka over TLS with SASL/PLAIN, against the SASL_SSL listener `scripts/kafka.sh` opens on
-//! Apache Kafka: `fnmill run` consumes and produces through it with the CA and the user from
-//! config and the password from an environment variable (`secret_properties`), and a wrong
-//! password is reported, not fatal. Topics are made, filled and read through the plain listener
+//! Kafka over TLS with SASL (PLAIN and SCRAM-SHA-512), against the SASL_SSL listener
+//! `scripts/kafka.sh` opens on Apache Kafka: `fnmill run` consumes and produces through it with
+//! the CA and the user from config and the password from an environment variable
+//! (`secret_properties`), and a wrong password is reported, not fatal. Topics are made, filled and read through the plain listener
 //! of the same broker.
 
 mod common;
@@ -39,12 +39,12 @@ fn secure() -> Secure {
     }
 }
 
-/// A route whose three clients all go through the SASL_SSL listener, the password read from
-/// the environment variable `FNMILL_KAFKA_PASSWORD`.
-fn secure_route(dir: &std::path::Path, s: &Secure) -> KafkaRoute {
+/// A route whose three clients all go through the SASL_SSL listener with `mechanism`, the
+/// password read from the environment variable `FNMILL_KAFKA_PASSWORD`.
+fn secure_route(dir: &std::path::Path, s: &Secure, mechanism: &str) -> KafkaRoute {
     let mut route = KafkaRoute::new(dir, &s.bootstrap, guest("echo"));
     route.client_properties = format!(
-        "\"security.protocol\" = \"sasl_ssl\", \"sasl.mechanism\" = \"PLAIN\", \
+        "\"security.protocol\" = \"sasl_ssl\", \"sasl.mechanism\" = \"{mechanism}\", \
          \"sasl.username\" = \"{}\", \"ssl.ca.location\" = \"{}\"",
         s.user, s.ca
     );
@@ -53,14 +53,25 @@ fn secure_route(dir: &std::path::Path, s: &Secure) -> KafkaRoute {
     route
 }
 
-/// 2,000 events in over TLS + SASL → every id out once; the password never reaches the log.
+/// 2,000 events in over TLS + SASL/PLAIN → every id out once; the password never reaches the
+/// log.
 #[test]
-fn events_flow_over_tls_with_sasl_and_the_password_stays_out_of_the_log() {
+fn events_flow_over_tls_with_sasl_plain_and_the_password_stays_out_of_the_log() {
+    events_flow_over_tls("PLAIN");
+}
+
+/// The same with SCRAM-SHA-512, the challenge-response mechanism managed clusters use.
+#[test]
+fn events_flow_over_tls_with_sasl_scram() {
+    events_flow_over_tls("SCRAM-SHA-512");
+}
+
+fn events_flow_over_tls(mechanism: &str) {
     const TOTAL: u64 = 2_000;
     let s = secure();
     let plain = bootstrap();
     let dir = tempfile::tempdir().unwrap();
-    let route = secure_route(dir.path(), &s);
+    let route = secure_route(dir.path(), &s, mechanism);
     for (topic, partitions) in [(&route.input, 4), (&route.output, 4), (&route.dead, 1)] {
         create_topic(&plain, topic, partitions);
     }
@@ -93,7 +104,7 @@ fn events_flow_over_tls_with_sasl_and_the_password_stays_out_of_the_log() {
 fn a_wrong_password_is_reported_and_not_ready() {
     let s = secure();
     let dir = tempfile::tempdir().unwrap();
-    let mut route = secure_route(dir.path(), &s);
+    let mut route = secure_route(dir.path(), &s, "PLAIN");
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
