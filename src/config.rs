@@ -508,28 +508,35 @@ impl Config {
         if rt.max_instances == 0 {
             problems.push(Problem::new("runtime.max_instances", "must be at least 1"));
         }
-        let kafka = self
-            .sources
-            .iter()
-            .filter_map(|(name, s)| match s {
-                SourceConfig::Kafka(c) => Some((
-                    format!("sources.{name}"),
-                    &c.properties,
-                    &c.secret_properties,
-                )),
+        // Secrets of the broker connections: each must be readable now, not at the first
+        // connect. Messages name the field, never a value.
+        let kafka = |properties, secrets| {
+            fnmill_connector_kafka::check_secrets(properties, secrets, &self.base_dir)
+                .err()
+                .map(|e| e.to_string())
+        };
+        let amqp = |url: std::result::Result<String, fnmill_connector_api::secret::FieldError>| {
+            url.err().map(|e| format!("`{}`: {}", e.field, e.message))
+        };
+        let sources = self.sources.iter().map(|(name, source)| {
+            let problem = match source {
+                SourceConfig::Kafka(c) => kafka(&c.properties, &c.secret_properties),
+                SourceConfig::Amqp(c) => amqp(c.broker_url(&self.base_dir)),
                 _ => None,
-            })
-            .chain(self.sinks.iter().filter_map(|(name, s)| match s {
-                SinkConfig::Kafka(c) => {
-                    Some((format!("sinks.{name}"), &c.properties, &c.secret_properties))
-                }
+            };
+            (format!("sources.{name}"), problem)
+        });
+        let sinks = self.sinks.iter().map(|(name, sink)| {
+            let problem = match sink {
+                SinkConfig::Kafka(c) => kafka(&c.properties, &c.secret_properties),
+                SinkConfig::Amqp(c) => amqp(c.broker_url(&self.base_dir)),
                 _ => None,
-            }));
-        for (key, properties, secrets) in kafka {
-            if let Err(e) =
-                fnmill_connector_kafka::check_secrets(properties, secrets, &self.base_dir)
-            {
-                problems.push(Problem::new(key, e.to_string()));
+            };
+            (format!("sinks.{name}"), problem)
+        });
+        for (key, problem) in sources.chain(sinks) {
+            if let Some(message) = problem {
+                problems.push(Problem::new(key, message));
             }
         }
         for (name, f) in &self.functions {
@@ -889,5 +896,28 @@ mod tests {
             "{p:?}"
         );
         assert!(p[0].contains("FNMILL_SURELY_UNSET_VAR"), "{p:?}");
+    }
+
+    #[test]
+    fn an_amqp_url_from_an_unset_variable_or_from_two_places_is_named() {
+        let routes =
+            "[[routes]]\nsource = \"in\"\nfunction = \"f\"\ndestinations = { out = \"r\" }\n";
+        let unset = format!(
+            "{BASE}\n[sinks.r]\nkind = \"amqp\"\nurl_env = \"FNMILL_SURELY_UNSET_VAR\"\n{routes}"
+        );
+        let p = problems(&unset);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("sinks.r: `url_env`"), "{p:?}");
+        assert!(p[0].contains("FNMILL_SURELY_UNSET_VAR"), "{p:?}");
+        let both = format!(
+            "{BASE}\n[sinks.r]\nkind = \"amqp\"\nurl = \"amqp://u:hunter2@h/%2f\"\nurl_env = \"X\"\n{routes}"
+        );
+        let p = problems(&both);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("exactly one"), "{p:?}");
+        assert!(!p[0].contains("hunter2"), "{p:?}");
+        // None of them: RabbitMQ's local default, no problem.
+        let none = format!("{BASE}\n[sinks.r]\nkind = \"amqp\"\n{routes}");
+        assert_eq!(problems(&none), Vec::<String>::new());
     }
 }

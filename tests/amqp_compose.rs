@@ -50,7 +50,10 @@ fn amqp_example_loads_and_urls_come_from_the_environment() {
     let Some(SourceConfig::Amqp(source)) = config.sources.get("orders") else {
         panic!("sources.orders is not an AMQP source");
     };
-    assert_eq!(source.url, "amqp://a:b@rabbit-a:5672/%2f");
+    assert_eq!(
+        source.broker_url(std::path::Path::new(".")).unwrap(),
+        "amqp://a:b@rabbit-a:5672/%2f"
+    );
     assert_eq!(source.queue, "orders");
     assert_eq!(
         source.ordering_key,
@@ -60,7 +63,10 @@ fn amqp_example_loads_and_urls_come_from_the_environment() {
     let Some(SinkConfig::Amqp(out)) = config.sinks.get("out") else {
         panic!("sinks.out is not an AMQP sink");
     };
-    assert_eq!(out.url, "amqp://a:b@rabbit-b:5672/%2f");
+    assert_eq!(
+        out.broker_url(std::path::Path::new(".")).unwrap(),
+        "amqp://a:b@rabbit-b:5672/%2f"
+    );
     assert_eq!(out.exchange, "orders.out");
     let route = &config.routes[0];
     assert_eq!(route.destinations["valid"].target(), Some("valid"));

@@ -29,7 +29,8 @@ fn amqps_ca() -> String {
     ca
 }
 
-/// 1,000 messages through a source and a sink that both connect over TLS.
+/// 1,000 messages through a source and a sink that both connect over TLS, the URL (with its
+/// password) read from a file next to the config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_flow_over_tls_with_the_ca_from_tls_ca_file() {
     let broker = Broker::new().await;
@@ -43,7 +44,8 @@ async fn messages_flow_over_tls_with_the_ca_from_tls_ca_file() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut route = AmqpRoute::new(&input, &output, None, guest("echo"));
-    route.url = amqps_url();
+    std::fs::write(dir.path().join("broker-url"), format!("{}\n", amqps_url())).unwrap();
+    route.url_file = Some("broker-url".into());
     let ca = format!("tls_ca_file = \"{}\"", amqps_ca());
     route.source_extra = ca.clone();
     route.out_sink_extra = ca;

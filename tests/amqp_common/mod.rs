@@ -390,6 +390,8 @@ fn urlencode(vhost: &str) -> String {
 /// What an AMQP route's `fnmill.toml` says.
 pub struct AmqpRoute {
     pub url: String,
+    /// When set, every client reads its URL from this file (`url_file`) instead of `url`.
+    pub url_file: Option<String>,
     pub input: String,
     pub output: String,
     pub dead: Option<String>,
@@ -406,6 +408,7 @@ impl AmqpRoute {
     pub fn new(input: &str, output: &str, dead: Option<&str>, component: PathBuf) -> Self {
         Self {
             url: amqp_url(),
+            url_file: None,
             input: input.into(),
             output: output.into(),
             dead: dead.map(str::to_string),
@@ -417,10 +420,17 @@ impl AmqpRoute {
         }
     }
 
+    fn url_line(&self) -> String {
+        match &self.url_file {
+            Some(file) => format!("url_file = \"{file}\""),
+            None => format!("url = \"{}\"", self.url),
+        }
+    }
+
     /// Writes `fnmill.toml` into `dir` and returns its path.
     pub fn write(&self, dir: &Path) -> PathBuf {
         let dead_sink = match &self.dead {
-            Some(_) => format!("[sinks.dead]\nkind = \"amqp\"\nurl = \"{}\"\n", self.url),
+            Some(_) => format!("[sinks.dead]\nkind = \"amqp\"\n{}\n", self.url_line()),
             None => String::new(),
         };
         let dead_route = match &self.dead {
@@ -435,7 +445,7 @@ shutdown_grace = "15s"
 
 [sources.in]
 kind = "amqp"
-url = "{url}"
+{url}
 queue = "{input}"
 prefetch = {prefetch}
 heartbeat = "5s"
@@ -445,7 +455,7 @@ ordering_key = {{ header = "k" }}
 
 [sinks.out]
 kind = "amqp"
-url = "{url}"
+{url}
 {out_sink_extra}
 
 {dead_sink}
@@ -459,7 +469,7 @@ function = "f"
 destinations = {{ out = {{ sink = "out", target = "{output}" }} }}
 {dead_route}{route_extra}
 "#,
-            url = self.url,
+            url = self.url_line(),
             input = self.input,
             output = self.output,
             prefetch = self.prefetch,

@@ -2,8 +2,10 @@
 //! bindings) either may declare before it starts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use fnmill_connector_api::secret::{FieldError, Secret, resolve_url};
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -55,11 +57,17 @@ fn default_true() -> bool {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSourceConfig {
-    /// Broker address, `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`). Default:
-    /// `amqp://guest:guest@127.0.0.1:5672/%2f`. Put the password in the environment
-    /// (`FNMILL__SOURCES__<NAME>__URL`), not in the file.
-    #[serde(default = "default_url")]
-    pub url: String,
+    /// Broker address, `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`;
+    /// `amqps://` for TLS). It holds a password, so give it as at most one of `url`, `url_env`
+    /// (an environment variable holding it) or `url_file` (a file holding it, e.g. a mounted
+    /// Kubernetes secret; relative to the config file). None of them:
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`, RabbitMQ's local default. Never logged.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// For an `amqps://` url: a PEM file of CA certificates to trust besides the system's
     /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
     #[serde(default)]
@@ -105,9 +113,13 @@ pub struct AmqpSourceConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSinkConfig {
-    /// Broker address; see the source's `url`.
-    #[serde(default = "default_url")]
-    pub url: String,
+    /// Broker address as one of `url`, `url_env`, `url_file`; see the source's `url`.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// For an `amqps://` url: a PEM file of CA certificates to trust besides the system's
     /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
     #[serde(default)]
@@ -139,11 +151,37 @@ pub struct AmqpSinkConfig {
     pub declare: Topology,
 }
 
+/// The broker URL from at most one of `url`, `url_env`, `url_file` (a relative file against
+/// `base_dir`), or RabbitMQ's local default when none is given.
+fn broker_url(
+    url: Option<&Secret>,
+    url_env: Option<&str>,
+    url_file: Option<&Path>,
+    base_dir: &Path,
+) -> Result<String, FieldError> {
+    if url.is_none() && url_env.is_none() && url_file.is_none() {
+        return Ok(default_url());
+    }
+    resolve_url(url, url_env, url_file, base_dir)
+}
+
 impl AmqpSourceConfig {
+    /// The broker URL (see [`AmqpSourceConfig::url`]); errors name the field, never the URL.
+    pub fn broker_url(&self, base_dir: &Path) -> Result<String, FieldError> {
+        broker_url(
+            self.url.as_ref(),
+            self.url_env.as_deref(),
+            self.url_file.as_deref(),
+            base_dir,
+        )
+    }
+
     /// A config for `queue` with every other field at its default.
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
-            url: default_url(),
+            url: None,
+            url_env: None,
+            url_file: None,
             tls_ca_file: None,
             queue: queue.into(),
             prefetch: default_prefetch(),
@@ -157,10 +195,22 @@ impl AmqpSourceConfig {
 }
 
 impl AmqpSinkConfig {
+    /// The broker URL (see [`AmqpSourceConfig::url`]); errors name the field, never the URL.
+    pub fn broker_url(&self, base_dir: &Path) -> Result<String, FieldError> {
+        broker_url(
+            self.url.as_ref(),
+            self.url_env.as_deref(),
+            self.url_file.as_deref(),
+            base_dir,
+        )
+    }
+
     /// A config for `exchange` with every other field at its default.
     pub fn new(exchange: impl Into<String>) -> Self {
         Self {
-            url: default_url(),
+            url: None,
+            url_env: None,
+            url_file: None,
             tls_ca_file: None,
             exchange: exchange.into(),
             routing_key: String::new(),

@@ -61,6 +61,15 @@ pub enum AmqpError {
     Timeout { what: String, after: Duration },
 }
 
+impl From<fnmill_connector_api::secret::FieldError> for AmqpError {
+    fn from(e: fnmill_connector_api::secret::FieldError) -> Self {
+        AmqpError::Invalid {
+            key: e.field,
+            message: e.message,
+        }
+    }
+}
+
 impl AmqpError {
     pub(crate) fn broker(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
         let what = what.into();

@@ -23,6 +23,7 @@
 //! call with backoff (so a publish may be repeated — at-least-once). A broken connection is
 //! replaced on the next call.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,8 +135,9 @@ impl AmqpSink {
                 message: "must be at least 1".into(),
             });
         }
-        let endpoint =
-            crate::Endpoint::new(&config.url, config.heartbeat, config.tls_ca_file.as_deref())?;
+        // A relative `url_file` was made absolute against the config file's directory.
+        let url = config.broker_url(Path::new("."))?;
+        let endpoint = crate::Endpoint::new(&url, config.heartbeat, config.tls_ca_file.as_deref())?;
         let manager = ChannelManager {
             endpoint,
             name: name.into(),

@@ -25,6 +25,7 @@
 //! before the acks of the same batch.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use bytes::Bytes;
 use fnmill_connector_api::{Delivery, Event, Outcome, Source, SourceContext, SourceError};
@@ -86,8 +87,9 @@ impl AmqpSource {
                 message: "must not be empty".into(),
             });
         }
-        let endpoint =
-            crate::Endpoint::new(&config.url, config.heartbeat, config.tls_ca_file.as_deref())?;
+        // A relative `url_file` was made absolute against the config file's directory.
+        let url = config.broker_url(Path::new("."))?;
+        let endpoint = crate::Endpoint::new(&url, config.heartbeat, config.tls_ca_file.as_deref())?;
         Ok(Self {
             name: name.into(),
             config,
