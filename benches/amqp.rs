@@ -103,7 +103,7 @@ async fn native_passthrough(broker: &Broker, input: &str, output: &str, n: usize
 /// Messages/s and the CPU per message, by thread name (and the broker), while they flowed.
 struct Measured {
     rate: f64,
-    cpu: Vec<(String, f64)>,
+    cpu: Vec<cpu::PerEvent>,
 }
 
 /// fnmill in-process (`app::run`) on the same broker work, with the echo guest.

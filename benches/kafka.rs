@@ -169,7 +169,7 @@ struct Result {
     p50: i64,
     p99: i64,
     /// µs of CPU per event in the throughput phase, by thread name (and the broker).
-    cpu: Vec<(String, f64)>,
+    cpu: Vec<cpu::PerEvent>,
 }
 
 fn measure(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> Result {
@@ -190,7 +190,7 @@ fn throughput(
     brokers: &str,
     n: u64,
     dir: &std::path::Path,
-) -> (f64, Vec<(String, f64)>) {
+) -> (f64, Vec<cpu::PerEvent>) {
     // Throughput over a backlog.
     let (input, output) = (unique("bench-in"), unique("bench-out"));
     create_topic(brokers, &input, PARTITIONS);

@@ -1,5 +1,6 @@
-//! CPU time per thread name (this process) and per process (others, e.g. PostgreSQL backends),
-//! read from `/proc`, so a benchmark can say where each event's CPU went rather than guess.
+//! CPU time and context switches per thread name (this process) and per process (others, e.g.
+//! PostgreSQL backends), read from `/proc`, so a benchmark can say where each event's CPU went
+//! rather than guess. A thread that parks and is woken per event shows it as switches.
 //! Linux only; elsewhere every reading is empty. Each benchmark uses what it needs of it.
 
 #![allow(dead_code)]
@@ -7,9 +8,26 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// CPU seconds used so far, by thread name (`comm`) for this process and by label for others.
+/// CPU seconds used and context switches so far, by thread name (`comm`) for this process and by
+/// label for others.
 #[derive(Clone, Debug, Default)]
-pub struct CpuTimes(BTreeMap<String, f64>);
+pub struct CpuTimes(BTreeMap<String, Usage>);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    secs: f64,
+    switches: u64,
+}
+
+/// One name's share of each event.
+#[derive(Clone, Debug)]
+pub struct PerEvent {
+    pub name: String,
+    /// µs of CPU.
+    pub us: f64,
+    /// Context switches, voluntary (parked) and involuntary (preempted).
+    pub switches: f64,
+}
 
 impl CpuTimes {
     /// Threads of this process, summed per name, plus each `(label, pid)` of `others` (all of
@@ -27,31 +45,62 @@ impl CpuTimes {
         Self(times)
     }
 
-    /// µs of CPU per event, by name, between `earlier` and `self`; names that used nothing
-    /// are left out.
-    pub fn per_event_since(&self, earlier: &CpuTimes, events: usize) -> Vec<(String, f64)> {
+    /// CPU and switches per event, by name, between `earlier` and `self`; names that used
+    /// nothing are left out.
+    pub fn per_event_since(&self, earlier: &CpuTimes, events: usize) -> Vec<PerEvent> {
+        let n = events as f64;
         self.0
             .iter()
-            .map(|(name, &secs)| {
-                let before = earlier.0.get(name).copied().unwrap_or(0.0);
-                (name.clone(), (secs - before) * 1e6 / events as f64)
+            .map(|(name, now)| {
+                let before = earlier.0.get(name).copied().unwrap_or_default();
+                PerEvent {
+                    name: name.clone(),
+                    us: (now.secs - before.secs) * 1e6 / n,
+                    switches: now.switches.saturating_sub(before.switches) as f64 / n,
+                }
             })
-            .filter(|(_, us)| *us >= 0.05)
+            .filter(|row| row.us >= 0.05)
             .collect()
     }
 }
 
-/// Prints `per_event_since` as one indented line per name, then the total.
-pub fn print_per_event(title: &str, rows: &[(String, f64)]) {
-    println!("  CPU per event, {title}:");
-    for (name, us) in rows {
-        println!("    {name:<22} {us:>8.1} µs");
+/// The mean per name of several `per_event_since` readings (a name missing from a reading
+/// counts as zero there).
+pub fn mean(readings: &[Vec<PerEvent>]) -> Vec<PerEvent> {
+    let mut sums: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for row in readings.iter().flatten() {
+        let sum = sums.entry(&row.name).or_default();
+        sum.0 += row.us;
+        sum.1 += row.switches;
     }
-    let total: f64 = rows.iter().map(|(_, us)| us).sum();
-    println!("    {:<22} {total:>8.1} µs", "total");
+    let n = readings.len().max(1) as f64;
+    sums.into_iter()
+        .map(|(name, (us, switches))| PerEvent {
+            name: name.to_string(),
+            us: us / n,
+            switches: switches / n,
+        })
+        .collect()
 }
 
-fn add_threads(tasks: &Path, times: &mut BTreeMap<String, f64>, label: Option<&str>) {
+/// Prints `per_event_since` as one indented line per name, then the total.
+pub fn print_per_event(title: &str, rows: &[PerEvent]) {
+    println!("  CPU per event, {title}:");
+    for row in rows {
+        println!(
+            "    {:<22} {:>8.1} µs {:>7.2} switches",
+            row.name, row.us, row.switches
+        );
+    }
+    let total: f64 = rows.iter().map(|row| row.us).sum();
+    let switches: f64 = rows.iter().map(|row| row.switches).sum();
+    println!(
+        "    {:<22} {total:>8.1} µs {switches:>7.2} switches",
+        "total"
+    );
+}
+
+fn add_threads(tasks: &Path, times: &mut BTreeMap<String, Usage>, label: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(tasks) else {
         return;
     };
@@ -78,8 +127,22 @@ fn add_threads(tasks: &Path, times: &mut BTreeMap<String, f64>, label: Option<&s
                 .map(|(_, comm)| comm.to_string())
                 .unwrap_or_default(),
         };
-        *times.entry(name).or_default() += ticks / TICKS;
+        let usage: &mut Usage = times.entry(name).or_default();
+        usage.secs += ticks / TICKS;
+        usage.switches += switches(&entry.path().join("status"));
     }
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of a thread's `status` file.
+fn switches(status: &Path) -> u64 {
+    let status = std::fs::read_to_string(status).unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `(label, pid)` of every other process whose command line contains `needle` (e.g. the
