@@ -56,33 +56,47 @@ redis() {
 
 # RabbitMQ's TLS listener (amqps on 5671) for the TLS tests: a test CA and a certificate it
 # signs for localhost and 127.0.0.1, made once. rustls refuses a self-signed CA certificate as
-# the server's own, so the two are kept apart, as in production. Prints "changed" when it
-# (re)wrote them.
+# the server's own, so the two are kept apart, as in production. The listener verifies a client
+# certificate when one is presented (mutual TLS) and accepts clients without one: the CA also
+# signs a client certificate, and a self-signed one stands for a client the broker must refuse.
+# These are test-only credentials, readable by the tests. Prints "changed" when it (re)wrote them.
 RABBIT_TLS=/etc/rabbitmq/tls
 RABBIT_TLS_CONF=/etc/rabbitmq/conf.d/50-fnmill-tls.conf
 rabbitmq_tls_config() {
-  if [ -f "$RABBIT_TLS_CONF" ] && [ -f "$RABBIT_TLS/ca.pem" ]; then return 0; fi
+  if [ -f "$RABBIT_TLS_CONF" ] && grep -q verify_peer "$RABBIT_TLS_CONF" \
+    && [ -f "$RABBIT_TLS/ca.pem" ] && [ -f "$RABBIT_TLS/client.pem" ]; then
+    return 0
+  fi
   mkdir -p "$RABBIT_TLS" /etc/rabbitmq/conf.d
   (
     cd "$RABBIT_TLS"
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fnmill test CA" \
       -keyout ca.key -out ca.pem
-    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout key.pem -out cert.csr
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
-      > cert.ext
-    openssl x509 -req -in cert.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
-      -extfile cert.ext -out cert.pem
-    rm -f ca.key cert.csr cert.ext ca.srl
+    # sign NAME CN EXTENSIONS: NAME.pem and NAME-key.pem, signed by the test CA.
+    sign() {
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" -keyout "$1-key.pem" -out "$1.csr"
+      printf '%b' "$3" > "$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$1.ext" -out "$1.pem"
+      rm -f "$1.csr" "$1.ext"
+    }
+    sign cert localhost \
+      'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n'
+    mv cert-key.pem key.pem
+    sign client fnmill-test-client 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fnmill rogue client" \
+      -keyout rogue-key.pem -out rogue.pem
+    rm -f ca.key ca.srl
   ) >/dev/null 2>&1
   chown -R rabbitmq:rabbitmq "$RABBIT_TLS"
   chmod 600 "$RABBIT_TLS/key.pem"
-  chmod 644 "$RABBIT_TLS/cert.pem" "$RABBIT_TLS/ca.pem"
+  chmod 644 "$RABBIT_TLS"/ca.pem "$RABBIT_TLS"/cert.pem "$RABBIT_TLS"/client*.pem "$RABBIT_TLS"/rogue*.pem
   cat > "$RABBIT_TLS_CONF" <<CONF
 listeners.ssl.default = 5671
 ssl_options.cacertfile = $RABBIT_TLS/ca.pem
 ssl_options.certfile = $RABBIT_TLS/cert.pem
 ssl_options.keyfile = $RABBIT_TLS/key.pem
-ssl_options.verify = verify_none
+ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = false
 CONF
   echo changed

@@ -134,8 +134,7 @@ fn build_source(config: &Config, name: &str, source: &SourceConfig) -> Result<Bo
         }
         SourceConfig::Amqp(c) => {
             let mut c = (**c).clone();
-            c.tls_ca_file = c.tls_ca_file.map(|p| config.resolve(&p));
-            c.url_file = c.url_file.map(|p| config.resolve(&p));
+            c.resolve_paths(|p| config.resolve(p));
             Box::new(AmqpSource::new(name, c).with_context(|| format!("sources.{name}"))?)
         }
         SourceConfig::Kafka(c) => {
@@ -158,8 +157,7 @@ fn build_sink(config: &Config, name: &str, sink: &SinkConfig) -> Result<Arc<dyn 
         }
         SinkConfig::Amqp(c) => {
             let mut c = (**c).clone();
-            c.tls_ca_file = c.tls_ca_file.map(|p| config.resolve(&p));
-            c.url_file = c.url_file.map(|p| config.resolve(&p));
+            c.resolve_paths(|p| config.resolve(p));
             Arc::new(AmqpSink::new(name, c).with_context(|| format!("sinks.{name}"))?)
         }
         SinkConfig::Kafka(c) => {

@@ -1,9 +1,11 @@
 //! RabbitMQ over TLS (`amqps://`), against the TLS listener `scripts/services.sh` opens
 //! (`FNMILL_TEST_AMQPS_URL`, default `amqps://guest:guest@localhost:5671/%2f`, trusting the
-//! test CA at `FNMILL_TEST_AMQPS_CA`): messages flow through `fnmill run` when
-//! the certificate is trusted through `tls_ca_file`; without it the handshake is refused, the
-//! source reports not ready and the process stays up. Queues are made, filled and read over the
-//! plain listener of the same broker.
+//! test CA at `FNMILL_TEST_AMQPS_CA`; the client certificates in `FNMILL_TEST_AMQPS_TLS_DIR`,
+//! default `/etc/rabbitmq/tls`): messages flow through `fnmill run` when the certificate is
+//! trusted through `tls_ca_file`, with and without a client certificate the broker trusts;
+//! without `tls_ca_file`, or with a client certificate the broker does not trust, the handshake
+//! is refused, nothing is consumed and the process stays up. Queues are made, filled and read
+//! over the plain listener of the same broker.
 
 #[path = "amqp_common/mod.rs"]
 mod amqp_common;
@@ -29,8 +31,22 @@ fn amqps_ca() -> String {
     ca
 }
 
+/// `tls_cert_file` and `tls_key_file` lines for the client certificate `name` (`client`, signed
+/// by the broker's CA, or `rogue`, self-signed) made by `scripts/services.sh`.
+fn client_certificate(name: &str) -> String {
+    let dir =
+        std::env::var("FNMILL_TEST_AMQPS_TLS_DIR").unwrap_or_else(|_| "/etc/rabbitmq/tls".into());
+    let (cert, key) = (format!("{dir}/{name}.pem"), format!("{dir}/{name}-key.pem"));
+    assert!(
+        std::path::Path::new(&key).is_file(),
+        "no client key at {key}: run scripts/services.sh rabbitmq, or set FNMILL_TEST_AMQPS_TLS_DIR"
+    );
+    format!("tls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"")
+}
+
 /// 1,000 messages through a source and a sink that both connect over TLS, the URL (with its
-/// password) read from a file next to the config.
+/// password) read from a file next to the config. The source presents a client certificate the
+/// broker trusts (mutual TLS); the sink presents none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_flow_over_tls_with_the_ca_from_tls_ca_file() {
     let broker = Broker::new().await;
@@ -47,7 +63,7 @@ async fn messages_flow_over_tls_with_the_ca_from_tls_ca_file() {
     std::fs::write(dir.path().join("broker-url"), format!("{}\n", amqps_url())).unwrap();
     route.url_file = Some("broker-url".into());
     let ca = format!("tls_ca_file = \"{}\"", amqps_ca());
-    route.source_extra = ca.clone();
+    route.source_extra = format!("{ca}\n{}", client_certificate("client"));
     route.out_sink_extra = ca;
     let run = Running::start(fnmill(), &route.write(dir.path()));
     wait_for(Duration::from_secs(60), "1,000 outputs over TLS", || {
@@ -67,8 +83,29 @@ async fn messages_flow_over_tls_with_the_ca_from_tls_ca_file() {
 /// log line saying why, nothing is consumed, and the process keeps retrying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_refused_and_retried() {
+    refused_and_retried("tls-untrusted", String::new(), String::new()).await;
+}
+
+/// A client certificate the broker's CA did not sign: the broker ends the handshake, the log
+/// says so (`BadCertificate`), nothing is consumed, the process keeps retrying, and no key
+/// material reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_the_broker_does_not_trust_is_refused() {
+    let ca = format!("tls_ca_file = \"{}\"", amqps_ca());
+    let source = format!("{ca}\n{}", client_certificate("rogue"));
+    let log = refused_and_retried("tls-rogue", source, ca).await;
+    assert!(!log.contains("BEGIN"), "key material in the log: {log}");
+}
+
+/// Runs an amqps:// route whose source (with `source_extra` in its config) cannot connect:
+/// waits for a certificate error in the log, checks that the process is up and that the 10
+/// input messages are still queued. Returns the log.
+async fn refused_and_retried(prefix: &str, source_extra: String, sink_extra: String) -> String {
     let broker = Broker::new().await;
-    let (input, output) = (unique("tls-untrusted-in"), unique("tls-untrusted-out"));
+    let (input, output) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+    );
     broker.queue(&input).await;
     broker.queue(&output).await;
     broker.publish(&input, keyed_messages(10, 1)).await;
@@ -76,6 +113,8 @@ async fn an_untrusted_certificate_is_refused_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let mut route = AmqpRoute::new(&input, &output, None, guest("echo"));
     route.url = amqps_url();
+    route.source_extra = source_extra;
+    route.out_sink_extra = sink_extra;
     let mut run = Running::start(fnmill(), &route.write(dir.path()));
     wait_for(
         Duration::from_secs(30),
@@ -89,6 +128,7 @@ async fn an_untrusted_certificate_is_refused_and_retried() {
         run.log_text()
     );
     assert_eq!(broker.ready(&input).await, 10, "messages were consumed");
-    run.stop();
+    let log = run.stop();
     broker.cleanup().await;
+    log
 }

@@ -72,6 +72,14 @@ pub struct AmqpSourceConfig {
     /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// For an `amqps://` url, with `tls_key_file`: a PEM client certificate (chain) to present
+    /// to a broker that verifies its clients (mutual TLS).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1, unencrypted); a secret,
+    /// never logged.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
     /// The queue to consume.
     pub queue: String,
     /// Unacknowledged messages the broker may send ahead (`basic_qos`). This is the source's
@@ -124,6 +132,14 @@ pub struct AmqpSinkConfig {
     /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
+    /// For an `amqps://` url, with `tls_key_file`: a PEM client certificate (chain) to present
+    /// to a broker that verifies its clients (mutual TLS).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1, unencrypted); a secret,
+    /// never logged.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
     /// The exchange to publish to. Default: `""`, the default exchange, which routes a message
     /// to the queue named by its routing key.
     #[serde(default)]
@@ -165,17 +181,49 @@ fn broker_url(
     resolve_url(url, url_env, url_file, base_dir)
 }
 
-impl AmqpSourceConfig {
-    /// The broker URL (see [`AmqpSourceConfig::url`]); errors name the field, never the URL.
-    pub fn broker_url(&self, base_dir: &Path) -> Result<String, FieldError> {
-        broker_url(
-            self.url.as_ref(),
-            self.url_env.as_deref(),
-            self.url_file.as_deref(),
-            base_dir,
-        )
-    }
+/// What a source's and a sink's config share: how to reach the broker.
+macro_rules! connection {
+    ($config:ty) => {
+        impl $config {
+            /// The broker URL (see [`AmqpSourceConfig::url`]); errors name the field, never
+            /// the URL.
+            pub fn broker_url(&self, base_dir: &Path) -> Result<String, FieldError> {
+                broker_url(
+                    self.url.as_ref(),
+                    self.url_env.as_deref(),
+                    self.url_file.as_deref(),
+                    base_dir,
+                )
+            }
 
+            /// Makes every file path (`url_file`, `tls_*_file`) absolute with `resolve`, e.g.
+            /// against the config file's directory.
+            pub fn resolve_paths(&mut self, resolve: impl Fn(&Path) -> PathBuf) {
+                for path in [
+                    &mut self.url_file,
+                    &mut self.tls_ca_file,
+                    &mut self.tls_cert_file,
+                    &mut self.tls_key_file,
+                ] {
+                    *path = path.as_deref().map(&resolve);
+                }
+            }
+
+            pub(crate) fn tls_files(&self) -> crate::TlsFiles<'_> {
+                crate::TlsFiles {
+                    ca: self.tls_ca_file.as_deref(),
+                    cert: self.tls_cert_file.as_deref(),
+                    key: self.tls_key_file.as_deref(),
+                }
+            }
+        }
+    };
+}
+
+connection!(AmqpSourceConfig);
+connection!(AmqpSinkConfig);
+
+impl AmqpSourceConfig {
     /// A config for `queue` with every other field at its default.
     pub fn new(queue: impl Into<String>) -> Self {
         Self {
@@ -183,6 +231,8 @@ impl AmqpSourceConfig {
             url_env: None,
             url_file: None,
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             queue: queue.into(),
             prefetch: default_prefetch(),
             ordering_key: OrderingKey::None,
@@ -195,16 +245,6 @@ impl AmqpSourceConfig {
 }
 
 impl AmqpSinkConfig {
-    /// The broker URL (see [`AmqpSourceConfig::url`]); errors name the field, never the URL.
-    pub fn broker_url(&self, base_dir: &Path) -> Result<String, FieldError> {
-        broker_url(
-            self.url.as_ref(),
-            self.url_env.as_deref(),
-            self.url_file.as_deref(),
-            base_dir,
-        )
-    }
-
     /// A config for `exchange` with every other field at its default.
     pub fn new(exchange: impl Into<String>) -> Self {
         Self {
@@ -212,6 +252,8 @@ impl AmqpSinkConfig {
             url_env: None,
             url_file: None,
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             exchange: exchange.into(),
             routing_key: String::new(),
             mandatory: true,

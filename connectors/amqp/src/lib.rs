@@ -30,9 +30,11 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use lapin::tcp::OwnedTLSConfig;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod config;
 mod headers;
@@ -91,14 +93,65 @@ pub(crate) fn parse_url(url: &str, heartbeat: Duration) -> Result<AMQPUri> {
     Ok(uri)
 }
 
-/// Where a source or sink connects: the parsed URI and, for `amqps://`, what to trust.
+fn invalid(key: &'static str, message: String) -> AmqpError {
+    AmqpError::Invalid { key, message }
+}
+
+fn read_pem(path: &Path, key: &'static str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| invalid(key, format!("cannot be read: {}: {e}", path.display())))
+}
+
+/// A client certificate and its key, checked to parse, for `OwnedTLSConfig::identity`.
+fn client_identity(cert: &Path, key: &Path) -> Result<OwnedIdentity> {
+    let pem = read_pem(cert, "tls_cert_file")?;
+    if CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .is_none()
+    {
+        return Err(invalid(
+            "tls_cert_file",
+            format!("{} holds no PEM certificate", cert.display()),
+        ));
+    }
+    let key_pem = read_pem(key, "tls_key_file")?;
+    // The error names the file only: its content is a secret.
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
+        invalid(
+            "tls_key_file",
+            format!(
+                "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                key.display()
+            ),
+        )
+    })?;
+    Ok(OwnedIdentity::PKCS8 {
+        pem: pem.into_bytes(),
+        key: key_pem.into_bytes(),
+    })
+}
+
+/// The TLS files of an `amqps://` connection, as a source's or sink's config names them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TlsFiles<'a> {
+    /// `tls_ca_file`: PEM CA certificates to trust besides the system's roots.
+    pub ca: Option<&'a Path>,
+    /// `tls_cert_file`: the PEM client certificate (chain) to present, for mutual TLS.
+    pub cert: Option<&'a Path>,
+    /// `tls_key_file`: the PEM private key of `cert`.
+    pub key: Option<&'a Path>,
+}
+
+/// Where a source or sink connects: the parsed URI and, for `amqps://`, what to trust and which
+/// client certificate to present.
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     uri: AMQPUri,
     tls: OwnedTLSConfig,
 }
 
-/// Host, port, vhost and whether TLS is on; never the user or password.
+/// Host, port, vhost, whether TLS is on and whether a client certificate is presented; never
+/// the user, the password or the key.
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
@@ -106,6 +159,7 @@ impl std::fmt::Debug for Endpoint {
             .field("port", &self.uri.authority.port)
             .field("vhost", &self.uri.vhost)
             .field("tls", &(self.uri.scheme == AMQPScheme::AMQPS))
+            .field("client_certificate", &self.tls.identity.is_some())
             .finish()
     }
 }
@@ -113,30 +167,38 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// `url` with `heartbeat` (see [`parse_url`]). An `amqps://` URL connects over TLS and
     /// checks the broker's certificate and host name against the system's roots plus the PEM
-    /// certificates in `tls_ca_file`, read here so that a bad file fails at start.
-    pub(crate) fn new(url: &str, heartbeat: Duration, tls_ca_file: Option<&Path>) -> Result<Self> {
+    /// certificates in `tls.ca`; with `tls.cert` and `tls.key` it also presents that client
+    /// certificate. The files are read and checked here, so that a bad one fails at start.
+    pub(crate) fn new(url: &str, heartbeat: Duration, tls: TlsFiles<'_>) -> Result<Self> {
         let uri = parse_url(url, heartbeat)?;
-        let mut tls = OwnedTLSConfig::default();
-        if let Some(path) = tls_ca_file {
-            if uri.scheme != AMQPScheme::AMQPS {
-                return Err(AmqpError::Invalid {
-                    key: "tls_ca_file",
-                    message: "is set, but `url` is not amqps://".into(),
-                });
-            }
-            let pem = std::fs::read_to_string(path).map_err(|e| AmqpError::Invalid {
-                key: "tls_ca_file",
-                message: format!("cannot be read: {}: {e}", path.display()),
-            })?;
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(AmqpError::Invalid {
-                    key: "tls_ca_file",
-                    message: format!("{} holds no PEM certificate", path.display()),
-                });
-            }
-            tls.cert_chain = Some(pem);
+        let mut config = OwnedTLSConfig::default();
+        let given = [
+            ("tls_ca_file", tls.ca),
+            ("tls_cert_file", tls.cert),
+            ("tls_key_file", tls.key),
+        ];
+        if let Some((key, _)) = given.iter().find(|(_, path)| path.is_some())
+            && uri.scheme != AMQPScheme::AMQPS
+        {
+            return Err(invalid(key, "is set, but `url` is not amqps://".into()));
         }
-        Ok(Self { uri, tls })
+        if let Some(path) = tls.ca {
+            let pem = read_pem(path, "tls_ca_file")?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(invalid(
+                    "tls_ca_file",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            config.cert_chain = Some(pem);
+        }
+        config.identity = match (tls.cert, tls.key) {
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("tls_cert_file", "needs `tls_key_file`".into())),
+            (None, Some(_)) => return Err(invalid("tls_key_file", "needs `tls_cert_file`".into())),
+            (Some(cert), Some(key)) => Some(client_identity(cert, key)?),
+        };
+        Ok(Self { uri, tls: config })
     }
 
     /// Opens one connection, named so that it can be found in the management UI.
@@ -211,33 +273,77 @@ mod tests {
     }
 
     #[test]
-    fn tls_ca_file_needs_amqps_and_a_readable_pem_and_debug_hides_the_password() {
+    fn tls_files_need_amqps_and_readable_pem_and_debug_hides_secrets() {
         let dir = std::env::temp_dir().join(format!("fnmill-amqp-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let pem = dir.join("ca.pem");
-        std::fs::write(
-            &pem,
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let pem = write(
+            "ca.pem",
             "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        let junk = dir.join("junk.pem");
-        std::fs::write(&junk, "not a certificate").unwrap();
+        );
+        let key = write(
+            "key.pem",
+            "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        );
+        let junk = write("junk.pem", "not a certificate hunter3");
+        let missing = dir.join("missing.pem");
         let hb = Duration::from_secs(5);
-        let err = |url: &str, ca: &Path| Endpoint::new(url, hb, Some(ca)).unwrap_err().to_string();
+        let tls = |ca, cert, key| TlsFiles { ca, cert, key };
+        let err = |url: &str, files| Endpoint::new(url, hb, files).unwrap_err().to_string();
+        let amqps = "amqps://u:hunter2@h/%2f";
 
-        let e = err("amqp://u:hunter2@h:5672/%2f", &pem);
-        assert!(e.contains("not amqps://"), "{e}");
-        let e = err("amqps://u:hunter2@h/%2f", &dir.join("missing.pem"));
+        let e = err("amqp://u:hunter2@h:5672/%2f", tls(Some(&pem), None, None));
+        assert!(
+            e.contains("tls_ca_file") && e.contains("not amqps://"),
+            "{e}"
+        );
+        let e = err("amqp://h/%2f", tls(None, Some(&pem), Some(&key)));
+        assert!(
+            e.contains("tls_cert_file") && e.contains("not amqps://"),
+            "{e}"
+        );
+        let e = err(amqps, tls(Some(&missing), None, None));
         assert!(e.contains("cannot be read"), "{e}");
-        let e = err("amqps://u:hunter2@h/%2f", &junk);
+        let e = err(amqps, tls(Some(&junk), None, None));
         assert!(e.contains("no PEM certificate"), "{e}");
-        let ok = Endpoint::new("amqps://u:hunter2@h/%2f", hb, Some(&pem)).unwrap();
+        let e = err(amqps, tls(None, Some(&pem), None));
+        assert!(
+            e.contains("tls_cert_file") && e.contains("needs `tls_key_file`"),
+            "{e}"
+        );
+        let e = err(amqps, tls(None, None, Some(&key)));
+        assert!(
+            e.contains("tls_key_file") && e.contains("needs `tls_cert_file`"),
+            "{e}"
+        );
+        let e = err(amqps, tls(None, Some(&junk), Some(&key)));
+        assert!(
+            e.contains("tls_cert_file") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = err(amqps, tls(None, Some(&pem), Some(&junk)));
+        assert!(
+            e.contains("tls_key_file") && e.contains("no PEM private key"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter3"), "the key file's content leaked: {e}");
+
+        let ok = Endpoint::new(amqps, hb, tls(Some(&pem), None, None)).unwrap();
         let shown = format!("{ok:?}");
         assert!(
             shown.contains("tls: true") && shown.contains("port: 5671"),
             "{shown}"
         );
+        assert!(shown.contains("client_certificate: false"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        let mutual = Endpoint::new(amqps, hb, tls(Some(&pem), Some(&pem), Some(&key))).unwrap();
+        let shown = format!("{mutual:?}");
+        assert!(shown.contains("client_certificate: true"), "{shown}");
+        assert!(!shown.contains("MIIB"), "{shown}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -89,7 +89,7 @@ impl AmqpSource {
         }
         // A relative `url_file` was made absolute against the config file's directory.
         let url = config.broker_url(Path::new("."))?;
-        let endpoint = crate::Endpoint::new(&url, config.heartbeat, config.tls_ca_file.as_deref())?;
+        let endpoint = crate::Endpoint::new(&url, config.heartbeat, config.tls_files())?;
         Ok(Self {
             name: name.into(),
             config,
