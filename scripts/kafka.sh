@@ -7,10 +7,16 @@
 #   scripts/kafka.sh env     print the `export FNMILL_TEST_KAFKA_*=...` lines for the running broker
 #   scripts/kafka.sh stop    stop the broker this script started and delete its log dir
 #
-# The broker has two client listeners: PLAINTEXT (FNMILL_TEST_KAFKA_BOOTSTRAP) and SASL_SSL
-# (FNMILL_TEST_KAFKA_TLS_BOOTSTRAP: TLS with a certificate made at start for 127.0.0.1, whose
-# PEM is FNMILL_TEST_KAFKA_TLS_CA, and SASL PLAIN or SCRAM-SHA-512 as FNMILL_TEST_KAFKA_SASL_USER
-# with a password made at start, FNMILL_TEST_KAFKA_SASL_PASSWORD).
+# The broker has three client listeners:
+# - PLAINTEXT (FNMILL_TEST_KAFKA_BOOTSTRAP);
+# - SASL_SSL (FNMILL_TEST_KAFKA_TLS_BOOTSTRAP): TLS with a certificate made at start for
+#   127.0.0.1, whose PEM is FNMILL_TEST_KAFKA_TLS_CA, and SASL PLAIN or SCRAM-SHA-512 as
+#   FNMILL_TEST_KAFKA_SASL_USER with a password made at start, FNMILL_TEST_KAFKA_SASL_PASSWORD;
+# - SSL with client certificates required (FNMILL_TEST_KAFKA_MTLS_BOOTSTRAP), the same server
+#   certificate, trusting a client CA made at start. FNMILL_TEST_KAFKA_CLIENT_CERT is a client
+#   certificate it signed, FNMILL_TEST_KAFKA_CLIENT_KEY its key, encrypted with
+#   FNMILL_TEST_KAFKA_CLIENT_KEY_PASSWORD; FNMILL_TEST_KAFKA_ROGUE_CERT and _ROGUE_KEY are a
+#   self-signed client certificate the listener must refuse.
 #
 # If FNMILL_TEST_KAFKA_BOOTSTRAP is already set, that broker is used and nothing is started
 # (set the TLS and SASL variables too for the tests that need them).
@@ -82,10 +88,11 @@ start() {
   fi
   fetch
   rm -rf "$RUN" && mkdir -p "$RUN/data"
-  local port controller tls_port password
+  local port controller tls_port mtls_port password
   port=$(free_port)
   controller=$(free_port)
   tls_port=$(free_port)
+  mtls_port=$(free_port)
   # A throwaway certificate for the SASL_SSL listener, valid for 127.0.0.1 and localhost, and a
   # fresh SASL password: nothing secret is kept in the repository.
   mkdir -p "$RUN/tls"
@@ -95,20 +102,26 @@ start() {
   cat "$RUN/tls/broker.key" "$RUN/tls/broker.crt" > "$RUN/tls/broker.pem"
   password=$(openssl rand -hex 16)
   echo "$password" > "$RUN/sasl-password"
+  client_certificates "$RUN/tls"
   cat > "$RUN/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$controller
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller,SASL_SSL://127.0.0.1:$tls_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$tls_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller,SASL_SSL://127.0.0.1:$tls_port,SSL://127.0.0.1:$mtls_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$tls_port,SSL://127.0.0.1:$mtls_port
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_fnmill="$password";
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PEM
 listener.name.sasl_ssl.ssl.keystore.location=$RUN/tls/broker.pem
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$RUN/tls/broker.pem
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=$RUN/tls/client-ca.crt
+listener.name.ssl.ssl.client.auth=required
 log.dirs=$RUN/data
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -155,6 +168,7 @@ LOG
   echo $! > "$RUN/pid"
   echo "127.0.0.1:$port" > "$RUN/bootstrap"
   echo "127.0.0.1:$tls_port" > "$RUN/tls-bootstrap"
+  echo "127.0.0.1:$mtls_port" > "$RUN/mtls-bootstrap"
   local deadline=$(( $(date +%s) + ${KAFKA_START_SECONDS:-120} ))
   until answers; do
     if ! running || [ "$(date +%s)" -ge "$deadline" ]; then
@@ -168,6 +182,27 @@ LOG
   echo "kafka: Apache Kafka $KAFKA_VERSION is up at 127.0.0.1:$port" >&2
 }
 
+# Client certificates for the SSL listener, in DIR: a client CA (client-ca.crt; its key is
+# deleted once it signed), client.crt with client.key encrypted by the password in
+# client-key-password, and the self-signed rogue.crt / rogue.key.
+client_certificates() {
+  (
+    cd "$1"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=fnmill test client CA" \
+      -keyout client-ca.key -out client-ca.crt
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=fnmill-test-client" \
+      -keyout client-plain.key -out client.csr
+    openssl x509 -req -in client.csr -CA client-ca.crt -CAkey client-ca.key -CAcreateserial \
+      -days 30 -out client.crt
+    openssl rand -hex 16 > client-key-password
+    openssl pkcs8 -topk8 -v2 aes-256-cbc -in client-plain.key -out client.key \
+      -passout "file:client-key-password"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=fnmill rogue client" \
+      -keyout rogue.key -out rogue.crt
+    rm -f client-ca.key client-ca.srl client-plain.key client.csr
+  ) >/dev/null 2>&1
+}
+
 env_() {
   if [ -n "${FNMILL_TEST_KAFKA_BOOTSTRAP:-}" ]; then
     echo "export FNMILL_TEST_KAFKA_BOOTSTRAP=$FNMILL_TEST_KAFKA_BOOTSTRAP"
@@ -177,6 +212,12 @@ env_() {
     echo "export FNMILL_TEST_KAFKA_TLS_CA=$RUN/tls/broker.crt"
     echo "export FNMILL_TEST_KAFKA_SASL_USER=fnmill"
     echo "export FNMILL_TEST_KAFKA_SASL_PASSWORD=$(cat "$RUN/sasl-password")"
+    echo "export FNMILL_TEST_KAFKA_MTLS_BOOTSTRAP=$(cat "$RUN/mtls-bootstrap")"
+    echo "export FNMILL_TEST_KAFKA_CLIENT_CERT=$RUN/tls/client.crt"
+    echo "export FNMILL_TEST_KAFKA_CLIENT_KEY=$RUN/tls/client.key"
+    echo "export FNMILL_TEST_KAFKA_CLIENT_KEY_PASSWORD=$(cat "$RUN/tls/client-key-password")"
+    echo "export FNMILL_TEST_KAFKA_ROGUE_CERT=$RUN/tls/rogue.crt"
+    echo "export FNMILL_TEST_KAFKA_ROGUE_KEY=$RUN/tls/rogue.key"
   fi
 }
 

@@ -1,8 +1,12 @@
-//! Kafka over TLS with SASL (PLAIN and SCRAM-SHA-512), against the SASL_SSL listener
-//! `scripts/kafka.sh` opens on Apache Kafka: `fnmill run` consumes and produces through it with
-//! the CA and the user from config and the password from an environment variable
-//! (`secret_properties`), and a wrong password is reported, not fatal. Topics are made, filled and read through the plain listener
-//! of the same broker.
+//! Kafka over TLS, against the listeners `scripts/kafka.sh` opens on Apache Kafka:
+//! - SASL_SSL with PLAIN and SCRAM-SHA-512: `fnmill run` consumes and produces through it with
+//!   the CA and the user from config and the password from an environment variable
+//!   (`secret_properties`); a wrong password is reported, not fatal.
+//! - SSL with client certificates required (mutual TLS): the client certificate and key from
+//!   config, the key's password from an environment variable; a certificate the broker does not
+//!   trust is reported, not fatal.
+//!
+//! Topics are made, filled and read through the plain listener of the same broker.
 
 mod common;
 mod kafka_support;
@@ -22,15 +26,16 @@ struct Secure {
     password: String,
 }
 
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run `eval \"$(scripts/kafka.sh env)\"` (scripts/test.sh does), \
+             or set it for your own broker's TLS listeners"
+        )
+    })
+}
+
 fn secure() -> Secure {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: run `eval \"$(scripts/kafka.sh env)\"` (scripts/test.sh does), \
-                 or set it for your own broker's SASL_SSL listener"
-            )
-        })
-    };
     Secure {
         bootstrap: var("FNMILL_TEST_KAFKA_TLS_BOOTSTRAP"),
         ca: var("FNMILL_TEST_KAFKA_TLS_CA"),
@@ -67,21 +72,23 @@ fn events_flow_over_tls_with_sasl_scram() {
 }
 
 fn events_flow_over_tls(mechanism: &str) {
-    const TOTAL: u64 = 2_000;
     let s = secure();
-    let plain = bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let route = secure_route(dir.path(), &s, mechanism);
+    events_flow(&route, dir.path(), ("FNMILL_KAFKA_PASSWORD", &s.password));
+}
+
+/// 2,000 events through `route` (whose topics this makes) with the environment variable
+/// `secret` set: every id out once, and the secret's value never in the log.
+fn events_flow(route: &KafkaRoute, dir: &std::path::Path, secret: (&str, &str)) {
+    const TOTAL: u64 = 2_000;
+    let plain = bootstrap();
     for (topic, partitions) in [(&route.input, 4), (&route.output, 4), (&route.dead, 1)] {
         create_topic(&plain, topic, partitions);
     }
     produce_events(&plain, &route.input, 0..TOTAL, 50);
     let config = route.write("fnmill");
-    let mut run = Running::start_with_env(
-        &config,
-        dir.path().join("run.log"),
-        &[("FNMILL_KAFKA_PASSWORD", s.password.as_str())],
-    );
+    let mut run = Running::start_with_env(&config, dir.join("run.log"), &[secret]);
     wait_until(Duration::from_secs(120), "all outputs over TLS", || {
         assert!(run.alive(), "fnmill exited: {}", run.log_text());
         count(&plain, &route.output) >= TOTAL as i64
@@ -91,10 +98,7 @@ fn events_flow_over_tls(mechanism: &str) {
     assert!(verdict.lost.is_empty(), "lost: {}", verdict.lost.len());
     assert_eq!(verdict.ok, TOTAL as usize);
     let log = run.log_text();
-    assert!(
-        !log.contains(&s.password),
-        "the password is in the log: {log}"
-    );
+    assert!(!log.contains(secret.1), "the secret is in the log: {log}");
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -104,7 +108,92 @@ fn events_flow_over_tls(mechanism: &str) {
 fn a_wrong_password_is_reported_and_not_ready() {
     let s = secure();
     let dir = tempfile::tempdir().unwrap();
-    let mut route = secure_route(dir.path(), &s, "PLAIN");
+    let route = secure_route(dir.path(), &s, "PLAIN");
+    let wrong = format!("not-{}", s.password);
+    refused_and_not_ready(
+        route,
+        dir.path(),
+        ("FNMILL_KAFKA_PASSWORD", &wrong),
+        "authentication",
+    );
+}
+
+/// The SSL listener that requires client certificates, and the client certificates made for it.
+struct Mutual {
+    bootstrap: String,
+    ca: String,
+    cert: String,
+    key: String,
+    key_password: String,
+    rogue_cert: String,
+    rogue_key: String,
+}
+
+fn mutual() -> Mutual {
+    Mutual {
+        bootstrap: var("FNMILL_TEST_KAFKA_MTLS_BOOTSTRAP"),
+        ca: var("FNMILL_TEST_KAFKA_TLS_CA"),
+        cert: var("FNMILL_TEST_KAFKA_CLIENT_CERT"),
+        key: var("FNMILL_TEST_KAFKA_CLIENT_KEY"),
+        key_password: var("FNMILL_TEST_KAFKA_CLIENT_KEY_PASSWORD"),
+        rogue_cert: var("FNMILL_TEST_KAFKA_ROGUE_CERT"),
+        rogue_key: var("FNMILL_TEST_KAFKA_ROGUE_KEY"),
+    }
+}
+
+/// A route whose three clients go through the SSL listener presenting `cert` and `key`, the
+/// key's password read from the environment variable `FNMILL_KAFKA_KEY_PASSWORD`.
+fn mutual_route(dir: &std::path::Path, m: &Mutual, cert: &str, key: &str) -> KafkaRoute {
+    let mut route = KafkaRoute::new(dir, &m.bootstrap, guest("echo"));
+    route.client_properties = format!(
+        "\"security.protocol\" = \"ssl\", \"ssl.ca.location\" = \"{}\", \
+         \"ssl.certificate.location\" = \"{cert}\", \"ssl.key.location\" = \"{key}\"",
+        m.ca
+    );
+    route.client_extra =
+        r#"secret_properties = { "ssl.key.password" = { env = "FNMILL_KAFKA_KEY_PASSWORD" } }"#
+            .into();
+    route
+}
+
+/// 2,000 events through a broker that requires client certificates, the client's key
+/// encrypted and its password given as a secret → every id out once, no password in the log.
+#[test]
+fn events_flow_over_mutual_tls_with_the_key_password_from_a_secret() {
+    let m = mutual();
+    let dir = tempfile::tempdir().unwrap();
+    let route = mutual_route(dir.path(), &m, &m.cert, &m.key);
+    events_flow(
+        &route,
+        dir.path(),
+        ("FNMILL_KAFKA_KEY_PASSWORD", &m.key_password),
+    );
+}
+
+/// A client certificate the broker's client CA did not sign: `fnmill run` stays up, logs the
+/// failed handshake and reports not ready.
+#[test]
+fn a_client_certificate_the_broker_does_not_trust_is_reported_and_not_ready() {
+    let m = mutual();
+    let dir = tempfile::tempdir().unwrap();
+    let route = mutual_route(dir.path(), &m, &m.rogue_cert, &m.rogue_key);
+    refused_and_not_ready(
+        route,
+        dir.path(),
+        ("FNMILL_KAFKA_KEY_PASSWORD", &m.key_password),
+        "bad certificate",
+    );
+}
+
+/// Runs `route` (whose topics this makes) with the environment variable `secret` set, where
+/// the broker refuses its clients: `fnmill run` stays up, logs `expected` (compared in lower
+/// case), `/readyz` answers 503, and the secret's value is not in the log.
+fn refused_and_not_ready(
+    mut route: KafkaRoute,
+    dir: &std::path::Path,
+    secret: (&str, &str),
+    expected: &str,
+) {
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -114,18 +203,13 @@ fn a_wrong_password_is_reported_and_not_ready() {
     for topic in [&route.input, &route.output, &route.dead] {
         create_topic(&plain, topic, 1);
     }
-    let wrong = format!("not-{}", s.password);
-    let mut run = Running::start_with_env(
-        &route.write("fnmill"),
-        dir.path().join("run.log"),
-        &[("FNMILL_KAFKA_PASSWORD", wrong.as_str())],
-    );
+    let mut run = Running::start_with_env(&route.write("fnmill"), dir.join("run.log"), &[secret]);
     wait_until(
         Duration::from_secs(60),
-        "an authentication error in the log",
+        &format!("`{expected}` in the log"),
         || {
             assert!(run.alive(), "fnmill exited: {}", run.log_text());
-            run.log_text().to_lowercase().contains("authentication")
+            run.log_text().to_lowercase().contains(expected)
         },
     );
     let readyz = || kafka_support::readyz(admin);
@@ -136,6 +220,6 @@ fn a_wrong_password_is_reported_and_not_ready() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(run.alive(), "fnmill exited: {}", run.log_text());
     let log = run.log_text();
-    assert!(!log.contains(&wrong), "the password is in the log: {log}");
+    assert!(!log.contains(secret.1), "the secret is in the log: {log}");
     run.terminate(Duration::from_secs(30));
 }
