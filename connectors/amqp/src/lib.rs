@@ -102,18 +102,24 @@ fn read_pem(path: &Path, key: &'static str) -> Result<String> {
         .map_err(|e| invalid(key, format!("cannot be read: {}: {e}", path.display())))
 }
 
-/// A client certificate and its key, checked to parse, for `OwnedTLSConfig::identity`.
-fn client_identity(cert: &Path, key: &Path) -> Result<OwnedIdentity> {
-    let pem = read_pem(cert, "tls_cert_file")?;
+/// The PEM file at `path` (config key `key`), which must hold at least one certificate.
+fn read_certificates(path: &Path, key: &'static str) -> Result<String> {
+    let pem = read_pem(path, key)?;
     if CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .is_none()
     {
         return Err(invalid(
-            "tls_cert_file",
-            format!("{} holds no PEM certificate", cert.display()),
+            key,
+            format!("{} holds no PEM certificate", path.display()),
         ));
     }
+    Ok(pem)
+}
+
+/// A client certificate and its key, checked to parse, for `OwnedTLSConfig::identity`.
+fn client_identity(cert: &Path, key: &Path) -> Result<OwnedIdentity> {
+    let pem = read_certificates(cert, "tls_cert_file")?;
     let key_pem = read_pem(key, "tls_key_file")?;
     // The error names the file only: its content is a secret.
     PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
@@ -183,14 +189,7 @@ impl Endpoint {
             return Err(invalid(key, "is set, but `url` is not amqps://".into()));
         }
         if let Some(path) = tls.ca {
-            let pem = read_pem(path, "tls_ca_file")?;
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(invalid(
-                    "tls_ca_file",
-                    format!("{} holds no PEM certificate", path.display()),
-                ));
-            }
-            config.cert_chain = Some(pem);
+            config.cert_chain = Some(read_certificates(path, "tls_ca_file")?);
         }
         config.identity = match (tls.cert, tls.key) {
             (None, None) => None,
