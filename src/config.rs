@@ -508,20 +508,20 @@ impl Config {
         if rt.max_instances == 0 {
             problems.push(Problem::new("runtime.max_instances", "must be at least 1"));
         }
-        // Secrets of the broker connections: each must be readable now, not at the first
-        // connect. Messages name the field, never a value.
+        // Secrets and TLS files of the broker connections: each must be readable now, not at
+        // the first connect. Messages name the field, never a value.
         let kafka = |properties, secrets| {
             fnmill_connector_kafka::check_secrets(properties, secrets, &self.base_dir)
                 .err()
                 .map(|e| e.to_string())
         };
-        let amqp = |url: std::result::Result<String, fnmill_connector_api::secret::FieldError>| {
-            url.err().map(|e| format!("`{}`: {}", e.field, e.message))
+        let amqp = |checked: std::result::Result<(), fnmill_connector_amqp::AmqpError>| {
+            checked.err().map(|e| e.to_string())
         };
         let sources = self.sources.iter().map(|(name, source)| {
             let problem = match source {
                 SourceConfig::Kafka(c) => kafka(&c.properties, &c.secret_properties),
-                SourceConfig::Amqp(c) => amqp(c.broker_url(&self.base_dir)),
+                SourceConfig::Amqp(c) => amqp(c.check(&self.base_dir)),
                 _ => None,
             };
             (format!("sources.{name}"), problem)
@@ -529,7 +529,7 @@ impl Config {
         let sinks = self.sinks.iter().map(|(name, sink)| {
             let problem = match sink {
                 SinkConfig::Kafka(c) => kafka(&c.properties, &c.secret_properties),
-                SinkConfig::Amqp(c) => amqp(c.broker_url(&self.base_dir)),
+                SinkConfig::Amqp(c) => amqp(c.check(&self.base_dir)),
                 _ => None,
             };
             (format!("sinks.{name}"), problem)
@@ -919,5 +919,35 @@ mod tests {
         // None of them: RabbitMQ's local default, no problem.
         let none = format!("{BASE}\n[sinks.r]\nkind = \"amqp\"\n{routes}");
         assert_eq!(problems(&none), Vec::<String>::new());
+    }
+
+    #[test]
+    fn amqp_tls_files_are_checked_before_anything_starts() {
+        let routes =
+            "[[routes]]\nsource = \"in\"\nfunction = \"f\"\ndestinations = { out = \"r\" }\n";
+        let sink = |extra: &str| {
+            problems(&format!(
+                "{BASE}\n[sinks.r]\nkind = \"amqp\"\nurl = \"amqps://u:hunter2@h/%2f\"\n{extra}\n{routes}"
+            ))
+        };
+        let p = sink("tls_ca_file = \"no-such-ca.pem\"");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("sinks.r: `tls_ca_file` cannot be read")
+                && p[0].contains("no-such-ca.pem"),
+            "{p:?}"
+        );
+        let p = sink("tls_cert_file = \"client.pem\"");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("`tls_cert_file` needs `tls_key_file`"),
+            "{p:?}"
+        );
+        assert!(!p[0].contains("hunter2"), "{p:?}");
+        let plain = problems(&format!(
+            "{BASE}\n[sinks.r]\nkind = \"amqp\"\ntls_ca_file = \"ca.pem\"\n{routes}"
+        ));
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(plain[0].contains("not amqps://"), "{plain:?}");
     }
 }

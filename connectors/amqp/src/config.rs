@@ -209,6 +209,16 @@ macro_rules! connection {
                 }
             }
 
+            /// Checks what can be checked without a broker: the URL, wherever it is given,
+            /// and the TLS files (relative ones against `base_dir`). Errors name the field,
+            /// never a secret.
+            pub fn check(&self, base_dir: &Path) -> Result<(), crate::AmqpError> {
+                let mut resolved = self.clone();
+                resolved.resolve_paths(|p| base_dir.join(p));
+                let url = resolved.broker_url(base_dir)?;
+                crate::Endpoint::new(&url, self.heartbeat, resolved.tls_files()).map(drop)
+            }
+
             pub(crate) fn tls_files(&self) -> crate::TlsFiles<'_> {
                 crate::TlsFiles {
                     ca: self.tls_ca_file.as_deref(),
