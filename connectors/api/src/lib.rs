@@ -1,5 +1,6 @@
 //! The vocabulary every fnmill connector speaks: the [`Event`], the [`Source`] that lends events
-//! out as [`Delivery`]s, the [`Sink`] that publishes [`Record`]s and confirms them.
+//! out as [`Delivery`]s, the [`Sink`] that publishes [`Record`]s and confirms them, and the data
+//! capabilities ([`capability`]) that pools serve to functions.
 //!
 //! This crate depends on nothing else of fnmill's. A connector (Kafka, AMQP, file) depends on
 //! it and on nothing above it; it knows nothing about WebAssembly.
@@ -10,9 +11,24 @@
 //! an [`Outcome`]; only the source maps outcomes to broker calls (store a Kafka offset, send an
 //! AMQP `basic_ack`, advance a file checkpoint). A delivery dropped without being settled — a
 //! panic, a cancelled task, a bug — settles as [`Outcome::Abandoned`], so nothing is ever
-//! acknowledged by accident.
+//! acknowledged by accident. [`settlement`] holds the bookkeeping every source shares: the settle
+//! channel, and the windows that turn settlements into "commit up to here" or "ack these tags".
+//!
+//! # Layout
+//!
+//! - [`settlement`]: the settle channel, [`settlement::OrderedWindow`] (Kafka offsets, file
+//!   positions) and [`settlement::UnorderedWindow`] (AMQP delivery tags).
+//! - [`connection`]: the connection fields every connector config shares (a secret URL, TLS
+//!   files), their path resolution and redaction.
+//! - [`secret`]: secrets from the environment or a file, never printed.
+//! - [`capability`]: the `sql` and `keyvalue` capabilities a function can be granted, as the
+//!   traits that data-source connectors implement and the wasm host holds.
+//! - [`Problem`]: one config problem naming its key, what every config's `check` returns.
 
+pub mod capability;
+pub mod connection;
 pub mod secret;
+pub mod settlement;
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,7 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// One message header. Values are bytes, as Kafka carries them.
@@ -41,7 +58,7 @@ impl Header {
 
 /// An event as a source delivered it. The payload and headers are never rewritten on the way
 /// through fnmill, so a dead-lettered event carries the original bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     /// Unique within the source: `topic/partition/offset`, an AMQP message id, a JSON `id`.
     pub id: String,
@@ -56,6 +73,22 @@ pub struct Event {
     /// Where the event came from, as `(name, value)` pairs the dead-letter headers repeat
     /// (`topic`, `partition`, `offset`; `queue`, `delivery_tag`; `file`, `line`).
     pub origin: Vec<(&'static str, String)>,
+    /// Set when the source could not decode what it received into an event (a line that is not
+    /// JSON Lines): `payload` then holds the raw bytes, and the pipeline dead-letters the event
+    /// (kind `decode`) without running the function.
+    pub decode_error: Option<String>,
+}
+
+impl Event {
+    /// An event with `id`, `source` and `payload`, and nothing else set.
+    pub fn new(id: impl Into<String>, source: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            id: id.into(),
+            source: source.into(),
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// How the pipeline finished with a delivery.
@@ -63,10 +96,13 @@ pub struct Event {
 pub enum Outcome {
     /// The function succeeded and every output was confirmed by its sink.
     Done,
-    /// The event was confirmed on its dead-letter destination — or, for a delivery whose
-    /// [source dead-letters it](Delivery::source_dead_letters), failed for good and the source
-    /// is to dead-letter it now.
+    /// The event was confirmed on its dead-letter destination.
     DeadLettered,
+    /// The event failed for good and the route hands it to its source's own dead-letter
+    /// mechanism: RabbitMQ's dead-letter exchange, by rejecting the message without requeue
+    /// (`dead_letter = "broker"` on an AMQP source). Sources without such a mechanism never get
+    /// it (the config refuses it) and would treat it as [`Outcome::Abandoned`].
+    Rejected,
     /// The event was not handled (shutdown, a stopped lane, a dropped delivery). The source must
     /// not acknowledge it, so it is delivered again (AMQP: requeue; Kafka/file: the committed
     /// position stays before it).
@@ -74,7 +110,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether the source may now acknowledge the event.
+    /// Whether the source may now count the event as consumed and move past it. A rejected
+    /// event is consumed too, but only a source that dead-letters by itself may do so, and it
+    /// handles [`Outcome::Rejected`] on its own.
     pub fn is_acknowledged(self) -> bool {
         matches!(self, Outcome::Done | Outcome::DeadLettered)
     }
@@ -99,8 +137,6 @@ pub struct Delivery {
     /// Shared, so the pipeline hands it to the compute side without copying it.
     event: Arc<Event>,
     ordering_key: Option<Bytes>,
-    /// See [`Delivery::source_dead_letters`].
-    source_dead_letters: bool,
     settle: Option<Box<dyn Settle>>,
 }
 
@@ -111,23 +147,8 @@ impl Delivery {
         Self {
             event: Arc::new(event),
             ordering_key,
-            source_dead_letters: false,
             settle: Some(Box::new(settle)),
         }
-    }
-
-    /// Marks the delivery as one its source dead-letters by itself (AMQP: `reject` without
-    /// requeue, to the queue's dead-letter exchange). A route without a `dead_letter`
-    /// destination then settles such an event that failed for good as
-    /// [`Outcome::DeadLettered`] instead of stopping its lane.
-    pub fn with_source_dead_letter(mut self) -> Self {
-        self.source_dead_letters = true;
-        self
-    }
-
-    /// Whether the source dead-letters this delivery itself on [`Outcome::DeadLettered`].
-    pub fn source_dead_letters(&self) -> bool {
-        self.source_dead_letters
     }
 
     pub fn event(&self) -> &Arc<Event> {
@@ -179,12 +200,183 @@ impl Readiness {
     }
 }
 
+/// One configuration problem: the key it is about (relative to the table being checked, e.g.
+/// `prefetch` in a source's table; the caller prefixes `sources.<name>.`) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same problem with its key under `prefix` (`prefetch` → `sources.orders.prefetch`).
+    pub fn under(mut self, prefix: &str) -> Self {
+        self.key = if self.key.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", self.key)
+        };
+        self
+    }
+}
+
+impl From<secret::FieldError> for Problem {
+    fn from(e: secret::FieldError) -> Self {
+        Problem::new(e.field, e.message)
+    }
+}
+
+/// Where a source hands its deliveries: the route it feeds. Bounded by the route's window of
+/// events in flight: when that is full, [`Outbox::try_send`] says so and [`Outbox::send`]
+/// waits, and the source stops pulling from its broker (that is the backpressure). Dropping every
+/// clone tells the route that no more events come.
+#[derive(Clone)]
+pub struct Outbox {
+    window: Arc<Semaphore>,
+    deliver: Arc<Deliver>,
+}
+
+/// How an [`Outbox`] hands over an admitted delivery; gives it back when the receiver is gone.
+type Deliver = dyn Fn(Delivery, OwnedSemaphorePermit) -> Result<(), Delivery> + Send + Sync;
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("room", &self.window.available_permits())
+            .finish()
+    }
+}
+
+impl Outbox {
+    /// An outbox with room for `window` deliveries at once. `deliver` receives each admitted
+    /// delivery with its permit, which holds its place in the window until dropped (the
+    /// pipeline drops it when the delivery settles); it gives the delivery back once the
+    /// receiver is gone.
+    pub fn new(
+        window: usize,
+        deliver: impl Fn(Delivery, OwnedSemaphorePermit) -> Result<(), Delivery>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self {
+            window: Arc::new(Semaphore::new(window)),
+            deliver: Arc::new(deliver),
+        }
+    }
+
+    /// An outbox that feeds a plain channel of `capacity`, for consumers that take deliveries
+    /// one by one (tests, tools): a delivery's place is freed when it is received.
+    pub fn channel(capacity: usize) -> (Outbox, Received) {
+        let (tx, rx) = mpsc::unbounded_channel::<(Delivery, OwnedSemaphorePermit)>();
+        let outbox = Outbox::new(capacity, move |d, permit| {
+            tx.send((d, permit)).map_err(|e| e.0.0)
+        });
+        let window = outbox.window.clone();
+        (outbox, Received { rx, window })
+    }
+
+    /// Hands `delivery` over if the window has room.
+    pub fn try_send(&self, delivery: Delivery) -> Result<(), TrySendError<Delivery>> {
+        match self.window.clone().try_acquire_owned() {
+            Ok(permit) => (self.deliver)(delivery, permit).map_err(TrySendError::Closed),
+            Err(TryAcquireError::NoPermits) => Err(TrySendError::Full(delivery)),
+            Err(TryAcquireError::Closed) => Err(TrySendError::Closed(delivery)),
+        }
+    }
+
+    /// Hands `delivery` over, waiting for room. Gives it back once the receiver is gone.
+    pub async fn send(&self, delivery: Delivery) -> Result<(), Delivery> {
+        match self.window.clone().acquire_owned().await {
+            Ok(permit) => (self.deliver)(delivery, permit),
+            Err(_) => Err(delivery),
+        }
+    }
+
+    /// Waits for room for one delivery and holds it.
+    pub async fn reserve(&self) -> Result<Reserved<'_>, Closed> {
+        match self.window.clone().acquire_owned().await {
+            Ok(permit) => Ok(Reserved {
+                outbox: self,
+                permit,
+            }),
+            Err(_) => Err(Closed),
+        }
+    }
+
+    /// Closes the window: senders waiting for room, and every later send, find it closed.
+    pub fn close(&self) {
+        self.window.close();
+    }
+
+    /// Whether [`Outbox::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.window.is_closed()
+    }
+}
+
+/// Room for one delivery, held in an [`Outbox`].
+pub struct Reserved<'a> {
+    outbox: &'a Outbox,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Reserved<'_> {
+    /// Hands `delivery` over. Gives it back once the receiver is gone.
+    pub fn send(self, delivery: Delivery) -> Result<(), Delivery> {
+        (self.outbox.deliver)(delivery, self.permit)
+    }
+}
+
+/// The receiver is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the receiver is gone")]
+pub struct Closed;
+
+/// The receiving end of [`Outbox::channel`].
+#[derive(Debug)]
+pub struct Received {
+    rx: mpsc::UnboundedReceiver<(Delivery, OwnedSemaphorePermit)>,
+    window: Arc<Semaphore>,
+}
+
+impl Received {
+    /// The next delivery; `None` once every [`Outbox`] clone is gone and everything was received.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.rx.recv().await.map(|(d, _permit)| d)
+    }
+
+    /// Deliveries waiting to be received.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        // Senders waiting for room learn that nobody receives any more.
+        self.window.close();
+    }
+}
+
 /// What a source is given to run with.
 pub struct SourceContext {
-    /// Where deliveries go. Bounded: when the pipeline is saturated `send` waits, and the source
+    /// Where deliveries go. Bounded: when the pipeline is saturated sends wait, and the source
     /// stops pulling from its broker (that is the backpressure). Dropping it tells the pipeline
     /// that no more events come.
-    pub out: mpsc::Sender<Delivery>,
+    pub out: Outbox,
     /// Cancelled on shutdown (SIGTERM): stop taking new events, drain, persist progress, return.
     pub shutdown: CancellationToken,
     /// Set true while the source is connected and consuming, false while it is not.
@@ -223,14 +415,19 @@ pub struct Record {
 }
 
 /// Why a sink could not confirm records.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
     /// May succeed if tried again (broker away, queue full, timeout).
     #[error("retryable sink error: {0}")]
     Retryable(String),
-    /// Will never succeed (message too large, unroutable, unknown topic).
+    /// Will never succeed for these records (message too large, unroutable, unknown topic):
+    /// the event is dead-lettered.
     #[error("permanent sink error: {0}")]
     Permanent(String),
+    /// The destination itself is gone for good (standard output whose reader went away): no
+    /// record can ever be written again, so the event is not acknowledged and fnmill stops.
+    #[error("sink gone: {0}")]
+    Gone(String),
 }
 
 impl SinkError {
@@ -239,35 +436,48 @@ impl SinkError {
     }
 }
 
-/// Resolves once records handed over by [`Sink::enqueue`] are confirmed, or with the first
-/// failure among them.
-pub type Confirmation = BoxFuture<'static, Result<(), SinkError>>;
+/// Told, exactly once, the outcome of the records handed over in one [`Sink::enqueue`] call: `Ok`
+/// once every one of them is confirmed (written, delivery report received, publisher confirm
+/// received), or the first failure. It runs on whatever thread learned the outcome (a producer's
+/// delivery-report thread, the file writer, a channel's confirm task), so it must be quick and
+/// must not block; the pipeline settles the event in it, without waking any other task.
+pub type Confirm = Box<dyn FnOnce(Result<(), SinkError>) + Send>;
 
 /// A destination for records: a Kafka producer, an AMQP channel, a JSON Lines file.
+///
+/// A sink may be called from any thread and any runtime: one whose transport lives on a
+/// particular runtime (lapin's on the IO runtime) moves the work there itself.
 pub trait Sink: Send + Sync {
-    /// Publishes `records` and resolves once every one of them is confirmed (written, delivery
-    /// report received, publisher confirm received), or with the first failure. Implementations
-    /// batch concurrent calls into as few broker round trips as they can.
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>>;
-
     /// Hands `records` over for publishing and resolves once they are *ordered*: records of a
-    /// later `enqueue` call are published after these (per topic partition or file), whatever
-    /// happens to the confirmations. The returned [`Confirmation`] resolves like [`publish`]
-    /// does. The pipeline uses it to start a key's next event while this one's records are still
-    /// on their way, and settles the event only on the confirmation.
+    /// later `enqueue` call with the same `lane` are published after these (per topic partition,
+    /// per channel, per file), whatever happens to the confirmations. `confirm` is then called
+    /// exactly once with their outcome. If this returns an error, nothing was handed over and
+    /// `confirm` is dropped without being called.
     ///
-    /// The default publishes and waits for the confirmation, which is correct for every sink
-    /// (its order is the confirmation order) and pipelines nothing. A sink overrides it when its
-    /// transport keeps the order of what was handed over (one producer queue, one writer).
-    ///
-    /// [`publish`]: Sink::publish
-    fn enqueue<'a>(
-        &'a self,
-        records: &'a [Record],
-    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
+    /// `lane` identifies the caller's ordering key (a hash); a sink with several independent
+    /// pipes (AMQP channels) keeps one lane on one pipe. The pipeline starts a key's next event
+    /// as soon as this resolves, and settles the event in `confirm`.
+    fn enqueue(
+        &self,
+        records: Vec<Record>,
+        lane: u64,
+        confirm: Confirm,
+    ) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Publishes `records` and resolves once every one of them is confirmed, or with the first
+    /// failure: [`Sink::enqueue`] and a wait for its confirmation.
+    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            self.publish(records.to_vec()).await?;
-            Ok(Box::pin(std::future::ready(Ok(()))) as Confirmation)
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let confirm: Confirm = Box::new(move |result| {
+                let _ = tx.send(result);
+            });
+            self.enqueue(records, 0, confirm).await?;
+            rx.await.unwrap_or_else(|_| {
+                Err(SinkError::Retryable(
+                    "the sink dropped the confirmation".into(),
+                ))
+            })
         })
     }
 
@@ -284,15 +494,7 @@ mod tests {
     use super::*;
 
     fn event() -> Event {
-        Event {
-            id: "1".into(),
-            source: "s".into(),
-            key: None,
-            payload: Bytes::from_static(b"{}"),
-            headers: vec![],
-            timestamp_ms: None,
-            origin: vec![],
-        }
+        Event::new("1", "s", Bytes::from_static(b"{}"))
     }
 
     #[test]
