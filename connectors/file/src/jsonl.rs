@@ -96,6 +96,7 @@ impl EventLine {
             headers: self.headers,
             timestamp_ms: self.timestamp_ms,
             origin,
+            decode_error: None,
         }
     }
 }
@@ -222,7 +223,20 @@ pub fn parse_event(line: &[u8]) -> Result<EventLine, JsonlError> {
 
 /// Appends `record` as one line (ending in `\n`) to `out`.
 pub fn write_record(record: &Record, out: &mut Vec<u8>) {
+    write_record_to(None, record, out);
+}
+
+/// Appends a function output as one line: a `destination` field (the output's destination
+/// name), then `record` as [`write_record`] writes it.
+pub fn write_output(destination: &str, record: &Record, out: &mut Vec<u8>) {
+    write_record_to(Some(destination), record, out);
+}
+
+fn write_record_to(destination: Option<&str>, record: &Record, out: &mut Vec<u8>) {
     let mut w = ObjectWriter::begin(out);
+    if let Some(destination) = destination {
+        w.string("destination", destination);
+    }
     w.key(record.key.as_ref());
     w.payload(&record.payload);
     w.headers(&record.headers);
@@ -589,6 +603,7 @@ mod tests {
             headers: vec![Header::new("n", "v")],
             timestamp_ms: Some(-5),
             origin: vec![("file", "x".into())],
+            decode_error: None,
         };
         let mut out = Vec::new();
         write_event(&event, &mut out);

@@ -12,11 +12,12 @@
 //! - [`source`]: [`FileSource`], which lends each line out and advances its checkpoint over the
 //!   contiguous prefix of settled lines.
 //! - [`sink`]: [`FileSink`], which batches concurrent publishes into one append each.
-//! - `checkpoint`: the checkpoint file, replaced atomically.
+//! - `checkpoint`: the checkpoint file (position and file identity), replaced atomically, and
+//!   the lock that keeps two processes off one input.
 
 use std::path::PathBuf;
 
-use fnmill_connector_api::SourceError;
+use fnmill_connector_api::{Problem, SourceError};
 
 mod checkpoint;
 pub mod jsonl;
@@ -32,18 +33,17 @@ pub const STDIO_PATH: &str = "-";
 /// What can go wrong building or running a file source or sink.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    /// A config problem (what the config's `check` reports), naming the key.
+    #[error("{0}")]
+    Invalid(Problem),
+    /// Another process reads the same input with the same checkpoint.
     #[error(
-        "`path`: {} does not exist (set `follow = true` to wait for it to be created)",
-        path.display()
+        "another fnmill is already reading {} (it holds the lock {}); stop it, or give this \
+         source its own `checkpoint`",
+        path.display(),
+        lock.display()
     )]
-    NotFound { path: PathBuf },
-    #[error("`{key}` cannot be used with `path = \"-\"` (standard input): {reason}")]
-    Stdin {
-        key: &'static str,
-        reason: &'static str,
-    },
-    #[error("`{key}` must be greater than zero")]
-    ZeroDuration { key: &'static str },
+    Locked { path: PathBuf, lock: PathBuf },
     #[error("I/O error on {what}: {source}")]
     Io {
         what: String,

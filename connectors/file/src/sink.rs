@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
-use fnmill_connector_api::{Confirmation, Record, Sink, SinkError};
+use fnmill_connector_api::{Confirm, Problem, Record, Sink, SinkError};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -55,12 +55,98 @@ impl FileSinkConfig {
             fsync: false,
         }
     }
+
+    /// Whether the sink writes standard output.
+    pub fn is_stdout(&self) -> bool {
+        self.path.as_os_str() == STDIO_PATH
+    }
+
+    /// Makes `path` absolute against `base_dir` (`-` stays standard output).
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        if !self.is_stdout() && self.path.is_relative() && !self.path.as_os_str().is_empty() {
+            self.path = base_dir.join(&self.path);
+        }
+    }
+
+    /// Everything [`FileSink::new`] would refuse, each naming its key, checked without
+    /// creating anything: the file must be writable, or creatable in a folder that exists or
+    /// can be created.
+    pub fn check(&self) -> Vec<Problem> {
+        let path = &self.path;
+        if path.as_os_str().is_empty() {
+            return vec![Problem::new(
+                "path",
+                "must not be empty (use \"-\" for standard output)",
+            )];
+        }
+        if self.is_stdout() {
+            return Vec::new();
+        }
+        let problem = |message: String| vec![Problem::new("path", message)];
+        match fs::metadata(path) {
+            Ok(m) if m.is_dir() => return problem(format!("{} is a directory", path.display())),
+            Ok(_) => {
+                return match OpenOptions::new().append(true).open(path) {
+                    Ok(_) => Vec::new(),
+                    Err(e) => problem(format!("{} cannot be written: {e}", path.display())),
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return problem(format!("{}: {e}", path.display())),
+        }
+        // Missing: the nearest folder that exists must let us create what is missing below it.
+        let mut folder = path.parent();
+        while let Some(dir) = folder {
+            if dir.as_os_str().is_empty() {
+                folder = Some(Path::new("."));
+                continue;
+            }
+            match fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {
+                    return if writable_dir(dir) {
+                        Vec::new()
+                    } else {
+                        problem(format!(
+                            "{} cannot be created: folder {} is not writable",
+                            path.display(),
+                            dir.display()
+                        ))
+                    };
+                }
+                Ok(_) => {
+                    return problem(format!(
+                        "{} cannot be created: {} is not a folder",
+                        path.display(),
+                        dir.display()
+                    ));
+                }
+                Err(_) => folder = dir.parent(),
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// Whether this process may create files in `dir`.
+#[cfg(unix)]
+fn writable_dir(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path; access(2) only reads it.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+#[cfg(not(unix))]
+fn writable_dir(dir: &Path) -> bool {
+    !fs::metadata(dir).map_or(true, |m| m.permissions().readonly())
 }
 
 enum Command {
     Write {
         records: Vec<Record>,
-        done: oneshot::Sender<Result<(), String>>,
+        confirm: Confirm,
     },
     /// Write everything queued before this, then stop.
     Close {
@@ -79,8 +165,11 @@ impl FileSink {
     /// the writer thread. Needs no async runtime. The thread ends on [`Sink::close`] or when the
     /// sink is dropped.
     pub fn new(config: FileSinkConfig) -> Result<Self, FileError> {
-        let output = if config.path.as_os_str() == STDIO_PATH {
-            Output::Stdout
+        if let Some(p) = config.check().into_iter().next() {
+            return Err(FileError::Invalid(p));
+        }
+        let output = if config.is_stdout() {
+            Output::Stdout { gone: false }
         } else {
             if let Some(parent) = config.path.parent()
                 && !parent.as_os_str().is_empty()
@@ -112,37 +201,25 @@ fn closed() -> SinkError {
     SinkError::Retryable("file sink is closed".into())
 }
 
-impl FileSink {
-    /// Queues `records` for the writer, in order, and returns the future of their write.
-    async fn queue(&self, records: Vec<Record>) -> Result<Confirmation, SinkError> {
-        if records.is_empty() {
-            return Ok(Box::pin(std::future::ready(Ok(()))));
-        }
-        let (done, confirmed) = oneshot::channel();
-        self.commands
-            .send(Command::Write { records, done })
-            .await
-            .map_err(|_| closed())?;
-        Ok(Box::pin(async move {
-            confirmed
-                .await
-                .map_err(|_| closed())?
-                .map_err(SinkError::Retryable)
-        }))
-    }
-}
-
 impl Sink for FileSink {
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move { self.queue(records).await?.await })
-    }
-
-    /// One writer takes the queue in order, so what is queued first is written first.
-    fn enqueue<'a>(
-        &'a self,
-        records: &'a [Record],
-    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
-        Box::pin(self.queue(records.to_vec()))
+    /// One writer takes the queue in order, so what is queued first is written first, whatever
+    /// the lane.
+    fn enqueue(
+        &self,
+        records: Vec<Record>,
+        _lane: u64,
+        confirm: Confirm,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            if records.is_empty() {
+                confirm(Ok(()));
+                return Ok(());
+            }
+            self.commands
+                .send(Command::Write { records, confirm })
+                .await
+                .map_err(|_| closed())
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
@@ -161,7 +238,9 @@ impl Sink for FileSink {
 }
 
 enum Output {
-    Stdout,
+    /// Standard output; `gone` once its reader went away (`EPIPE`): nothing can be written to
+    /// it again.
+    Stdout { gone: bool },
     File {
         path: PathBuf,
         /// `None` after a failed write: reopened for the next batch, in case the failure was the
@@ -172,17 +251,33 @@ enum Output {
 }
 
 impl Output {
-    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Output::Stdout => {
+    fn write(&mut self, buf: &[u8]) -> Result<(), SinkError> {
+        let result = match self {
+            Output::Stdout { gone: true } => {
+                return Err(SinkError::Gone("standard output is closed".into()));
+            }
+            Output::Stdout { gone } => {
                 let mut out = io::stdout().lock();
-                out.write_all(buf)?;
-                out.flush()
+                let result = out.write_all(buf).and_then(|()| out.flush());
+                if let Err(e) = &result
+                    && e.kind() == io::ErrorKind::BrokenPipe
+                {
+                    // The reader went away (`fnmill run … | head`): retrying cannot help.
+                    *gone = true;
+                    return Err(SinkError::Gone(format!("writing standard output: {e}")));
+                }
+                result
             }
             Output::File { path, file, fsync } => {
                 let f = match file {
                     Some(f) => f,
-                    None => file.insert(open_for_append(path)?),
+                    None => match open_for_append(path) {
+                        Ok(f) => file.insert(f),
+                        Err(e) => return Err(SinkError::Retryable(format!(
+                            "opening {}: {e}",
+                            path.display()
+                        ))),
+                    },
                 };
                 let result = f
                     .write_all(buf)
@@ -192,12 +287,17 @@ impl Output {
                 }
                 result
             }
-        }
+        };
+        result.map_err(|err| {
+            let message = format!("writing {}: {err}", self.display());
+            error!(error = %message, "File sink write failed");
+            SinkError::Retryable(message)
+        })
     }
 
     fn display(&self) -> String {
         match self {
-            Output::Stdout => "stdout".into(),
+            Output::Stdout { .. } => "stdout".into(),
             Output::File { path, .. } => path.display().to_string(),
         }
     }
@@ -235,11 +335,11 @@ fn write_loop(mut queue: mpsc::Receiver<Command>, mut output: Output) {
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                Command::Write { records, done } => {
+                Command::Write { records, confirm } => {
                     for record in &records {
                         jsonl::write_record(record, &mut buf);
                     }
-                    waiters.push(done);
+                    waiters.push(confirm);
                 }
                 Command::Close { done } => {
                     close = Some(done);
@@ -254,15 +354,10 @@ fn write_loop(mut queue: mpsc::Receiver<Command>, mut output: Output) {
         let result = if buf.is_empty() {
             Ok(())
         } else {
-            output.write(&buf).map_err(|err| {
-                let message = format!("writing {}: {err}", output.display());
-                error!(error = %message, "File sink write failed");
-                message
-            })
+            output.write(&buf)
         };
-        for done in waiters.drain(..) {
-            // A publisher that stopped waiting does not need the answer.
-            let _ = done.send(result.clone());
+        for confirm in waiters.drain(..) {
+            confirm(result.clone());
         }
         buf.clear();
         // Do not keep a buffer grown by one huge batch for the life of the sink.
@@ -271,7 +366,7 @@ fn write_loop(mut queue: mpsc::Receiver<Command>, mut output: Output) {
         }
 
         if let Some(done) = close {
-            let _ = done.send(result);
+            let _ = done.send(result.map_err(|e| e.to_string()));
             return;
         }
     }

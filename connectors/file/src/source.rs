@@ -2,43 +2,58 @@
 //! durable checkpoint over the contiguous prefix of lines settled as done or dead-lettered.
 //!
 //! Lines settle out of order (events with different keys run concurrently), so the source keeps
-//! the unsettled window in read order and moves the checkpoint only across a gap-free run, the
-//! way a Kafka consumer stores offsets. An abandoned line pins the checkpoint before it for the
-//! rest of the run; after a restart it and everything after it are read again.
+//! the unsettled lines in an [`OrderedWindow`] and moves the checkpoint only across a gap-free
+//! run, the way a Kafka consumer stores offsets. An abandoned line pins the checkpoint before it
+//! for the rest of the run; after a restart it and everything after it are read again.
+//!
+//! # Which file
+//!
+//! A followed file may be rotated (renamed, and a new one created under its name) or truncated
+//! and rewritten. The source tells them apart by the file's device and inode and a hash of its
+//! first bytes ([`FileIdentity`]), which the checkpoint records with the position:
+//!
+//! - **rotated**: at the end of the old file the source finishes it (a last line without a newline
+//!   included: it will never be completed) and then reads the new file from its start;
+//! - **truncated or rewritten in place**: it reads the file again from its start;
+//! - **on restart**, a checkpoint of a file that is no longer under the path resumes that file
+//!   where it stopped if it is still in the same folder (rotated, e.g. `in.jsonl.1`), then reads
+//!   the new one from its start; a file that was rewritten is read from its start.
+//!
+//! Reading never starts in the middle of a line: a checkpoint that does not fall just after a
+//! newline is not trusted. A last line without a newline is a line still being written: it is
+//! left unread (the checkpoint stays before it) until its newline arrives, unless
+//! `unterminated_last_line = "process"`.
 //!
 //! One task does the reading and the bookkeeping: the reader future and the settlement loop are
-//! polled by one `select!`, settlements first, so the window is always current before more lines
-//! are read. Settle closures, called on whatever thread finished the event, only send a message.
+//! polled by one `select!`, settlements first, so the window is current before more lines are
+//! read. A lock file next to the checkpoint keeps a second fnmill from reading the same input.
 
+use std::collections::VecDeque;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnmill_connector_api::{
-    Delivery, Event, Header, Outcome, Readiness, Source, SourceContext, SourceError,
-};
+use fnmill_connector_api::settlement::{self, OrderedWindow, Seq, Settled, Settler};
+use fnmill_connector_api::{Event, Outbox, Problem, Readiness, Source, SourceContext, SourceError};
 use futures::future::{BoxFuture, OptionFuture};
 use serde::Deserialize;
-use std::collections::VecDeque;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncSeekExt, BufReader};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint::{self, Position};
+use crate::checkpoint::{self, Checkpoint, FileIdentity, Lock};
 use crate::{FileError, STDIO_PATH, jsonl};
 
-/// Header set on the event made from a line that is not a valid JSON Lines event; its value is
-/// the parse error. The payload is then the raw line, so nothing is lost on the way to the
-/// dead-letter destination.
-pub const DECODE_ERROR_HEADER: &str = "fnmill-decode-error";
-
-/// How often a followed file is checked for appended data: fast enough that a human does not
-/// notice the delay, slow enough that an idle source costs nothing measurable.
+/// How often a followed file is checked for appended data, rotation and truncation: fast enough
+/// that a human does not notice the delay, slow enough that an idle source costs nothing
+/// measurable.
 const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Read buffer size: a 256 KiB read is one syscall (and one blocking-pool hop) per ~2,500
@@ -46,13 +61,15 @@ const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const READ_BUFFER: usize = 256 * 1024;
 
 /// Most lines read but not yet covered by the checkpoint. One slow event otherwise lets the
-/// window grow with everything read after it; at 16 bytes a slot this caps it at 16 MiB, and the
+/// window grow with everything read after it; at 32 bytes a slot this caps it at 32 MiB, and the
 /// reader waits for the slow event instead.
 const MAX_WINDOW: usize = 1 << 20;
 
-/// Settlement messages handled per loop turn, so a burst does not starve the reader and vice
-/// versa.
-const PROGRESS_BATCH: usize = 1024;
+/// Settlements handled per loop turn, so a burst does not starve the reader and vice versa.
+const SETTLE_BATCH: usize = 1024;
+
+/// The UTF-8 byte-order mark some editors put at the start of a file; it is not part of the JSON.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Where `checkpoint_interval` comes from: often enough that a crash re-runs well under a second
 /// of work, rarely enough that the fsync it costs is noise.
@@ -60,10 +77,22 @@ fn default_checkpoint_interval() -> Duration {
     Duration::from_millis(200)
 }
 
-/// Where `drain_timeout` comes from: the same 30 s Kubernetes gives a pod between SIGTERM and
-/// SIGKILL, so the drain ends before the kill would.
+/// Where `drain_timeout` comes from: below the default 20 s `runtime.shutdown_grace`, so the
+/// drain ends, and the checkpoint is saved, before the process gives up on its tasks.
 fn default_drain_timeout() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(15)
+}
+
+/// What to do with a last line that has no newline when the input ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnterminatedLastLine {
+    /// Leave it unread, with the checkpoint before it: a writer is probably still writing it,
+    /// and the next run reads it once it is complete. Logged.
+    #[default]
+    Leave,
+    /// Treat it as a complete line (for files that simply lack a final newline).
+    Process,
 }
 
 /// `sources.<name>` with `kind = "file"`.
@@ -72,16 +101,18 @@ fn default_drain_timeout() -> Duration {
 pub struct FileSourceConfig {
     /// The JSON Lines file to read, one event per line, or `"-"` for standard input.
     pub path: PathBuf,
-    /// File that records how far the input is processed, so a restart resumes there instead of at
-    /// the start. Default: `<path>.checkpoint`. Not allowed with standard input, which cannot be
-    /// read again.
+    /// File that records how far the input is processed (and which file it was), so a restart
+    /// resumes there instead of at the start. Default: `<path>.checkpoint`. A lock file
+    /// `<checkpoint>.lock` next to it keeps a second fnmill from reading the same input. Not
+    /// allowed with standard input, which cannot be read again.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
     /// `false` (default): read to the end of the file, wait until every event is settled, save the
     /// checkpoint and stop, so `fnmill run` on a file ends by itself. `true`: keep watching the
-    /// file for appended lines (every 100 ms) until shutdown; the file need not exist yet. Only
-    /// appends are noticed: a truncated or replaced file is not re-read. Not allowed with standard
-    /// input, which already waits for more input until it is closed.
+    /// file for appended lines (every 100 ms) until shutdown; the file need not exist yet. A
+    /// rotated file (renamed, a new one created) is finished, then the new one is read from its
+    /// start; a truncated or rewritten file is read again from its start. Not allowed with
+    /// standard input, which already waits for more input until it is closed.
     #[serde(default)]
     pub follow: bool,
     /// How often the checkpoint is saved while running, e.g. `"200ms"`. After a crash, at most
@@ -90,9 +121,14 @@ pub struct FileSourceConfig {
     pub checkpoint_interval: Duration,
     /// On shutdown, how long to wait for events already handed to functions to finish before
     /// saving the checkpoint and stopping anyway; unfinished events are read again after the
-    /// restart. Default: `30s`.
+    /// restart. Default: `15s` (below the default 20 s `runtime.shutdown_grace`).
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A last line without a newline at the end of the input (without `follow`): `"leave"`
+    /// (default) leaves it unread, with the checkpoint before it, as a line still being
+    /// written; `"process"` reads it as a complete line.
+    #[serde(default)]
+    pub unterminated_last_line: UnterminatedLastLine,
 }
 
 impl FileSourceConfig {
@@ -104,7 +140,113 @@ impl FileSourceConfig {
             follow: false,
             checkpoint_interval: default_checkpoint_interval(),
             drain_timeout: default_drain_timeout(),
+            unterminated_last_line: UnterminatedLastLine::default(),
         }
+    }
+
+    /// Whether the source reads standard input.
+    pub fn is_stdin(&self) -> bool {
+        self.path.as_os_str() == STDIO_PATH
+    }
+
+    /// The checkpoint file, if any: the configured one or `<path>.checkpoint`.
+    pub fn checkpoint_path(&self) -> Option<PathBuf> {
+        if self.is_stdin() {
+            return None;
+        }
+        Some(
+            self.checkpoint
+                .clone()
+                .unwrap_or_else(|| default_checkpoint_path(&self.path)),
+        )
+    }
+
+    /// Makes `path` and `checkpoint` absolute against `base_dir` (`-` stays standard input).
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        if !self.is_stdin() && self.path.is_relative() && !self.path.as_os_str().is_empty() {
+            self.path = base_dir.join(&self.path);
+        }
+        if let Some(cp) = &mut self.checkpoint
+            && cp.is_relative()
+            && !cp.as_os_str().is_empty()
+        {
+            *cp = base_dir.join(&*cp);
+        }
+    }
+
+    /// Everything [`FileSource::new`] would refuse, each naming its key.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| problems.push(Problem::new(key, message));
+        if self.path.as_os_str().is_empty() {
+            problem("path", "must not be empty (use \"-\" for standard input)".into());
+        } else if self.is_stdin() {
+            if self.checkpoint.is_some() {
+                problem(
+                    "checkpoint",
+                    "cannot be used with `path = \"-\"` (standard input): standard input cannot \
+                     be read again, so there is nothing to resume"
+                        .into(),
+                );
+            }
+            if self.follow {
+                problem(
+                    "follow",
+                    "cannot be used with `path = \"-\"` (standard input): standard input is \
+                     read until it is closed"
+                        .into(),
+                );
+            }
+        } else {
+            match fs::metadata(&self.path) {
+                Ok(m) if m.is_dir() => {
+                    problem("path", format!("{} is a directory", self.path.display()))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !self.follow {
+                        problem(
+                            "path",
+                            format!(
+                                "{} does not exist (set `follow = true` to wait for it to be \
+                                 created)",
+                                self.path.display()
+                            ),
+                        );
+                    }
+                }
+                Err(e) => problem("path", format!("{}: {e}", self.path.display())),
+            }
+            if let Some(cp) = &self.checkpoint {
+                if cp.as_os_str().is_empty() {
+                    problem("checkpoint", "must not be empty".into());
+                } else if cp == &self.path {
+                    problem("checkpoint", "must not be the input file itself".into());
+                }
+            }
+            if let Some(cp) = self.checkpoint_path()
+                && !cp.as_os_str().is_empty()
+            {
+                if cp.is_dir() {
+                    problem("checkpoint", format!("{} is a directory", cp.display()));
+                } else if let Some(parent) = cp.parent()
+                    && !parent.as_os_str().is_empty()
+                    && !parent.is_dir()
+                {
+                    problem(
+                        "checkpoint",
+                        format!("its folder {} does not exist", parent.display()),
+                    );
+                }
+            }
+        }
+        if self.checkpoint_interval.is_zero() {
+            problem("checkpoint_interval", "must be greater than zero".into());
+        }
+        if self.drain_timeout.is_zero() {
+            problem("drain_timeout", "must be greater than zero".into());
+        }
+        problems
     }
 }
 
@@ -112,10 +254,17 @@ impl FileSourceConfig {
 #[derive(Debug)]
 enum Input {
     Stdin,
-    File { path: PathBuf, checkpoint: PathBuf },
+    File {
+        path: PathBuf,
+        checkpoint: PathBuf,
+        /// Held for as long as the source exists.
+        _lock: Lock,
+    },
 }
 
 /// Reads a JSON Lines file (or stdin) and lends each line out as a [`Delivery`].
+///
+/// [`Delivery`]: fnmill_connector_api::Delivery
 #[derive(Debug)]
 pub struct FileSource {
     name: String,
@@ -123,41 +272,23 @@ pub struct FileSource {
     follow: bool,
     checkpoint_interval: Duration,
     drain_timeout: Duration,
+    last_line: UnterminatedLastLine,
 }
 
 impl FileSource {
-    /// Checks the config; `name` becomes [`Event::source`]. Nothing is opened yet.
+    /// Checks the config and locks the checkpoint; `name` becomes [`Event::source`]. Fails if
+    /// another process holds the lock. Nothing is read yet.
     pub fn new(name: impl Into<String>, config: FileSourceConfig) -> Result<Self, FileError> {
-        if config.checkpoint_interval.is_zero() {
-            return Err(FileError::ZeroDuration {
-                key: "checkpoint_interval",
-            });
+        if let Some(p) = config.check().into_iter().next() {
+            return Err(FileError::Invalid(p));
         }
-        let input = if config.path.as_os_str() == STDIO_PATH {
-            if config.checkpoint.is_some() {
-                return Err(FileError::Stdin {
-                    key: "checkpoint",
-                    reason: "standard input cannot be read again, so there is nothing to resume",
-                });
-            }
-            if config.follow {
-                return Err(FileError::Stdin {
-                    key: "follow",
-                    reason: "standard input is read until it is closed",
-                });
-            }
-            Input::Stdin
-        } else {
-            if !config.follow && !config.path.exists() {
-                return Err(FileError::NotFound { path: config.path });
-            }
-            let checkpoint = config
-                .checkpoint
-                .unwrap_or_else(|| default_checkpoint_path(&config.path));
-            Input::File {
+        let input = match config.checkpoint_path() {
+            None => Input::Stdin,
+            Some(checkpoint) => Input::File {
+                _lock: Lock::acquire(&checkpoint, &config.path)?,
                 path: config.path,
                 checkpoint,
-            }
+            },
         };
         Ok(Self {
             name: name.into(),
@@ -165,6 +296,7 @@ impl FileSource {
             follow: config.follow,
             checkpoint_interval: config.checkpoint_interval,
             drain_timeout: config.drain_timeout,
+            last_line: config.unterminated_last_line,
         })
     }
 }
@@ -181,13 +313,33 @@ impl Source for FileSource {
     }
 }
 
-/// From the reader (a line was read) and the settle closures (a line was settled) to the
-/// bookkeeping loop. One channel for both keeps them ordered: a line's `Read` is always queued
-/// before its delivery exists, so before its `Settled`.
+/// A position just past a line: in which of the run's files (`generation`, in reading order),
+/// at which byte, after how many lines of that file. Ordered by generation first, so positions
+/// keep increasing across a rotation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Pos {
+    generation: u32,
+    offset: u64,
+    line: u64,
+}
+
+/// A file read during this run.
 #[derive(Debug)]
-enum Progress {
-    Read { line: u64, end: u64, lent: bool },
-    Settled { line: u64, outcome: Outcome },
+struct Generation {
+    identity: FileIdentity,
+    /// Kept to refresh a weak fingerprint when the file grew.
+    file: Arc<fs::File>,
+}
+
+/// What the reader and the bookkeeping loop share (both in one task, so the lock is never
+/// contended; it is a `Mutex` only because the task must be `Send`).
+struct Shared {
+    window: OrderedWindow<Pos>,
+    /// Indexed by [`Pos::generation`]; `None` for stdin and for generations the checkpoint has
+    /// moved past.
+    generations: Vec<Option<Generation>>,
+    /// Where reading started: nothing to save while the watermark is still there.
+    start: Option<Pos>,
 }
 
 /// Why the reader stopped.
@@ -202,87 +354,97 @@ enum ReadEnd {
 }
 
 impl FileSource {
-    async fn run_to_end(self, ctx: SourceContext) -> Result<(), FileError> {
-        let (label, id_prefix, checkpoint_path) = match &self.input {
-            Input::Stdin => ("stdin".to_owned(), "stdin".to_owned(), None),
-            Input::File { path, checkpoint } => (
-                path.display().to_string(),
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| path.display().to_string()),
-                Some(checkpoint.clone()),
-            ),
-        };
-        let start = match &self.input {
-            Input::Stdin => Position::default(),
-            Input::File { path, checkpoint } => {
-                checkpoint::load(checkpoint, path)?.unwrap_or_default()
-            }
-        };
-        if start.line > 0 {
-            info!(file = %label, line = start.line, offset = start.offset, "Resuming from checkpoint");
+    fn label(&self) -> String {
+        match &self.input {
+            Input::Stdin => "stdin".to_owned(),
+            Input::File { path, .. } => path.display().to_string(),
         }
+    }
 
-        let window = Arc::new(Semaphore::new(MAX_WINDOW));
-        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    async fn run_to_end(self, ctx: SourceContext) -> Result<(), FileError> {
+        let label = self.label();
+        let checkpoint_path = match &self.input {
+            Input::Stdin => None,
+            Input::File { checkpoint, .. } => Some(checkpoint.clone()),
+        };
+        let permits = Arc::new(Semaphore::new(MAX_WINDOW));
+        let shared = Mutex::new(Shared {
+            window: OrderedWindow::new(Pos::default()),
+            generations: Vec::new(),
+            start: None,
+        });
+        let (settler, mut settlements) = settlement::channel::<Seq>();
         let reader = LineReader {
             source: self.name.clone(),
             label: label.clone(),
-            id_prefix,
             follow: self.follow,
-            progress: progress_tx,
-            window: window.clone(),
+            last_line: self.last_line,
+            shared: &shared,
+            permits: permits.clone(),
+            settler,
             shutdown: ctx.shutdown.clone(),
             ready: ctx.ready,
         };
-        let mut reader = pin!(reader.run(&self.input, start, ctx.out));
+        let mut reader = pin!(reader.run(&self.input, ctx.out));
         let mut shutdown = pin!(ctx.shutdown.clone().cancelled_owned());
         let mut drain_deadline = pin!(tokio::time::sleep(Duration::ZERO));
         let mut ticker = tokio::time::interval(self.checkpoint_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
-        let mut tracker = Tracker::new(start, window, label.clone());
-        let mut persisted = start;
-        let mut writing: Option<JoinHandle<(Position, std::io::Result<()>)>> = None;
+        let mut persisted: Option<Checkpoint> = None;
+        let mut writing: Option<JoinHandle<(Checkpoint, std::io::Result<()>)>> = None;
         let mut ended: Option<Result<ReadEnd, FileError>> = None;
         let mut draining = false;
-        let mut progress_open = true;
-        let mut batch = Vec::with_capacity(PROGRESS_BATCH);
+        let mut settlements_open = true;
+        let mut batch: Vec<Settled<Seq>> = Vec::with_capacity(SETTLE_BATCH);
+        let apply = |batch: &mut Vec<Settled<Seq>>, draining: bool| {
+            let mut s = lock(&shared);
+            let mut released = 0;
+            for Settled { ticket, outcome } in batch.drain(..) {
+                let change = s.window.settle(ticket, outcome);
+                released += change.released;
+                if change.stuck {
+                    if draining {
+                        debug!(file = %label, "Line abandoned during shutdown");
+                    } else {
+                        warn!(
+                            file = %label,
+                            "Line abandoned; the checkpoint stays before it until restart"
+                        );
+                    }
+                }
+            }
+            permits.add_permits(released);
+        };
 
         loop {
             if ended.is_some() {
-                // The reader queued every `Read` before it returned; apply them before deciding
-                // that nothing is outstanding.
-                while let Ok(p) = progress_rx.try_recv() {
-                    tracker.apply(p);
-                }
-                if tracker.outstanding == 0 {
+                settlements.try_recv_many(&mut batch, usize::MAX);
+                apply(&mut batch, draining);
+                if lock(&shared).window.outstanding() == 0 {
                     break;
                 }
             }
             tokio::select! {
                 biased;
-                n = progress_rx.recv_many(&mut batch, PROGRESS_BATCH), if progress_open => {
-                    // Zero only once the reader and every settle closure are gone.
-                    progress_open = n > 0;
-                    for p in batch.drain(..) {
-                        tracker.apply(p);
-                    }
+                n = settlements.recv_many(&mut batch, SETTLE_BATCH), if settlements_open => {
+                    // Zero only once the reader and every delivery are gone.
+                    settlements_open = n > 0;
+                    apply(&mut batch, draining);
                 }
                 _ = &mut shutdown, if !draining => {
                     draining = true;
-                    tracker.shutting_down = true;
                     drain_deadline.as_mut().reset(Instant::now() + self.drain_timeout);
-                    debug!(file = %label, outstanding = tracker.outstanding, "Shutdown: draining");
+                    debug!(file = %label, outstanding = lock(&shared).window.outstanding(), "Shutdown: draining");
                 }
                 _ = &mut drain_deadline, if draining => {
-                    while let Ok(p) = progress_rx.try_recv() {
-                        tracker.apply(p);
-                    }
-                    if tracker.outstanding > 0 {
+                    settlements.try_recv_many(&mut batch, usize::MAX);
+                    apply(&mut batch, draining);
+                    let outstanding = lock(&shared).window.outstanding();
+                    if outstanding > 0 {
                         warn!(
                             file = %label,
-                            unsettled = tracker.outstanding,
+                            unsettled = outstanding,
                             timeout = ?self.drain_timeout,
                             "Drain timed out; unsettled lines will be read again after restart"
                         );
@@ -294,7 +456,6 @@ impl FileSource {
                         // The reader stopped without a shutdown (the pipeline went away or the
                         // file failed): drain as bounded as on shutdown.
                         draining = true;
-                        tracker.shutting_down = true;
                         drain_deadline.as_mut().reset(Instant::now() + self.drain_timeout);
                     }
                     ended = Some(end);
@@ -302,7 +463,7 @@ impl FileSource {
                 Some(done) = OptionFuture::from(writing.as_mut()), if writing.is_some() => {
                     writing = None;
                     match done {
-                        Ok((position, Ok(()))) => persisted = position,
+                        Ok((checkpoint, Ok(()))) => persisted = Some(checkpoint),
                         Ok((_, Err(err))) => {
                             error!(file = %label, error = %err, "Could not save checkpoint; will retry");
                         }
@@ -310,10 +471,10 @@ impl FileSource {
                     }
                 }
                 _ = ticker.tick(), if writing.is_none() && checkpoint_path.is_some() => {
-                    if tracker.watermark != persisted
-                        && let Some(path) = &checkpoint_path
+                    if let Some(path) = &checkpoint_path
+                        && let Some(next) = to_save(&shared, persisted.as_ref())
                     {
-                        writing = Some(spawn_store(path.clone(), tracker.watermark));
+                        writing = Some(spawn_store(path.clone(), next));
                     }
                 }
             }
@@ -322,28 +483,26 @@ impl FileSource {
         // Final checkpoint: wait for a save in flight so saves stay in order, then save the
         // newest position.
         if let Some(handle) = writing.take()
-            && let Ok((position, Ok(()))) = handle.await
+            && let Ok((checkpoint, Ok(()))) = handle.await
         {
-            persisted = position;
+            persisted = Some(checkpoint);
         }
         if let Some(path) = &checkpoint_path
-            && tracker.watermark != persisted
+            && let Some(next) = to_save(&shared, persisted.as_ref())
         {
-            let (_, result) =
-                spawn_store(path.clone(), tracker.watermark)
-                    .await
-                    .map_err(|err| {
-                        FileError::io(
-                            format!("checkpoint {}", path.display()),
-                            std::io::Error::other(err),
-                        )
-                    })?;
+            let (_, result) = spawn_store(path.clone(), next).await.map_err(|err| {
+                FileError::io(
+                    format!("checkpoint {}", path.display()),
+                    std::io::Error::other(err),
+                )
+            })?;
             result.map_err(|err| FileError::io(format!("checkpoint {}", path.display()), err))?;
         }
+        let watermark = lock(&shared).window.watermark();
         info!(
             file = %label,
-            line = tracker.watermark.line,
-            offset = tracker.watermark.offset,
+            line = watermark.line,
+            offset = watermark.offset,
             "File source stopped"
         );
         match ended {
@@ -353,226 +512,130 @@ impl FileSource {
     }
 }
 
-fn spawn_store(path: PathBuf, position: Position) -> JoinHandle<(Position, std::io::Result<()>)> {
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The checkpoint for the current watermark, if it differs from the one saved. Generations the
+/// watermark has moved past are let go of here.
+fn to_save(shared: &Mutex<Shared>, persisted: Option<&Checkpoint>) -> Option<Checkpoint> {
+    let mut s = lock(shared);
+    let watermark = s.window.watermark();
+    if persisted.is_none() && s.start == Some(watermark) {
+        return None;
+    }
+    let generation = watermark.generation as usize;
+    for old in s.generations.iter_mut().take(generation) {
+        *old = None;
+    }
+    let current = s.generations.get_mut(generation)?.as_mut()?;
+    if current.identity.is_weak() {
+        // The file was short when it was opened: hash more of it now, for a stronger check.
+        if let Ok(identity) = FileIdentity::of(&current.file)
+            && identity.dev == current.identity.dev
+            && identity.ino == current.identity.ino
+        {
+            current.identity = identity;
+        }
+    }
+    let next = Checkpoint {
+        offset: watermark.offset,
+        line: watermark.line,
+        file: Some(current.identity.clone()),
+    };
+    (persisted != Some(&next)).then_some(next)
+}
+
+fn spawn_store(path: PathBuf, position: Checkpoint) -> JoinHandle<(Checkpoint, std::io::Result<()>)> {
     // fsync takes milliseconds; keep it off the runtime's worker threads.
-    tokio::task::spawn_blocking(move || (position, checkpoint::store(&path, position)))
+    tokio::task::spawn_blocking(move || {
+        let result = checkpoint::store(&path, &position);
+        (position, result)
+    })
 }
 
-/// One line read and not yet covered by the watermark.
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    /// Offset just past the line.
-    end: u64,
-    done: bool,
-}
-
-/// The contiguous-prefix watermark over lines settled in any order.
-struct Tracker {
-    /// Everything up to here is acknowledged; this is what the checkpoint saves.
-    watermark: Position,
-    /// Lines after the watermark in read order: `slots[i]` is line `watermark.line + 1 + i`.
-    slots: VecDeque<Slot>,
-    /// The earliest abandoned line: the watermark never passes it in this run.
-    stuck_at: Option<u64>,
-    /// Deliveries lent out and not yet settled: the drain waits for this to reach zero.
-    outstanding: u64,
-    /// Returns the reader's window permit for every slot that leaves `slots`.
-    window: Arc<Semaphore>,
-    /// Abandoned deliveries are expected during shutdown, so they are not warned about then.
-    shutting_down: bool,
+/// A file opened for reading, at a position.
+struct Opened {
+    lines: Lines,
+    /// The same open file, for `fstat` and the identity checks; `None` for stdin.
+    file: Option<Arc<fs::File>>,
+    start: Pos,
+    /// The file name, for ids of lines without one (`orders.jsonl:17`), and the origin.
     label: String,
 }
 
-impl Tracker {
-    fn new(start: Position, window: Arc<Semaphore>, label: String) -> Self {
-        Self {
-            watermark: start,
-            slots: VecDeque::new(),
-            stuck_at: None,
-            outstanding: 0,
-            window,
-            shutting_down: false,
-            label,
-        }
-    }
+type Lines = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
 
-    fn apply(&mut self, progress: Progress) {
-        match progress {
-            Progress::Read { line, end, lent } => {
-                if lent {
-                    self.outstanding += 1;
-                }
-                if self.stuck_at.is_some() {
-                    self.window.add_permits(1);
-                    return;
-                }
-                debug_assert_eq!(line, self.watermark.line + 1 + self.slots.len() as u64);
-                self.slots.push_back(Slot { end, done: !lent });
-                self.advance();
-            }
-            Progress::Settled { line, outcome } => {
-                self.outstanding -= 1;
-                if self.stuck_at.is_some_and(|stuck| line >= stuck) {
-                    return;
-                }
-                let index = (line - self.watermark.line - 1) as usize;
-                if outcome.is_acknowledged() {
-                    self.slots[index].done = true;
-                    self.advance();
-                    return;
-                }
-                if self.stuck_at.is_none() {
-                    if self.shutting_down {
-                        debug!(file = %self.label, line, "Line abandoned during shutdown");
-                    } else {
-                        warn!(
-                            file = %self.label,
-                            line,
-                            "Line abandoned; the checkpoint stays before it until restart"
-                        );
-                    }
-                }
-                self.stuck_at = Some(line);
-                // Lines before it can still move the watermark up to it; from it on, none can.
-                self.window.add_permits(self.slots.len() - index);
-                self.slots.truncate(index);
-            }
-        }
-    }
-
-    fn advance(&mut self) {
-        let mut freed = 0;
-        while let Some(slot) = self.slots.front()
-            && slot.done
-        {
-            self.watermark = Position {
-                offset: slot.end,
-                line: self.watermark.line + 1,
-            };
-            self.slots.pop_front();
-            freed += 1;
-        }
-        if freed > 0 {
-            self.window.add_permits(freed);
-        }
-    }
+/// What happened to a followed file, seen at its end.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    None,
+    /// A new file is under the path: finish this one, then read that one from its start.
+    Rotated,
+    /// The file is shorter than what was read, or its first bytes changed: read it again.
+    Truncated,
 }
 
 /// The reading half: lines in, deliveries out.
-struct LineReader {
+struct LineReader<'a> {
     source: String,
-    /// The path as shown in logs and in the `file` origin.
     label: String,
-    /// The file name, for ids of lines without one (`orders.jsonl:17`).
-    id_prefix: String,
     follow: bool,
-    progress: mpsc::UnboundedSender<Progress>,
-    window: Arc<Semaphore>,
+    last_line: UnterminatedLastLine,
+    shared: &'a Mutex<Shared>,
+    /// One permit per line held in the window, so it stays bounded.
+    permits: Arc<Semaphore>,
+    settler: Settler<Seq>,
     shutdown: CancellationToken,
     /// Set once the input is open.
     ready: Readiness,
 }
 
-type Lines = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
-
-impl LineReader {
+impl LineReader<'_> {
     /// Reads until end of input (not following), shutdown, or the pipeline going away. Takes
     /// `out` by value so it is dropped on return, which tells the pipeline no more events come.
     async fn run(
         self,
         input: &Input,
-        start: Position,
-        out: mpsc::Sender<Delivery>,
+        out: Outbox,
     ) -> Result<ReadEnd, FileError> {
         let mut cancelled = pin!(self.shutdown.clone().cancelled_owned());
-        let Some(mut lines) = self.open(input, start, cancelled.as_mut()).await? else {
-            return Ok(ReadEnd::Shutdown);
-        };
-        self.ready.set(true);
-        let mut position = start;
-        let mut buf = Vec::with_capacity(1024);
-        loop {
-            let read = tokio::select! {
-                biased;
-                _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
-                read = lines.read_until(b'\n', &mut buf) => read,
-            };
-            read.map_err(|err| FileError::io(format!("reading {}", self.label), err))?;
-            // `read_until` appends, so a partial line waiting for its rest stays in `buf`.
-            if buf.last() != Some(&b'\n') && (self.follow || buf.is_empty()) {
-                if !self.follow {
-                    return Ok(ReadEnd::Eof);
-                }
-                tokio::select! {
-                    biased;
-                    _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
-                    _ = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => continue,
-                }
-            }
-            position = Position {
-                offset: position.offset + buf.len() as u64,
-                line: position.line + 1,
-            };
-            // Keep the window bounded; permits come back as the watermark passes lines.
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
-                permit = self.window.acquire() => permit.expect("the window is never closed").forget(),
-            }
-            let event = self.event(&buf, position.line);
-            // Queued before the delivery exists, so it precedes the line's `Settled`.
-            let _ = self.progress.send(Progress::Read {
-                line: position.line,
-                end: position.offset,
-                lent: event.is_some(),
-            });
-            buf.clear();
-            let Some(event) = event else { continue };
-            let ordering_key = event.key.clone();
-            let progress = self.progress.clone();
-            let line = position.line;
-            let delivery = Delivery::new(event, ordering_key, move |outcome| {
-                // The loop is gone only after its drain gave up; the outcome no longer matters.
-                let _ = progress.send(Progress::Settled { line, outcome });
-            });
-            match out.try_send(delivery) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(delivery)) => {
-                    // A dropped delivery (here: the send cut short by shutdown) settles as
-                    // abandoned, so the line is read again after restart.
-                    tokio::select! {
-                        biased;
-                        _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
-                        sent = out.send(delivery) => if sent.is_err() {
-                            return Ok(ReadEnd::Closed);
-                        },
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(ReadEnd::Closed),
-            }
-            // `try_send` and a buffered read never yield; give the bookkeeping loop (same task)
-            // and the rest of the runtime their turn.
-            tokio::task::consume_budget().await;
-        }
-    }
-
-    /// Opens the input at `start`. In follow mode waits for the file to appear; `None` if
-    /// shutdown came first.
-    async fn open(
-        &self,
-        input: &Input,
-        start: Position,
-        mut cancelled: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
-    ) -> Result<Option<Lines>, FileError> {
         let (path, checkpoint) = match input {
             Input::Stdin => {
                 let stdin: Box<dyn AsyncRead + Send + Unpin> = Box::new(tokio::io::stdin());
-                return Ok(Some(BufReader::with_capacity(READ_BUFFER, stdin)));
+                let opened = Opened {
+                    lines: BufReader::with_capacity(READ_BUFFER, stdin),
+                    file: None,
+                    start: Pos::default(),
+                    label: "stdin".into(),
+                };
+                lock(self.shared).generations.push(None);
+                return self.read(opened, VecDeque::new(), None, &out, cancelled.as_mut()).await;
             }
-            Input::File { path, checkpoint } => (path, checkpoint),
+            Input::File {
+                path, checkpoint, ..
+            } => (path, checkpoint),
         };
-        let mut file = loop {
-            match tokio::fs::File::open(path).await {
+        let Some((current, queued)) = self.open_start(path, checkpoint, cancelled.as_mut()).await?
+        else {
+            return Ok(ReadEnd::Shutdown);
+        };
+        self.read(current, queued, Some(path), &out, cancelled.as_mut())
+            .await
+    }
+
+    /// Opens the input where the checkpoint says; returns the file to read now and, when the
+    /// checkpoint's file was rotated away, the file to read after it. In follow mode waits for
+    /// the file to appear; `None` if shutdown came first.
+    async fn open_start(
+        &self,
+        path: &Path,
+        checkpoint: &Path,
+        mut cancelled: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Result<Option<(Opened, VecDeque<Opened>)>, FileError> {
+        let saved = checkpoint::load(checkpoint, path)?;
+        let file = loop {
+            match fs::File::open(path) {
                 Ok(file) => break file,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && self.follow => {
                     tokio::select! {
@@ -584,54 +647,443 @@ impl LineReader {
                 Err(err) => return Err(FileError::io(format!("opening {}", path.display()), err)),
             }
         };
-        if start.offset > 0 {
-            let len = file
-                .metadata()
-                .await
-                .map_err(|err| {
-                    FileError::io(format!("reading metadata of {}", path.display()), err)
-                })?
-                .len();
-            if start.offset > len {
-                return Err(FileError::CheckpointPastEnd {
-                    checkpoint: checkpoint.clone(),
-                    path: path.clone(),
-                    offset: start.offset,
-                    len,
-                });
-            }
-            file.seek(std::io::SeekFrom::Start(start.offset))
-                .await
-                .map_err(|err| FileError::io(format!("seeking in {}", path.display()), err))?;
+        let io = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |e| FileError::io(what, e)
+        };
+        let len = file.metadata().map_err(io("reading metadata of"))?.len();
+        let Some(saved) = saved else {
+            return Ok(Some((self.open_at(path, file, 0, 0).await?, VecDeque::new())));
+        };
+        if saved.line > 0 {
+            info!(file = %self.label, line = saved.line, offset = saved.offset, "Resuming from checkpoint");
         }
-        let file: Box<dyn AsyncRead + Send + Unpin> = Box::new(file);
-        Ok(Some(BufReader::with_capacity(READ_BUFFER, file)))
+        let resume = |file: &fs::File| -> Result<bool, FileError> {
+            let at_line = checkpoint::starts_a_line(file, saved.offset)
+                .map_err(io("reading"))?;
+            if !at_line {
+                warn!(
+                    file = %self.label,
+                    offset = saved.offset,
+                    "The checkpoint does not fall at the start of a line; reading the file from its start"
+                );
+            }
+            Ok(at_line)
+        };
+        match &saved.file {
+            // A checkpoint from before identities were recorded: trust it as far as the file
+            // is long.
+            None => {
+                if saved.offset > len {
+                    return Err(FileError::CheckpointPastEnd {
+                        checkpoint: checkpoint.to_owned(),
+                        path: path.to_owned(),
+                        offset: saved.offset,
+                        len,
+                    });
+                }
+                let (offset, line) = if resume(&file)? {
+                    (saved.offset, saved.line)
+                } else {
+                    (0, 0)
+                };
+                Ok(Some((
+                    self.open_at(path, file, offset, line).await?,
+                    VecDeque::new(),
+                )))
+            }
+            Some(identity) if identity.matches(&file).map_err(io("reading"))? => {
+                let (offset, line) = if saved.offset <= len && resume(&file)? {
+                    (saved.offset, saved.line)
+                } else {
+                    warn!(file = %self.label, "The file was truncated since the checkpoint; reading it from its start");
+                    (0, 0)
+                };
+                Ok(Some((
+                    self.open_at(path, file, offset, line).await?,
+                    VecDeque::new(),
+                )))
+            }
+            Some(identity) => match find_rotated(path, identity) {
+                Some((old_path, old)) if saved.offset <= old.metadata().map_or(0, |m| m.len()) => {
+                    info!(
+                        file = %self.label,
+                        rotated = %old_path.display(),
+                        "The checkpointed file was rotated: finishing it, then reading the new one"
+                    );
+                    let (offset, line) = if resume(&old)? {
+                        (saved.offset, saved.line)
+                    } else {
+                        (0, 0)
+                    };
+                    let first = self.open_at(&old_path, old, offset, line).await?;
+                    let mut next = self.open_at(path, file, 0, 0).await?;
+                    next.label = self.label.clone();
+                    Ok(Some((first, VecDeque::from([next]))))
+                }
+                _ => {
+                    warn!(
+                        file = %self.label,
+                        "The file is not the one checkpointed (replaced or rewritten); reading it from its start"
+                    );
+                    Ok(Some((self.open_at(path, file, 0, 0).await?, VecDeque::new())))
+                }
+            },
+        }
     }
 
-    /// The event for one line (with its `\n`, if any); `None` for a blank line.
-    fn event(&self, raw: &[u8], line: u64) -> Option<Event> {
+    /// `file` (at `path`) positioned at `offset`, after `line` lines.
+    async fn open_at(
+        &self,
+        path: &Path,
+        file: fs::File,
+        offset: u64,
+        line: u64,
+    ) -> Result<Opened, FileError> {
+        let io = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |e| FileError::io(what, e)
+        };
+        let reading = file.try_clone().map_err(io("opening"))?;
+        let mut reading = tokio::fs::File::from_std(reading);
+        if offset > 0 {
+            reading
+                .seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(io("seeking in"))?;
+        }
+        let reading: Box<dyn AsyncRead + Send + Unpin> = Box::new(reading);
+        Ok(Opened {
+            lines: BufReader::with_capacity(READ_BUFFER, reading),
+            file: Some(Arc::new(file)),
+            start: Pos {
+                generation: 0,
+                offset,
+                line,
+            },
+            label: path.display().to_string(),
+        })
+    }
+
+    /// Registers `opened` as the next generation and returns its start position.
+    fn begin(&self, opened: &mut Opened) -> Result<Pos, FileError> {
+        let mut s = lock(self.shared);
+        let generation = s.generations.len() as u32;
+        let entry = match &opened.file {
+            None => None,
+            Some(file) => Some(Generation {
+                identity: FileIdentity::of(file)
+                    .map_err(|e| FileError::io(format!("reading {}", opened.label), e))?,
+                file: file.clone(),
+            }),
+        };
+        s.generations.push(entry);
+        opened.start.generation = generation;
+        Ok(opened.start)
+    }
+
+    async fn read(
+        &self,
+        mut current: Opened,
+        mut queued: VecDeque<Opened>,
+        path: Option<&Path>,
+        out: &Outbox,
+        mut cancelled: std::pin::Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Result<ReadEnd, FileError> {
+        // A line that ended the reader (shutdown, the pipeline gone) ends it here too.
+        macro_rules! lend {
+            ($buf:expr, $position:expr, $label:expr) => {
+                match self.line($buf, $position, $label, out, &mut cancelled).await {
+                    Ok(position) => position,
+                    Err(ReadEndOr::End(end)) => return Ok(end),
+                    Err(ReadEndOr::Error(e)) => return Err(e),
+                }
+            };
+        }
+        if current.file.is_some() {
+            let start = self.begin(&mut current)?;
+            // The first generation starts where the checkpoint left off.
+            let mut s = lock(self.shared);
+            s.window = OrderedWindow::new(start);
+            s.start = Some(start);
+        }
+        self.ready.set(true);
+        let mut position = current.start;
+        let mut buf = Vec::with_capacity(1024);
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
+                read = current.lines.read_until(b'\n', &mut buf) => read,
+            };
+            read.map_err(|err| FileError::io(format!("reading {}", current.label), err))?;
+            // `read_until` appends, so a partial line waiting for its rest stays in `buf`.
+            if buf.last() != Some(&b'\n') {
+                // The end of what the file holds now.
+                if let Some(next) = queued.pop_front() {
+                    // A rotated file being finished: its last line will never be completed.
+                    if !buf.is_empty() {
+                        lend!(&mut buf, position, &current.label);
+                    }
+                    current = next;
+                    position = self.begin(&mut current)?;
+                    continue;
+                }
+                if !self.follow {
+                    if buf.is_empty() {
+                        return Ok(ReadEnd::Eof);
+                    }
+                    match self.last_line {
+                        UnterminatedLastLine::Process => {
+                            lend!(&mut buf, position, &current.label);
+                        }
+                        UnterminatedLastLine::Leave => info!(
+                            file = %current.label,
+                            line = position.line + 1,
+                            bytes = buf.len(),
+                            "The last line has no newline (still being written?); left unread \
+                             for the next run (set `unterminated_last_line = \"process\"` to read it)"
+                        ),
+                    }
+                    return Ok(ReadEnd::Eof);
+                }
+                let change = match (path, &current.file) {
+                    (Some(path), Some(file)) => {
+                        let shared = self.shared;
+                        let generation = position.generation as usize;
+                        let identity = lock(shared).generations[generation]
+                            .as_ref()
+                            .map(|g| g.identity.clone());
+                        let (path, file) = (path.to_owned(), file.clone());
+                        let read_to = position.offset + buf.len() as u64;
+                        tokio::task::spawn_blocking(move || {
+                            what_changed(&path, &file, identity.as_ref(), read_to)
+                        })
+                        .await
+                        .unwrap_or(Ok(Change::None))
+                        .unwrap_or(Change::None)
+                    }
+                    _ => Change::None,
+                };
+                match change {
+                    Change::None => {
+                        tokio::select! {
+                            biased;
+                            _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
+                            _ = tokio::time::sleep(FOLLOW_POLL_INTERVAL) => continue,
+                        }
+                    }
+                    Change::Rotated => {
+                        let path = path.expect("checked");
+                        // Anything appended to the old file before the new one appeared.
+                        let read = tokio::select! {
+                            biased;
+                            _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
+                            read = current.lines.read_until(b'\n', &mut buf) => read,
+                        };
+                        read.map_err(|err| FileError::io(format!("reading {}", current.label), err))?;
+                        if buf.last() == Some(&b'\n') {
+                            // More complete lines: take them first.
+                            position = lend!(&mut buf, position, &current.label);
+                            continue;
+                        }
+                        if !buf.is_empty() {
+                            position = lend!(&mut buf, position, &current.label);
+                        }
+                        info!(file = %self.label, "The file was rotated; reading the new one from its start");
+                        let file = match fs::File::open(path) {
+                            Ok(file) => file,
+                            // Gone again between the check and the open: look again later.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                            Err(e) => return Err(FileError::io(format!("opening {}", path.display()), e)),
+                        };
+                        current = self.open_at(path, file, 0, 0).await?;
+                        position = self.begin(&mut current)?;
+                    }
+                    Change::Truncated => {
+                        let path = path.expect("checked");
+                        warn!(file = %self.label, "The file was truncated or rewritten; reading it from its start");
+                        buf.clear();
+                        let file = fs::File::open(path)
+                            .map_err(|e| FileError::io(format!("opening {}", path.display()), e))?;
+                        current = self.open_at(path, file, 0, 0).await?;
+                        position = self.begin(&mut current)?;
+                    }
+                }
+                continue;
+            }
+            position = lend!(&mut buf, position, &current.label);
+        }
+    }
+
+    /// Lends out the line in `buf` (emptied) that follows `position`, and returns the position
+    /// after it. A blank line is recorded but lends nothing.
+    async fn line(
+        &self,
+        buf: &mut Vec<u8>,
+        position: Pos,
+        file: &str,
+        out: &Outbox,
+        cancelled: &mut std::pin::Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Result<Pos, ReadEndOr> {
+        let end = Pos {
+            generation: position.generation,
+            offset: position.offset + buf.len() as u64,
+            line: position.line + 1,
+        };
+        // Keep the window bounded; permits come back as the watermark passes lines.
+        tokio::select! {
+            biased;
+            _ = &mut *cancelled => return Err(ReadEndOr::End(ReadEnd::Shutdown)),
+            permit = self.permits.acquire() => permit.expect("the window is never closed").forget(),
+        }
+        let event = self.event(buf, file, end.line);
+        buf.clear();
+        let Some(event) = event else {
+            let released = lock(self.shared).window.skip(end).released;
+            self.permits.add_permits(released);
+            return Ok(end);
+        };
+        let seq = lock(self.shared).window.lend(end);
+        let ordering_key = event.key.clone();
+        let delivery = self.settler.delivery(event, ordering_key, seq);
+        match out.try_send(delivery) {
+            Ok(()) => {}
+            Err(TrySendError::Full(delivery)) => {
+                // A dropped delivery (here: the send cut short by shutdown) settles as
+                // abandoned, so the line is read again after restart.
+                tokio::select! {
+                    biased;
+                    _ = &mut *cancelled => return Err(ReadEndOr::End(ReadEnd::Shutdown)),
+                    sent = out.send(delivery) => if sent.is_err() {
+                        return Err(ReadEndOr::End(ReadEnd::Closed));
+                    },
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                return Err(ReadEndOr::End(ReadEnd::Closed));
+            }
+        }
+        // `try_send` and a buffered read never yield; give the bookkeeping loop (same task)
+        // and the rest of the runtime their turn.
+        tokio::task::consume_budget().await;
+        Ok(end)
+    }
+
+    /// The event for one line (with its `\n`, if any); `None` for a blank line. A line that is
+    /// not a JSON Lines event becomes an event with its raw bytes and a decode error, which the
+    /// pipeline dead-letters without running the function.
+    fn event(&self, raw: &[u8], file: &str, line: u64) -> Option<Event> {
+        let raw = raw.strip_prefix(BOM).unwrap_or(raw);
         if raw.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        let origin = vec![("file", self.label.clone()), ("line", line.to_string())];
-        let default_id = || format!("{}:{line}", self.id_prefix);
+        let origin = vec![("file", file.to_owned()), ("line", line.to_string())];
+        let name = Path::new(file)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| file.to_owned());
+        let default_id = || format!("{name}:{line}");
         Some(match jsonl::parse_event(raw) {
             Ok(parsed) => parsed.into_event(self.source.as_str(), default_id, origin),
             Err(err) => {
-                warn!(file = %self.label, line, error = %err, "Malformed line; passing it on with a decode-error header");
+                warn!(file = %file, line, error = %err, "Malformed line; it goes to the dead-letter destination");
                 let text = raw.strip_suffix(b"\n").unwrap_or(raw);
-                Event {
-                    id: default_id(),
-                    source: self.source.clone(),
-                    key: None,
-                    payload: Bytes::copy_from_slice(text),
-                    headers: vec![Header::new(DECODE_ERROR_HEADER, err.to_string())],
-                    timestamp_ms: None,
-                    origin,
-                }
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                let mut event = Event::new(default_id(), self.source.as_str(), Bytes::copy_from_slice(text));
+                event.origin = origin;
+                event.decode_error = Some(err.to_string());
+                event
             }
         })
     }
+}
+
+/// How [`LineReader::line`] stops the reader: an end, or a file error.
+#[derive(Debug)]
+enum ReadEndOr {
+    End(ReadEnd),
+    Error(FileError),
+}
+
+impl From<FileError> for ReadEndOr {
+    fn from(e: FileError) -> Self {
+        ReadEndOr::Error(e)
+    }
+}
+
+/// Looks at a followed file at its end: `file` is open, `read_to` bytes of it were read.
+fn what_changed(
+    path: &Path,
+    file: &fs::File,
+    identity: Option<&FileIdentity>,
+    read_to: u64,
+) -> std::io::Result<Change> {
+    let len = file.metadata()?.len();
+    if len < read_to {
+        return Ok(Change::Truncated);
+    }
+    if let Some(identity) = identity
+        && !identity.matches(file)?
+    {
+        // Same inode, other first bytes: rewritten in place.
+        if same_file(&file.metadata()?, identity) {
+            return Ok(Change::Truncated);
+        }
+    }
+    match fs::metadata(path) {
+        // Removed: maybe about to be created again; keep waiting on the open file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Change::None),
+        Err(e) => Err(e),
+        Ok(at_path) if !same_inode(&at_path, &file.metadata()?) => Ok(Change::Rotated),
+        Ok(_) => Ok(Change::None),
+    }
+}
+
+#[cfg(unix)]
+fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_inode(_a: &fs::Metadata, _b: &fs::Metadata) -> bool {
+    true
+}
+
+#[cfg(unix)]
+fn same_file(meta: &fs::Metadata, identity: &FileIdentity) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino()) == (identity.dev, identity.ino)
+}
+
+#[cfg(not(unix))]
+fn same_file(_meta: &fs::Metadata, _identity: &FileIdentity) -> bool {
+    true
+}
+
+/// A file in `path`'s folder that is the checkpointed one (rotated under another name).
+fn find_rotated(path: &Path, identity: &FileIdentity) -> Option<(PathBuf, fs::File)> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let candidate = entry.path();
+        if candidate == path {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() || !same_file(&meta, identity) {
+            continue;
+        }
+        if let Ok(file) = fs::File::open(&candidate)
+            && identity.matches(&file).unwrap_or(false)
+        {
+            return Some((candidate, file));
+        }
+    }
+    None
 }
 
 /// The checkpoint used when `checkpoint` is not set: `<path>.checkpoint`.
@@ -645,8 +1097,7 @@ mod tests {
     use std::io::Write as _;
     use std::time::Duration;
 
-    use fnmill_connector_api::{Delivery, Outcome, Source, SourceContext, SourceError};
-    use tokio::sync::mpsc;
+    use fnmill_connector_api::{Delivery, Outcome, Received, Source, SourceContext, SourceError};
     use tokio::task::JoinHandle;
     use tokio_util::sync::CancellationToken;
 
@@ -656,7 +1107,7 @@ mod tests {
     const DEADLINE: Duration = Duration::from_secs(10);
 
     struct Running {
-        rx: mpsc::Receiver<Delivery>,
+        rx: Received,
         shutdown: CancellationToken,
         ready: Readiness,
         handle: JoinHandle<Result<(), SourceError>>,
@@ -665,7 +1116,7 @@ mod tests {
     impl Running {
         fn start(config: FileSourceConfig, capacity: usize) -> Self {
             let source = FileSource::new("files", config).unwrap();
-            let (out, rx) = mpsc::channel(capacity);
+            let (out, rx) = Outbox::channel(capacity);
             let shutdown = CancellationToken::new();
             let ready = Readiness::default();
             let ctx = SourceContext {
@@ -826,14 +1277,16 @@ mod tests {
             "{\"payload\":3}\n".into(),
             "   \n".into(),
             "{\"payload\":5}\n".into(),
-            "{\"payload\":6}".into(), // no final newline: still a line when not following
+            "{\"payload\":6}\n".into(),
         ];
         let path = write_input(dir.path(), &lines);
+        // A checkpoint in the form written before file identities were recorded.
         checkpoint::store(
             &default_checkpoint_path(&path),
-            Position {
+            &Checkpoint {
                 offset: end_of(&lines, 3),
                 line: 3,
+                file: None,
             },
         )
         .unwrap();
@@ -858,24 +1311,27 @@ mod tests {
             line(1),
             "not json at all\n".into(),
             "{\"payload\":1,\"bogus\":true}\n".into(),
-            line(4),
+            format!("\u{feff}{}", line(4)),
         ];
         let path = write_input(dir.path(), &lines);
         let mut run = Running::start(FileSourceConfig::new(&path), 16);
         let got = run.take(4).await;
 
+        let good = got[0].event();
+        assert_eq!(good.decode_error, None);
         let bad = got[1].event();
         assert_eq!(bad.id, "in.jsonl:2");
         assert_eq!(bad.key, None);
         assert_eq!(&bad.payload[..], b"not json at all");
-        assert_eq!(bad.headers.len(), 1);
-        assert_eq!(bad.headers[0].name, DECODE_ERROR_HEADER);
-        assert!(!bad.headers[0].value.is_empty());
+        assert!(bad.headers.is_empty());
+        assert!(bad.decode_error.as_deref().is_some_and(|e| !e.is_empty()));
         let unknown = got[2].event();
         assert_eq!(&unknown.payload[..], lines[2].trim_end().as_bytes());
-        let error = String::from_utf8_lossy(&unknown.headers[0].value).into_owned();
+        let error = unknown.decode_error.clone().unwrap();
         assert!(error.contains("bogus"), "{error}");
+        // A byte-order mark is not part of the JSON.
         assert_eq!(got[3].event().id, "e4");
+        assert_eq!(got[3].event().decode_error, None);
 
         got.into_iter()
             .for_each(|d| d.settle(Outcome::DeadLettered));
@@ -1020,78 +1476,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn checkpoint_past_the_end_is_an_error() {
+    async fn an_old_checkpoint_past_the_end_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_input(dir.path(), &[line(1)]);
         checkpoint::store(
             &default_checkpoint_path(&path),
-            Position {
+            &Checkpoint {
                 offset: 10_000,
                 line: 7,
+                file: None,
             },
         )
         .unwrap();
         let run = Running::start(FileSourceConfig::new(&path), 16);
         let err = run.finish().await.unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
-    }
-
-    #[test]
-    fn tracker_advances_over_contiguous_settlements_only() {
-        let window = Arc::new(Semaphore::new(0));
-        let mut t = Tracker::new(Position::default(), window.clone(), "t".into());
-        let read = |line, lent| Progress::Read {
-            line,
-            end: line * 10,
-            lent,
-        };
-        let settled = |line, outcome| Progress::Settled { line, outcome };
-        for line in 1..=8 {
-            // Line 3 is blank: nothing lent, already done.
-            t.apply(read(line, line != 3));
-        }
-        assert_eq!(t.outstanding, 7);
-        t.apply(settled(2, Outcome::Done));
-        assert_eq!(t.watermark, Position::default());
-        t.apply(settled(1, Outcome::Done));
-        assert_eq!(
-            t.watermark,
-            Position {
-                offset: 30,
-                line: 3
-            }
-        );
-        t.apply(settled(6, Outcome::Abandoned));
-        t.apply(settled(7, Outcome::Done));
-        t.apply(settled(5, Outcome::DeadLettered));
-        assert_eq!(
-            t.watermark,
-            Position {
-                offset: 30,
-                line: 3
-            }
-        );
-        t.apply(settled(4, Outcome::Done));
-        assert_eq!(
-            t.watermark,
-            Position {
-                offset: 50,
-                line: 5
-            }
-        );
-        t.apply(read(9, true));
-        t.apply(settled(9, Outcome::Done));
-        t.apply(settled(8, Outcome::Done));
-        assert_eq!(
-            t.watermark,
-            Position {
-                offset: 50,
-                line: 5
-            }
-        );
-        assert_eq!(t.outstanding, 0);
-        // Every slot taken was given back to the reader's window.
-        assert_eq!(window.available_permits(), 9);
     }
 
     #[test]
@@ -1111,32 +1510,217 @@ mod tests {
         assert!(err.contains("folow"), "{err}");
     }
 
+
     #[test]
-    fn constructor_checks_the_config() {
-        let missing = FileSourceConfig::new("/definitely/not/here.jsonl");
-        assert!(matches!(
-            FileSource::new("s", missing.clone()),
-            Err(FileError::NotFound { .. })
-        ));
-        let mut follow = missing;
+    fn check_names_every_key_the_source_would_refuse() {
+        let keys = |c: &FileSourceConfig| -> Vec<String> {
+            c.check().into_iter().map(|p| p.key).collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let missing = FileSourceConfig::new(dir.path().join("not-here.jsonl"));
+        assert_eq!(keys(&missing), ["path"]);
+        let mut follow = missing.clone();
         follow.follow = true;
-        FileSource::new("s", follow).unwrap();
+        assert!(keys(&follow).is_empty());
+        assert_eq!(keys(&FileSourceConfig::new(dir.path())), ["path"], "a directory");
+        assert_eq!(keys(&FileSourceConfig::new("")), ["path"]);
 
         let mut stdin = FileSourceConfig::new("-");
-        FileSource::new("s", stdin.clone()).unwrap();
+        assert!(keys(&stdin).is_empty());
         stdin.checkpoint = Some("x".into());
-        assert!(matches!(
-            FileSource::new("s", stdin),
-            Err(FileError::Stdin {
-                key: "checkpoint",
-                ..
-            })
-        ));
+        stdin.follow = true;
+        assert_eq!(keys(&stdin), ["checkpoint", "follow"]);
         let mut zero = FileSourceConfig::new("-");
         zero.checkpoint_interval = Duration::ZERO;
+        zero.drain_timeout = Duration::ZERO;
+        assert_eq!(keys(&zero), ["checkpoint_interval", "drain_timeout"]);
+        let mut nowhere = follow;
+        nowhere.checkpoint = Some(dir.path().join("no-such-dir").join("cp"));
+        assert_eq!(keys(&nowhere), ["checkpoint"]);
+        // The constructor refuses the same things.
         assert!(matches!(
-            FileSource::new("s", zero),
-            Err(FileError::ZeroDuration { .. })
+            FileSource::new("s", missing),
+            Err(FileError::Invalid(p)) if p.key == "path"
         ));
+    }
+
+    #[tokio::test]
+    async fn a_second_source_on_the_same_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_input(dir.path(), &[line(1)]);
+        let first = FileSource::new("a", FileSourceConfig::new(&path)).unwrap();
+        let err = FileSource::new("b", FileSourceConfig::new(&path)).unwrap_err();
+        assert!(matches!(err, FileError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another fnmill"), "{err}");
+        drop(first);
+        FileSource::new("b", FileSourceConfig::new(&path)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_last_line_is_left_for_later_then_read_once_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        fs::write(&path, format!("{}{{\"id\":\"half\",", line(1))).unwrap();
+        let mut run = Running::start(FileSourceConfig::new(&path), 16);
+        let got = run.take(1).await;
+        run.expect_closed().await;
+        assert_eq!(got[0].event().id, "e1");
+        got.into_iter().for_each(|d| d.settle(Outcome::Done));
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path), Some((line(1).len() as u64, 1)));
+
+        // The writer finishes the line: the next run reads it whole, as one event.
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"\"payload\":7}\n").unwrap();
+        let mut run = Running::start(FileSourceConfig::new(&path), 16);
+        let got = run.take(1).await;
+        run.expect_closed().await;
+        assert_eq!(got[0].event().id, "half");
+        assert_eq!(&got[0].event().payload[..], b"7");
+        assert_eq!(got[0].event().decode_error, None);
+        got.into_iter().for_each(|d| d.settle(Outcome::Done));
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path).map(|c| c.1), Some(2));
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_last_line_can_be_processed_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        fs::write(&path, format!("{}{{\"payload\":6}}", line(1))).unwrap();
+        let mut config = FileSourceConfig::new(&path);
+        config.unterminated_last_line = UnterminatedLastLine::Process;
+        let mut run = Running::start(config, 16);
+        let got = run.take(2).await;
+        run.expect_closed().await;
+        assert_eq!(&got[1].event().payload[..], b"6");
+        got.into_iter().for_each(|d| d.settle(Outcome::Done));
+        run.finish().await.unwrap();
+        assert_eq!(
+            checkpoint_of(&path),
+            Some((fs::metadata(&path).unwrap().len(), 2))
+        );
+    }
+
+    /// Settles everything that arrives, until `n` events came; returns their ids.
+    async fn settle_ids(run: &mut Running, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let d = run.next().await;
+            ids.push(d.event().id.clone());
+            assert_eq!(d.event().decode_error, None, "a fragment became an event");
+            d.settle(Outcome::Done);
+        }
+        ids
+    }
+
+    fn numbered(from: usize, to: usize) -> String {
+        (from..=to).map(line).collect()
+    }
+
+    fn ids(from: usize, to: usize) -> Vec<String> {
+        (from..=to).map(|i| format!("e{i}")).collect()
+    }
+
+    #[tokio::test]
+    async fn follow_reads_a_truncated_and_rewritten_file_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        fs::write(&path, numbered(1, 50)).unwrap();
+        let mut config = FileSourceConfig::new(&path);
+        config.follow = true;
+        let mut run = Running::start(config, 64);
+        assert_eq!(settle_ids(&mut run, 50).await, ids(1, 50));
+
+        // Truncated and written again, shorter than what was read: every new line, from the
+        // first, and no fragment of an old offset.
+        fs::write(&path, numbered(101, 110)).unwrap();
+        assert_eq!(settle_ids(&mut run, 10).await, ids(101, 110));
+        // Appends after that still arrive.
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(numbered(111, 112).as_bytes()).unwrap();
+        assert_eq!(settle_ids(&mut run, 2).await, ids(111, 112));
+        run.shutdown.cancel();
+        run.finish().await.unwrap();
+        assert_eq!(
+            checkpoint_of(&path),
+            Some((fs::metadata(&path).unwrap().len(), 12))
+        );
+    }
+
+    #[tokio::test]
+    async fn follow_finishes_a_rotated_file_then_reads_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        fs::write(&path, numbered(1, 20)).unwrap();
+        let mut config = FileSourceConfig::new(&path);
+        config.follow = true;
+        let mut run = Running::start(config, 64);
+        assert_eq!(settle_ids(&mut run, 20).await, ids(1, 20));
+
+        // The writer appends a last burst, then rotates: rename and start a new file, which
+        // grows longer than the old one.
+        let mut old = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        old.write_all(numbered(21, 25).as_bytes()).unwrap();
+        fs::rename(&path, dir.path().join("in.jsonl.1")).unwrap();
+        old.write_all(numbered(26, 27).as_bytes()).unwrap();
+        drop(old);
+        fs::write(&path, numbered(201, 260)).unwrap();
+
+        let mut got = settle_ids(&mut run, 67).await;
+        let new: Vec<String> = got.split_off(7);
+        assert_eq!(got, ids(21, 27), "the old file is finished first");
+        assert_eq!(new, ids(201, 260), "then the new one from its start");
+        run.shutdown.cancel();
+        run.finish().await.unwrap();
+        assert_eq!(
+            checkpoint_of(&path),
+            Some((fs::metadata(&path).unwrap().len(), 60))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_finishes_a_file_rotated_away_since_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        fs::write(&path, numbered(1, 10)).unwrap();
+        let mut run = Running::start(FileSourceConfig::new(&path), 64);
+        let got = run.take(10).await;
+        // Only the first four are done when the process stops.
+        for (i, d) in got.into_iter().enumerate() {
+            if i < 4 {
+                d.settle(Outcome::Done);
+            }
+        }
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path).map(|c| c.1), Some(4));
+
+        fs::rename(&path, dir.path().join("in.jsonl.1")).unwrap();
+        fs::write(&path, numbered(11, 13)).unwrap();
+        let mut run = Running::start(FileSourceConfig::new(&path), 64);
+        assert_eq!(settle_ids(&mut run, 9).await, [ids(5, 10), ids(11, 13)].concat());
+        run.expect_closed().await;
+        run.finish().await.unwrap();
+        assert_eq!(checkpoint_of(&path).map(|c| c.1), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_restart_reads_a_rewritten_file_from_its_start_never_mid_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        fs::write(&path, numbered(1, 10)).unwrap();
+        let mut run = Running::start(FileSourceConfig::new(&path), 64);
+        assert_eq!(settle_ids(&mut run, 10).await, ids(1, 10));
+        run.finish().await.unwrap();
+
+        // Rewritten in place with longer content: the old offset would fall mid-line.
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(0).unwrap();
+        drop(f);
+        fs::write(&path, numbered(1001, 1030)).unwrap();
+        let mut run = Running::start(FileSourceConfig::new(&path), 64);
+        assert_eq!(settle_ids(&mut run, 30).await, ids(1001, 1030));
+        run.expect_closed().await;
+        run.finish().await.unwrap();
     }
 }
