@@ -19,13 +19,13 @@
 //!   that settles each `publish` call.
 //! - `properties`: librdkafka properties from config, and the ones fnmill insists on.
 
-use fnmill_connector_api::SourceError;
+use fnmill_connector_api::{Problem, SourceError};
 
 mod properties;
 pub mod sink;
 pub mod source;
 
-pub use properties::{PropertyValue, SecretProperty, check_secrets};
+pub use properties::{PropertyValue, SecretProperty};
 pub use rdkafka;
 pub use sink::{KafkaSink, KafkaSinkConfig};
 pub use source::{KafkaSource, KafkaSourceConfig};
@@ -33,10 +33,9 @@ pub use source::{KafkaSource, KafkaSourceConfig};
 /// What can go wrong building a Kafka source or sink.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
-    #[error("`{key}` must not be empty")]
-    Empty { key: &'static str },
-    #[error("`{key}` must be greater than zero")]
-    ZeroDuration { key: &'static str },
+    /// A config problem (what the config's `check` reports), naming the key.
+    #[error("{0}")]
+    Invalid(Problem),
     #[error(
         "`properties.\"{property}\"` cannot be `{value}`: fnmill sets it to `{required}` \
          because {reason}"
@@ -60,6 +59,28 @@ pub enum KafkaError {
 }
 
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+impl From<KafkaError> for Problem {
+    fn from(e: KafkaError) -> Self {
+        match e {
+            KafkaError::Invalid(p) => p,
+            KafkaError::Fixed { ref property, .. } | KafkaError::BadProperty { ref property, .. } => {
+                let key = format!("properties.\"{property}\"");
+                let text = e.to_string();
+                // The message starts with the key in backquotes; keep only what follows it.
+                let message = text
+                    .split_once("` ")
+                    .map_or(text.as_str(), |(_, rest)| rest)
+                    .to_string();
+                Problem::new(key, message)
+            }
+            KafkaError::Secret { property, message } => {
+                Problem::new(format!("secret_properties.\"{property}\""), message)
+            }
+            KafkaError::Client(e) => Problem::new("properties", e.to_string()),
+        }
+    }
+}
 
 impl From<KafkaError> for SourceError {
     fn from(err: KafkaError) -> Self {

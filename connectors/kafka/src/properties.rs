@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use fnmill_connector_api::Problem;
 use fnmill_connector_api::secret::{self, Secret};
 use rdkafka::ClientConfig;
 use serde::Deserialize;
@@ -85,18 +86,37 @@ pub(crate) fn read_secrets(
         .collect()
 }
 
-/// Checks that every secret property can be read (relative files against `base_dir`), without
-/// keeping any value: what `fnmill check` and config validation call.
-pub fn check_secrets(
+/// Checks a client's properties the way librdkafka will take them, without creating a client:
+/// the fixed ones, every secret (read, not kept), and every name and value (librdkafka's own
+/// `rd_kafka_conf_set`, which knows every property and its type). Problems name the key.
+pub(crate) fn check(
+    brokers: &str,
+    defaults: &[(&str, &str)],
     properties: &BTreeMap<String, PropertyValue>,
     secrets: &BTreeMap<String, SecretProperty>,
-    base_dir: &Path,
-) -> Result<(), KafkaError> {
-    let mut secrets = secrets.clone();
-    for s in secrets.values_mut() {
-        s.resolve_path(base_dir);
+    fixed: &[Fixed],
+) -> Vec<Problem> {
+    match client_config(brokers, defaults, properties, secrets, fixed) {
+        Err(e) => vec![e.into()],
+        Ok(config) => match config.create_native_config() {
+            Ok(_) => Vec::new(),
+            Err(rdkafka::error::KafkaError::ClientConfig(_, message, name, _)) => {
+                let table = if secrets.contains_key(&name) {
+                    "secret_properties"
+                } else {
+                    "properties"
+                };
+                // librdkafka's message may quote the value: never for a secret.
+                let message = if table == "secret_properties" {
+                    "is not a valid value for this property".to_string()
+                } else {
+                    message
+                };
+                vec![Problem::new(format!("{table}.\"{name}\""), message)]
+            }
+            Err(e) => vec![Problem::new("properties", e.to_string())],
+        },
     }
-    read_secrets(properties, &secrets).map(drop)
 }
 
 /// A property fnmill sets and the user may not change.
@@ -236,6 +256,22 @@ mod tests {
         let err = client_config("b", &[], &BTreeMap::new(), &fixed, &[FIXED]).unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
         assert!(err.to_string().contains("fnmill sets it"), "{err}");
+    }
+
+    #[test]
+    fn check_names_an_unknown_property_a_bad_value_and_a_fixed_one() {
+        let props = |name: &str, value: &str| {
+            BTreeMap::from([(name.to_string(), PropertyValue::Text(value.into()))])
+        };
+        let check = |p| check("b:9092", &[], &p, &no_secrets(), &[FIXED]);
+        assert!(check(props("linger.ms", "20")).is_empty());
+        let p = check(props("linger.msec", "20"));
+        assert_eq!(p[0].key, "properties.\"linger.msec\"", "{p:?}");
+        let p = check(props("linger.ms", "soon"));
+        assert_eq!(p[0].key, "properties.\"linger.ms\"", "{p:?}");
+        let p = check(props("enable.auto.offset.store", "true"));
+        assert_eq!(p[0].key, "properties.\"enable.auto.offset.store\"", "{p:?}");
+        assert!(p[0].message.contains("fnmill sets it"), "{p:?}");
     }
 
     #[test]

@@ -18,14 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
-use fnmill_connector_api::{Confirmation, Record, Sink, SinkError};
+use fnmill_connector_api::{Confirm, Problem, Record, Sink, SinkError};
 use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
-use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use crate::KafkaError;
@@ -71,6 +70,38 @@ impl KafkaSinkConfig {
     }
 }
 
+impl KafkaSinkConfig {
+    /// Makes the files of `secret_properties` absolute against `base_dir`.
+    pub fn resolve_paths(&mut self, base_dir: &std::path::Path) {
+        for secret in self.secret_properties.values_mut() {
+            secret.resolve_path(base_dir);
+        }
+    }
+
+    /// Everything [`KafkaSink::new`] would refuse, each naming its key.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.brokers.trim().is_empty() {
+            problems.push(Problem::new("brokers", "must not be empty"));
+        }
+        if self.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            problems.push(Problem::new(
+                "topic",
+                "must not be empty (leave it out to require a target per destination)",
+            ));
+        }
+        let mut client = properties::check(
+            &self.brokers,
+            &[],
+            &self.properties,
+            &self.secret_properties,
+            SINK_FIXED,
+        );
+        problems.append(&mut client);
+        problems
+    }
+}
+
 const SINK_FIXED: &[Fixed] = &[
     Fixed {
         name: "enable.idempotence",
@@ -84,34 +115,54 @@ const SINK_FIXED: &[Fixed] = &[
     },
 ];
 
-/// Counts down one `publish` call's delivery reports and resolves it with the first error.
+/// Counts down one `enqueue` call's delivery reports and confirms it with the first error.
 struct Batch {
     inner: Mutex<BatchInner>,
 }
 
 struct BatchInner {
-    /// Reports still expected, plus one held by `publish` until every record is handed over.
+    /// Reports still expected, plus one held by `enqueue` until every record is handed over.
     remaining: usize,
     error: Option<SinkError>,
-    done: Option<oneshot::Sender<Result<(), SinkError>>>,
+    confirm: Option<Confirm>,
 }
 
 impl Batch {
+    fn new(confirm: Confirm) -> Arc<Self> {
+        Arc::new(Batch {
+            inner: Mutex::new(BatchInner {
+                remaining: 1,
+                error: None,
+                confirm: Some(confirm),
+            }),
+        })
+    }
+
+    fn expect_one_more(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remaining += 1;
+    }
+
     fn complete(&self, result: Result<(), SinkError>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = result
-            && inner.error.is_none()
-        {
-            inner.error = Some(e);
-        }
-        inner.remaining -= 1;
-        if inner.remaining == 0
-            && let Some(done) = inner.done.take()
-        {
-            let _ = done.send(match inner.error.take() {
+        let confirm = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = result
+                && inner.error.is_none()
+            {
+                inner.error = Some(e);
+            }
+            inner.remaining -= 1;
+            if inner.remaining > 0 {
+                return;
+            }
+            let result = match inner.error.take() {
                 Some(e) => Err(e),
                 None => Ok(()),
-            });
+            };
+            inner.confirm.take().map(|c| (c, result))
+        };
+        // Outside the lock: the pipeline settles the event in it.
+        if let Some((confirm, result)) = confirm {
+            confirm(result);
         }
     }
 }
@@ -234,11 +285,8 @@ impl std::fmt::Debug for KafkaSink {
 impl KafkaSink {
     /// Creates (or joins) the producer for the config. It connects in the background.
     pub fn new(config: KafkaSinkConfig) -> Result<Self, KafkaError> {
-        if config.brokers.trim().is_empty() {
-            return Err(KafkaError::Empty { key: "brokers" });
-        }
-        if config.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            return Err(KafkaError::Empty { key: "topic" });
+        if let Some(p) = config.check().into_iter().next() {
+            return Err(KafkaError::Invalid(p));
         }
         let client = properties::client_config(
             &config.brokers,
@@ -267,24 +315,13 @@ impl KafkaSink {
         })
     }
 
-    /// Hands every record to librdkafka's queue, in order, and returns the future of their
-    /// delivery reports. Records that cannot be queued fail that future, not this call.
-    async fn enqueue_all(&self, records: &[Record]) -> Confirmation {
+    /// Hands every record to librdkafka's queue, in order; `confirm` gets their delivery
+    /// reports. Records that cannot be queued fail the confirmation, not this call.
+    async fn enqueue_all(&self, records: &[Record], confirm: Confirm) {
         let producer = self.producer.get();
-        let (tx, rx) = oneshot::channel();
-        let batch = Arc::new(Batch {
-            inner: Mutex::new(BatchInner {
-                remaining: 1,
-                error: None,
-                done: Some(tx),
-            }),
-        });
+        let batch = Batch::new(confirm);
         for record in records {
-            batch
-                .inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remaining += 1;
+            batch.expect_one_more();
             let Some(topic) = record.target.as_deref().or(self.topic.as_deref()) else {
                 batch.complete(Err(SinkError::Permanent(
                     "no topic: set the sink's `topic` or the destination's `target`".into(),
@@ -321,25 +358,22 @@ impl KafkaSink {
             }
         }
         batch.complete(Ok(()));
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(SinkError::Retryable("the producer was dropped".into())))
-        })
     }
 }
 
 impl Sink for KafkaSink {
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move { self.enqueue_all(&records).await.await })
-    }
-
-    /// One producer queue keeps the order records were handed over in, per partition, and the
-    /// idempotent producer keeps it through librdkafka's retries.
-    fn enqueue<'a>(
-        &'a self,
-        records: &'a [Record],
-    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
-        Box::pin(async move { Ok(self.enqueue_all(records).await) })
+    /// One producer queue keeps the order records were handed over in, per partition, whatever
+    /// the lane, and the idempotent producer keeps it through librdkafka's retries.
+    fn enqueue(
+        &self,
+        records: Vec<Record>,
+        _lane: u64,
+        confirm: Confirm,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            self.enqueue_all(&records, confirm).await;
+            Ok(())
+        })
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {

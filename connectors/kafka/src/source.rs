@@ -13,13 +13,14 @@
 //! partition at the position after the last message it returned, so nothing is skipped.)
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::mpsc as std_mpsc;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use fnmill_connector_api::settlement::{self, OrderedWindow, Seq, Settled, Settlements, Settler};
 use fnmill_connector_api::{
-    Delivery, Event, Header, Outcome, Readiness, Source, SourceContext, SourceError,
+    Delivery, Event, Header, Outbox, Problem, Readiness, Source, SourceContext, SourceError,
 };
 use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -28,7 +29,6 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -106,6 +106,64 @@ impl KafkaSourceConfig {
     }
 }
 
+impl KafkaSourceConfig {
+    /// Makes the files of `secret_properties` absolute against `base_dir`.
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        for secret in self.secret_properties.values_mut() {
+            secret.resolve_path(base_dir);
+        }
+    }
+
+    /// Everything [`KafkaSource::new`] would refuse, each naming its key: empty brokers, group or
+    /// topics, a topic pattern that is not a regular expression, a zero drain, and every property
+    /// librdkafka or fnmill would refuse.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.brokers.trim().is_empty() {
+            problems.push(Problem::new("brokers", "must not be empty"));
+        }
+        if self.group.trim().is_empty() {
+            problems.push(Problem::new("group", "must not be empty"));
+        }
+        if self.topics.is_empty() {
+            problems.push(Problem::new("topics", "must name at least one topic"));
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            if topic.trim().is_empty() {
+                problems.push(Problem::new(format!("topics[{i}]"), "must not be empty"));
+            } else if topic.starts_with('^')
+                && let Err(e) = regex::Regex::new(topic)
+            {
+                let reason = e.to_string();
+                let reason = reason.lines().last().unwrap_or_default().trim();
+                problems.push(Problem::new(
+                    format!("topics[{i}]"),
+                    format!("`{topic}` starts with ^ but is not a regular expression: {reason}"),
+                ));
+            }
+        }
+        if self.drain_timeout.is_zero() {
+            problems.push(Problem::new("drain_timeout", "must be greater than zero"));
+        }
+        if let Err(e) = properties::millis(
+            &self.properties,
+            "session.timeout.ms",
+            DEFAULT_SESSION_TIMEOUT_MS,
+        ) {
+            problems.push(e.into());
+        }
+        let mut client = properties::check(
+            &self.brokers,
+            SOURCE_DEFAULTS,
+            &self.properties,
+            &self.secret_properties,
+            SOURCE_FIXED,
+        );
+        problems.append(&mut client);
+        problems
+    }
+}
+
 const SOURCE_DEFAULTS: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
     ("auto.offset.reset", "earliest"),
@@ -142,19 +200,8 @@ impl std::fmt::Debug for KafkaSource {
 impl KafkaSource {
     /// Checks the config; `name` becomes [`Event::source`]. Nothing connects yet.
     pub fn new(name: impl Into<String>, config: KafkaSourceConfig) -> Result<Self, KafkaError> {
-        if config.brokers.trim().is_empty() {
-            return Err(KafkaError::Empty { key: "brokers" });
-        }
-        if config.group.trim().is_empty() {
-            return Err(KafkaError::Empty { key: "group" });
-        }
-        if config.topics.is_empty() || config.topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(KafkaError::Empty { key: "topics" });
-        }
-        if config.drain_timeout.is_zero() {
-            return Err(KafkaError::ZeroDuration {
-                key: "drain_timeout",
-            });
+        if let Some(p) = config.check().into_iter().next() {
+            return Err(KafkaError::Invalid(p));
         }
         let session = properties::millis(
             &config.properties,
@@ -196,51 +243,46 @@ impl Source for KafkaSource {
     }
 }
 
-/// One settled delivery, from its settle closure to the consumer thread.
-#[derive(Debug)]
-struct Settlement {
+/// Which delivery a settlement is about: its partition, the assignment it was lent in, and its
+/// place in that partition's window.
+#[derive(Clone, Debug)]
+struct Ticket {
     partition: PartitionId,
     epoch: u64,
-    offset: i64,
-    outcome: Outcome,
+    seq: Seq,
 }
 
 type PartitionId = (Arc<str>, i32);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
-    InFlight,
-    Acknowledged,
-    Abandoned,
-}
-
-/// An assigned partition's unsettled window, in offset order.
+/// An assigned partition's unsettled messages.
 #[derive(Debug)]
 struct PartitionState {
     /// Bumped on every assignment, so settlements of an earlier assignment are ignored.
     epoch: u64,
-    window: VecDeque<(i64, Slot)>,
-    /// The next offset to consume after the contiguous acknowledged prefix: what to store.
-    watermark: Option<i64>,
+    /// Created at the first message of the assignment: its positions are the next offset to
+    /// consume after each message, so the watermark is what to store. An abandoned message pins
+    /// it for the rest of this assignment: it and everything after it are consumed again later.
+    window: Option<OrderedWindow<i64>>,
     /// What was last stored with librdkafka.
     stored: Option<i64>,
 }
 
 impl PartitionState {
-    fn in_flight(&self) -> usize {
-        self.window
-            .iter()
-            .filter(|(_, s)| *s == Slot::InFlight)
-            .count()
+    fn new(epoch: u64) -> Self {
+        Self {
+            epoch,
+            window: None,
+            stored: None,
+        }
     }
 
-    /// Moves the watermark across the acknowledged prefix. An abandoned event pins it for the
-    /// rest of this assignment: it and everything after it are consumed again later.
-    fn advance(&mut self) {
-        while let Some((offset, Slot::Acknowledged)) = self.window.front().copied() {
-            self.window.pop_front();
-            self.watermark = Some(offset + 1);
-        }
+    fn in_flight(&self) -> usize {
+        self.window.as_ref().map_or(0, OrderedWindow::outstanding)
+    }
+
+    /// What may be stored, once any message was acknowledged.
+    fn watermark(&self) -> Option<i64> {
+        self.window.as_ref().map(OrderedWindow::watermark)
     }
 }
 
@@ -262,7 +304,9 @@ struct SourceContextImpl {
     brokers: String,
     ready: Readiness,
     state: Mutex<State>,
-    settlements: Mutex<std_mpsc::Receiver<Settlement>>,
+    settlements: Mutex<Settlements<Ticket>>,
+    /// Where `drain` waits for settlements (the consumer thread is not a runtime thread).
+    io: Handle,
     revoke_timeout: Duration,
     /// When the last "brokers unreachable" line was logged, so a long outage logs once in a
     /// while, not on every reconnect attempt.
@@ -277,27 +321,27 @@ impl SourceContextImpl {
     /// Applies every queued settlement, waiting up to `wait` for the first one. Returns whether
     /// any arrived.
     fn apply_settlements(&self, state: &mut State, wait: Duration) -> bool {
-        let rx = self.settlements.lock().unwrap_or_else(|p| p.into_inner());
-        let first = if wait.is_zero() {
-            rx.try_recv().ok()
-        } else {
-            rx.recv_timeout(wait).ok()
-        };
-        let Some(first) = first else { return false };
-        let mut next = Some(first);
-        while let Some(s) = next {
-            if let Some(p) = state.partitions.get_mut(&s.partition)
-                && p.epoch == s.epoch
-                && let Ok(i) = p.window.binary_search_by_key(&s.offset, |(o, _)| *o)
-            {
-                p.window[i].1 = if s.outcome.is_acknowledged() {
-                    Slot::Acknowledged
-                } else {
-                    Slot::Abandoned
-                };
-                p.advance();
+        let mut rx = self.settlements.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = Vec::new();
+        if rx.try_recv_many(&mut batch, usize::MAX) == 0 {
+            if wait.is_zero() {
+                return false;
             }
-            next = rx.try_recv().ok();
+            let waited = self
+                .io
+                .block_on(tokio::time::timeout(wait, rx.recv_many(&mut batch, 1024)));
+            if !matches!(waited, Ok(n) if n > 0) {
+                return false;
+            }
+            rx.try_recv_many(&mut batch, usize::MAX);
+        }
+        for Settled { ticket, outcome } in batch {
+            if let Some(p) = state.partitions.get_mut(&ticket.partition)
+                && p.epoch == ticket.epoch
+                && let Some(window) = &mut p.window
+            {
+                let _ = window.settle(ticket.seq, outcome);
+            }
         }
         true
     }
@@ -316,7 +360,7 @@ impl SourceContextImpl {
             if which.is_some_and(|w| !w.contains(id)) {
                 continue;
             }
-            let Some(watermark) = p.watermark else {
+            let Some(watermark) = p.watermark() else {
                 continue;
             };
             let _ = all.add_partition_offset(&id.0, id.1, Offset::Offset(watermark));
@@ -436,15 +480,7 @@ impl ConsumerContext for SourceContextImpl {
                 let id: PartitionId = (Arc::from(e.topic()), e.partition());
                 state.next_epoch += 1;
                 let epoch = state.next_epoch;
-                state.partitions.insert(
-                    id.clone(),
-                    PartitionState {
-                        epoch,
-                        window: VecDeque::new(),
-                        watermark: None,
-                        stored: None,
-                    },
-                );
+                state.partitions.insert(id.clone(), PartitionState::new(epoch));
                 assigned.push(id);
             }
             // Newly assigned partitions are not paused; the loop pauses them when needed.
@@ -496,6 +532,7 @@ fn event(source: &str, m: &BorrowedMessage<'_>) -> Event {
             ("partition", m.partition().to_string()),
             ("offset", m.offset().to_string()),
         ],
+        decode_error: None,
     }
 }
 
@@ -506,13 +543,14 @@ impl KafkaSource {
             shutdown,
             ready,
         } = ctx;
-        let (settled_tx, settled_rx) = std_mpsc::channel();
+        let (settler, settlements) = settlement::channel();
         let context = SourceContextImpl {
             name: self.name.clone(),
             brokers: self.brokers.clone(),
             ready: ready.clone(),
             state: Mutex::new(State::default()),
-            settlements: Mutex::new(settled_rx),
+            settlements: Mutex::new(settlements),
+            io: io.clone(),
             revoke_timeout: self.revoke_timeout,
             last_down_log: Mutex::new(None),
         };
@@ -526,7 +564,7 @@ impl KafkaSource {
             .map_err(|e| SourceError::Other(format!("subscribing to {topics:?}: {e}")))?;
         info!(source = %self.name, brokers = %self.brokers, topics = ?topics, "Kafka source started");
 
-        let outcome = self.consume(&consumer, &out, &shutdown, &settled_tx, &io);
+        let outcome = self.consume(&consumer, &out, &shutdown, &settler, &io);
         // Stop taking new events: the pipeline finishes what it accepted.
         drop(out);
         let cx = consumer.context();
@@ -552,9 +590,9 @@ impl KafkaSource {
     fn consume(
         &self,
         consumer: &BaseConsumer<SourceContextImpl>,
-        out: &mpsc::Sender<Delivery>,
+        out: &Outbox,
         shutdown: &CancellationToken,
-        settled_tx: &std_mpsc::Sender<Settlement>,
+        settler: &Settler<Ticket>,
         io: &Handle,
     ) -> Result<(), SourceError> {
         let cx = consumer.context();
@@ -610,36 +648,29 @@ impl KafkaSource {
                     } = &mut *state;
                     let p = partitions.entry(id.clone()).or_insert_with(|| {
                         *next_epoch += 1;
-                        PartitionState {
-                            epoch: *next_epoch,
-                            window: VecDeque::new(),
-                            watermark: None,
-                            stored: None,
-                        }
+                        PartitionState::new(*next_epoch)
                     });
                     let offset = m.offset();
-                    if p.window.back().is_some_and(|(o, _)| *o >= offset) {
+                    let window = p.window.get_or_insert_with(|| {
+                        // Nothing before this message is ours to store.
+                        OrderedWindow::new(offset)
+                    });
+                    if offset < window.newest() {
                         // Already lent out in this assignment (a fetch raced a pause).
                         continue;
                     }
-                    p.window.push_back((offset, Slot::InFlight));
-                    let settlement = Settlement {
+                    let ticket = Ticket {
                         partition: id.clone(),
                         epoch: p.epoch,
-                        offset,
-                        outcome: Outcome::Abandoned,
+                        seq: window.lend(offset + 1),
                     };
-                    let tx = settled_tx.clone();
-                    let delivery = Delivery::new(
+                    if p.stored.is_none() {
+                        p.stored = Some(offset);
+                    }
+                    let delivery = settler.delivery(
                         event(&self.name, &m),
                         Some(ordering_key(m.topic(), m.partition(), m.key())),
-                        move |outcome| {
-                            // The consumer may be gone (shutdown): nothing left to store.
-                            let _ = tx.send(Settlement {
-                                outcome,
-                                ..settlement
-                            });
-                        },
+                        ticket,
                     );
                     if state.held.is_empty() {
                         match out.try_send(delivery) {
@@ -647,7 +678,11 @@ impl KafkaSource {
                             Err(TrySendError::Full(d)) => {
                                 match io.block_on(tokio::time::timeout(PAUSE_AFTER, out.reserve()))
                                 {
-                                    Ok(Ok(permit)) => permit.send(d),
+                                    Ok(Ok(permit)) => {
+                                        if permit.send(d).is_err() {
+                                            return Ok(());
+                                        }
+                                    }
                                     Ok(Err(_)) => return Ok(()),
                                     Err(_) => state.held.push_back((id, d)),
                                 }
@@ -683,38 +718,6 @@ impl KafkaSource {
 mod tests {
     use super::*;
 
-    fn partition(slots: &[(i64, Slot)]) -> PartitionState {
-        PartitionState {
-            epoch: 1,
-            window: slots.iter().copied().collect(),
-            watermark: None,
-            stored: None,
-        }
-    }
-
-    #[test]
-    fn watermark_moves_only_over_the_contiguous_acknowledged_prefix() {
-        let mut p = partition(&[
-            (10, Slot::Acknowledged),
-            (11, Slot::InFlight),
-            (13, Slot::Acknowledged),
-        ]);
-        p.advance();
-        assert_eq!(p.watermark, Some(11));
-        p.window[0].1 = Slot::Acknowledged;
-        p.advance();
-        assert_eq!(p.watermark, Some(14));
-        assert!(p.window.is_empty());
-    }
-
-    #[test]
-    fn an_abandoned_event_pins_the_watermark() {
-        let mut p = partition(&[(0, Slot::Abandoned), (1, Slot::Acknowledged)]);
-        p.advance();
-        assert_eq!(p.watermark, None);
-        assert_eq!(p.in_flight(), 0);
-    }
-
     #[test]
     fn ordering_key_separates_partitions_and_keys() {
         assert_ne!(
@@ -730,14 +733,26 @@ mod tests {
 
     #[test]
     fn config_checks_name_the_key() {
-        let mut c = KafkaSourceConfig::new("b:9092", "g", vec![]);
-        assert!(
-            KafkaSource::new("s", c.clone())
-                .unwrap_err()
-                .to_string()
-                .contains("`topics`")
+        let mut c = KafkaSourceConfig::new(" ", "", vec![]);
+        c.drain_timeout = Duration::ZERO;
+        let keys: Vec<String> = c.check().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["brokers", "group", "topics", "drain_timeout"]);
+        let err = KafkaSource::new("s", c.clone()).unwrap_err().to_string();
+        assert!(err.starts_with("brokers:"), "{err}");
+
+        let mut c = KafkaSourceConfig::new("b:9092", "g", vec!["ok".into(), "^orders.(".into()]);
+        let p = c.check();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "topics[1]");
+        assert!(p[0].message.contains("not a regular expression"), "{p:?}");
+        c.properties.insert(
+            "enable.auto.offset.store".into(),
+            PropertyValue::Bool(true),
         );
         c.topics = vec!["t".into()];
+        let p = c.check();
+        assert_eq!(p[0].key, "properties.\"enable.auto.offset.store\"", "{p:?}");
+        c.properties.clear();
         c.properties
             .insert("session.timeout.ms".into(), PropertyValue::Integer(6000));
         let s = KafkaSource::new("s", c).unwrap();
