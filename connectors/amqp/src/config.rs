@@ -2,10 +2,10 @@
 //! bindings) either may declare before it starts.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fnmill_connector_api::secret::{FieldError, Secret, resolve_url};
+use fnmill_connector_api::Problem;
+use fnmill_connector_api::connection::Connected;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -15,9 +15,7 @@ use serde::Deserialize;
 use crate::{AmqpError, Result};
 
 /// RabbitMQ's own default user on localhost, so a development broker needs no config.
-fn default_url() -> String {
-    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
-}
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// RabbitMQ's measurements put the knee of the throughput curve at a prefetch of 100–200
 /// (rabbitmq.com, 2024-08-21); 256 stays above it and below the pipeline's default
@@ -32,9 +30,10 @@ fn default_heartbeat() -> Duration {
     Duration::from_secs(10)
 }
 
-/// The same 30 s Kubernetes gives a pod between SIGTERM and SIGKILL.
+/// Below the default 20 s `runtime.shutdown_grace` (itself below Kubernetes' 30 s between
+/// SIGTERM and SIGKILL), so the drain ends, and acks go out, before the process gives up.
 fn default_drain_timeout() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(15)
 }
 
 /// Publishes waiting for their confirms at once, one channel each. RabbitMQ's throughput grows
@@ -53,185 +52,113 @@ fn default_true() -> bool {
     true
 }
 
-/// `sources.<name>` with `kind = "amqp"`: consume one queue.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpSourceConfig {
-    /// Broker address, `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`;
-    /// `amqps://` for TLS). It holds a password, so give it as at most one of `url`, `url_env`
-    /// (an environment variable holding it) or `url_file` (a file holding it, e.g. a mounted
-    /// Kubernetes secret; relative to the config file). None of them:
-    /// `amqp://guest:guest@127.0.0.1:5672/%2f`, RabbitMQ's local default. Never logged.
-    #[serde(default)]
-    pub url: Option<Secret>,
-    #[serde(default)]
-    pub url_env: Option<String>,
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-    /// For an `amqps://` url: a PEM file of CA certificates to trust besides the system's
-    /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// For an `amqps://` url, with `tls_key_file`: a PEM client certificate (chain) to present
-    /// to a broker that verifies its clients (mutual TLS).
-    #[serde(default)]
-    pub tls_cert_file: Option<PathBuf>,
-    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1, unencrypted); a secret,
-    /// never logged.
-    #[serde(default)]
-    pub tls_key_file: Option<PathBuf>,
-    /// The queue to consume.
-    pub queue: String,
-    /// Unacknowledged messages the broker may send ahead (`basic_qos`). This is the source's
-    /// window: at most this many of its events are in the pipeline, and after a crash at most
-    /// this many are delivered again. Default: 256.
-    #[serde(default = "default_prefetch")]
-    pub prefetch: u16,
-    /// Which events must run one after another: `"none"` (default; every event may run
-    /// concurrently), `"routing_key"`, or `{ header = "<name>" }` (events without that header run
-    /// unordered). The key also becomes the event's `key`.
-    #[serde(default)]
-    pub ordering_key: OrderingKey,
-    /// Where events that failed for good go: `"pipeline"` (default) — the route's `dead_letter`
-    /// destination, with `fnmill.error.*` headers, then the message is acked; `"broker"` — the
-    /// message is rejected without requeue, so the queue's own dead-letter exchange
-    /// (`x-dead-letter-exchange`) gets it, with the broker's `x-death` header instead of fnmill's.
-    /// With `"broker"` the route must not have its own `dead_letter`.
-    #[serde(default)]
-    pub dead_letter: DeadLetterMode,
-    /// Heartbeat interval asked of the broker (a `heartbeat` in `url` wins). Default: `10s`.
-    #[serde(default = "default_heartbeat", with = "humantime_serde")]
-    pub heartbeat: Duration,
-    /// On shutdown, how long to wait for events already handed to functions to settle (and be
-    /// acked) before closing the connection anyway; the broker requeues what is left. Default:
-    /// `30s`.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    /// Exchanges, queues and bindings to declare (idempotently) on every connect, before
-    /// consuming.
-    #[serde(default)]
-    pub declare: Topology,
-}
-
-/// `sinks.<name>` with `kind = "amqp"`: publish to one exchange.
-///
-/// A route destination's `target` is the routing key; without one the sink's `routing_key` is
-/// used. So `destinations = { out = { sink = "rabbit", target = "orders.valid" } }` publishes to
-/// the sink's `exchange` with routing key `orders.valid`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpSinkConfig {
-    /// Broker address as one of `url`, `url_env`, `url_file`; see the source's `url`.
-    #[serde(default)]
-    pub url: Option<Secret>,
-    #[serde(default)]
-    pub url_env: Option<String>,
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-    /// For an `amqps://` url: a PEM file of CA certificates to trust besides the system's
-    /// roots (a private CA, a self-signed broker). The broker's host name is always checked.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// For an `amqps://` url, with `tls_key_file`: a PEM client certificate (chain) to present
-    /// to a broker that verifies its clients (mutual TLS).
-    #[serde(default)]
-    pub tls_cert_file: Option<PathBuf>,
-    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1, unencrypted); a secret,
-    /// never logged.
-    #[serde(default)]
-    pub tls_key_file: Option<PathBuf>,
-    /// The exchange to publish to. Default: `""`, the default exchange, which routes a message
-    /// to the queue named by its routing key.
-    #[serde(default)]
-    pub exchange: String,
-    /// Routing key for records whose destination has no `target`. Default: `""`.
-    #[serde(default)]
-    pub routing_key: String,
-    /// `true` (default): publish with `mandatory`, so a message no queue receives comes back and
-    /// fails the event (dead-lettered, not acked as done). `false`: an unroutable message is
-    /// silently dropped by the broker and counts as published.
-    #[serde(default = "default_true")]
-    pub mandatory: bool,
-    /// Confirm channels in the pool, i.e. publishes awaiting their confirms at once. Default: 128.
-    #[serde(default = "default_channels")]
-    pub channels: usize,
-    /// How long a publish waits for the broker's confirms before it fails as retryable.
-    /// Default: `30s`.
-    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
-    pub confirm_timeout: Duration,
-    /// Heartbeat interval; see the source's `heartbeat`.
-    #[serde(default = "default_heartbeat", with = "humantime_serde")]
-    pub heartbeat: Duration,
-    /// Exchanges, queues and bindings to declare on every connect, before publishing.
-    #[serde(default)]
-    pub declare: Topology,
-}
-
-/// The broker URL from at most one of `url`, `url_env`, `url_file` (a relative file against
-/// `base_dir`), or RabbitMQ's local default when none is given.
-fn broker_url(
-    url: Option<&Secret>,
-    url_env: Option<&str>,
-    url_file: Option<&Path>,
-    base_dir: &Path,
-) -> Result<String, FieldError> {
-    if url.is_none() && url_env.is_none() && url_file.is_none() {
-        return Ok(default_url());
+fnmill_connector_api::connection_config! {
+    /// `sources.<name>` with `kind = "amqp"`: consume one queue.
+    #[derive(Clone, Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AmqpSourceConfig {
+        url: "Broker address, `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`; \
+              `amqps://` for TLS). When none of `url`, `url_env`, `url_file` is given: \
+              `amqp://guest:guest@127.0.0.1:5672/%2f`, RabbitMQ's local default.",
+        /// The queue to consume.
+        pub queue: String,
+        /// Unacknowledged messages the broker may send ahead (`basic_qos`). This is the source's
+        /// window: at most this many of its events are in the pipeline, and after a crash at most
+        /// this many are delivered again. Default: 256.
+        #[serde(default = "default_prefetch")]
+        pub prefetch: u16,
+        /// Which events must run one after another: `"none"` (default; every event may run
+        /// concurrently), `"routing_key"`, or `{ header = "<name>" }` (events without that header
+        /// run unordered). The key also becomes the event's `key`.
+        #[serde(default)]
+        pub ordering_key: OrderingKey,
+        /// Where events that failed for good go: `"pipeline"` (default) — the route's
+        /// `dead_letter` destination, with `fnmill.error.*` headers, then the message is acked;
+        /// `"broker"` — the message is rejected without requeue, so the queue's own dead-letter
+        /// exchange (`x-dead-letter-exchange`) gets it, with the broker's `x-death` header instead
+        /// of fnmill's. With `"broker"` the route must not have its own `dead_letter`.
+        #[serde(default)]
+        pub dead_letter: DeadLetterMode,
+        /// Heartbeat interval asked of the broker (a `heartbeat` in `url` wins). Default: `10s`.
+        #[serde(default = "default_heartbeat", with = "humantime_serde")]
+        pub heartbeat: Duration,
+        /// On shutdown, how long to wait for events already handed to functions to settle (and be
+        /// acked) before closing the connection anyway; the broker requeues what is left.
+        /// Default: `15s` (below the default 20 s `runtime.shutdown_grace`).
+        #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+        pub drain_timeout: Duration,
+        /// Exchanges, queues and bindings to declare (idempotently) on every connect, before
+        /// consuming.
+        #[serde(default)]
+        pub declare: Topology,
     }
-    resolve_url(url, url_env, url_file, base_dir)
+}
+
+fnmill_connector_api::connection_config! {
+    /// `sinks.<name>` with `kind = "amqp"`: publish to one exchange.
+    ///
+    /// A route destination's `target` is the routing key; without one the sink's `routing_key` is
+    /// used. So `destinations = { out = { sink = "rabbit", target = "orders.valid" } }` publishes
+    /// to the sink's `exchange` with routing key `orders.valid`.
+    #[derive(Clone, Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AmqpSinkConfig {
+        url: "Broker address, `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`; \
+              `amqps://` for TLS). When none of `url`, `url_env`, `url_file` is given: \
+              `amqp://guest:guest@127.0.0.1:5672/%2f`, RabbitMQ's local default.",
+        /// The exchange to publish to. Default: `""`, the default exchange, which routes a
+        /// message to the queue named by its routing key.
+        #[serde(default)]
+        pub exchange: String,
+        /// Routing key for records whose destination has no `target`. Default: `""`.
+        #[serde(default)]
+        pub routing_key: String,
+        /// `true` (default): publish with `mandatory`, so a message no queue receives comes back
+        /// and fails the event (dead-lettered, not acked as done). `false`: an unroutable message
+        /// is silently dropped by the broker and counts as published.
+        #[serde(default = "default_true")]
+        pub mandatory: bool,
+        /// Confirm channels: publishes awaiting their confirms at once. A key's outputs always go
+        /// on the same channel, in order. Default: 128.
+        #[serde(default = "default_channels")]
+        pub channels: usize,
+        /// How long a publish waits for the broker's confirms before it fails as retryable.
+        /// Default: `30s`.
+        #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+        pub confirm_timeout: Duration,
+        /// Heartbeat interval; see the source's `heartbeat`.
+        #[serde(default = "default_heartbeat", with = "humantime_serde")]
+        pub heartbeat: Duration,
+        /// Exchanges, queues and bindings to declare on every connect, before publishing.
+        #[serde(default)]
+        pub declare: Topology,
+    }
 }
 
 /// What a source's and a sink's config share: how to reach the broker.
-macro_rules! connection {
-    ($config:ty) => {
-        impl $config {
-            /// The broker URL (see [`AmqpSourceConfig::url`]); errors name the field, never
-            /// the URL.
-            pub fn broker_url(&self, base_dir: &Path) -> Result<String, FieldError> {
-                broker_url(
-                    self.url.as_ref(),
-                    self.url_env.as_deref(),
-                    self.url_file.as_deref(),
-                    base_dir,
-                )
-            }
+pub(crate) trait Broker: Connected {
+    fn heartbeat(&self) -> Duration;
 
-            /// Makes every file path (`url_file`, `tls_*_file`) absolute with `resolve`, e.g.
-            /// against the config file's directory.
-            pub fn resolve_paths(&mut self, resolve: impl Fn(&Path) -> PathBuf) {
-                for path in [
-                    &mut self.url_file,
-                    &mut self.tls_ca_file,
-                    &mut self.tls_cert_file,
-                    &mut self.tls_key_file,
-                ] {
-                    *path = path.as_deref().map(&resolve);
-                }
-            }
-
-            /// Checks what can be checked without a broker: the URL, wherever it is given,
-            /// and the TLS files (relative ones against `base_dir`). Errors name the field,
-            /// never a secret.
-            pub fn check(&self, base_dir: &Path) -> Result<(), crate::AmqpError> {
-                let mut resolved = self.clone();
-                resolved.resolve_paths(|p| base_dir.join(p));
-                let url = resolved.broker_url(base_dir)?;
-                crate::Endpoint::new(&url, self.heartbeat, resolved.tls_files()).map(drop)
-            }
-
-            pub(crate) fn tls_files(&self) -> crate::TlsFiles<'_> {
-                crate::TlsFiles {
-                    ca: self.tls_ca_file.as_deref(),
-                    cert: self.tls_cert_file.as_deref(),
-                    key: self.tls_key_file.as_deref(),
-                }
-            }
-        }
-    };
+    /// Where to connect, from the connection fields; the files are read and checked here.
+    fn endpoint(&self) -> Result<crate::Endpoint> {
+        let connection = self.connection();
+        let url = connection.url(Some(DEFAULT_URL))?;
+        let tls = connection.tls()?;
+        crate::Endpoint::new(&url, self.heartbeat(), tls)
+    }
 }
 
-connection!(AmqpSourceConfig);
-connection!(AmqpSinkConfig);
+impl Broker for AmqpSourceConfig {
+    fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+}
+
+impl Broker for AmqpSinkConfig {
+    fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+}
 
 impl AmqpSourceConfig {
     /// A config for `queue` with every other field at its default.
@@ -251,6 +178,32 @@ impl AmqpSourceConfig {
             drain_timeout: default_drain_timeout(),
             declare: Topology::default(),
         }
+    }
+
+    /// Everything [`AmqpSource::new`](crate::AmqpSource::new) would refuse, each naming its
+    /// key: the URL wherever it is given and the TLS files (checked without a broker), an empty
+    /// queue, a prefetch of 0, an empty ordering header, a zero drain. Messages never hold a
+    /// secret.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = self.endpoint().err().map(Problem::from).into_iter().collect();
+        if self.queue.trim().is_empty() {
+            problems.push(Problem::new("queue", "must not be empty"));
+        }
+        if self.prefetch == 0 {
+            problems.push(Problem::new(
+                "prefetch",
+                "must be at least 1 (0 would mean unlimited)",
+            ));
+        }
+        if let OrderingKey::Header(h) = &self.ordering_key
+            && h.is_empty()
+        {
+            problems.push(Problem::new("ordering_key.header", "must not be empty"));
+        }
+        if self.drain_timeout.is_zero() {
+            problems.push(Problem::new("drain_timeout", "must be greater than zero"));
+        }
+        problems
     }
 }
 
@@ -272,6 +225,18 @@ impl AmqpSinkConfig {
             heartbeat: default_heartbeat(),
             declare: Topology::default(),
         }
+    }
+
+    /// Everything [`AmqpSink::new`](crate::AmqpSink::new) would refuse, each naming its key.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = self.endpoint().err().map(Problem::from).into_iter().collect();
+        if self.channels == 0 {
+            problems.push(Problem::new("channels", "must be at least 1"));
+        }
+        if self.confirm_timeout.is_zero() {
+            problems.push(Problem::new("confirm_timeout", "must be greater than zero"));
+        }
+        problems
     }
 }
 

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use std::path::Path;
 
+use fnmill_connector_api::connection::{SecretUrl, TlsFiles};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
@@ -53,6 +54,9 @@ pub enum AmqpError {
     Url(String),
     #[error("`{key}` {message}")]
     Invalid { key: &'static str, message: String },
+    /// A config problem (what the config's `check` reports), naming the key.
+    #[error("{0}")]
+    Problem(fnmill_connector_api::Problem),
     #[error("{what}: {source}")]
     Broker {
         what: String,
@@ -72,6 +76,18 @@ impl From<fnmill_connector_api::secret::FieldError> for AmqpError {
     }
 }
 
+impl From<AmqpError> for fnmill_connector_api::Problem {
+    fn from(e: AmqpError) -> Self {
+        use fnmill_connector_api::Problem;
+        match e {
+            AmqpError::Url(message) => Problem::new("url", format!("is not a valid AMQP URI: {message}")),
+            AmqpError::Invalid { key, message } => Problem::new(key, message),
+            AmqpError::Problem(p) => p,
+            other => Problem::new("url", other.to_string()),
+        }
+    }
+}
+
 impl AmqpError {
     pub(crate) fn broker(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
         let what = what.into();
@@ -85,8 +101,11 @@ pub type Result<T, E = AmqpError> = std::result::Result<T, E>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parses `url` and sets the heartbeat interval, unless the URL sets its own.
-pub(crate) fn parse_url(url: &str, heartbeat: Duration) -> Result<AMQPUri> {
-    let mut uri: AMQPUri = url.parse().map_err(AmqpError::Url)?;
+pub(crate) fn parse_url(url: &SecretUrl, heartbeat: Duration) -> Result<AMQPUri> {
+    let mut uri: AMQPUri = url
+        .expose()
+        .parse()
+        .map_err(|e: String| AmqpError::Url(url.redact(&e)))?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(heartbeat.as_secs().clamp(1, u16::MAX as u64) as u16);
     }
@@ -137,17 +156,6 @@ fn client_identity(cert: &Path, key: &Path) -> Result<OwnedIdentity> {
     })
 }
 
-/// The TLS files of an `amqps://` connection, as a source's or sink's config names them.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct TlsFiles<'a> {
-    /// `tls_ca_file`: PEM CA certificates to trust besides the system's roots.
-    pub ca: Option<&'a Path>,
-    /// `tls_cert_file`: the PEM client certificate (chain) to present, for mutual TLS.
-    pub cert: Option<&'a Path>,
-    /// `tls_key_file`: the PEM private key of `cert`.
-    pub key: Option<&'a Path>,
-}
-
 /// Where a source or sink connects: the parsed URI and, for `amqps://`, what to trust and which
 /// client certificate to present.
 #[derive(Clone)]
@@ -175,15 +183,10 @@ impl Endpoint {
     /// checks the broker's certificate and host name against the system's roots plus the PEM
     /// certificates in `tls.ca`; with `tls.cert` and `tls.key` it also presents that client
     /// certificate. The files are read and checked here, so that a bad one fails at start.
-    pub(crate) fn new(url: &str, heartbeat: Duration, tls: TlsFiles<'_>) -> Result<Self> {
+    pub(crate) fn new(url: &SecretUrl, heartbeat: Duration, tls: TlsFiles<'_>) -> Result<Self> {
         let uri = parse_url(url, heartbeat)?;
         let mut config = OwnedTLSConfig::default();
-        let given = [
-            ("tls_ca_file", tls.ca),
-            ("tls_cert_file", tls.cert),
-            ("tls_key_file", tls.key),
-        ];
-        if let Some((key, _)) = given.iter().find(|(_, path)| path.is_some())
+        if let Some(key) = tls.first_key()
             && uri.scheme != AMQPScheme::AMQPS
         {
             return Err(invalid(key, "is set, but `url` is not amqps://".into()));
@@ -191,11 +194,9 @@ impl Endpoint {
         if let Some(path) = tls.ca {
             config.cert_chain = Some(read_certificates(path, "tls_ca_file")?);
         }
-        config.identity = match (tls.cert, tls.key) {
-            (None, None) => None,
-            (Some(_), None) => return Err(invalid("tls_cert_file", "needs `tls_key_file`".into())),
-            (None, Some(_)) => return Err(invalid("tls_key_file", "needs `tls_cert_file`".into())),
-            (Some(cert), Some(key)) => Some(client_identity(cert, key)?),
+        config.identity = match tls.client {
+            None => None,
+            Some((cert, key)) => Some(client_identity(cert, key)?),
         };
         Ok(Self { uri, tls: config })
     }
@@ -252,23 +253,33 @@ impl Reconnect {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+
+    fn url(text: &str) -> SecretUrl {
+        SecretUrl::new(text.into())
+    }
 
     #[test]
     fn heartbeat_is_added_unless_the_url_sets_one() {
         let uri = parse_url(
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            &url("amqp://guest:guest@127.0.0.1:5672/%2f"),
             Duration::from_secs(7),
         )
         .unwrap();
         assert_eq!(uri.query.heartbeat, Some(7));
         let uri = parse_url(
-            "amqp://127.0.0.1:5672/%2f?heartbeat=3",
+            &url("amqp://127.0.0.1:5672/%2f?heartbeat=3"),
             Duration::from_secs(7),
         )
         .unwrap();
         assert_eq!(uri.query.heartbeat, Some(3));
-        assert!(parse_url("http://x", Duration::from_secs(1)).is_err());
+        assert!(parse_url(&url("http://x"), Duration::from_secs(1)).is_err());
+        let err = parse_url(&url("amqp://u:hunter2@h:notaport/%2f"), Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
@@ -291,8 +302,20 @@ mod tests {
         let junk = write("junk.pem", "not a certificate hunter3");
         let missing = dir.join("missing.pem");
         let hb = Duration::from_secs(5);
-        let tls = |ca, cert, key| TlsFiles { ca, cert, key };
-        let err = |url: &str, files| Endpoint::new(url, hb, files).unwrap_err().to_string();
+        let tls = |ca: Option<&PathBuf>, cert: Option<&PathBuf>, key: Option<&PathBuf>| {
+            let mut c = fnmill_connector_api::connection::Connection {
+                tls_ca_file: ca.cloned(),
+                tls_cert_file: cert.cloned(),
+                tls_key_file: key.cloned(),
+                ..Default::default()
+            };
+            c.resolve_paths(Path::new("/"));
+            c
+        };
+        let err = |u: &str, c: fnmill_connector_api::connection::Connection| match c.tls() {
+            Err(e) => AmqpError::from(e).to_string(),
+            Ok(files) => Endpoint::new(&url(u), hb, files).unwrap_err().to_string(),
+        };
         let amqps = "amqps://u:hunter2@h/%2f";
 
         let e = err("amqp://u:hunter2@h:5672/%2f", tls(Some(&pem), None, None));
@@ -331,7 +354,7 @@ mod tests {
         );
         assert!(!e.contains("hunter3"), "the key file's content leaked: {e}");
 
-        let ok = Endpoint::new(amqps, hb, tls(Some(&pem), None, None)).unwrap();
+        let ok = Endpoint::new(&url(amqps), hb, tls(Some(&pem), None, None).tls().unwrap()).unwrap();
         let shown = format!("{ok:?}");
         assert!(
             shown.contains("tls: true") && shown.contains("port: 5671"),
@@ -339,7 +362,8 @@ mod tests {
         );
         assert!(shown.contains("client_certificate: false"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        let mutual = Endpoint::new(amqps, hb, tls(Some(&pem), Some(&pem), Some(&key))).unwrap();
+        let both = tls(Some(&pem), Some(&pem), Some(&key));
+        let mutual = Endpoint::new(&url(amqps), hb, both.tls().unwrap()).unwrap();
         let shown = format!("{mutual:?}");
         assert!(shown.contains("client_certificate: true"), "{shown}");
         assert!(!shown.contains("MIIB"), "{shown}");

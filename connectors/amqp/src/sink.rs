@@ -1,57 +1,75 @@
-//! [`AmqpSink`]: publishes records to an exchange, persistent and `mandatory`, and resolves once
-//! the broker confirmed every one.
+//! [`AmqpSink`]: publishes records to an exchange, persistent and `mandatory`, and confirms each
+//! hand-over once the broker confirmed every one of its records.
 //!
-//! # Channels
+//! # Channels and order
 //!
-//! Channels in confirm mode are pooled (deadpool) over one shared connection. A publish call
-//! takes a channel for itself, publishes all its records without waiting, then awaits all their
-//! confirms together, and only then returns the channel. Many calls (events) therefore have
-//! publishes outstanding at once — one per pooled channel — which is what makes RabbitMQ fast
-//! with confirms.
+//! The sink keeps `channels` *pipes*, each a task on the IO runtime that owns one channel in
+//! confirm mode on a shared connection. A hand-over goes to the pipe its lane picks (`lane %
+//! channels`), so all records of one key go out on one channel, in the order they were handed
+//! over, and a key's next event need not wait for its predecessor's confirm. Each pipe keeps many
+//! publishes outstanding — which is what makes RabbitMQ fast with confirms — and confirms the
+//! hand-overs in order as the broker's acks come in.
 //!
-//! A call keeps its channel until its confirms are in because of returns: the broker sends
-//! `basic.return` for an unroutable message before its ack, and lapin pairs a pending return with
-//! whichever confirm of that channel completes next (a `multiple` ack completes several in no
-//! particular order). On a channel of its own a call gets exactly its own returns, so "one of my
-//! records was unroutable" is always attributed to the right event.
+//! # Returns, attributed per message
+//!
+//! The broker sends `basic.return` for an unroutable `mandatory` message before its ack; lapin
+//! hands a returned message to whichever confirm of the channel it completes next, and a
+//! `multiple` ack completes several confirms in no particular order. So a pipe does not trust
+//! which confirm carries a return: when the oldest outstanding confirm resolves, it first takes
+//! lapin's acknowledgement lock once (a no-op `wait_for_confirms`, which returns as soon as it has
+//! the lock), so that every confirm of the same ack has resolved, collects the returns they
+//! carry, and gives each to the oldest outstanding record with the same routing key and payload
+//! (returns come back in publish order). Only then does it confirm the hand-overs whose records
+//! are all acknowledged.
 //!
 //! # Failures
 //!
-//! A returned (unroutable) record fails the call as [`SinkError::Permanent`]: the event is
+//! A returned (unroutable) record fails its hand-over as [`SinkError::Permanent`]: the event is
 //! dead-lettered, not acked as done. A nack, a lost connection or channel, or a confirm that
-//! does not come within `confirm_timeout` is [`SinkError::Retryable`]; the pipeline retries the
-//! call with backoff (so a publish may be repeated — at-least-once). A broken connection is
-//! replaced on the next call.
+//! does not come within `confirm_timeout` is [`SinkError::Retryable`]; the pipeline publishes
+//! again with backoff (so a record may be published twice — at-least-once). A broken channel or
+//! connection is replaced on the next hand-over.
 
-use std::path::Path;
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
-use fnmill_connector_api::{Record, Sink, SinkError};
-use futures::future::{BoxFuture, join_all};
+use bytes::Bytes;
+use fnmill_connector_api::{Confirm, Record, Sink, SinkError};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{AmqpSinkConfig, Topology};
+use crate::config::{AmqpSinkConfig, Broker as _, Topology};
 use crate::{AmqpError, Result, headers};
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk (for classic queues; quorum
 /// queues always do).
 const PERSISTENT: u8 = 2;
 
-/// Creates confirm-mode channels on a shared connection, replacing the connection when it is
-/// broken.
-struct ChannelManager {
+/// Hand-overs a pipe's queue holds before `enqueue` waits (backpressure towards the pipeline).
+const PIPE_QUEUE: usize = 256;
+
+/// Records a pipe keeps outstanding before it waits for confirms: RabbitMQ's throughput grows
+/// with outstanding confirms up to a few hundred.
+const MAX_OUTSTANDING: usize = 1024;
+
+/// The shared connection, replaced when it is broken.
+struct Connector {
     endpoint: crate::Endpoint,
     name: String,
     declare: Topology,
     connection: Mutex<Option<Arc<Connection>>>,
 }
 
-impl ChannelManager {
+impl Connector {
     async fn connection(&self) -> Result<Arc<Connection>> {
         let mut current = self.connection.lock().await;
         if let Some(c) = current.as_ref()
@@ -79,13 +97,8 @@ impl ChannelManager {
         *current = Some(connection.clone());
         Ok(connection)
     }
-}
 
-impl managed::Manager for ChannelManager {
-    type Type = Channel;
-    type Error = AmqpError;
-
-    async fn create(&self) -> Result<Channel> {
+    async fn channel(&self) -> Result<Channel> {
         let connection = self.connection().await?;
         let channel = connection
             .create_channel()
@@ -97,158 +110,423 @@ impl managed::Manager for ChannelManager {
             .map_err(AmqpError::broker("enabling publisher confirms"))?;
         Ok(channel)
     }
-
-    async fn recycle(&self, channel: &mut Channel, _: &Metrics) -> RecycleResult<AmqpError> {
-        if channel.status().connected() {
-            Ok(())
-        } else {
-            Err(RecycleError::message("channel closed"))
-        }
-    }
 }
 
-/// Publishes to a RabbitMQ exchange with confirms. See the module docs.
-pub struct AmqpSink {
-    pool: Pool<ChannelManager>,
+/// What every pipe shares.
+struct Shared {
+    connector: Connector,
     exchange: String,
     routing_key: String,
     mandatory: bool,
     confirm_timeout: Duration,
 }
 
+enum Command {
+    Publish {
+        records: Vec<Record>,
+        confirm: Confirm,
+    },
+    /// Confirm everything outstanding, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// Publishes to a RabbitMQ exchange with confirms. See the module docs.
+pub struct AmqpSink {
+    shared: Arc<Shared>,
+    pipes: Vec<mpsc::Sender<Command>>,
+}
+
 impl std::fmt::Debug for AmqpSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSink")
-            .field("exchange", &self.exchange)
-            .field("routing_key", &self.routing_key)
+            .field("exchange", &self.shared.exchange)
+            .field("routing_key", &self.shared.routing_key)
+            .field("pipes", &self.pipes.len())
             .finish_non_exhaustive()
     }
 }
 
 impl AmqpSink {
-    /// Checks the config; `name` (the `sinks.<name>` key) names the connection in the broker.
-    /// Connects lazily, on the first publish, so fnmill starts while the broker is away.
+    /// Checks the config and starts the pipes on the current tokio runtime (the IO runtime);
+    /// `name` (the `sinks.<name>` key) names the connection in the broker. Connects lazily, on
+    /// the first hand-over, so fnmill starts while the broker is away.
     pub fn new(name: impl Into<String>, config: AmqpSinkConfig) -> Result<Self> {
-        if config.channels == 0 {
-            return Err(AmqpError::Invalid {
-                key: "channels",
-                message: "must be at least 1".into(),
-            });
+        if let Some(p) = config.check().into_iter().next() {
+            return Err(AmqpError::Problem(p));
         }
-        // A relative `url_file` was made absolute against the config file's directory.
-        let url = config.broker_url(Path::new("."))?;
-        let endpoint = crate::Endpoint::new(&url, config.heartbeat, config.tls_files())?;
-        let manager = ChannelManager {
-            endpoint,
-            name: name.into(),
-            declare: config.declare,
-            connection: Mutex::new(None),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(config.channels)
-            .build()
-            .map_err(|e| AmqpError::Invalid {
-                key: "channels",
-                message: e.to_string(),
-            })?;
-        Ok(Self {
-            pool,
+        let endpoint = config.endpoint()?;
+        let shared = Arc::new(Shared {
+            connector: Connector {
+                endpoint,
+                name: name.into(),
+                declare: config.declare,
+                connection: Mutex::new(None),
+            },
             exchange: config.exchange,
             routing_key: config.routing_key,
             mandatory: config.mandatory,
             confirm_timeout: config.confirm_timeout,
+        });
+        let io = tokio::runtime::Handle::try_current().map_err(|_| AmqpError::Invalid {
+            key: "channels",
+            message: "the AMQP sink must be created inside a tokio runtime".into(),
+        })?;
+        let pipes = (0..config.channels)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(PIPE_QUEUE);
+                io.spawn(Pipe::new(shared.clone()).run(rx));
+                tx
+            })
+            .collect();
+        Ok(Self { shared, pipes })
+    }
+}
+
+impl Sink for AmqpSink {
+    /// Queues the records on the lane's pipe: ordered once queued; confirmed when the broker
+    /// acknowledged all of them.
+    fn enqueue(
+        &self,
+        records: Vec<Record>,
+        lane: u64,
+        confirm: Confirm,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            if records.is_empty() {
+                confirm(Ok(()));
+                return Ok(());
+            }
+            let pipe = &self.pipes[(lane % self.pipes.len() as u64) as usize];
+            pipe.send(Command::Publish { records, confirm })
+                .await
+                .map_err(|_| SinkError::Retryable("the AMQP sink is closed".into()))
         })
     }
 
-    async fn publish_all(&self, records: Vec<Record>) -> Result<(), SinkError> {
-        let channel = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| SinkError::Retryable(format!("no channel to the broker: {e}")))?;
+    fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            let mut waits = Vec::new();
+            for pipe in &self.pipes {
+                let (tx, rx) = oneshot::channel();
+                if pipe.send(Command::Close(tx)).await.is_ok() {
+                    waits.push(rx);
+                }
+            }
+            for wait in waits {
+                let _ = wait.await;
+            }
+            if let Some(connection) = self.shared.connector.connection.lock().await.take() {
+                let _ = connection.close(200, "fnmill stopping".into()).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One record on its way: its confirm and what identifies it when it comes back.
+struct Outstanding {
+    confirm: Option<PublisherConfirm>,
+    result: Option<std::result::Result<Confirmation, lapin::Error>>,
+    routing_key: String,
+    payload: Bytes,
+    /// Set when a return was attributed to this record.
+    returned: Option<String>,
+    /// Returns lapin handed over with this record's confirm; they may belong to other records.
+    carried: Vec<lapin::message::BasicReturnMessage>,
+    /// The hand-over it belongs to, as an index into the pipe's hand-overs.
+    handover: u64,
+    deadline: Instant,
+}
+
+/// A hand-over whose records are outstanding.
+struct Handover {
+    id: u64,
+    remaining: usize,
+    error: Option<SinkError>,
+    confirm: Option<Confirm>,
+}
+
+/// One channel and what is outstanding on it.
+struct Pipe {
+    shared: Arc<Shared>,
+    channel: Option<Channel>,
+    outstanding: VecDeque<Outstanding>,
+    handovers: VecDeque<Handover>,
+    next_handover: u64,
+}
+
+impl Pipe {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            channel: None,
+            outstanding: VecDeque::new(),
+            handovers: VecDeque::new(),
+            next_handover: 0,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        loop {
+            if closing.is_some() && self.outstanding.is_empty() {
+                break;
+            }
+            let deadline = self.outstanding.front().map(|o| o.deadline);
+            tokio::select! {
+                biased;
+                () = HeadReady(&mut self.outstanding), if !self.outstanding.is_empty() => {
+                    self.settle_ready();
+                }
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.fail_all(SinkError::Retryable(format!(
+                        "no publisher confirm within {:?}",
+                        self.shared.confirm_timeout
+                    )));
+                    // The channel may still get those confirms later: do not reuse it.
+                    self.channel = None;
+                }
+                command = commands.recv(), if closing.is_none() && self.outstanding.len() < MAX_OUTSTANDING => {
+                    match command {
+                        Some(Command::Publish { records, confirm }) => self.publish(records, confirm).await,
+                        Some(Command::Close(done)) => closing = Some(done),
+                        None => break,
+                    }
+                }
+            }
+        }
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+
+    async fn publish(&mut self, records: Vec<Record>, confirm: Confirm) {
+        let id = self.next_handover;
+        self.next_handover += 1;
+        let channel = match &self.channel {
+            Some(c) if c.status().connected() => c.clone(),
+            _ => match self.shared.connector.channel().await {
+                Ok(c) => {
+                    self.channel = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    confirm(Err(SinkError::Retryable(format!("no channel to the broker: {e}"))));
+                    return;
+                }
+            },
+        };
         let options = BasicPublishOptions {
-            mandatory: self.mandatory,
+            mandatory: self.shared.mandatory,
             immediate: false,
         };
-        let mut confirms = Vec::with_capacity(records.len());
+        let deadline = Instant::now() + self.shared.confirm_timeout;
+        let mut handover = Handover {
+            id,
+            remaining: 0,
+            error: None,
+            confirm: Some(confirm),
+        };
         for record in &records {
-            let routing_key = record.target.as_deref().unwrap_or(&self.routing_key);
+            let routing_key = record
+                .target
+                .as_deref()
+                .unwrap_or(&self.shared.routing_key)
+                .to_string();
             let properties = BasicProperties::default()
                 .with_delivery_mode(PERSISTENT)
                 .with_headers(headers::to_table(&record.headers));
             match channel
                 .basic_publish(
-                    self.exchange.as_str().into(),
-                    routing_key.into(),
+                    self.shared.exchange.as_str().into(),
+                    routing_key.as_str().into(),
                     options,
                     &record.payload,
                     properties,
                 )
                 .await
             {
-                Ok(confirm) => confirms.push(confirm),
+                Ok(confirm) => {
+                    handover.remaining += 1;
+                    self.outstanding.push_back(Outstanding {
+                        confirm: Some(confirm),
+                        result: None,
+                        routing_key,
+                        payload: record.payload.clone(),
+                        returned: None,
+                        carried: Vec::new(),
+                        handover: id,
+                        deadline,
+                    });
+                }
                 Err(e) => {
-                    let _ = Object::take(channel);
-                    return Err(SinkError::Retryable(format!("publishing: {e}")));
+                    // The channel is broken: what is outstanding on it fails as its confirms
+                    // are rejected; this hand-over fails now.
+                    self.channel = None;
+                    handover.error = Some(SinkError::Retryable(format!("publishing: {e}")));
+                    break;
                 }
             }
         }
-        let Ok(results) = tokio::time::timeout(self.confirm_timeout, join_all(confirms)).await
-        else {
-            // The channel may still get those confirms later: do not reuse it.
-            let _ = Object::take(channel);
-            return Err(SinkError::Retryable(format!(
-                "no publisher confirm within {:?}",
-                self.confirm_timeout
-            )));
+        self.handovers.push_back(handover);
+        self.confirm_finished();
+    }
+
+    /// The oldest confirm resolved: fence against lapin's ack processing, gather every resolved
+    /// confirm and its return, attribute the returns, and confirm the hand-overs that are done.
+    fn settle_ready(&mut self) {
+        if let Some(channel) = &self.channel {
+            // Takes and releases lapin's acknowledgement lock: every confirm of the ack that
+            // resolved the oldest one has resolved once we hold it. Returns from confirms that
+            // were dropped unresolved come back here too.
+            if let Some(Ok(returns)) = channel.wait_for_confirms().now_or_never() {
+                for r in returns {
+                    self.attribute(&r);
+                }
+            }
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut returns = Vec::new();
+        for o in self.outstanding.iter_mut() {
+            returns.append(&mut o.carried);
+            if let Some(confirm) = &mut o.confirm
+                && let Poll::Ready(result) = Pin::new(confirm).poll(&mut cx)
+            {
+                o.confirm = None;
+                let result = match result {
+                    Ok(Confirmation::Ack(Some(r))) => {
+                        returns.push(r);
+                        Ok(Confirmation::Ack(None))
+                    }
+                    Ok(Confirmation::Nack(Some(r))) => {
+                        returns.push(r);
+                        Ok(Confirmation::Nack(None))
+                    }
+                    other => other,
+                };
+                o.result = Some(result);
+            }
+        }
+        for r in &returns {
+            self.attribute(r);
+        }
+        while let Some(front) = self.outstanding.front()
+            && front.result.is_some()
+        {
+            let o = self.outstanding.pop_front().expect("checked");
+            let error = match (o.result.expect("checked"), o.returned) {
+                (_, Some(why)) => Some(SinkError::Permanent(why)),
+                (Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested), None) => None,
+                (Ok(Confirmation::Nack(_)), None) => {
+                    Some(SinkError::Retryable("the broker nacked a publish".into()))
+                }
+                (Err(e), None) => Some(SinkError::Retryable(format!(
+                    "waiting for a publisher confirm: {e}"
+                ))),
+            };
+            if let Some(h) = self.handovers.iter_mut().find(|h| h.id == o.handover) {
+                h.remaining -= 1;
+                if let Some(e) = error {
+                    // A permanent failure wins over a retryable one: publishing again cannot
+                    // route an unroutable record.
+                    if !matches!(h.error, Some(SinkError::Permanent(_))) {
+                        h.error = Some(e);
+                    }
+                }
+            }
+        }
+        self.confirm_finished();
+    }
+
+    /// Gives a returned message to the oldest outstanding record it matches.
+    fn attribute(&mut self, r: &lapin::message::BasicReturnMessage) {
+        let why = format!(
+            "unroutable: exchange `{}` returned a message with routing key `{}` ({} {})",
+            self.shared.exchange, r.delivery.routing_key, r.reply_code, r.reply_text
+        );
+        if let Some(o) = self.outstanding.iter_mut().find(|o| {
+            o.returned.is_none()
+                && o.routing_key == r.delivery.routing_key.as_str()
+                && o.payload.as_ref() == r.delivery.data.as_slice()
+        }) {
+            o.returned = Some(why);
+        }
+    }
+
+    /// Confirms, in order, the hand-overs with nothing outstanding.
+    fn confirm_finished(&mut self) {
+        while let Some(h) = self.handovers.front()
+            && h.remaining == 0
+        {
+            let mut h = self.handovers.pop_front().expect("checked");
+            if let Some(confirm) = h.confirm.take() {
+                confirm(match h.error.take() {
+                    None => Ok(()),
+                    Some(e) => Err(e),
+                });
+            }
+        }
+    }
+
+    /// Fails everything outstanding (a confirm that never came).
+    fn fail_all(&mut self, error: SinkError) {
+        for o in self.outstanding.drain(..) {
+            if let Some(h) = self.handovers.iter_mut().find(|h| h.id == o.handover) {
+                h.remaining -= 1;
+                h.error.get_or_insert_with(|| error.clone());
+            }
+        }
+        self.confirm_finished();
+    }
+}
+
+/// Resolves once the oldest outstanding confirm has resolved (without taking its result).
+struct HeadReady<'a>(&'a mut VecDeque<Outstanding>);
+
+impl Future for HeadReady<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(head) = self.0.front_mut() else {
+            return Poll::Pending;
         };
-        drop(channel);
-        let mut retryable = None;
-        for result in results {
-            match result {
-                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {}
-                Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                    return Err(SinkError::Permanent(format!(
-                        "unroutable: exchange `{}` returned a message with routing key `{}` ({} {})",
-                        self.exchange,
-                        returned.delivery.routing_key,
-                        returned.reply_code,
-                        returned.reply_text
-                    )));
-                }
-                Ok(Confirmation::Nack(None)) => {
-                    retryable.get_or_insert_with(|| "the broker nacked a publish".to_string());
-                }
-                Err(e) => {
-                    retryable
-                        .get_or_insert_with(|| format!("waiting for a publisher confirm: {e}"));
-                }
-            }
+        if head.result.is_some() {
+            return Poll::Ready(());
         }
-        match retryable {
-            None => Ok(()),
-            Some(message) => Err(SinkError::Retryable(message)),
+        let confirm = head.confirm.as_mut().expect("unresolved");
+        match Pin::new(confirm).poll(cx) {
+            Poll::Ready(result) => {
+                head.confirm = None;
+                head.result = Some(match result {
+                    Ok(Confirmation::Ack(Some(r))) => {
+                        // Kept for attribution: stored as a return of its own.
+                        head.returned_pending(r);
+                        Ok(Confirmation::Ack(None))
+                    }
+                    Ok(Confirmation::Nack(Some(r))) => {
+                        head.returned_pending(r);
+                        Ok(Confirmation::Nack(None))
+                    }
+                    other => other,
+                });
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
-impl Sink for AmqpSink {
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move {
-            if records.is_empty() {
-                return Ok(());
-            }
-            self.publish_all(records).await
-        })
+impl Outstanding {
+    /// A return that came on this record's confirm, to attribute once everything of the same
+    /// ack is in (it may belong to another record).
+    fn returned_pending(&mut self, r: lapin::message::BasicReturnMessage) {
+        self.carried.push(r);
     }
+}
 
-    fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(async move {
-            self.pool.close();
-            if let Some(connection) = self.pool.manager().connection.lock().await.take() {
-                let _ = connection.close(200, "fnmill stopping".into()).await;
-            }
-            Ok(())
-        })
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

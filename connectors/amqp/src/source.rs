@@ -20,15 +20,15 @@
 //! `basic_ack` with `multiple = true` for the settled tags below the oldest unsettled one (that
 //! covers exactly the tags settled since — every tag below the oldest unsettled one is settled,
 //! and the earlier ones were acked, nacked or rejected already) and one plain `basic_ack` per
-//! settled tag above it. Abandoned deliveries are `basic_nack`ed with requeue, and with
-//! `dead_letter = "broker"` dead-lettered ones are `basic_reject`ed without requeue; those go out
-//! before the acks of the same batch.
+//! settled tag above it. Abandoned deliveries are `basic_nack`ed with requeue, and rejected ones
+//! (with `dead_letter = "broker"`, the route hands an event that failed for good back to the
+//! queue's own dead-letter exchange) are `basic_reject`ed without requeue; those go out before the
+//! acks of the same batch. The bookkeeping is `connectors/api`'s [`UnorderedWindow`].
 
-use std::collections::BTreeSet;
-use std::path::Path;
 
 use bytes::Bytes;
-use fnmill_connector_api::{Delivery, Event, Outcome, Source, SourceContext, SourceError};
+use fnmill_connector_api::settlement::{self, Settled, Settlements, Settler, UnorderedWindow};
+use fnmill_connector_api::{Delivery, Event, Source, SourceContext, SourceError};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use lapin::options::{
@@ -37,23 +37,21 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::{AmqpSourceConfig, DeadLetterMode, OrderingKey};
+use crate::config::{AmqpSourceConfig, Broker as _, OrderingKey};
 use crate::{AmqpError, Reconnect, Result, headers};
 
 /// Settlements handled per loop turn: enough to batch acks under load, small enough that a
 /// burst does not keep new messages waiting.
 const SETTLE_BATCH: usize = 1024;
 
-/// One settled delivery, from a settle closure to the source task.
-#[derive(Debug)]
-struct Settlement {
+/// Which delivery a settlement is about: the connection it came on and its delivery tag there.
+#[derive(Clone, Copy, Debug)]
+struct Ticket {
     session: u64,
     tag: u64,
-    outcome: Outcome,
 }
 
 /// Consumes a RabbitMQ queue. See the module docs.
@@ -67,29 +65,10 @@ pub struct AmqpSource {
 impl AmqpSource {
     /// Checks the config; `name` becomes [`Event::source`]. Nothing is connected yet.
     pub fn new(name: impl Into<String>, config: AmqpSourceConfig) -> Result<Self> {
-        if config.prefetch == 0 {
-            return Err(AmqpError::Invalid {
-                key: "prefetch",
-                message: "must be at least 1 (0 would mean unlimited)".into(),
-            });
+        if let Some(p) = config.check().into_iter().next() {
+            return Err(AmqpError::Problem(p));
         }
-        if config.queue.is_empty() {
-            return Err(AmqpError::Invalid {
-                key: "queue",
-                message: "must not be empty".into(),
-            });
-        }
-        if let OrderingKey::Header(h) = &config.ordering_key
-            && h.is_empty()
-        {
-            return Err(AmqpError::Invalid {
-                key: "ordering_key.header",
-                message: "must not be empty".into(),
-            });
-        }
-        // A relative `url_file` was made absolute against the config file's directory.
-        let url = config.broker_url(Path::new("."))?;
-        let endpoint = crate::Endpoint::new(&url, config.heartbeat, config.tls_files())?;
+        let endpoint = config.endpoint()?;
         Ok(Self {
             name: name.into(),
             config,
@@ -125,14 +104,14 @@ struct Session {
     connection: Connection,
     channel: Channel,
     /// Tags lent out on this session's channel and not yet settled.
-    unsettled: BTreeSet<u64>,
+    unsettled: UnorderedWindow,
 }
 
 impl AmqpSource {
     async fn run_sessions(self, ctx: SourceContext) {
         // Unbounded: settle closures cannot wait. Bounded in practice by the prefetch window of
         // this and earlier sessions.
-        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+        let (settler, mut settlements) = settlement::channel::<Ticket>();
         let mut reconnect = Reconnect::new();
         let mut number = 0;
         loop {
@@ -159,7 +138,7 @@ impl AmqpSource {
             ctx.ready.set(true);
             let mut session = session;
             let end = self
-                .consume(&ctx, &mut session, consumer, &settled_tx, &mut settled_rx)
+                .consume(&ctx, &mut session, consumer, &settler, &mut settlements)
                 .await;
             ctx.ready.set(false);
             match end {
@@ -182,7 +161,7 @@ impl AmqpSource {
                     warn!(
                         source = %self.name,
                         error = %e,
-                        in_flight = session.unsettled.len(),
+                        in_flight = session.unsettled.outstanding(),
                         wait_ms = wait.as_millis() as u64,
                         "Connection to the broker lost; reconnecting (unacked messages are redelivered)"
                     );
@@ -238,7 +217,7 @@ impl AmqpSource {
                     number,
                     connection,
                     channel,
-                    unsettled: BTreeSet::new(),
+                    unsettled: UnorderedWindow::new(),
                 },
                 consumer,
             )),
@@ -254,8 +233,8 @@ impl AmqpSource {
         ctx: &SourceContext,
         session: &mut Session,
         mut consumer: Consumer,
-        settled_tx: &mpsc::UnboundedSender<Settlement>,
-        settled_rx: &mut mpsc::UnboundedReceiver<Settlement>,
+        settler: &Settler<Ticket>,
+        settlements: &mut Settlements<Ticket>,
     ) -> End {
         // A message taken from the broker and waiting for room in the pipeline.
         let mut pending: Option<Delivery> = None;
@@ -263,7 +242,7 @@ impl AmqpSource {
         loop {
             tokio::select! {
                 biased;
-                n = settled_rx.recv_many(&mut batch, SETTLE_BATCH) => {
+                n = settlements.recv_many(&mut batch, SETTLE_BATCH) => {
                     debug_assert!(n > 0, "the source holds a sender");
                     if let Err(e) = self.settle(session, &mut batch).await {
                         return End::Lost(e);
@@ -271,16 +250,18 @@ impl AmqpSource {
                 }
                 _ = ctx.shutdown.cancelled() => {
                     drop(pending.take());
-                    return self.drain(session, consumer, settled_rx).await;
+                    return self.drain(session, consumer, settlements).await;
                 }
                 permit = ctx.out.reserve(), if pending.is_some() => match permit {
-                    Ok(permit) => permit.send(pending.take().expect("checked")),
+                    Ok(permit) => if permit.send(pending.take().expect("checked")).is_err() {
+                        return End::PipelineGone;
+                    },
                     Err(_) => return End::PipelineGone,
                 },
                 next = consumer.next(), if pending.is_none() => match next {
                     Some(Ok(message)) => {
-                        session.unsettled.insert(message.delivery_tag);
-                        pending = Some(self.delivery(session.number, message, settled_tx));
+                        session.unsettled.lend(message.delivery_tag);
+                        pending = Some(self.delivery(session.number, message, settler));
                     }
                     Some(Err(e)) => return End::Lost(AmqpError::Broker { what: "consuming".into(), source: e }),
                     None => return End::Lost(AmqpError::Invalid {
@@ -292,37 +273,37 @@ impl AmqpSource {
         }
     }
 
-    /// Applies a batch of settlements to the broker: nacks and rejects first, then acks.
-    async fn settle(&self, session: &mut Session, batch: &mut Vec<Settlement>) -> Result<()> {
-        let mut acks = Vec::new();
-        for s in batch.drain(..) {
-            if s.session != session.number || !session.unsettled.remove(&s.tag) {
-                // From an earlier connection: the broker requeued it already.
-                continue;
-            }
-            let channel = &session.channel;
-            match (s.outcome, self.config.dead_letter) {
-                (Outcome::Done, _) | (Outcome::DeadLettered, DeadLetterMode::Pipeline) => {
-                    acks.push(s.tag)
-                }
-                (Outcome::DeadLettered, DeadLetterMode::Broker) => channel
-                    .basic_reject(s.tag, BasicRejectOptions { requeue: false })
-                    .await
-                    .map_err(AmqpError::broker("rejecting a message"))?,
-                (Outcome::Abandoned, _) => channel
-                    .basic_nack(
-                        s.tag,
-                        BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        },
-                    )
-                    .await
-                    .map_err(AmqpError::broker("requeueing a message"))?,
-            }
-        }
+    /// Applies a batch of settlements to the broker: requeues and rejects first, then acks.
+    async fn settle(&self, session: &mut Session, batch: &mut Vec<Settled<Ticket>>) -> Result<()> {
+        // Settlements from an earlier connection are skipped: the broker requeued those
+        // messages when it closed.
+        let number = session.number;
+        let plan = session.unsettled.settle(
+            batch
+                .drain(..)
+                .filter(|s| s.ticket.session == number)
+                .map(|s| (s.ticket.tag, s.outcome)),
+        );
         let channel = &session.channel;
-        for (tag, multiple) in ack_plan(acks, session.unsettled.first().copied()) {
+        for tag in plan.requeue {
+            channel
+                .basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    },
+                )
+                .await
+                .map_err(AmqpError::broker("requeueing a message"))?;
+        }
+        for tag in plan.reject {
+            channel
+                .basic_reject(tag, BasicRejectOptions { requeue: false })
+                .await
+                .map_err(AmqpError::broker("rejecting a message"))?;
+        }
+        for (tag, multiple) in plan.ack {
             channel
                 .basic_ack(tag, BasicAckOptions { multiple })
                 .await
@@ -338,18 +319,18 @@ impl AmqpSource {
         &self,
         session: &mut Session,
         consumer: Consumer,
-        settled_rx: &mut mpsc::UnboundedReceiver<Settlement>,
+        settlements: &mut Settlements<Ticket>,
     ) -> End {
         let _ = session
             .channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
             .await;
         drop(consumer);
-        info!(source = %self.name, in_flight = session.unsettled.len(), "Draining");
+        info!(source = %self.name, in_flight = session.unsettled.outstanding(), "Draining");
         let deadline = Instant::now() + self.config.drain_timeout;
         let mut batch = Vec::with_capacity(SETTLE_BATCH);
         while !session.unsettled.is_empty() {
-            match tokio::time::timeout_at(deadline, settled_rx.recv_many(&mut batch, SETTLE_BATCH))
+            match tokio::time::timeout_at(deadline, settlements.recv_many(&mut batch, SETTLE_BATCH))
                 .await
             {
                 Ok(_) => {
@@ -361,7 +342,7 @@ impl AmqpSource {
                 Err(_) => {
                     warn!(
                         source = %self.name,
-                        left = session.unsettled.len(),
+                        left = session.unsettled.outstanding(),
                         "Drain timeout; the broker requeues what is left"
                     );
                     break;
@@ -375,7 +356,7 @@ impl AmqpSource {
         &self,
         session: u64,
         message: lapin::message::Delivery,
-        settled: &mpsc::UnboundedSender<Settlement>,
+        settler: &Settler<Ticket>,
     ) -> Delivery {
         let tag = message.delivery_tag;
         let properties = &message.properties;
@@ -409,38 +390,11 @@ impl AmqpSource {
                 .timestamp()
                 .map(|seconds| (seconds as i64).saturating_mul(1000)),
             origin,
+            decode_error: None,
         };
         debug!(source = %self.name, event = %event.id, tag, redelivered = message.redelivered, "Received");
-        let settled = settled.clone();
-        let delivery = Delivery::new(event, ordering_key, move |outcome| {
-            // The task is gone only after the source stopped; the broker requeues then.
-            let _ = settled.send(Settlement {
-                session,
-                tag,
-                outcome,
-            });
-        });
-        match self.config.dead_letter {
-            DeadLetterMode::Pipeline => delivery,
-            DeadLetterMode::Broker => delivery.with_source_dead_letter(),
-        }
+        settler.delivery(event, ordering_key, Ticket { session, tag })
     }
-}
-
-/// The `basic_ack`s, as `(tag, multiple)`, that acknowledge exactly `acks` when the oldest
-/// tag still unsettled is `oldest_unsettled`: one `multiple` ack for the settled tags below it
-/// (every other tag below it was acked, nacked or rejected before, so `multiple` covers exactly
-/// these), and one plain ack per tag above it.
-fn ack_plan(mut acks: Vec<u64>, oldest_unsettled: Option<u64>) -> Vec<(u64, bool)> {
-    acks.sort_unstable();
-    let floor = oldest_unsettled.unwrap_or(u64::MAX);
-    let below = acks.partition_point(|t| *t < floor);
-    let mut plan = Vec::with_capacity(acks.len() - below + 1);
-    if below > 0 {
-        plan.push((acks[below - 1], below > 1));
-    }
-    plan.extend(acks[below..].iter().map(|&t| (t, false)));
-    plan
 }
 
 /// Waits `wait`, or returns false at once on shutdown.
@@ -451,23 +405,3 @@ async fn sleep(ctx: &SourceContext, wait: std::time::Duration) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ack_plan;
-
-    #[test]
-    fn contiguous_settled_tags_share_one_multiple_ack() {
-        // 1..=5 settled in any order, nothing older unsettled: one multiple ack.
-        assert_eq!(ack_plan(vec![3, 1, 5, 2, 4], None), vec![(5, true)]);
-        // 7 is still running: 1..=5 go together, 9 and 12 on their own.
-        assert_eq!(
-            ack_plan(vec![12, 2, 9, 5], Some(7)),
-            vec![(5, true), (9, false), (12, false)]
-        );
-        // One tag below the floor is a plain ack.
-        assert_eq!(ack_plan(vec![4], Some(6)), vec![(4, false)]);
-        // Everything above the oldest unsettled tag: individual acks only.
-        assert_eq!(ack_plan(vec![8, 9], Some(3)), vec![(8, false), (9, false)]);
-        assert!(ack_plan(vec![], Some(1)).is_empty());
-    }
-}
