@@ -1,57 +1,41 @@
 //! `data_sources.<name>` with `kind = "postgres"` in fnmill.toml.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use fnmill_connector_api::Problem;
+use fnmill_connector_api::connection::Connected;
 use serde::Deserialize;
 
-pub use fnmill_connector_api::secret::{FieldError, Secret, resolve_url};
+use crate::{PgPoolConfig, Tls};
 
-use crate::PgPoolConfig;
-
-/// A PostgreSQL data source: a pool of connections that functions granted it use through the
-/// `sql` capability.
-///
-/// The connection URL is a secret. Give exactly one of `url` (fine for a local database
-/// without a password), `url_env` (the name of an environment variable holding it) or
-/// `url_file` (a file holding it, e.g. a mounted Kubernetes secret). It is read at start and
-/// never logged; errors that would quote it are redacted.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// `postgres://user:password@host:port/database?...` or a `key=value` connection string.
-    #[serde(default)]
-    pub url: Option<Secret>,
-    /// Environment variable that holds the URL.
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// File that holds the URL (surrounding whitespace is ignored). Relative to the config file.
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-    /// Connections the pool may open. Size it for the database, not for the number of function
-    /// instances: callers beyond it wait for a free connection.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// Longest a call waits for a free connection; then the function gets `unavailable`
-    /// (retryable), e.g. `"2s"`.
-    #[serde(default = "default_wait_timeout", with = "humantime_serde")]
-    pub wait_timeout: Duration,
-    /// Longest time to open a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Server-side limit on each statement (PostgreSQL's `statement_timeout`); unset = the
-    /// server's setting.
-    #[serde(default, with = "humantime_serde")]
-    pub statement_timeout: Option<Duration>,
-    /// `application_name` of fnmill's connections, as seen in `pg_stat_activity`.
-    #[serde(default = "default_application_name")]
-    pub application_name: String,
-    /// With `sslmode=require` in the URL: a PEM file of the certificate authorities that may
-    /// sign the server's certificate (e.g. a cloud provider's CA bundle). Without it, the
-    /// operating system's trusted roots. Relative to the config file. The server certificate
-    /// must also name the host in the URL.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
+fnmill_connector_api::connection_config! {
+    /// A PostgreSQL data source: a pool of connections that functions granted it use through
+    /// the `sql` capability.
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PostgresConfig {
+        url: "`postgres://user:password@host:port/database?...` or a `key=value` connection \
+              string. With `sslmode=require` the connection uses TLS and checks the server's \
+              certificate and host name, as libpq's `verify-full` does.",
+        /// Connections the pool may open. Size it for the database, not for the number of
+        /// function instances: callers beyond it wait for a free connection.
+        #[serde(default = "default_pool_size")]
+        pub pool_size: usize,
+        /// Longest a call waits for a free connection; then the function gets `unavailable`
+        /// (retryable), e.g. `"2s"`.
+        #[serde(default = "default_wait_timeout", with = "humantime_serde")]
+        pub wait_timeout: Duration,
+        /// Longest time to open a connection.
+        #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+        pub connect_timeout: Duration,
+        /// Server-side limit on each statement (PostgreSQL's `statement_timeout`); unset = the
+        /// server's setting.
+        #[serde(default, with = "humantime_serde")]
+        pub statement_timeout: Option<Duration>,
+        /// `application_name` of fnmill's connections, as seen in `pg_stat_activity`.
+        #[serde(default = "default_application_name")]
+        pub application_name: String,
+    }
 }
 
 /// PostgreSQL's default `max_connections` is 100; a handful of replicas with 10 each leave room
@@ -75,21 +59,29 @@ fn default_application_name() -> String {
 }
 
 impl PostgresConfig {
-    /// The pool settings, with the URL read from wherever the config says. `base_dir` resolves a
-    /// relative `url_file`.
-    pub fn pool_config(&self, base_dir: &std::path::Path) -> Result<PgPoolConfig, FieldError> {
+    /// The pool settings, with the URL read from wherever the config says (relative files
+    /// resolved already, see [`Connected::resolve_paths`]). Errors name the key.
+    pub fn pool_config(&self) -> Result<PgPoolConfig, Problem> {
         if self.pool_size == 0 {
-            return Err(FieldError {
-                field: "pool_size",
-                message: "must be at least 1".into(),
-            });
+            return Err(Problem::new("pool_size", "must be at least 1"));
         }
-        let url = resolve_url(
-            self.url.as_ref(),
-            self.url_env.as_deref(),
-            self.url_file.as_deref(),
-            base_dir,
-        )?;
+        for (key, d) in [
+            ("wait_timeout", self.wait_timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Problem::new(key, "must be greater than zero"));
+            }
+        }
+        if self.statement_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(Problem::new(
+                "statement_timeout",
+                "must be greater than zero (leave it out for the server's setting)",
+            ));
+        }
+        let connection = self.connection();
+        let url = connection.url(None)?;
+        let tls = connection.tls()?;
         Ok(PgPoolConfig {
             url,
             pool_size: self.pool_size,
@@ -97,7 +89,19 @@ impl PostgresConfig {
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
             application_name: self.application_name.clone(),
-            tls_ca_file: self.tls_ca_file.as_ref().map(|p| base_dir.join(p)),
+            tls: Tls {
+                ca_file: tls.ca.map(Into::into),
+                client: tls.client.map(|(c, k)| (c.into(), k.into())),
+            },
         })
+    }
+
+    /// Everything that would keep the pool from being built, each naming its key: the URL
+    /// (read and parsed, never quoted), the pool size and timeouts, the TLS files.
+    pub fn check(&self) -> Vec<Problem> {
+        match self.pool_config() {
+            Err(p) => vec![p],
+            Ok(config) => crate::PgPool::new(&config).err().into_iter().collect(),
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! float, text, bytes, json, timestamp) converted to and from the PostgreSQL type of each
 //! parameter and column. Errors say whether retrying may help ([`SqlError::is_retryable`]):
 //! an exhausted pool or a lost connection is transient; an SQL error carries its SQLSTATE.
+//! [`PgPool`] implements the `sql` capability's trait ([`SqlSource`]) that the host holds.
 //!
 //! The crate knows nothing about wasm. Its futures must run on a tokio runtime, and the pool's
 //! connection tasks live on the runtime that first needed them — fnmill's IO runtime.
@@ -23,8 +24,12 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use rustls::pki_types::CertificateDer;
+pub use fnmill_connector_api::capability::sql::{Rows, SqlError, SqlSource, Value};
+use fnmill_connector_api::Problem;
+use fnmill_connector_api::connection::SecretUrl;
+use futures::future::BoxFuture;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -37,61 +42,23 @@ pub use tokio_postgres;
 /// origin of PostgreSQL's binary timestamps.
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
-/// A value of a parameter or a column.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    /// SQL `NULL`, of any type.
-    Null,
-    /// `boolean`.
-    Bool(bool),
-    /// `smallint`, `integer`, `bigint` (checked for range on the way in), `oid`.
-    Int(i64),
-    /// `real`, `double precision`.
-    Float(f64),
-    /// `text`, `varchar`, `char(n)`, `name`, and parameters of unknown type.
-    Text(String),
-    /// `bytea`.
-    Bytes(Vec<u8>),
-    /// `json` or `jsonb`, as JSON text.
-    Json(String),
-    /// `timestamp` or `timestamptz`, in microseconds since the Unix epoch (UTC). A `timestamp`
-    /// without time zone is read and written as if it were UTC.
-    Timestamp(i64),
-}
-
-impl Value {
-    /// The name of the value's kind, for error messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Value::Null => "null",
-            Value::Bool(_) => "bool",
-            Value::Int(_) => "int",
-            Value::Float(_) => "float",
-            Value::Text(_) => "text",
-            Value::Bytes(_) => "bytes",
-            Value::Json(_) => "json",
-            Value::Timestamp(_) => "timestamp",
-        }
-    }
-
-    /// Whether this value can be sent as a parameter of type `ty`.
-    fn fits(&self, ty: &Type) -> bool {
-        match self {
-            Value::Null => true,
-            Value::Bool(_) => *ty == Type::BOOL,
-            Value::Int(i) => match *ty {
-                Type::INT2 => i16::try_from(*i).is_ok(),
-                Type::INT4 => i32::try_from(*i).is_ok(),
-                Type::OID => u32::try_from(*i).is_ok(),
-                Type::INT8 => true,
-                _ => false,
-            },
-            Value::Float(_) => [Type::FLOAT4, Type::FLOAT8].contains(ty),
-            Value::Text(_) => is_text(ty),
-            Value::Bytes(_) => *ty == Type::BYTEA,
-            Value::Json(_) => [Type::JSON, Type::JSONB].contains(ty),
-            Value::Timestamp(_) => [Type::TIMESTAMP, Type::TIMESTAMPTZ].contains(ty),
-        }
+/// Whether `value` can be sent as a parameter of type `ty`.
+fn fits(value: &Value, ty: &Type) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(_) => *ty == Type::BOOL,
+        Value::Int(i) => match *ty {
+            Type::INT2 => i16::try_from(*i).is_ok(),
+            Type::INT4 => i32::try_from(*i).is_ok(),
+            Type::OID => u32::try_from(*i).is_ok(),
+            Type::INT8 => true,
+            _ => false,
+        },
+        Value::Float(_) => [Type::FLOAT4, Type::FLOAT8].contains(ty),
+        Value::Text(_) => is_text(ty),
+        Value::Bytes(_) => *ty == Type::BYTEA,
+        Value::Json(_) => [Type::JSON, Type::JSONB].contains(ty),
+        Value::Timestamp(_) => [Type::TIMESTAMP, Type::TIMESTAMPTZ].contains(ty),
     }
 }
 
@@ -108,9 +75,14 @@ fn is_text(ty: &Type) -> bool {
 
 type BoxError = Box<dyn StdError + Sync + Send>;
 
-impl ToSql for Value {
+/// A parameter on its way to the server (`Value` is the capability's type, defined in
+/// `connectors/api`, so the driver's traits are implemented on this wrapper).
+#[derive(Debug)]
+struct Param<'a>(&'a Value);
+
+impl ToSql for Param<'_> {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
-        match self {
+        match self.0 {
             Value::Null => return Ok(IsNull::Yes),
             Value::Bool(b) => out.put_u8(u8::from(*b)),
             Value::Int(i) => match *ty {
@@ -153,9 +125,12 @@ fn range(i: i64, ty: &str) -> BoxError {
     format!("{i} is out of range for {ty}").into()
 }
 
-impl<'a> FromSql<'a> for Value {
+/// A column value on its way from the server.
+struct Column(Value);
+
+impl<'a> FromSql<'a> for Column {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
-        Ok(match *ty {
+        Ok(Column(match *ty {
             Type::BOOL => Value::Bool(bool::from_sql(ty, raw)?),
             Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
             Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
@@ -181,11 +156,11 @@ impl<'a> FromSql<'a> for Value {
                 )
                 .into());
             }
-        })
+        }))
     }
 
     fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
-        Ok(Value::Null)
+        Ok(Column(Value::Null))
     }
 
     fn accepts(_: &Type) -> bool {
@@ -193,50 +168,7 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
-/// The result of a query: column names, and rows of values in column order.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Rows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Value>>,
-}
-
-/// Why a statement did not run or did not complete.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SqlError {
-    /// The database refused or failed the statement.
-    #[error("SQLSTATE {sqlstate}: {message}")]
-    Database {
-        /// The five-character SQLSTATE code, e.g. `42P01` (undefined table).
-        sqlstate: String,
-        /// The server's message, with its detail and hint when there are any.
-        message: String,
-        /// Whether the same statement may succeed later: serialization failures and deadlocks
-        /// (class 40), connection exceptions (08), operator intervention such as
-        /// `pg_terminate_backend` (57P01..57P03), insufficient resources (53).
-        retryable: bool,
-    },
-    /// No connection could be had or kept: the pool was exhausted for `wait_timeout`, the
-    /// database refused or dropped the connection, or it did not answer in time. Transient.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// A parameter did not fit its statement's parameter type, or a column could not be
-    /// converted. The caller's mistake: retrying will not help.
-    #[error("invalid: {0}")]
-    Invalid(String),
-}
-
-impl SqlError {
-    /// Whether trying the same work again later may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SqlError::Database { retryable, .. } => *retryable,
-            SqlError::Unavailable(_) => true,
-            SqlError::Invalid(_) => false,
-        }
-    }
-}
-
-/// Is a SQLSTATE transient? See [`SqlError::Database::retryable`].
+/// Is a SQLSTATE transient? See `SqlError::Database::retryable`.
 fn retryable_sqlstate(code: &str) -> bool {
     code.starts_with("40")
         || code.starts_with("08")
@@ -244,11 +176,21 @@ fn retryable_sqlstate(code: &str) -> bool {
         || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
+/// TLS files of a pool, for `sslmode=require`.
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    /// PEM file of the certificates that may sign the server's certificate; `None` = the
+    /// operating system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain) and its key, for a server that verifies its clients.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 /// Settings of one pool.
 #[derive(Clone)]
 pub struct PgPoolConfig {
     /// A `postgres://` URL or a `key=value` connection string. Secret: never logged.
-    pub url: String,
+    pub url: SecretUrl,
     /// Connections the pool may open.
     pub pool_size: usize,
     /// Longest wait for a free connection before the caller gets [`SqlError::Unavailable`].
@@ -260,9 +202,8 @@ pub struct PgPoolConfig {
     /// `application_name` of every connection, so they can be told apart in
     /// `pg_stat_activity`.
     pub application_name: String,
-    /// PEM file of the certificates that may sign the server's certificate when the URL says
-    /// `sslmode=require`; `None` = the operating system's trusted roots.
-    pub tls_ca_file: Option<PathBuf>,
+    /// TLS files, used when the URL says `sslmode=require`.
+    pub tls: Tls,
 }
 
 impl fmt::Debug for PgPoolConfig {
@@ -274,22 +215,18 @@ impl fmt::Debug for PgPoolConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("application_name", &self.application_name)
-            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// Why a pool could not be created. Never contains the URL.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
 
 /// A pool of connections to one PostgreSQL database.
 #[derive(Clone)]
 pub struct PgPool {
     pool: Pool,
     wait_timeout: Duration,
-    secrets: Vec<String>,
+    url: Arc<SecretUrl>,
 }
 
 impl fmt::Debug for PgPool {
@@ -313,24 +250,30 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
-/// TLS for `sslmode=require`: the server's certificate must chain to `ca_file`'s certificates
-/// (or the system's roots) and name the host connected to, as libpq's `verify-full` checks.
-fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, ConfigError> {
+fn certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, Problem> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Problem::new(key, format!("{}: not PEM certificates: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Problem::new(
+            key,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(certs)
+}
+
+/// TLS for `sslmode=require`: the server's certificate must chain to `tls.ca_file`'s
+/// certificates (or the system's roots) and name the host connected to, as libpq's
+/// `verify-full` checks; with `tls.client`, the client presents that certificate.
+fn tls_connector(tls: &Tls) -> Result<MakeRustlsConnect, Problem> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
+    match &tls.ca_file {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    ConfigError(format!(
-                        "tls_ca_file {}: not PEM certificates: {e}",
-                        path.display()
-                    ))
-                })?;
-            for cert in certs {
+            for cert in certificates(path, "tls_ca_file")? {
                 roots
                     .add(cert)
-                    .map_err(|e| ConfigError(format!("tls_ca_file {}: {e}", path.display())))?;
+                    .map_err(|e| Problem::new("tls_ca_file", format!("{}: {e}", path.display())))?;
             }
         }
         None => {
@@ -341,45 +284,81 @@ fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, ConfigErro
         }
     }
     if roots.is_empty() {
-        return Err(ConfigError(
+        return Err(Problem::new(
+            "tls_ca_file",
             "sslmode=require, but there is no certificate to verify the server with: set \
-             tls_ca_file or install the system's CA certificates"
-                .into(),
+             tls_ca_file or install the system's CA certificates",
         ));
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| ConfigError(format!("TLS set-up: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(tls))
+    .map_err(|e| Problem::new("url", format!("TLS set-up: {e}")))?
+    .with_root_certificates(roots);
+    let config = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certificates(cert, "tls_cert_file")?;
+            // The error names the file only: its content is a secret.
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+                Problem::new(
+                    "tls_key_file",
+                    format!(
+                        "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                        key.display()
+                    ),
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| Problem::new("tls_key_file", format!("does not fit tls_cert_file: {e}")))?
+        }
+    };
+    Ok(MakeRustlsConnect::new(config))
 }
 
 impl PgPool {
-    /// Creates the pool; no connection is opened until the first statement.
-    pub fn new(config: &PgPoolConfig) -> Result<Self, ConfigError> {
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
-            ConfigError(redact(
-                &format!("not a valid PostgreSQL URL: {e}"),
-                &[&config.url],
-            ))
+    /// Creates the pool; no connection is opened until the first statement. Errors name the
+    /// config key and never quote the URL.
+    pub fn new(config: &PgPoolConfig) -> Result<Self, Problem> {
+        let mut pg: tokio_postgres::Config = config.url.expose().parse().map_err(|e| {
+            Problem::new(
+                "url",
+                config
+                    .url
+                    .redact(&format!("is not a valid PostgreSQL URL: {e}")),
+            )
         })?;
         pg.application_name(&config.application_name)
             .connect_timeout(config.connect_timeout);
         if let Some(t) = config.statement_timeout {
             pg.options(format!("-c statement_timeout={}", t.as_millis()));
         }
-        let secrets = secrets_of(&config.url, &pg);
+        let mut url = config.url.clone();
+        if let Some(p) = pg.get_password()
+            && let Ok(p) = std::str::from_utf8(p)
+        {
+            url.add_secret(p);
+        }
         let manager_config = ManagerConfig {
             // A dead connection is noticed by its closed socket; checking each checkout with a
             // round trip would double the latency of short statements.
             recycling_method: RecyclingMethod::Fast,
         };
         let manager = if matches!(pg.get_ssl_mode(), SslMode::Require) {
-            let tls = tls_connector(config.tls_ca_file.as_deref())?;
+            let tls = tls_connector(&config.tls)?;
             Manager::from_config(pg, tls, manager_config)
+        } else if config.tls.ca_file.is_some() || config.tls.client.is_some() {
+            let key = if config.tls.ca_file.is_some() {
+                "tls_ca_file"
+            } else {
+                "tls_cert_file"
+            };
+            return Err(Problem::new(
+                key,
+                "is set, but the URL does not ask for TLS (add `sslmode=require`)",
+            ));
         } else {
             // `disable`, and `prefer` (the default): plain TCP, as before TLS was supported.
             Manager::from_config(pg, NoTls, manager_config)
@@ -391,11 +370,11 @@ impl PgPool {
             .recycle_timeout(Some(config.connect_timeout))
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| ConfigError(format!("cannot build the pool: {e}")))?;
+            .map_err(|e| Problem::new("pool_size", format!("cannot build the pool: {e}")))?;
         Ok(Self {
             pool,
             wait_timeout: config.wait_timeout,
-            secrets,
+            url: Arc::new(url),
         })
     }
 
@@ -403,7 +382,7 @@ impl PgPool {
     pub async fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, SqlError> {
         let (client, prepared) = self.prepare(statement, params).await?;
         let rows = client
-            .query(&prepared, &as_params(params))
+            .query(&prepared, &as_refs(&as_params(params)))
             .await
             .map_err(|e| self.error(e))?;
         let columns: Vec<String> = prepared
@@ -415,8 +394,8 @@ impl PgPool {
         for row in &rows {
             let mut values = Vec::with_capacity(columns.len());
             for (i, name) in columns.iter().enumerate() {
-                let value = row
-                    .try_get::<_, Value>(i)
+                let Column(value) = row
+                    .try_get::<_, Column>(i)
                     .map_err(|e| SqlError::Invalid(format!("column `{name}`: {}", cause(&e))))?;
                 values.push(value);
             }
@@ -429,7 +408,7 @@ impl PgPool {
     pub async fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, SqlError> {
         let (client, prepared) = self.prepare(statement, params).await?;
         client
-            .execute(&prepared, &as_params(params))
+            .execute(&prepared, &as_refs(&as_params(params)))
             .await
             .map_err(|e| self.error(e))
     }
@@ -507,8 +486,27 @@ impl PgPool {
     }
 
     fn redact(&self, text: &str) -> String {
-        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
-        redact(text, &secrets)
+        self.url.redact(text)
+    }
+}
+
+impl SqlSource for PgPool {
+    fn query(
+        &self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> BoxFuture<'static, Result<Rows, SqlError>> {
+        let pool = self.clone();
+        Box::pin(async move { pool.query(&statement, &params).await })
+    }
+
+    fn execute(
+        &self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> BoxFuture<'static, Result<u64, SqlError>> {
+        let pool = self.clone();
+        Box::pin(async move { pool.execute(&statement, &params).await })
     }
 }
 
@@ -521,7 +519,7 @@ fn check_params(types: &[Type], params: &[Value]) -> Result<(), SqlError> {
         )));
     }
     for (i, (ty, value)) in types.iter().zip(params).enumerate() {
-        if !value.fits(ty) {
+        if !fits(value, ty) {
             return Err(SqlError::Invalid(format!(
                 "parameter ${} is of type {ty}; this {} value does not fit (out of range, or cast \
                  the parameter in SQL, e.g. `${}::text`)",
@@ -534,8 +532,12 @@ fn check_params(types: &[Type], params: &[Value]) -> Result<(), SqlError> {
     Ok(())
 }
 
-fn as_params(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
-    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+fn as_params(params: &[Value]) -> Vec<Param<'_>> {
+    params.iter().map(Param).collect()
+}
+
+fn as_refs<'a>(params: &'a [Param<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
 /// The error and its sources on one line.
@@ -548,29 +550,6 @@ fn cause(e: &dyn StdError) -> String {
         source = s.source();
     }
     text
-}
-
-/// The strings that must never appear in a message: the URL and its password.
-fn secrets_of(url: &str, pg: &tokio_postgres::Config) -> Vec<String> {
-    let mut secrets = vec![url.to_string()];
-    if let Some(p) = pg.get_password()
-        && let Ok(p) = std::str::from_utf8(p)
-        && !p.is_empty()
-    {
-        secrets.push(p.to_string());
-    }
-    secrets
-}
-
-/// `text` with every occurrence of each secret replaced by `<redacted>`.
-pub fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_string();
-    for s in secrets {
-        if s.len() >= 3 {
-            out = out.replace(s, "<redacted>");
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -586,46 +565,51 @@ mod tests {
         assert!(!retryable_sqlstate("23505"));
     }
 
-    #[test]
-    fn a_bad_url_does_not_echo_the_secret() {
-        let err = PgPool::new(&PgPoolConfig {
-            url: "postgres://u:hunter2@host:notaport/db".into(),
+    fn config(url: &str) -> PgPoolConfig {
+        PgPoolConfig {
+            url: SecretUrl::new(url.into()),
             pool_size: 1,
             wait_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             statement_timeout: None,
             application_name: "t".into(),
-            tls_ca_file: None,
-        })
-        .unwrap_err();
+            tls: Tls::default(),
+        }
+    }
+
+    #[test]
+    fn a_bad_url_does_not_echo_the_secret() {
+        let err = PgPool::new(&config("postgres://u:hunter2@host:notaport/db")).unwrap_err();
+        assert_eq!(err.key, "url");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]
-    fn a_ca_file_that_is_missing_or_not_pem_is_a_config_error() {
-        let missing = tls_connector(Some(Path::new("/nonexistent/ca.pem")))
-            .err()
-            .unwrap();
-        assert!(
-            missing
-                .to_string()
-                .contains("tls_ca_file /nonexistent/ca.pem"),
-            "{missing}"
-        );
-        let dir = std::env::temp_dir().join(format!("fnmill-pg-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let garbage = dir.join("garbage.pem");
+    fn tls_files_that_are_missing_not_pem_or_without_sslmode_are_named() {
+        let tls = |ca: &str| Tls {
+            ca_file: Some(ca.into()),
+            client: None,
+        };
+        let missing = tls_connector(&tls("/nonexistent/ca.pem")).err().unwrap();
+        assert_eq!(missing.key, "tls_ca_file");
+        assert!(missing.message.contains("/nonexistent/ca.pem"), "{missing}");
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "not a certificate\n").unwrap();
-        let empty = tls_connector(Some(&garbage)).err().unwrap();
-        assert!(empty.to_string().contains("no certificate"), "{empty}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        let empty = tls_connector(&tls(garbage.to_str().unwrap())).err().unwrap();
+        assert!(empty.message.contains("no PEM certificate"), "{empty}");
+        let mut plain = config("postgres://u:hunter2@host/db");
+        plain.tls = tls("/ca.pem");
+        let err = PgPool::new(&plain).unwrap_err();
+        assert_eq!(err.key, "tls_ca_file");
+        assert!(err.message.contains("sslmode=require"), "{err}");
     }
 
     #[test]
     fn values_fit_their_types() {
-        assert!(Value::Int(1).fits(&Type::INT4));
-        assert!(!Value::Int(1).fits(&Type::TEXT));
-        assert!(Value::Null.fits(&Type::JSONB));
-        assert!(Value::Text("x".into()).fits(&Type::VARCHAR));
+        assert!(fits(&Value::Int(1), &Type::INT4));
+        assert!(!fits(&Value::Int(1), &Type::TEXT));
+        assert!(fits(&Value::Null, &Type::JSONB));
+        assert!(fits(&Value::Text("x".into()), &Type::VARCHAR));
     }
 }

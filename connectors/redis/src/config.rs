@@ -1,55 +1,41 @@
 //! `data_sources.<name>` with `kind = "redis"` in fnmill.toml.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use fnmill_connector_api::Problem;
+use fnmill_connector_api::connection::Connected;
 use serde::Deserialize;
-
-pub use fnmill_connector_api::secret::{FieldError, Secret, resolve_url};
 
 use crate::RedisPoolConfig;
 
-/// A Redis data source: a pool of connections serving the key-value buckets defined on it.
-///
-/// The URL is a secret, given as exactly one of `url`, `url_env` or `url_file`, as for
-/// PostgreSQL; it is never logged.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
-    #[serde(default)]
-    pub url: Option<Secret>,
-    /// Environment variable that holds the URL.
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// File that holds the URL. Relative to the config file.
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-    /// Connections the pool may open. Each is multiplexed (many commands in flight at once), so
-    /// a few serve thousands of instances.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// Longest a call waits for a free connection.
-    #[serde(default = "default_wait_timeout", with = "humantime_serde")]
-    pub wait_timeout: Duration,
-    /// Longest time to open a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Longest one command may take, waiting for a connection included; then the function gets
-    /// `unavailable` (retryable).
-    #[serde(default = "default_command_timeout", with = "humantime_serde")]
-    pub command_timeout: Duration,
-    /// With a `rediss://` URL: a PEM file of the certificate authorities that may sign the
-    /// server's certificate. Without it, the operating system's trusted roots. Relative to the
-    /// config file. The certificate must also name the host in the URL.
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// Buckets served by this data source, by name: what functions open with
-    /// `keyvalue.open(name)` and are granted with `functions.<f>.buckets`. Bucket names are
-    /// unique across all data sources.
-    #[serde(default)]
-    pub buckets: BTreeMap<String, BucketConfig>,
+fnmill_connector_api::connection_config! {
+    /// A Redis data source: a pool of connections serving the key-value buckets defined on it.
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RedisConfig {
+        url: "`redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS (the server's \
+              certificate and host name are checked).",
+        /// Connections the pool may open. Each is multiplexed (many commands in flight at once),
+        /// so a few serve thousands of instances.
+        #[serde(default = "default_pool_size")]
+        pub pool_size: usize,
+        /// Longest a call waits for a free connection.
+        #[serde(default = "default_wait_timeout", with = "humantime_serde")]
+        pub wait_timeout: Duration,
+        /// Longest time to open a connection.
+        #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+        pub connect_timeout: Duration,
+        /// Longest one command may take, waiting for a connection included; then the function
+        /// gets `unavailable` (retryable).
+        #[serde(default = "default_command_timeout", with = "humantime_serde")]
+        pub command_timeout: Duration,
+        /// Buckets served by this data source, by name: what functions open with
+        /// `keyvalue.open(name)` and are granted with `functions.<f>.buckets`. Bucket names are
+        /// unique across all data sources.
+        #[serde(default)]
+        pub buckets: BTreeMap<String, BucketConfig>,
+    }
 }
 
 /// A bucket: a key prefix.
@@ -80,27 +66,49 @@ fn default_command_timeout() -> Duration {
 }
 
 impl RedisConfig {
-    /// The pool settings, with the URL read from wherever the config says.
-    pub fn pool_config(&self, base_dir: &std::path::Path) -> Result<RedisPoolConfig, FieldError> {
+    /// The pool settings, with the URL read from wherever the config says (relative files
+    /// resolved already). Errors name the key.
+    pub fn pool_config(&self) -> Result<RedisPoolConfig, Problem> {
         if self.pool_size == 0 {
-            return Err(FieldError {
-                field: "pool_size",
-                message: "must be at least 1".into(),
-            });
+            return Err(Problem::new("pool_size", "must be at least 1"));
         }
-        let url = resolve_url(
-            self.url.as_ref(),
-            self.url_env.as_deref(),
-            self.url_file.as_deref(),
-            base_dir,
-        )?;
+        for (key, d) in [
+            ("wait_timeout", self.wait_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("command_timeout", self.command_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Problem::new(key, "must be greater than zero"));
+            }
+        }
+        let connection = self.connection();
+        let url = connection.url(None)?;
+        let tls = connection.tls()?;
         Ok(RedisPoolConfig {
             url,
             pool_size: self.pool_size,
             wait_timeout: self.wait_timeout,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
-            tls_ca_file: self.tls_ca_file.as_ref().map(|p| base_dir.join(p)),
+            tls_ca_file: tls.ca.map(Into::into),
+            tls_client: tls.client.map(|(c, k)| (c.into(), k.into())),
         })
+    }
+
+    /// Everything that would keep the pool from being built, each naming its key.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut problems = match self.pool_config() {
+            Err(p) => vec![p],
+            Ok(config) => crate::RedisPool::new(&config).err().into_iter().collect(),
+        };
+        for (name, bucket) in &self.buckets {
+            if bucket.prefix.is_empty() {
+                problems.push(Problem::new(
+                    format!("buckets.{name}.prefix"),
+                    "must not be empty (a bucket would see every key of the server)",
+                ));
+            }
+        }
+        problems
     }
 }

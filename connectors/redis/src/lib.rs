@@ -15,37 +15,25 @@ pub mod config;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands, ErrorKind, RedisError};
 use deadpool_redis::{Pool, PoolError, Runtime, Timeouts};
+pub use fnmill_connector_api::capability::kv::KvError;
+use fnmill_connector_api::Problem;
+use fnmill_connector_api::capability::kv;
+use fnmill_connector_api::connection::SecretUrl;
+use futures::future::BoxFuture;
 
 /// Keys returned by one `SCAN` round trip, a hint to the server (it may return more or fewer).
 const SCAN_COUNT: usize = 100;
-
-/// Why a key-value operation failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KvError {
-    /// The server could not be reached or did not answer in time, or the pool was exhausted.
-    /// Transient.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The server refused the command (e.g. `increment` of a value that is not an integer).
-    #[error("{0}")]
-    Other(String),
-}
-
-impl KvError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, KvError::Unavailable(_))
-    }
-}
 
 /// Settings of one pool.
 #[derive(Clone)]
 pub struct RedisPoolConfig {
     /// A `redis://` or `rediss://` URL. Secret: never logged.
-    pub url: String,
+    pub url: SecretUrl,
     /// Connections the pool may open. Each is multiplexed, so a few serve many callers.
     pub pool_size: usize,
     /// Longest wait for a free connection.
@@ -57,6 +45,9 @@ pub struct RedisPoolConfig {
     /// For a `rediss://` URL: a PEM file of the certificate authorities that may sign the
     /// server's certificate; `None` = the operating system's trusted roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// For a `rediss://` URL: a PEM client certificate and its key, for a server that verifies
+    /// its clients (`tls-auth-clients yes`).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Debug for RedisPoolConfig {
@@ -68,21 +59,18 @@ impl fmt::Debug for RedisPoolConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client", &self.tls_client)
             .finish()
     }
 }
 
-/// Why a pool could not be created. Never contains the URL.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
 
 /// A pool of connections to one Redis server.
 #[derive(Clone)]
 pub struct RedisPool {
     pool: Pool,
     command_timeout: Duration,
-    secrets: Vec<String>,
+    url: Arc<SecretUrl>,
 }
 
 impl fmt::Debug for RedisPool {
@@ -94,47 +82,54 @@ impl fmt::Debug for RedisPool {
 }
 
 impl RedisPool {
-    /// Creates the pool; no connection is opened until the first command.
-    pub fn new(config: &RedisPoolConfig) -> Result<Self, ConfigError> {
-        let mut secrets = vec![config.url.clone()];
-        let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
-            .map_err(|e| ConfigError(redact(&format!("not a valid Redis URL: {e}"), &secrets)))?;
-        if let Some(p) = &info.redis.password
-            && p.len() >= 3
-        {
-            secrets.push(p.clone());
+    /// Creates the pool; no connection is opened until the first command. Errors name the
+    /// config key and never quote the URL.
+    pub fn new(config: &RedisPoolConfig) -> Result<Self, Problem> {
+        let mut url = config.url.clone();
+        let info = redis::IntoConnectionInfo::into_connection_info(url.expose())
+            .map_err(|e| Problem::new("url", url.redact(&format!("is not a valid Redis URL: {e}"))))?;
+        if let Some(p) = &info.redis.password {
+            url.add_secret(p.clone());
         }
         let tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
-        let info = match (&config.tls_ca_file, tls) {
+        let read = |path: &PathBuf, key: &str| {
+            std::fs::read(path)
+                .map_err(|e| Problem::new(key, format!("cannot be read: {}: {e}", path.display())))
+        };
+        let info = match (&config.tls_ca_file, &config.tls_client, tls) {
+            (None, None, _) => info,
             // `rediss://` verifies the server's certificate and host name: against these
             // authorities, or (without a file) the system's roots.
-            (Some(path), true) => {
-                let root_cert = std::fs::read(path)
-                    .map_err(|e| ConfigError(format!("tls_ca_file {}: {e}", path.display())))?;
+            (ca, client, true) => {
                 let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
+                    client_tls: match client {
+                        None => None,
+                        Some((cert, key)) => Some(redis::ClientTlsConfig {
+                            client_cert: read(cert, "tls_cert_file")?,
+                            client_key: read(key, "tls_key_file")?,
+                        }),
+                    },
+                    root_cert: ca.as_ref().map(|p| read(p, "tls_ca_file")).transpose()?,
                 };
                 redis::Client::build_with_tls(info, certs)
                     .map_err(|e| {
-                        ConfigError(redact(
-                            &format!("tls_ca_file {}: {e}", path.display()),
-                            &secrets,
-                        ))
+                        let key = if ca.is_some() { "tls_ca_file" } else { "tls_cert_file" };
+                        Problem::new(key, url.redact(&format!("cannot be used: {e}")))
                     })?
                     .get_connection_info()
                     .clone()
             }
-            (Some(_), false) => {
-                return Err(ConfigError(
-                    "tls_ca_file is set but the URL is not rediss:// (TLS)".into(),
+            (ca, _, false) => {
+                let key = if ca.is_some() { "tls_ca_file" } else { "tls_cert_file" };
+                return Err(Problem::new(
+                    key,
+                    "is set, but the URL is not rediss:// (TLS)",
                 ));
             }
-            (None, _) => info,
         };
         // The manager takes redis' own connection info, TLS parameters included.
         let manager = deadpool_redis::Manager::new(info)
-            .map_err(|e| ConfigError(redact(&format!("cannot build the pool: {e}"), &secrets)))?;
+            .map_err(|e| Problem::new("url", url.redact(&format!("cannot build the pool: {e}"))))?;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .timeouts(Timeouts {
@@ -144,11 +139,11 @@ impl RedisPool {
             })
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| ConfigError(redact(&format!("cannot build the pool: {e}"), &secrets)))?;
+            .map_err(|e| Problem::new("pool_size", format!("cannot build the pool: {e}")))?;
         Ok(Self {
             pool,
             command_timeout: config.command_timeout,
-            secrets,
+            url: Arc::new(url),
         })
     }
 
@@ -214,17 +209,8 @@ impl RedisPool {
     }
 
     fn redact(&self, text: &str) -> String {
-        redact(text, &self.secrets)
+        self.url.redact(text)
     }
-}
-
-/// `text` with every occurrence of each secret replaced by `<redacted>`.
-fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets {
-        out = out.replace(s.as_str(), "<redacted>");
-    }
-    out
 }
 
 /// A key prefix on one pool.
@@ -321,6 +307,41 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
+impl kv::Bucket for Bucket {
+    fn get(&self, key: String) -> BoxFuture<'static, Result<Option<Vec<u8>>, KvError>> {
+        let b = self.clone();
+        Box::pin(async move { Bucket::get(&b, &key).await })
+    }
+
+    fn set(&self, key: String, value: Vec<u8>) -> BoxFuture<'static, Result<(), KvError>> {
+        let b = self.clone();
+        Box::pin(async move { Bucket::set(&b, &key, &value).await })
+    }
+
+    fn delete(&self, key: String) -> BoxFuture<'static, Result<(), KvError>> {
+        let b = self.clone();
+        Box::pin(async move { Bucket::delete(&b, &key).await })
+    }
+
+    fn exists(&self, key: String) -> BoxFuture<'static, Result<bool, KvError>> {
+        let b = self.clone();
+        Box::pin(async move { Bucket::exists(&b, &key).await })
+    }
+
+    fn list_keys(
+        &self,
+        cursor: Option<u64>,
+    ) -> BoxFuture<'static, Result<(Vec<String>, Option<u64>), KvError>> {
+        let b = self.clone();
+        Box::pin(async move { Bucket::list_keys(&b, cursor).await })
+    }
+
+    fn increment(&self, key: String, delta: i64) -> BoxFuture<'static, Result<i64, KvError>> {
+        let b = self.clone();
+        Box::pin(async move { Bucket::increment(&b, &key, delta).await })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,12 +353,13 @@ mod tests {
 
     fn config(url: &str, tls_ca_file: Option<&str>) -> RedisPoolConfig {
         RedisPoolConfig {
-            url: url.into(),
+            url: SecretUrl::new(url.into()),
             pool_size: 1,
             wait_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
             tls_ca_file: tls_ca_file.map(PathBuf::from),
+            tls_client: None,
         }
     }
 
@@ -356,12 +378,8 @@ mod tests {
             Some("/nonexistent/ca.pem"),
         ))
         .unwrap_err();
-        assert!(
-            missing
-                .to_string()
-                .contains("tls_ca_file /nonexistent/ca.pem"),
-            "{missing}"
-        );
+        assert_eq!(missing.key, "tls_ca_file");
+        assert!(missing.message.contains("/nonexistent/ca.pem"), "{missing}");
         assert!(!missing.to_string().contains("hunter2"), "{missing}");
     }
 }
