@@ -1,29 +1,33 @@
 //! The `sql` and `keyvalue` capabilities: grants checked in the host, work done on the IO side.
 //!
-//! [`DataSources`] holds the native pools (PostgreSQL, Redis buckets) and a handle to the IO
-//! runtime they live on. A function sees only the subset its config grants ([`Grants`]),
-//! resolved once at load into [`FunctionData`]. A guest call naming anything else is refused
-//! right here, with an error to the guest and a log line, before any pool is touched.
+//! [`DataSources`] holds what serves each capability by name — anything implementing
+//! [`SqlSource`] or [`Bucket`] from `connectors/api`: an in-process pool or a remote tier; the
+//! host never names a database — and a handle to the IO runtime their work runs on. A function
+//! sees only the subset its config grants ([`Grants`]), resolved once at load into
+//! [`FunctionData`]. A guest call naming anything else is refused right here, with an error to
+//! the guest and a log line, before anything is touched.
 //!
 //! A granted call is spawned onto the IO runtime and its `JoinHandle` awaited: the guest's fiber
 //! is suspended and the compute thread runs other instances meanwhile. How many connections
 //! exist is the pools' business, independent of how many instances wait for them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use fnmill_connector_postgres::{PgPool, SqlError, Value};
-use fnmill_connector_redis::{Bucket, KvError};
+use fnmill_connector_api::capability::kv::{Bucket, KvError};
+use fnmill_connector_api::capability::sql::{SqlError, SqlSource, Value};
 use tokio::runtime::Handle;
 use wasmtime::component::Resource;
 
-use super::Ctx;
 use super::bindings::{keyvalue, sql};
+use super::context::Ctx;
 
-/// The pools of every data source in the config, and the IO runtime they run on.
+/// What serves every data source and bucket of the config, by name, and the IO runtime the work
+/// runs on.
 pub struct DataSources {
     io: Handle,
-    postgres: BTreeMap<String, PgPool>,
-    buckets: BTreeMap<String, Bucket>,
+    sql: BTreeMap<String, Arc<dyn SqlSource>>,
+    buckets: BTreeMap<String, Arc<dyn Bucket>>,
 }
 
 impl DataSources {
@@ -31,24 +35,19 @@ impl DataSources {
     pub fn new(io: Handle) -> Self {
         Self {
             io,
-            postgres: BTreeMap::new(),
+            sql: BTreeMap::new(),
             buckets: BTreeMap::new(),
         }
     }
 
-    /// Adds a PostgreSQL data source that functions can name in `sql` calls.
-    pub fn add_postgres(&mut self, name: impl Into<String>, pool: PgPool) {
-        self.postgres.insert(name.into(), pool);
+    /// Adds a SQL data source that functions can name in `sql` calls.
+    pub fn add_sql(&mut self, name: impl Into<String>, source: Arc<dyn SqlSource>) {
+        self.sql.insert(name.into(), source);
     }
 
     /// Adds a key-value bucket that functions can open by name.
-    pub fn add_bucket(&mut self, name: impl Into<String>, bucket: Bucket) {
+    pub fn add_bucket(&mut self, name: impl Into<String>, bucket: Arc<dyn Bucket>) {
         self.buckets.insert(name.into(), bucket);
-    }
-
-    /// The pool of a PostgreSQL data source.
-    pub fn postgres(&self, name: &str) -> Option<&PgPool> {
-        self.postgres.get(name)
     }
 
     /// What a function with `grants` may use. Fails naming the first granted name that does
@@ -59,11 +58,11 @@ impl DataSources {
             ..FunctionData::default()
         };
         for name in &grants.data_sources {
-            let pool = self
-                .postgres
+            let source = self
+                .sql
                 .get(name)
                 .ok_or_else(|| format!("granted data source `{name}` is not a SQL data source"))?;
-            data.postgres.insert(name.clone(), pool.clone());
+            data.sql.insert(name.clone(), source.clone());
         }
         for name in &grants.buckets {
             let bucket = self
@@ -93,11 +92,11 @@ pub struct Grants {
 
 /// What one function may reach, resolved at load.
 #[derive(Default)]
-pub(super) struct FunctionData {
+pub(crate) struct FunctionData {
     /// Where granted calls run; `None` when the host has no data sources at all.
     io: Option<Handle>,
-    postgres: BTreeMap<String, PgPool>,
-    buckets: BTreeMap<String, Bucket>,
+    sql: BTreeMap<String, Arc<dyn SqlSource>>,
+    buckets: BTreeMap<String, Arc<dyn Bucket>>,
     /// Buckets that exist but are not granted: opening one is `access-denied` rather than
     /// `no-such-store`.
     other_buckets: BTreeSet<String>,
@@ -105,7 +104,7 @@ pub(super) struct FunctionData {
 
 /// An open bucket, as kept in the store's resource table.
 pub struct KvBucket {
-    bucket: Bucket,
+    bucket: Arc<dyn Bucket>,
 }
 
 impl Ctx {
@@ -122,10 +121,10 @@ impl Ctx {
         );
     }
 
-    /// The pool of `source`, or the `not-granted` error (logged).
-    fn sql_pool(&self, source: &str) -> Result<(Handle, PgPool), sql::SqlError> {
-        match (self.io(), self.function.data.postgres.get(source)) {
-            (Some(io), Some(pool)) => Ok((io, pool.clone())),
+    /// The source named `source`, or the `not-granted` error (logged).
+    fn sql_source(&self, source: &str) -> Result<(Handle, Arc<dyn SqlSource>), sql::SqlError> {
+        match (self.io(), self.function.data.sql.get(source)) {
+            (Some(io), Some(s)) => Ok((io, s.clone())),
             _ => {
                 self.refuse("data source", source);
                 Err(sql::SqlError::NotGranted(format!(
@@ -138,7 +137,8 @@ impl Ctx {
     }
 }
 
-/// Runs `work` on the IO runtime and awaits it from the compute side.
+/// Runs `work` on the IO runtime and awaits it from the compute side. `None` when the IO runtime
+/// is shutting down.
 async fn on_io<T: Send + 'static>(
     io: &Handle,
     work: impl Future<Output = T> + Send + 'static,
@@ -199,9 +199,9 @@ impl sql::Host for Ctx {
         statement: String,
         params: Vec<sql::Value>,
     ) -> Result<sql::Rows, sql::SqlError> {
-        let (io, pool) = self.sql_pool(&source)?;
+        let (io, s) = self.sql_source(&source)?;
         let params: Vec<Value> = params.into_iter().map(to_value).collect();
-        let rows = on_io(&io, async move { pool.query(&statement, &params).await })
+        let rows = on_io(&io, s.query(statement, params))
             .await
             .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))?
             .map_err(from_sql_error)?;
@@ -221,9 +221,9 @@ impl sql::Host for Ctx {
         statement: String,
         params: Vec<sql::Value>,
     ) -> Result<u64, sql::SqlError> {
-        let (io, pool) = self.sql_pool(&source)?;
+        let (io, s) = self.sql_source(&source)?;
         let params: Vec<Value> = params.into_iter().map(to_value).collect();
-        on_io(&io, async move { pool.execute(&statement, &params).await })
+        on_io(&io, s.execute(statement, params))
             .await
             .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))?
             .map_err(from_sql_error)
@@ -244,7 +244,7 @@ impl Ctx {
     async fn kv<T, F, Fut>(&mut self, handle: &Resource<KvBucket>, op: F) -> KvResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(Bucket) -> Fut,
+        F: FnOnce(Arc<dyn Bucket>) -> Fut,
         Fut: Future<Output = Result<T, KvError>> + Send + 'static,
     {
         let bucket = self.table.get(handle)?.bucket.clone();
@@ -278,22 +278,19 @@ impl keyvalue::Host for Ctx {
 
 impl keyvalue::HostBucket for Ctx {
     async fn get(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<Option<Vec<u8>>> {
-        self.kv(&this, |b| async move { b.get(&key).await }).await
+        self.kv(&this, |b| b.get(key)).await
     }
 
     async fn set(&mut self, this: Resource<KvBucket>, key: String, value: Vec<u8>) -> KvResult<()> {
-        self.kv(&this, |b| async move { b.set(&key, &value).await })
-            .await
+        self.kv(&this, |b| b.set(key, value)).await
     }
 
     async fn delete(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<()> {
-        self.kv(&this, |b| async move { b.delete(&key).await })
-            .await
+        self.kv(&this, |b| b.delete(key)).await
     }
 
     async fn exists(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<bool> {
-        self.kv(&this, |b| async move { b.exists(&key).await })
-            .await
+        self.kv(&this, |b| b.exists(key)).await
     }
 
     async fn list_keys(
@@ -301,9 +298,12 @@ impl keyvalue::HostBucket for Ctx {
         this: Resource<KvBucket>,
         cursor: Option<u64>,
     ) -> KvResult<keyvalue::KeyResponse> {
-        self.kv(&this, |b| async move {
-            let (keys, cursor) = b.list_keys(cursor).await?;
-            Ok(keyvalue::KeyResponse { keys, cursor })
+        self.kv(&this, |b| {
+            let list = b.list_keys(cursor);
+            async move {
+                let (keys, cursor) = list.await?;
+                Ok(keyvalue::KeyResponse { keys, cursor })
+            }
         })
         .await
     }
@@ -314,8 +314,7 @@ impl keyvalue::HostBucket for Ctx {
         key: String,
         delta: i64,
     ) -> KvResult<i64> {
-        self.kv(&this, |b| async move { b.increment(&key, delta).await })
-            .await
+        self.kv(&this, |b| b.increment(key, delta)).await
     }
 
     async fn drop(&mut self, this: Resource<KvBucket>) -> wasmtime::Result<()> {

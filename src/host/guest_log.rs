@@ -1,14 +1,22 @@
-//! Guest stdout and stderr as log lines, tagged with the function and the event id.
+//! Guest stdout and stderr as log lines, tagged with the function and the event id, within a
+//! per-event budget.
 //!
 //! Each complete line the guest writes becomes one `tracing` event at INFO (stdout) or WARN
 //! (stderr). A partial last line is emitted when the instance is dropped. Nothing is buffered
-//! without bound: a line longer than [`MAX_LINE`] is emitted in pieces.
+//! without bound: a line longer than [`MAX_LINE`] is emitted in pieces. A guest's text is
+//! untrusted: control characters are escaped, so a newline cannot forge a log line nor an escape
+//! sequence colour a terminal, and each event may log at most its function's `max_log_bytes` and
+//! `max_log_lines` (stdout, stderr and `logging.log` together); what is over is dropped, counted,
+//! and reported once when the event ends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use super::failure::push_escaped;
 
 /// Longest line kept before it is emitted in pieces.
 const MAX_LINE: usize = 16 * 1024;
@@ -19,20 +27,89 @@ pub(super) enum Stream {
     Stderr,
 }
 
-/// Handed to WASI as the guest's stdout/stderr. Creating it costs two `Arc` clones; the line
+/// How much one event may log.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogLimits {
+    pub bytes: u64,
+    pub lines: u32,
+}
+
+/// What one event may still log, and what it tried to log beyond that.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    limits: LogLimits,
+    bytes: AtomicU64,
+    lines: AtomicU64,
+    dropped_bytes: AtomicU64,
+    dropped_lines: AtomicU64,
+}
+
+impl LogBudget {
+    pub(super) fn new(limits: LogLimits) -> Self {
+        Self {
+            limits,
+            bytes: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+            dropped_lines: AtomicU64::new(0),
+        }
+    }
+
+    /// The line to log, escaped, if the budget still has room for it; counts it either way.
+    pub(super) fn admit(&self, text: &str) -> Option<String> {
+        let len = text.len() as u64;
+        let lines = self.lines.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
+        if lines > u64::from(self.limits.lines) || bytes > self.limits.bytes {
+            self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+            self.dropped_bytes.fetch_add(len, Ordering::Relaxed);
+            return None;
+        }
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            push_escaped(&mut out, c);
+        }
+        Some(out)
+    }
+
+    /// Logs, once, how much of the event's output was dropped.
+    pub(super) fn report(&self, function: &str, event: &str) {
+        let lines = self.dropped_lines.load(Ordering::Relaxed);
+        if lines > 0 {
+            tracing::warn!(
+                %function,
+                %event,
+                dropped_lines = lines,
+                dropped_bytes = self.dropped_bytes.load(Ordering::Relaxed),
+                max_log_lines = self.limits.lines,
+                max_log_bytes = self.limits.bytes,
+                "Guest log output over its limit for this event; the rest was dropped"
+            );
+        }
+    }
+}
+
+/// Handed to WASI as the guest's stdout/stderr. Creating it costs three `Arc` clones; the line
 /// buffer exists only once the guest actually writes.
 pub(super) struct GuestLog {
     stream: Stream,
     function: Arc<str>,
     event: Arc<str>,
+    budget: Arc<LogBudget>,
 }
 
 impl GuestLog {
-    pub(super) fn new(stream: Stream, function: &Arc<str>, event: &Arc<str>) -> Self {
+    pub(super) fn new(
+        stream: Stream,
+        function: &Arc<str>,
+        event: &Arc<str>,
+        budget: &Arc<LogBudget>,
+    ) -> Self {
         Self {
             stream,
             function: function.clone(),
             event: event.clone(),
+            budget: budget.clone(),
         }
     }
 }
@@ -49,6 +126,7 @@ impl StdoutStream for GuestLog {
             stream: self.stream,
             function: self.function.clone(),
             event: self.event.clone(),
+            budget: self.budget.clone(),
             line: Vec::new(),
         })
     }
@@ -64,6 +142,7 @@ struct LineWriter {
     stream: Stream,
     function: Arc<str>,
     event: Arc<str>,
+    budget: Arc<LogBudget>,
     line: Vec<u8>,
 }
 
@@ -71,10 +150,12 @@ impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
-        let (function, event) = (&*self.function, &*self.event);
-        match self.stream {
-            Stream::Stdout => tracing::info!(%function, %event, stream = "stdout", "{text}"),
-            Stream::Stderr => tracing::warn!(%function, %event, stream = "stderr", "{text}"),
+        if let Some(text) = self.budget.admit(text) {
+            let (function, event) = (&*self.function, &*self.event);
+            match self.stream {
+                Stream::Stdout => tracing::info!(%function, %event, stream = "stdout", "{text}"),
+                Stream::Stderr => tracing::warn!(%function, %event, stream = "stderr", "{text}"),
+            }
         }
         self.line.clear();
     }
@@ -110,5 +191,20 @@ impl Drop for LineWriter {
         if !self.line.is_empty() {
             self.emit();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_drops_and_counts_what_is_over_and_escapes_the_rest() {
+        let budget = LogBudget::new(LogLimits { bytes: 10, lines: 2 });
+        assert_eq!(budget.admit("a\u{1b}[2J").as_deref(), Some("a\\u{1b}[2J"));
+        assert_eq!(budget.admit("0123456789"), None, "over the bytes");
+        assert_eq!(budget.admit("x"), None, "over the lines");
+        assert_eq!(budget.dropped_lines.load(Ordering::Relaxed), 2);
+        assert_eq!(budget.dropped_bytes.load(Ordering::Relaxed), 11);
     }
 }

@@ -1,0 +1,126 @@
+//! The store data of one instance: WASI with no authority, the memory limiter, the guest's log
+//! budget, and what the host capabilities need to know about the function and the event.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings;
+use super::engine::TABLE_ELEMENTS;
+use super::function::FunctionShared;
+use super::guest_log::{self, LogBudget};
+
+/// An error raised by fnmill's own host code while the guest runs: the call fails as a host
+/// fault ([`Failure::Host`](super::Failure::Host)), which is retried, not blamed on the guest.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct HostFault(pub(crate) String);
+
+pub(crate) struct Ctx {
+    wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limiter: Limiter,
+    pub(super) function: Arc<FunctionShared>,
+    pub(super) event_id: Arc<str>,
+    /// What the guest may still log for this event (stdout, stderr and `logging.log`).
+    pub(super) log: Arc<LogBudget>,
+}
+
+impl Ctx {
+    pub(super) fn new(function: &Arc<FunctionShared>, event_id: &Arc<str>, memory_bytes: u64) -> Self {
+        let log = Arc::new(LogBudget::new(function.log));
+        // No preopened directories, no sockets, no environment, no arguments: WASI here only
+        // gives the guest clocks, random numbers and stdout/stderr that become log lines.
+        let stream = |stream| guest_log::GuestLog::new(stream, &function.name, event_id, &log);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stream(guest_log::Stream::Stdout))
+            .stderr(stream(guest_log::Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: memory_bytes as usize,
+                refused: false,
+            },
+            function: function.clone(),
+            event_id: event_id.clone(),
+            log,
+        }
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        self.log.report(&self.function.name, &self.event_id);
+    }
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::fnmill::function::types::Host for Ctx {}
+
+impl bindings::fnmill::function::config::Host for Ctx {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.function.config.get(&key).cloned()
+    }
+}
+
+impl bindings::fnmill::function::logging::Host for Ctx {
+    fn log(&mut self, level: bindings::Level, message: String) {
+        let Some(message) = self.log.admit(&message) else {
+            return;
+        };
+        let function = &*self.function.name;
+        let event = &*self.event_id;
+        match level {
+            bindings::Level::Trace => tracing::trace!(%function, %event, "{message}"),
+            bindings::Level::Debug => tracing::debug!(%function, %event, "{message}"),
+            bindings::Level::Info => tracing::info!(%function, %event, "{message}"),
+            bindings::Level::Warn => tracing::warn!(%function, %event, "{message}"),
+            bindings::Level::Error => tracing::error!(%function, %event, "{message}"),
+        }
+    }
+}
+
+/// Refuses memory growth past the function's limit, and remembers that it did so that the
+/// resulting trap is reported as a memory failure.
+pub(super) struct Limiter {
+    memory_bytes: usize,
+    pub(super) refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS)
+    }
+}

@@ -1,0 +1,324 @@
+//! A loaded function and one call of it: admission (an instance slot and room in the memory
+//! budget), a fresh store and instance, the handler call within the limits, and the
+//! classification of whatever went wrong.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fnmill_connector_api::{Event, Header};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::{self, EventFunctionPre, GuestError};
+use super::context::Ctx;
+use super::data::FunctionData;
+use super::engine::EPOCH_TICK;
+use super::failure::{Failure, Stage, sanitize};
+use super::guest_log::LogLimits;
+
+/// Per-function limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Linear memory the guest may grow to.
+    pub memory_bytes: u64,
+    /// Wall-clock time one call may take.
+    pub timeout: Duration,
+    /// Fuel (roughly, wasm instructions) one call may use; `None` = unlimited.
+    pub fuel: Option<u64>,
+    /// Outputs one call may return.
+    pub max_outputs: u32,
+    /// Total payload + key + header bytes one call may return.
+    pub max_output_bytes: u64,
+    /// Bytes of log output (stdout, stderr, `logging.log`) one call may write; the rest is
+    /// dropped and counted.
+    pub max_log_bytes: u64,
+    /// Log lines one call may write; the rest is dropped and counted.
+    pub max_log_lines: u32,
+}
+
+/// What to load as a function.
+#[derive(Clone, Debug)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub component: PathBuf,
+    pub limits: Limits,
+    /// Values the guest can read with `config.get`.
+    pub config: BTreeMap<String, String>,
+}
+
+/// An output returned by a function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// The destination *name*, resolved by the route.
+    pub destination: String,
+    pub key: Option<Bytes>,
+    pub payload: Bytes,
+    pub headers: Vec<Header>,
+}
+
+/// What every instance of one function shares.
+pub(super) struct FunctionShared {
+    pub(super) name: Arc<str>,
+    pub(super) config: BTreeMap<String, String>,
+    /// The capabilities this function is granted.
+    pub(super) data: FunctionData,
+    pub(super) log: LogLimits,
+}
+
+/// A loaded function, ready to run events. Cheap to share behind an `Arc`.
+pub struct Function {
+    pub(super) shared: Arc<FunctionShared>,
+    pub(super) limits: Limits,
+    pub(super) pre: EventFunctionPre<Ctx>,
+    /// Instance slots of the pooling allocator.
+    pub(super) permits: Arc<Semaphore>,
+    /// The memory budget, in pages; an instance holds `budget_pages` of it while it lives.
+    pub(super) budget: Arc<Semaphore>,
+    pub(super) budget_pages: u32,
+    /// Whether the engine meters fuel, so every store must be given some.
+    pub(super) engine_fuel: bool,
+}
+
+/// What an instance holds while it lives: its slot and its share of the memory budget.
+pub(super) struct Admission<'a> {
+    _slot: SemaphorePermit<'a>,
+    _memory: SemaphorePermit<'a>,
+}
+
+impl Function {
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Waits for an instance slot and for room in the memory budget. The pool has a slot for
+    /// every permit, so instantiation never fails for lack of one.
+    pub(super) async fn admit(&self) -> Result<Admission<'_>, Failure> {
+        let gone = |_| Failure::Instantiation("the host is shutting down".into());
+        let memory = self
+            .budget
+            .acquire_many(self.budget_pages)
+            .await
+            .map_err(gone)?;
+        let slot = self.permits.acquire().await.map_err(gone)?;
+        Ok(Admission {
+            _slot: slot,
+            _memory: memory,
+        })
+    }
+
+    /// Runs `event` in a fresh instance. A failure of any kind is returned, never raised: the
+    /// instance is thrown away and the next call starts clean.
+    pub async fn invoke(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+        let _admission = self.admit().await?;
+        // Epoch interruption cannot stop a guest that is inside an awaited host call; the outer
+        // timeout catches that case, one tick later than the epoch would.
+        let outer = self.limits.timeout + EPOCH_TICK * 2;
+        match tokio::time::timeout(outer, self.invoke_in_store(event, attempt)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout(self.limits.timeout)),
+        }
+    }
+
+    /// A store for one instance, with its limits set.
+    pub(super) fn store(&self, event_id: &Arc<str>) -> Result<Store<Ctx>, Failure> {
+        let engine = self.pre.instance_pre().engine();
+        let mut store = Store::new(
+            engine,
+            Ctx::new(&self.shared, event_id, self.limits.memory_bytes),
+        );
+        store.limiter(|ctx| &mut ctx.limiter);
+        if self.engine_fuel {
+            // Fuel metering is engine-wide; a function without a fuel limit gets all of it.
+            store
+                .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
+        }
+        Ok(store)
+    }
+
+    /// Arms the wall-clock limit of one call: the clock is checked on every epoch tick, and the
+    /// guest yields to the executor meanwhile, so a long guest neither overruns its timeout nor
+    /// monopolises a compute thread.
+    pub(super) fn arm_deadline(&self, store: &mut Store<Ctx>) {
+        let deadline = Instant::now() + self.limits.timeout;
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+    }
+
+    async fn invoke_in_store(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+        let event_id: Arc<str> = Arc::from(event.id.as_str());
+        let mut store = self.store(&event_id)?;
+        self.arm_deadline(&mut store);
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
+        };
+        self.call(&instance, &mut store, event, attempt).await
+    }
+
+    /// Calls the handler of `instance` with `event`.
+    pub(super) async fn call(
+        &self,
+        instance: &bindings::EventFunction,
+        store: &mut Store<Ctx>,
+        event: &Event,
+        attempt: u32,
+    ) -> Result<Vec<Output>, Failure> {
+        let wit_event = to_wit(event, attempt);
+        let result = instance
+            .fnmill_function_handler()
+            .call_handle(&mut *store, &wit_event)
+            .await;
+        match result {
+            Ok(Ok(outputs)) => self.check_outputs(outputs),
+            Ok(Err(GuestError::Retryable(message))) => Err(Failure::Retryable(sanitize(&message))),
+            Ok(Err(GuestError::Fatal(message))) => Err(Failure::Fatal(sanitize(&message))),
+            Err(e) => Err(self.classify(e, store.data(), Stage::Call)),
+        }
+    }
+
+    pub(super) fn classify(&self, error: wasmtime::Error, ctx: &Ctx, stage: Stage) -> Failure {
+        if let Some(fault) = error.downcast_ref::<super::context::HostFault>() {
+            return Failure::Host(fault.0.clone());
+        }
+        if let Some(trap) = error.downcast_ref::<Trap>() {
+            match trap {
+                Trap::Interrupt => return Failure::Timeout(self.limits.timeout),
+                Trap::OutOfFuel => return Failure::Fuel(self.limits.fuel.unwrap_or(0)),
+                _ => {}
+            }
+            // A guest whose allocation was refused usually aborts; that is the memory limit
+            // at work, not a bug in the guest.
+            if ctx.limiter.refused {
+                return Failure::Memory(self.limits.memory_bytes);
+            }
+            return Failure::Trap {
+                code: trap_code(*trap).to_string(),
+                message: sanitize(&trap_message(&error)),
+            };
+        }
+        if ctx.limiter.refused {
+            return Failure::Memory(self.limits.memory_bytes);
+        }
+        match stage {
+            Stage::Instantiation => Failure::Instantiation(sanitize(&format!("{error:#}"))),
+            // An error raised by a host function the guest called wrongly (a forged resource
+            // handle) stops the guest: it is the guest's fault, like a trap.
+            Stage::Call => Failure::Trap {
+                code: "host-call".into(),
+                message: sanitize(&format!("{error:#}")),
+            },
+        }
+    }
+
+    fn check_outputs(&self, outputs: Vec<bindings::Output>) -> Result<Vec<Output>, Failure> {
+        let limits = &self.limits;
+        if outputs.len() > limits.max_outputs as usize {
+            return Err(Failure::OutputLimit(format!(
+                "returned {} outputs, the limit is {}",
+                outputs.len(),
+                limits.max_outputs
+            )));
+        }
+        let bytes: u64 = outputs
+            .iter()
+            .map(|o| {
+                (o.payload.len()
+                    + o.key.as_ref().map_or(0, Vec::len)
+                    + o.headers
+                        .iter()
+                        .map(|h| h.name.len() + h.value.len())
+                        .sum::<usize>()) as u64
+            })
+            .sum();
+        if bytes > limits.max_output_bytes {
+            return Err(Failure::OutputLimit(format!(
+                "returned {bytes} bytes of outputs, the limit is {}",
+                limits.max_output_bytes
+            )));
+        }
+        Ok(outputs
+            .into_iter()
+            .map(|o| Output {
+                destination: o.destination,
+                key: o.key.map(Bytes::from),
+                payload: Bytes::from(o.payload),
+                headers: o
+                    .headers
+                    .into_iter()
+                    .map(|h| Header::new(h.name, h.value))
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+/// The event as the guest sees it. The one place host types become generated types.
+fn to_wit(event: &Event, attempt: u32) -> bindings::Event {
+    bindings::Event {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        key: event.key.as_ref().map(|k| k.to_vec()),
+        payload: event.payload.to_vec(),
+        headers: event
+            .headers
+            .iter()
+            .map(|h| bindings::Header {
+                name: h.name.clone(),
+                value: h.value.to_vec(),
+            })
+            .collect(),
+        timestamp_ms: event.timestamp_ms,
+        attempt,
+    }
+}
+
+fn trap_code(trap: Trap) -> &'static str {
+    match trap {
+        Trap::StackOverflow => "stack-overflow",
+        Trap::MemoryOutOfBounds => "memory-out-of-bounds",
+        Trap::HeapMisaligned => "heap-misaligned",
+        Trap::TableOutOfBounds => "table-out-of-bounds",
+        Trap::IndirectCallToNull => "indirect-call-to-null",
+        Trap::BadSignature => "bad-signature",
+        Trap::IntegerOverflow => "integer-overflow",
+        Trap::IntegerDivisionByZero => "integer-division-by-zero",
+        Trap::BadConversionToInteger => "bad-conversion-to-integer",
+        Trap::UnreachableCodeReached => "unreachable",
+        Trap::Interrupt => "interrupt",
+        Trap::OutOfFuel => "out-of-fuel",
+        Trap::CannotEnterComponent => "cannot-enter-component",
+        _ => "other",
+    }
+}
+
+/// A trap's reason and where it happened, on one line: wasmtime's text is "error while
+/// executing at wasm backtrace:", the frames, then the reason at the end of the chain.
+fn trap_message(error: &wasmtime::Error) -> String {
+    let reason = error.root_cause().to_string();
+    let frames: Vec<String> = format!("{error:?}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()) && l.contains(':'))
+        .take(5)
+        .map(|l| l.split_once(": ").map_or(l, |(_, f)| f).to_string())
+        .collect();
+    if frames.is_empty() {
+        reason
+    } else {
+        format!("{reason} (at {})", frames.join(" < "))
+    }
+}
