@@ -1,90 +1,151 @@
-//! Key-ordered lanes.
+//! Shards and key-ordered lanes.
 //!
 //! A lane exists while its key has an event running; later events with the same key wait in the
-//! lane's queue and start, in order, as the one before them finishes: settles, or hands its
-//! outputs to sinks that keep the order of what they are handed (then it settles later, once
-//! they are confirmed, while the next event already runs). Events without a key run at
-//! once. Everything accepted — running or queued — counts against `max_in_flight`, so memory is
-//! bounded by the route's window, not by the broker's backlog (the idea of Confluent's parallel
-//! consumer: concurrency per key, not per partition).
+//! lane's queue and start, in order, as the one before them lets go of the lane: it settled, or
+//! it handed its outputs to its sinks (it settles later, on their confirmation, while the next
+//! one already runs). Events without a key run at once. Everything accepted — running or queued
+//! — holds a place in the route's window, so memory is bounded by `max_in_flight`, not by the
+//! broker's backlog (the idea of Confluent's parallel consumer: concurrency per key, not per
+//! partition).
 
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use fnmill_connector_api::Delivery;
+use fnmill_connector_api::{Delivery, Outbox};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::task::AbortOnDropHandle;
 
-use super::{Route, Settling};
+use super::event::Next;
+use super::{Lent, Route};
+
+/// Deliveries a shard takes from its inbox at once: enough to start a batch of events back to
+/// back, few enough that lanes keep moving in between.
+const INBOX_BATCH: usize = 128;
+
+/// What a shard receives: a delivery and its place in the route's window.
+type Inbound = (Delivery, OwnedSemaphorePermit);
+
+/// The hash of an ordering key: picks the shard, and is the lane a sink keeps in order. Fixed
+/// seed: only this process compares them.
+pub(super) fn lane_of(key: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(0x6e6d_696c_6c5f_6c6e).hash_one(key)
+}
 
 impl Route {
-    /// Runs the route until the source closes its channel and every accepted event settled.
-    pub async fn run(self: Arc<Self>, mut deliveries: mpsc::Receiver<Delivery>) {
-        // Queued events per busy key. A key is present exactly while one of its events runs.
-        let mut lanes: foldhash::HashMap<Bytes, VecDeque<Delivery>> = Default::default();
-        // Each running event resolves to its ordering key, so its lane can move on, and to
-        // what is left of it: waiting for its outputs' confirmations.
-        let mut running: FuturesUnordered<BoxFuture<'static, (Option<Bytes>, Settling)>> =
-            FuturesUnordered::new();
-        // Events whose lane moved on, waiting for confirmation before they settle.
-        let mut settling: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
-        let mut in_flight = 0usize;
-        let mut source_open = true;
+    /// Starts the route's shards on the compute runtime. Returns the outbox its source feeds and
+    /// a future that ends once the source dropped the outbox and every accepted event let go of
+    /// its lane (confirmations may still be on their way; they settle the events by themselves).
+    pub fn start(self: Arc<Self>) -> (Outbox, impl Future<Output = ()> + Send + 'static) {
+        let n = self.shards.max(1);
+        let mut senders = Vec::with_capacity(n);
+        let mut shards = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel::<Inbound>();
+            senders.push(tx);
+            // Aborted with the route's task (a shutdown whose grace ran out).
+            shards.push(AbortOnDropHandle::new(
+                self.compute.spawn(self.clone().shard(rx)),
+            ));
+        }
+        let next = AtomicUsize::new(0);
+        let outbox = Outbox::new(self.max_in_flight, move |delivery, permit| {
+            let shard = match delivery.ordering_key() {
+                Some(key) => (lane_of(key) % n as u64) as usize,
+                // Unordered events spread over the shards.
+                None => next.fetch_add(1, Ordering::Relaxed) % n,
+            };
+            senders[shard]
+                .send((delivery, permit))
+                .map_err(|e| e.0.0)
+        });
+        let done = async move {
+            for shard in shards {
+                let _ = shard.await;
+            }
+        };
+        (outbox, done)
+    }
 
+    /// One shard: its lanes and running events, until its inbox closed and every event let go
+    /// of its lane.
+    async fn shard(self: Arc<Self>, mut inbox: mpsc::UnboundedReceiver<Inbound>) {
+        // Queued events per busy key. A key is present exactly while one of its events runs.
+        let mut lanes: foldhash::HashMap<Bytes, VecDeque<Lent>> = Default::default();
+        // Each running event resolves to its ordering key, so its lane can move on.
+        let mut running: FuturesUnordered<BoxFuture<'static, (Option<Bytes>, Next)>> =
+            FuturesUnordered::new();
+        let mut batch = Vec::with_capacity(INBOX_BATCH);
+        let mut open = true;
         loop {
             tokio::select! {
-                // Settle before taking more: keeps memory bounded and lanes moving.
+                // Let lanes move before taking more: keeps memory bounded and order cheap.
                 biased;
-                Some(()) = settling.next(), if !settling.is_empty() => in_flight -= 1,
-                Some((key, rest)) = running.next(), if !running.is_empty() => {
-                    match rest {
-                        Some(rest) => settling.push(rest),
-                        None => in_flight -= 1,
-                    }
-                    if let Some(key) = key
-                        && let Entry::Occupied(mut lane) = lanes.entry(key)
-                    {
-                        match lane.get_mut().pop_front() {
-                            Some(next) => running.push(self.clone().start(next)),
+                Some((key, next)) = running.next(), if !running.is_empty() => {
+                    let Some(key) = key else { continue };
+                    let Entry::Occupied(mut lane) = lanes.entry(key) else { continue };
+                    match next {
+                        Next::Continue => match lane.get_mut().pop_front() {
+                            Some(lent) => running.push(self.clone().run(lent)),
                             None => {
                                 lane.remove();
                             }
+                        },
+                        Next::AbandonLane => {
+                            let queued = lane.remove();
+                            if !queued.is_empty() {
+                                tracing::debug!(
+                                    route = %self.name,
+                                    abandoned = queued.len(),
+                                    "Abandoning the events queued behind an abandoned one"
+                                );
+                            }
+                            // Dropped: each settles as abandoned, to be delivered again.
+                            drop(queued);
                         }
                     }
                 }
-                next = deliveries.recv(), if source_open && in_flight < self.max_in_flight => {
-                    let Some(delivery) = next else {
-                        source_open = false;
+                n = inbox.recv_many(&mut batch, INBOX_BATCH), if open => {
+                    if n == 0 {
+                        open = false;
                         continue;
-                    };
-                    in_flight += 1;
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    match delivery.ordering_key().cloned() {
-                        None => running.push(self.clone().start(delivery)),
-                        Some(key) => match lanes.entry(key) {
-                            Entry::Occupied(mut lane) => lane.get_mut().push_back(delivery),
-                            Entry::Vacant(lane) => {
-                                lane.insert(VecDeque::new());
-                                running.push(self.clone().start(delivery));
-                            }
-                        },
+                    }
+                    for (delivery, permit) in batch.drain(..) {
+                        let key = delivery.ordering_key().cloned();
+                        let lent = Lent::new(delivery, permit, self.stats.clone());
+                        match key {
+                            None => running.push(self.clone().run(lent)),
+                            Some(key) => match lanes.entry(key) {
+                                Entry::Occupied(mut lane) => lane.get_mut().push_back(lent),
+                                Entry::Vacant(lane) => {
+                                    lane.insert(VecDeque::new());
+                                    running.push(self.clone().run(lent));
+                                }
+                            },
+                        }
                     }
                 }
                 else => break,
             }
         }
-        debug_assert!(lanes.is_empty() && in_flight == 0);
+        debug_assert!(lanes.is_empty());
     }
 
-    fn start(self: Arc<Self>, delivery: Delivery) -> BoxFuture<'static, (Option<Bytes>, Settling)> {
+    fn run(self: Arc<Self>, lent: Lent) -> BoxFuture<'static, (Option<Bytes>, Next)> {
         Box::pin(async move {
-            let key = delivery.ordering_key().cloned();
-            (key, self.process(delivery).await)
+            let key = lent.ordering_key();
+            // Keyless events have no order to keep: spread them over the sinks' pipes.
+            let lane = match &key {
+                Some(key) => lane_of(key),
+                None => lane_of(lent.event().id.as_bytes()),
+            };
+            (key, self.process(lent, lane).await)
         })
     }
 }

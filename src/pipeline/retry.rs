@@ -26,6 +26,8 @@ impl From<&RetryConfig> for Backoff {
 }
 
 impl Backoff {
+    /// Never panics: every step saturates at [`Duration::MAX`] (the config refuses backoffs
+    /// anywhere near it, but a backoff is no place to crash).
     pub fn delay(&self, retry: u32) -> Duration {
         let exp = self.multiplier.powi(retry.saturating_sub(1).min(64) as i32);
         let base = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
@@ -34,7 +36,7 @@ impl Backoff {
         } else {
             1.0
         };
-        Duration::from_secs_f64((base * spread).max(0.0))
+        Duration::try_from_secs_f64((base * spread).max(0.0)).unwrap_or(Duration::MAX)
     }
 }
 
@@ -71,6 +73,19 @@ mod tests {
                 d >= Duration::from_millis(80) && d <= Duration::from_millis(120),
                 "{d:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_largest_durations_do_not_panic() {
+        let b = Backoff {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+            multiplier: 10.0,
+            jitter: 1.0,
+        };
+        for retry in [1, 2, 64, u32::MAX] {
+            assert!(b.delay(retry) >= Duration::from_secs(1));
         }
     }
 }
