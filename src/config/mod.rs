@@ -1,46 +1,44 @@
 //! `fnmill.toml`: one file, every key overridable from the environment as
 //! `FNMILL__SECTION__KEY` (e.g. `FNMILL__RUNTIME__COMPUTE_THREADS=4`).
 //!
-//! Loading happens in two steps. [`load`] merges the file and the environment with the `config`
-//! crate and deserializes into [`Config`], where unknown keys and malformed values fail with the
-//! key's path. [`Config::validate`] then checks what spans keys — routes naming missing sources,
-//! functions or sinks, component files that do not exist — and reports every problem, one line
-//! each, before anything starts.
+//! Loading happens in two steps. [`read`] merges the file and the environment and deserializes
+//! into [`Config`], where unknown keys and malformed values fail with the key's path.
+//! [`Config::validate`] then resolves every relative path against the config file's folder and
+//! runs every check — each section's own, beside its definition (each connector's config checks
+//! itself), and those that span sections — reporting every problem, one line each naming its
+//! key. It returns a [`ValidatedConfig`], the only thing the wiring (`app::run`) accepts, so
+//! `fnmill check` and `fnmill run` refuse exactly the same configs, before anything starts.
+//!
+//! # Layout
+//!
+//! - this module: the config types and loading;
+//! - `env`: `FNMILL__…` overrides, kept as text where the schema wants text;
+//! - `validate`: [`ValidatedConfig`] and the checks.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fnmill_connector_amqp::{AmqpSinkConfig, AmqpSourceConfig, DeadLetterMode};
+use fnmill_connector_amqp::{AmqpSinkConfig, AmqpSourceConfig};
 use fnmill_connector_file::{FileSinkConfig, FileSourceConfig};
 use fnmill_connector_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use fnmill_connector_postgres::config::PostgresConfig;
 use fnmill_connector_redis::config::RedisConfig;
 use serde::{Deserialize, Deserializer};
 
-/// One configuration problem, naming the key it is about.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct Problem {
-    /// Dotted path of the key, e.g. `routes[0].function` or `functions.enrich.timeout`.
-    pub key: String,
-    pub message: String,
-}
+mod env;
+mod validate;
 
-impl Problem {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
+/// One configuration problem, naming the key it is about: the dotted path of the key, e.g.
+/// `routes[0].function` or `functions.enrich.timeout`.
+pub use fnmill_connector_api::Problem;
+pub use validate::ValidatedConfig;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {message}")]
+    #[error("cannot read {}: {message}", path.display())]
     Read { path: PathBuf, message: String },
     /// One or more problems, each on its own line.
     #[error("{}", Problems(.0))]
@@ -118,6 +116,11 @@ pub struct RuntimeConfig {
     /// before they are abandoned (and delivered again after restart).
     #[serde(default = "default_shutdown_grace", deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Memory all live wasm instances may reserve together, e.g. `"4GiB"`. An instance is
+    /// admitted only once its function's `memory` fits in what is left; until then its event
+    /// waits. Default: three quarters of the machine's (or the container's) memory.
+    #[serde(default, deserialize_with = "optional_byte_size")]
+    pub memory_budget: Option<u64>,
 }
 
 /// IO is mostly waiting: one thread serves many connections; a second lets a slow sink and a
@@ -133,7 +136,7 @@ fn default_compute_threads() -> usize {
 
 /// Enough for a route's default in-flight window to run fully concurrent while guests await
 /// host calls; each idle pool slot costs only address space.
-fn default_max_instances() -> u32 {
+pub(crate) fn default_max_instances() -> u32 {
     1000
 }
 
@@ -151,6 +154,7 @@ impl Default for RuntimeConfig {
             max_instances: default_max_instances(),
             cache_dir: None,
             shutdown_grace: default_shutdown_grace(),
+            memory_budget: None,
         }
     }
 }
@@ -198,7 +202,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// A source of events. Adding a connector adds one variant here and one arm in `app`.
+/// A source of events. Adding a connector adds one variant here; the compiler then points at
+/// the matches that check it (`validate`) and build it (`app`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceConfig {
@@ -210,7 +215,7 @@ pub enum SourceConfig {
     Kafka(KafkaSourceConfig),
 }
 
-/// A destination for outputs and dead letters.
+/// A destination for outputs and dead letters. Adding one works as for [`SourceConfig`].
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SinkConfig {
@@ -254,10 +259,60 @@ pub struct FunctionConfig {
     /// Key-value buckets (defined under a `redis` data source's `buckets`) the function may open.
     #[serde(default)]
     pub buckets: Vec<String>,
+    /// Most bytes of log output (stdout, stderr, `logging.log`) one call may write, e.g.
+    /// `"64KiB"`; what is over is dropped and counted in one warning.
+    #[serde(default = "default_max_log_bytes", deserialize_with = "byte_size")]
+    pub max_log_bytes: u64,
+    /// Most log lines one call may write; what is over is dropped and counted.
+    #[serde(default = "default_max_log_lines")]
+    pub max_log_lines: u32,
+}
+
+impl FunctionConfig {
+    /// A function running `component` with every limit at its default.
+    pub fn new(component: impl Into<PathBuf>) -> Self {
+        Self {
+            component: component.into(),
+            memory: default_memory(),
+            timeout: default_timeout(),
+            fuel: None,
+            max_outputs: default_max_outputs(),
+            max_output_bytes: default_max_output_bytes(),
+            config: BTreeMap::new(),
+            data_sources: Vec::new(),
+            buckets: Vec::new(),
+            max_log_bytes: default_max_log_bytes(),
+            max_log_lines: default_max_log_lines(),
+        }
+    }
+
+    /// The host's limits for this function.
+    pub fn limits(&self) -> crate::host::Limits {
+        crate::host::Limits {
+            memory_bytes: self.memory,
+            timeout: self.timeout,
+            fuel: self.fuel,
+            max_outputs: self.max_outputs,
+            max_output_bytes: self.max_output_bytes,
+            max_log_bytes: self.max_log_bytes,
+            max_log_lines: self.max_log_lines,
+        }
+    }
+}
+
+/// A few screens of text per event: enough for debugging output, too little for a runaway loop
+/// to flood the logs.
+fn default_max_log_bytes() -> u64 {
+    64 * 1024
+}
+
+fn default_max_log_lines() -> u32 {
+    200
 }
 
 /// A data source: a pool of connections on the IO side, served to the functions granted it.
-/// Adding a kind adds one variant here and one arm in `app`.
+/// Adding a kind adds one variant here; the compiler then points at the matches that check it
+/// and build it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DataSourceConfig {
@@ -329,18 +384,49 @@ impl RouteConfig {
     }
 }
 
-/// A sink, optionally with a target inside it (a topic, an exchange).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
+/// A sink, optionally with a target inside it (a topic, an exchange): `"out"` or
+/// `{ sink = "out", target = "orders.valid" }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DestinationConfig {
     /// Just the sink's name.
     Sink(String),
     /// A sink and a target inside it.
     Target {
         sink: String,
-        #[serde(default)]
         target: Option<String>,
     },
+}
+
+/// The table form of a destination; unknown keys (a misspelt `target`) are refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationTable {
+    sink: String,
+    #[serde(default)]
+    target: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for DestinationConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DestinationConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sink name, or a table { sink = \"…\", target = \"…\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(DestinationConfig::Sink(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let t = DestinationTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(DestinationConfig::Target {
+                    sink: t.sink,
+                    target: t.target,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl DestinationConfig {
@@ -414,7 +500,7 @@ impl Default for RetryConfig {
 }
 
 /// Reads `path` and the `FNMILL__…` environment, and validates the result.
-pub fn load(path: &Path) -> Result<Config> {
+pub fn load(path: &Path) -> Result<ValidatedConfig> {
     load_with_env(path, std::env::vars())
 }
 
@@ -422,52 +508,48 @@ pub fn load(path: &Path) -> Result<Config> {
 pub fn load_with_env(
     path: &Path,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config> {
-    if !path.is_file() {
-        return Err(ConfigError::Read {
-            path: path.to_path_buf(),
-            message: "no such file".into(),
-        });
-    }
-    let env: config::Map<String, String> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("FNMILL__"))
-        .collect();
-    let merged = config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix("FNMILL")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env)),
-        )
-        .build()
-        .map_err(|e| ConfigError::Read {
-            path: path.to_path_buf(),
-            message: one_line(&e.to_string()),
-        })?;
-    // Go through a JSON value so that serde_path_to_error can name the key of any problem,
-    // which the config crate's own deserializer loses inside tagged enums.
-    let value: serde_json::Value = merged.try_deserialize().map_err(|e| ConfigError::Read {
+) -> Result<ValidatedConfig> {
+    read(path, env)?.validate()
+}
+
+/// Reads `path` and the `FNMILL__…` variables of `env` into a [`Config`], not yet validated.
+pub fn read(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+    let unreadable = |message: String| ConfigError::Read {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => return Err(unreadable("is a directory, not a config file".into())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(unreadable("no such file".into()));
+        }
+        Err(e) => return Err(unreadable(e.to_string())),
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
+    let file = toml_value(&text).map_err(|e| match e {
+        ConfigError::Read { message, .. } => unreadable(message),
+        other => other,
     })?;
-    let mut config = from_value(value)?;
-    config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    config.validate()?;
+    let config = env::apply(file, env)?;
+    let mut config = config;
+    config.base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     Ok(config)
 }
 
 /// Parses a TOML string (no environment); relative paths resolve against `base_dir`.
-pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config> {
-    let value: serde_json::Value = toml_value(text)?;
-    let mut config = from_value(value)?;
+pub fn from_toml(text: &str, base_dir: &Path) -> Result<ValidatedConfig> {
+    let mut config = from_value(toml_value(text)?)?;
     config.base_dir = base_dir.to_path_buf();
-    config.validate()?;
-    Ok(config)
+    config.validate()
 }
 
+/// The TOML text as a JSON value, so that serde_path_to_error can name the key of any problem
+/// (the config crate's own deserializer loses it inside tagged enums).
 fn toml_value(text: &str) -> Result<serde_json::Value> {
     config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
@@ -475,7 +557,7 @@ fn toml_value(text: &str) -> Result<serde_json::Value> {
         .and_then(|c| c.try_deserialize())
         .map_err(|e| ConfigError::Read {
             path: PathBuf::from("<inline>"),
-            message: e.to_string(),
+            message: one_line(&e.to_string()),
         })
 }
 
@@ -489,278 +571,6 @@ fn from_value(value: serde_json::Value) -> Result<Config> {
         };
         ConfigError::Invalid(vec![Problem::new(key, e.into_inner().to_string())])
     })
-}
-
-impl Config {
-    /// Cross-key checks. Every problem found is reported, one per line.
-    pub fn validate(&self) -> Result<()> {
-        let mut problems = Vec::new();
-        let rt = &self.runtime;
-        if rt.io_threads == 0 {
-            problems.push(Problem::new("runtime.io_threads", "must be at least 1"));
-        }
-        if rt.compute_threads == 0 {
-            problems.push(Problem::new(
-                "runtime.compute_threads",
-                "must be at least 1",
-            ));
-        }
-        if rt.max_instances == 0 {
-            problems.push(Problem::new("runtime.max_instances", "must be at least 1"));
-        }
-        // Secrets and TLS files of the broker connections: each must be readable now, not at
-        // the first connect. Messages name the field, never a value.
-        let kafka = |properties, secrets| {
-            fnmill_connector_kafka::check_secrets(properties, secrets, &self.base_dir)
-                .err()
-                .map(|e| e.to_string())
-        };
-        let amqp = |checked: std::result::Result<(), fnmill_connector_amqp::AmqpError>| {
-            checked.err().map(|e| e.to_string())
-        };
-        let sources = self.sources.iter().map(|(name, source)| {
-            let problem = match source {
-                SourceConfig::Kafka(c) => kafka(&c.properties, &c.secret_properties),
-                SourceConfig::Amqp(c) => amqp(c.check(&self.base_dir)),
-                _ => None,
-            };
-            (format!("sources.{name}"), problem)
-        });
-        let sinks = self.sinks.iter().map(|(name, sink)| {
-            let problem = match sink {
-                SinkConfig::Kafka(c) => kafka(&c.properties, &c.secret_properties),
-                SinkConfig::Amqp(c) => amqp(c.check(&self.base_dir)),
-                _ => None,
-            };
-            (format!("sinks.{name}"), problem)
-        });
-        for (key, problem) in sources.chain(sinks) {
-            if let Some(message) = problem {
-                problems.push(Problem::new(key, message));
-            }
-        }
-        for (name, f) in &self.functions {
-            let key = format!("functions.{name}");
-            let path = self.resolve(&f.component);
-            if !path.is_file() {
-                problems.push(Problem::new(
-                    format!("{key}.component"),
-                    format!("no component file at {}", path.display()),
-                ));
-            }
-            if f.memory < 64 * 1024 {
-                problems.push(Problem::new(
-                    format!("{key}.memory"),
-                    "must be at least 64KiB (one wasm page)",
-                ));
-            }
-            if f.timeout.is_zero() {
-                problems.push(Problem::new(format!("{key}.timeout"), "must be above zero"));
-            }
-            if f.fuel == Some(0) {
-                problems.push(Problem::new(format!("{key}.fuel"), "must be above zero"));
-            }
-            for (i, ds) in f.data_sources.iter().enumerate() {
-                match self.data_sources.get(ds) {
-                    Some(DataSourceConfig::Postgres(_)) => {}
-                    Some(DataSourceConfig::Redis(_)) => problems.push(Problem::new(
-                        format!("{key}.data_sources[{i}]"),
-                        format!(
-                            "`{ds}` is a redis data source; grant its buckets in {key}.buckets"
-                        ),
-                    )),
-                    None => problems.push(Problem::new(
-                        format!("{key}.data_sources[{i}]"),
-                        format!(
-                            "no postgres data source named `{ds}`{}",
-                            known(self.data_sources.keys())
-                        ),
-                    )),
-                }
-            }
-            let buckets = self.buckets();
-            for (i, b) in f.buckets.iter().enumerate() {
-                if !buckets.contains_key(b) {
-                    problems.push(Problem::new(
-                        format!("{key}.buckets[{i}]"),
-                        format!("no bucket named `{b}`{}", known(buckets.keys())),
-                    ));
-                }
-            }
-        }
-        let mut bucket_owner: BTreeMap<&String, &String> = BTreeMap::new();
-        for (name, ds) in &self.data_sources {
-            let key = format!("data_sources.{name}");
-            let resolved = match ds {
-                DataSourceConfig::Postgres(c) => c
-                    .pool_config(&self.base_dir)
-                    .err()
-                    .map(|e| (e.field, e.message)),
-                DataSourceConfig::Redis(c) => {
-                    for bucket in c.buckets.keys() {
-                        if let Some(prev) = bucket_owner.insert(bucket, name) {
-                            problems.push(Problem::new(
-                                format!("{key}.buckets.{bucket}"),
-                                format!(
-                                    "bucket `{bucket}` is already defined by data_sources.{prev}"
-                                ),
-                            ));
-                        }
-                    }
-                    c.pool_config(&self.base_dir)
-                        .err()
-                        .map(|e| (e.field, e.message))
-                }
-            };
-            if let Some((field, message)) = resolved {
-                problems.push(Problem::new(format!("{key}.{field}"), message));
-            }
-        }
-        if self.routes.is_empty() && !self.sources.is_empty() {
-            problems.push(Problem::new(
-                "routes",
-                "sources are defined but no route reads them",
-            ));
-        }
-        let mut route_names = BTreeMap::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let key = format!("routes[{i}]");
-            if let Some(prev) = route_names.insert(r.name(), i) {
-                problems.push(Problem::new(
-                    format!("{key}.name"),
-                    format!("`{}` is already the name of routes[{prev}]", r.name()),
-                ));
-            }
-            if !self.sources.contains_key(&r.source) {
-                problems.push(Problem::new(
-                    format!("{key}.source"),
-                    format!(
-                        "no source named `{}`{}",
-                        r.source,
-                        known(self.sources.keys())
-                    ),
-                ));
-            }
-            if !self.functions.contains_key(&r.function) {
-                problems.push(Problem::new(
-                    format!("{key}.function"),
-                    format!(
-                        "no function named `{}`{}",
-                        r.function,
-                        known(self.functions.keys())
-                    ),
-                ));
-            }
-            for (dest, d) in &r.destinations {
-                self.check_sink(&mut problems, format!("{key}.destinations.{dest}"), d);
-            }
-            if let Some(d) = &r.dead_letter {
-                self.check_sink(&mut problems, format!("{key}.dead_letter"), d);
-            }
-            let retry = &r.retry;
-            if retry.max_attempts == 0 {
-                problems.push(Problem::new(
-                    format!("{key}.retry.max_attempts"),
-                    "must be at least 1 (the first attempt counts)",
-                ));
-            }
-            if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
-                problems.push(Problem::new(
-                    format!("{key}.retry.multiplier"),
-                    "must be a number of at least 1.0",
-                ));
-            }
-            if !(0.0..=1.0).contains(&retry.jitter) {
-                problems.push(Problem::new(
-                    format!("{key}.retry.jitter"),
-                    "must be between 0.0 and 1.0",
-                ));
-            }
-            if retry.max_backoff < retry.initial_backoff {
-                problems.push(Problem::new(
-                    format!("{key}.retry.max_backoff"),
-                    "must not be shorter than initial_backoff",
-                ));
-            }
-            if r.max_in_flight == 0 {
-                problems.push(Problem::new(
-                    format!("{key}.max_in_flight"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        let mut sources_used = BTreeMap::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            // The broker's dead-letter exchange and the route's would both get the event.
-            if let Some(SourceConfig::Amqp(c)) = self.sources.get(&r.source)
-                && c.dead_letter == DeadLetterMode::Broker
-                && r.dead_letter.is_some()
-            {
-                problems.push(Problem::new(
-                    format!("routes[{i}].dead_letter"),
-                    format!(
-                        "source `{}` has `dead_letter = \"broker\"` (the queue's own dead-letter \
-                         exchange); remove one of the two",
-                        r.source
-                    ),
-                ));
-            }
-            if let Some(prev) = sources_used.insert(&r.source, i) {
-                problems.push(Problem::new(
-                    format!("routes[{i}].source"),
-                    format!(
-                        "source `{}` is already read by routes[{prev}]; a source feeds one route",
-                        r.source
-                    ),
-                ));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
-    }
-
-    /// Every bucket of every redis data source: bucket name → (data source name, prefix).
-    pub fn buckets(&self) -> BTreeMap<String, (String, String)> {
-        let mut out = BTreeMap::new();
-        for (name, ds) in &self.data_sources {
-            if let DataSourceConfig::Redis(c) = ds {
-                for (bucket, b) in &c.buckets {
-                    out.entry(bucket.clone())
-                        .or_insert_with(|| (name.clone(), b.prefix.clone()));
-                }
-            }
-        }
-        out
-    }
-
-    fn check_sink(&self, problems: &mut Vec<Problem>, key: String, d: &DestinationConfig) {
-        if !self.sinks.contains_key(d.sink()) {
-            problems.push(Problem::new(
-                key,
-                format!("no sink named `{}`{}", d.sink(), known(self.sinks.keys())),
-            ));
-        }
-    }
-
-    /// `path` made absolute against the config file's directory.
-    pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
-        }
-    }
-
-    /// The compiled-component cache directory.
-    pub fn cache_dir(&self) -> PathBuf {
-        match &self.runtime.cache_dir {
-            Some(dir) => self.resolve(dir),
-            None => crate::host::default_cache_dir(),
-        }
-    }
 }
 
 /// The TOML parser's multi-line report (with a source excerpt) as one line: position and reason.
@@ -794,160 +604,34 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 /// A size such as `"32MiB"`, `"512 KiB"`, `"1GB"`, or a plain number of bytes.
 pub fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Size::deserialize(d)? {
-        Size::Bytes(n) => Ok(n),
-        Size::Text(text) => text
-            .trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|s| s.as_u64())
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a size ({e}); write e.g. \"64MiB\", \"512KiB\""
-                ))
-            }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn problems(text: &str) -> Vec<String> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
-        std::fs::write(dir.path().join("in.jsonl"), b"").unwrap();
-        match from_toml(text, dir.path()) {
-            Ok(_) => vec![],
-            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
-            Err(e) => vec![e.to_string()],
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a size such as \"64MiB\" or a number of bytes")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("`{v}` is not a size: it is negative")))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
+            text.trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|s| s.as_u64())
+                .map_err(|e| {
+                    E::custom(format!(
+                        "`{text}` is not a size ({e}); write e.g. \"64MiB\", \"512KiB\""
+                    ))
+                })
         }
     }
-
-    const BASE: &str = r#"
-        [sources.in]
-        kind = "file"
-        path = "in.jsonl"
-        [sinks.out]
-        kind = "file"
-        path = "out.jsonl"
-        [functions.f]
-        component = "f.wasm"
-    "#;
-
-    #[test]
-    fn a_valid_config_has_no_problems() {
-        let text = format!(
-            "{BASE}\n[[routes]]\nsource = \"in\"\nfunction = \"f\"\ndestinations = {{ out = \"out\" }}\ndead_letter = {{ sink = \"out\", target = \"dlq\" }}\n"
-        );
-        assert_eq!(problems(&text), Vec::<String>::new());
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let p = problems("[runtime]\nio_thread = 3\n");
-        assert_eq!(p.len(), 1);
-        assert!(
-            p[0].starts_with("runtime.io_thread: unknown field `io_thread`"),
-            "{p:?}"
-        );
-    }
-
-    #[test]
-    fn bad_duration_is_named() {
-        let p = problems(&format!(
-            "{BASE}\n[functions.g]\ncomponent = \"f.wasm\"\ntimeout = \"soon\"\n"
-        ));
-        assert!(
-            p[0].starts_with("functions.g.timeout: `soon` is not a duration"),
-            "{p:?}"
-        );
-    }
-
-    #[test]
-    fn route_to_missing_things_lists_each() {
-        let p = problems(&format!(
-            "{BASE}\n[[routes]]\nsource = \"nope\"\nfunction = \"g\"\ndestinations = {{ out = \"x\" }}\n"
-        ));
-        assert_eq!(p.len(), 3, "{p:?}");
-        assert!(p[0].starts_with("routes[0].source: no source named `nope`"));
-        assert!(p[1].starts_with("routes[0].function: no function named `g`"));
-        assert!(p[2].starts_with("routes[0].destinations.out: no sink named `x`"));
-    }
-
-    #[test]
-    fn an_unreadable_kafka_secret_is_named_without_a_value() {
-        let text = format!(
-            "{BASE}\n[sinks.k]\nkind = \"kafka\"\nbrokers = \"b:9092\"\ntopic = \"t\"\n\
-             properties = {{ \"security.protocol\" = \"sasl_ssl\" }}\n\
-             secret_properties = {{ \"sasl.password\" = {{ env = \"FNMILL_SURELY_UNSET_VAR\" }}, \
-             \"ssl.key.password\" = {{ file = \"no-such-file\" }} }}\n\
-             [[routes]]\nsource = \"in\"\nfunction = \"f\"\ndestinations = {{ out = \"k\" }}\n"
-        );
-        let p = problems(&text);
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].starts_with("sinks.k: `secret_properties.\"sasl.password\"`"),
-            "{p:?}"
-        );
-        assert!(p[0].contains("FNMILL_SURELY_UNSET_VAR"), "{p:?}");
-    }
-
-    #[test]
-    fn an_amqp_url_from_an_unset_variable_or_from_two_places_is_named() {
-        let routes =
-            "[[routes]]\nsource = \"in\"\nfunction = \"f\"\ndestinations = { out = \"r\" }\n";
-        let unset = format!(
-            "{BASE}\n[sinks.r]\nkind = \"amqp\"\nurl_env = \"FNMILL_SURELY_UNSET_VAR\"\n{routes}"
-        );
-        let p = problems(&unset);
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("sinks.r: `url_env`"), "{p:?}");
-        assert!(p[0].contains("FNMILL_SURELY_UNSET_VAR"), "{p:?}");
-        let both = format!(
-            "{BASE}\n[sinks.r]\nkind = \"amqp\"\nurl = \"amqp://u:hunter2@h/%2f\"\nurl_env = \"X\"\n{routes}"
-        );
-        let p = problems(&both);
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].contains("exactly one"), "{p:?}");
-        assert!(!p[0].contains("hunter2"), "{p:?}");
-        // None of them: RabbitMQ's local default, no problem.
-        let none = format!("{BASE}\n[sinks.r]\nkind = \"amqp\"\n{routes}");
-        assert_eq!(problems(&none), Vec::<String>::new());
-    }
-
-    #[test]
-    fn amqp_tls_files_are_checked_before_anything_starts() {
-        let routes =
-            "[[routes]]\nsource = \"in\"\nfunction = \"f\"\ndestinations = { out = \"r\" }\n";
-        let sink = |extra: &str| {
-            problems(&format!(
-                "{BASE}\n[sinks.r]\nkind = \"amqp\"\nurl = \"amqps://u:hunter2@h/%2f\"\n{extra}\n{routes}"
-            ))
-        };
-        let p = sink("tls_ca_file = \"no-such-ca.pem\"");
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].starts_with("sinks.r: `tls_ca_file` cannot be read")
-                && p[0].contains("no-such-ca.pem"),
-            "{p:?}"
-        );
-        let p = sink("tls_cert_file = \"client.pem\"");
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].contains("`tls_cert_file` needs `tls_key_file`"),
-            "{p:?}"
-        );
-        assert!(!p[0].contains("hunter2"), "{p:?}");
-        let plain = problems(&format!(
-            "{BASE}\n[sinks.r]\nkind = \"amqp\"\ntls_ca_file = \"ca.pem\"\n{routes}"
-        ));
-        assert_eq!(plain.len(), 1, "{plain:?}");
-        assert!(plain[0].contains("not amqps://"), "{plain:?}");
-    }
+    d.deserialize_any(V)
 }
+
+/// An optional [`byte_size`].
+pub fn optional_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    byte_size(d).map(Some)
+}
+
