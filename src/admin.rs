@@ -1,23 +1,60 @@
 //! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz` (every source is
 //! connected and consuming — what Kubernetes should route and scale on) and `/metrics` (route
 //! counters in the Prometheus text format).
+//!
+//! It must stay up whatever its clients do: at most [`MAX_CONNECTIONS`] connections at once
+//! (more wait in the kernel's backlog), each given [`HEADER_TIMEOUT`] to send its request and
+//! [`CONNECTION_LIFETIME`] in all, and an accept that fails (out of file descriptors) backs off
+//! instead of spinning, with one warning per [`ACCEPT_WARN_EVERY`].
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnmill_connector_api::Readiness;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::RouteStats;
+
+/// Connections served at once. Probes and a scraper need a handful; the cap keeps a flood of
+/// clients from taking every file descriptor of the process.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client has to send its request's headers (a client that connects and stays
+/// silent must not hold a slot).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may live, keep-alive included.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// At most one warning this often about failing accepts.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The longest back-off after a failed accept.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A label value in the Prometheus text format: `\`, `"` and newlines escaped.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// A route counter: metric name, help text, and how to read it.
 type Counter = (&'static str, &'static str, fn(&RouteStats) -> u64);
@@ -72,7 +109,7 @@ impl AdminState {
         for (name, help, get) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (route, stats) in &self.routes {
-                let _ = writeln!(out, "{name}{{route=\"{route}\"}} {}", get(stats));
+                let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", label(route), get(stats));
             }
         }
         let _ = writeln!(
@@ -82,7 +119,8 @@ impl AdminState {
         for (source, ready) in &self.sources {
             let _ = writeln!(
                 out,
-                "fnmill_source_ready{{source=\"{source}\"}} {}",
+                "fnmill_source_ready{{source=\"{}\"}} {}",
+                label(source),
                 u8::from(ready.is_ready())
             );
         }
@@ -108,23 +146,47 @@ impl AdminState {
     }
 }
 
-/// Binds `listen` and serves until `shutdown`. Binding happens before this returns, so a port
-/// already in use is a start-up error, not a silent failure.
-pub async fn serve(
-    listen: SocketAddr,
+/// Serves on `listener` (bound by the caller before anything started, so a port in use is a
+/// start-up error) until `shutdown`. Must be called inside a tokio runtime.
+pub fn serve(
+    listener: std::net::TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(listen).await?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     tracing::info!(listen = %listener.local_addr()?, "Admin endpoint listening");
     let state = Arc::new(state);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(10);
+        let mut last_warning: Option<Instant> = None;
+        let mut failed = 0u64;
         loop {
+            // Wait for a free slot first: extra clients wait in the kernel's backlog.
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+                _ = shutdown.cancelled() => return,
+            };
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        backoff = Duration::from_millis(10);
+                        a
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "Admin endpoint accept failed");
+                        // Out of file descriptors, most likely: retrying at once would spin.
+                        failed += 1;
+                        if last_warning.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                            tracing::warn!(error = %e, failed, "Admin endpoint cannot accept connections; backing off");
+                            last_warning = Some(Instant::now());
+                            failed = 0;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 },
@@ -132,14 +194,27 @@ pub async fn serve(
             };
             let state = state.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let response = state.respond(req.uri().path());
                     async move { Ok::<_, Infallible>(response) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
             });
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

@@ -1,34 +1,39 @@
-//! The wiring: builds the host, functions, sinks, sources and routes from a validated
-//! [`Config`], and runs them on two runtimes — IO (connectors, sinks, dispatchers) and compute
-//! (wasm instances) — each with its own threads.
+//! The wiring: builds the host, functions, data sources, sinks, sources and routes from a
+//! [`ValidatedConfig`], and runs them on two runtimes — IO (connectors, sinks, data sources) and
+//! compute (wasm instances and the routes' shards) — each with its own threads.
 //!
-//! Adding a connector touches the two `match`es here ([`build_source`], [`build_sink`]) and
-//! nothing in the dispatcher or the host.
+//! Everything is built from the one validated config, through one exhaustive `match` per kind of
+//! part ([`build_source`], [`build_sink`], [`build_data_sources`]): adding a connector adds one
+//! arm to one of them, and nothing in the pipeline or the host. `fnmill invoke` and `fnmill
+//! replay --through` build their function here too ([`load_function`]), so a function runs with
+//! the same limits and grants everywhere.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::net::TcpListener;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
-use fnmill_connector_amqp::{AmqpSink, AmqpSource};
+use fnmill_connector_amqp::{AmqpSink, AmqpSource, DeadLetterMode};
 use fnmill_connector_api::{Readiness, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSource};
 use fnmill_connector_kafka::{KafkaSink, KafkaSource};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
-use crate::config::{Config, DataSourceConfig, DestinationConfig, SinkConfig, SourceConfig};
-use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig, Limits};
-use crate::pipeline::{Backoff, Destination, Route, RouteStats};
+use crate::config::{DataSourceConfig, DestinationConfig, SinkConfig, SourceConfig, ValidatedConfig};
+use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig};
+use crate::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
 
-/// Deliveries buffered between a source and its dispatcher. The route's `max_in_flight` is the
-/// real window; this only smooths the hand-over, so it is small.
-const SOURCE_CHANNEL: usize = 256;
+/// Why a run could not start: a problem with what the config points at (a component that does
+/// not load, a port taken, an input locked by another process), found before anything ran.
+/// `fnmill` exits 2 for these, as for an invalid config.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct StartError(pub anyhow::Error);
 
 /// The host settings a config implies.
-pub fn host_config(config: &Config) -> HostConfig {
+pub fn host_config(config: &ValidatedConfig) -> HostConfig {
     HostConfig {
         max_instances: config.runtime.max_instances,
         max_memory_bytes: config
@@ -37,137 +42,108 @@ pub fn host_config(config: &Config) -> HostConfig {
             .map(|f| f.memory)
             .max()
             .unwrap_or(64 * 1024 * 1024),
+        memory_budget: config.memory_budget(),
         fuel: config.functions.values().any(|f| f.fuel.is_some()),
-        cache_dir: Some(config.cache_dir()),
+        cache_dir: config.cache_dir(),
     }
 }
 
-/// Compiles (or loads from cache) every function of the config and checks each implements the
-/// function world. Fails on the first function that does not, naming its key. The functions get
-/// no data sources (for `fnmill check`); [`load_functions_with`] grants them.
-pub fn load_functions(config: &Config, host: &Host) -> Result<BTreeMap<String, Arc<Function>>> {
-    load_functions_with(config, host, None)
-}
-
-/// Creates a pool for every data source of the config; their work runs on `io`. No connection
-/// is opened until a function needs one.
-pub fn build_data_sources(config: &Config, io: tokio::runtime::Handle) -> Result<DataSources> {
+/// Builds what serves every data source of the config; the pools' work runs on `io`. No
+/// connection is opened until a function needs one.
+pub fn build_data_sources(config: &ValidatedConfig, io: tokio::runtime::Handle) -> Result<DataSources> {
     let mut data = DataSources::new(io);
     for (name, ds) in &config.data_sources {
-        let key = || format!("data_sources.{name}");
+        let key = format!("data_sources.{name}");
+        let problem = |p: fnmill_connector_api::Problem| anyhow::anyhow!("{}", p.under(&key));
         match ds {
             DataSourceConfig::Postgres(c) => {
-                let pool_config = c
-                    .pool_config(&config.base_dir)
-                    .map_err(|e| anyhow::anyhow!("{}.{}: {}", key(), e.field, e.message))?;
-                let pool =
-                    fnmill_connector_postgres::PgPool::new(&pool_config).with_context(key)?;
-                data.add_postgres(name, pool);
+                let pool = fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
+                    .map_err(problem)?;
+                data.add_sql(name, Arc::new(pool));
             }
             DataSourceConfig::Redis(c) => {
-                let pool_config = c
-                    .pool_config(&config.base_dir)
-                    .map_err(|e| anyhow::anyhow!("{}.{}: {}", key(), e.field, e.message))?;
-                let pool =
-                    fnmill_connector_redis::RedisPool::new(&pool_config).with_context(key)?;
+                let pool = fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
+                    .map_err(problem)?;
                 for (bucket, b) in &c.buckets {
-                    data.add_bucket(bucket, pool.bucket(&b.prefix));
+                    data.add_bucket(bucket, Arc::new(pool.bucket(&b.prefix)));
                 }
             }
         }
-        tracing::info!(data_source = %name, "Data source ready");
+        tracing::debug!(data_source = %name, "Data source ready");
     }
     Ok(data)
 }
 
-/// [`load_functions`], granting each function the data sources and buckets its config lists.
-pub fn load_functions_with(
-    config: &Config,
+/// Compiles (or loads from cache) the function `name` of the config and checks it implements the
+/// function world, granting it the data sources and buckets its config lists (none without
+/// `data`, as `fnmill check` loads them).
+pub fn load_function(
+    config: &ValidatedConfig,
+    host: &Host,
+    name: &str,
+    data: Option<&DataSources>,
+) -> Result<Function> {
+    let f = config
+        .functions
+        .get(name)
+        .with_context(|| format!("no function named `{name}`"))?;
+    let spec = FunctionSpec {
+        name: name.to_string(),
+        component: f.component.clone(),
+        limits: f.limits(),
+        config: f.config.clone(),
+    };
+    match data {
+        Some(data) => {
+            let grants = Grants {
+                data_sources: f.data_sources.iter().cloned().collect(),
+                buckets: f.buckets.iter().cloned().collect(),
+            };
+            host.load_with(spec, data, &grants)
+        }
+        None => host.load(spec),
+    }
+    .with_context(|| format!("functions.{name}.component"))
+}
+
+/// Every function of the config; see [`load_function`].
+pub fn load_functions(
+    config: &ValidatedConfig,
     host: &Host,
     data: Option<&DataSources>,
 ) -> Result<BTreeMap<String, Arc<Function>>> {
-    let mut functions = BTreeMap::new();
-    for (name, f) in &config.functions {
-        let spec = FunctionSpec {
-            name: name.clone(),
-            component: config.resolve(&f.component),
-            limits: Limits {
-                memory_bytes: f.memory,
-                timeout: f.timeout,
-                fuel: f.fuel,
-                max_outputs: f.max_outputs,
-                max_output_bytes: f.max_output_bytes,
-            },
-            config: f.config.clone(),
-        };
-        let function = match data {
-            Some(data) => {
-                let grants = Grants {
-                    data_sources: f.data_sources.iter().cloned().collect(),
-                    buckets: f.buckets.iter().cloned().collect(),
-                };
-                host.load_with(spec, data, &grants)
-            }
-            None => host.load(spec),
-        }
-        .with_context(|| format!("functions.{name}.component"))?;
-        functions.insert(name.clone(), Arc::new(function));
-    }
-    Ok(functions)
+    config
+        .functions
+        .keys()
+        .map(|name| Ok((name.clone(), Arc::new(load_function(config, host, name, data)?))))
+        .collect()
 }
 
-fn resolve_io_path(config: &Config, path: &Path) -> PathBuf {
-    if path == Path::new("-") {
-        path.to_path_buf()
-    } else {
-        config.resolve(path)
-    }
-}
-
-fn build_source(config: &Config, name: &str, source: &SourceConfig) -> Result<Box<dyn Source>> {
+fn build_source(name: &str, source: &SourceConfig) -> Result<Box<dyn Source>> {
+    let key = || format!("sources.{name}");
     Ok(match source {
-        SourceConfig::File(c) => {
-            let mut c = c.clone();
-            c.path = resolve_io_path(config, &c.path);
-            c.checkpoint = c.checkpoint.as_deref().map(|p| config.resolve(p));
-            Box::new(FileSource::new(name, c).with_context(|| format!("sources.{name}"))?)
-        }
-        SourceConfig::Amqp(c) => {
-            let mut c = (**c).clone();
-            c.resolve_paths(|p| config.resolve(p));
-            Box::new(AmqpSource::new(name, c).with_context(|| format!("sources.{name}"))?)
-        }
-        SourceConfig::Kafka(c) => {
-            let mut c = c.clone();
-            for secret in c.secret_properties.values_mut() {
-                secret.resolve_path(&config.base_dir);
-            }
-            Box::new(KafkaSource::new(name, c).with_context(|| format!("sources.{name}"))?)
-        }
+        SourceConfig::File(c) => Box::new(FileSource::new(name, c.clone()).with_context(key)?),
+        SourceConfig::Amqp(c) => Box::new(AmqpSource::new(name, (**c).clone()).with_context(key)?),
+        SourceConfig::Kafka(c) => Box::new(KafkaSource::new(name, c.clone()).with_context(key)?),
     })
 }
 
 /// Must be called inside the IO runtime: sinks spawn their writer tasks there.
-fn build_sink(config: &Config, name: &str, sink: &SinkConfig) -> Result<Arc<dyn Sink>> {
+pub fn build_sink(name: &str, sink: &SinkConfig) -> Result<Arc<dyn Sink>> {
+    let key = || format!("sinks.{name}");
     Ok(match sink {
-        SinkConfig::File(c) => {
-            let mut c = c.clone();
-            c.path = resolve_io_path(config, &c.path);
-            Arc::new(FileSink::new(c).with_context(|| format!("sinks.{name}"))?)
-        }
-        SinkConfig::Amqp(c) => {
-            let mut c = (**c).clone();
-            c.resolve_paths(|p| config.resolve(p));
-            Arc::new(AmqpSink::new(name, c).with_context(|| format!("sinks.{name}"))?)
-        }
-        SinkConfig::Kafka(c) => {
-            let mut c = c.clone();
-            for secret in c.secret_properties.values_mut() {
-                secret.resolve_path(&config.base_dir);
-            }
-            Arc::new(KafkaSink::new(c).with_context(|| format!("sinks.{name}"))?)
-        }
+        SinkConfig::File(c) => Arc::new(FileSink::new(c.clone()).with_context(key)?),
+        SinkConfig::Amqp(c) => Arc::new(AmqpSink::new(name, (**c).clone()).with_context(key)?),
+        SinkConfig::Kafka(c) => Arc::new(KafkaSink::new(c.clone()).with_context(key)?),
     })
+}
+
+/// Whether a source hands events that failed for good to a dead-letter mechanism of its own.
+fn dead_letters_itself(source: &SourceConfig) -> bool {
+    match source {
+        SourceConfig::Amqp(c) => c.dead_letter == DeadLetterMode::Broker,
+        SourceConfig::File(_) | SourceConfig::Kafka(_) => false,
+    }
 }
 
 /// What a finished run did, per route.
@@ -176,11 +152,33 @@ pub struct RunSummary {
     pub routes: BTreeMap<String, Arc<RouteStats>>,
 }
 
-/// Runs the config until every source is exhausted or `shutdown` is cancelled. Blocks the
-/// calling thread; builds and owns both runtimes.
-pub fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary> {
-    let host = Host::new(&host_config(&config))?;
+impl RunSummary {
+    /// Events abandoned (not acknowledged, to be delivered again) across all routes.
+    pub fn abandoned(&self) -> u64 {
+        self.routes
+            .values()
+            .map(|s| s.abandoned.load(Ordering::Relaxed) + s.in_flight())
+            .sum()
+    }
+}
 
+/// Runs the config until every source is exhausted or `shutdown` is cancelled. Blocks the
+/// calling thread; builds and owns both runtimes. A [`StartError`] means nothing ran.
+pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSummary> {
+    for w in config.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
+    // Taken before anything starts, so a port in use is reported before any event is consumed.
+    let admin = match config.admin.listen {
+        Some(listen) => Some(TcpListener::bind(listen).map_err(|e| {
+            StartError(anyhow::anyhow!(
+                "admin.listen: cannot listen on {listen}: {}",
+                crate::io_error(&e)
+            ))
+        })?),
+        None => None,
+    };
+    let host = Host::new(&host_config(&config)).map_err(|e| StartError(e.into()))?;
     let compute = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime.compute_threads)
         .thread_name("fnmill-compute")
@@ -197,15 +195,10 @@ pub fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary> {
         .context("starting the IO runtime")?;
     // The pools' connection tasks run on the IO runtime; instances await their work from the
     // compute side.
-    let data = build_data_sources(&config, io.handle().clone())?;
-    let functions = load_functions_with(&config, &host, Some(&data))?;
+    let data = build_data_sources(&config, io.handle().clone()).map_err(StartError)?;
+    let functions = load_functions(&config, &host, Some(&data)).map_err(StartError)?;
 
-    let summary = io.block_on(run_routes(
-        &config,
-        functions,
-        compute.handle().clone(),
-        shutdown,
-    ));
+    let summary = io.block_on(run_routes(&config, functions, admin, &compute, shutdown));
     // Instances may still be finishing on a graceful-shutdown timeout; they are abandoned.
     compute.shutdown_background();
     io.shutdown_background();
@@ -213,14 +206,15 @@ pub fn run(config: Config, shutdown: CancellationToken) -> Result<RunSummary> {
 }
 
 async fn run_routes(
-    config: &Config,
+    config: &ValidatedConfig,
     functions: BTreeMap<String, Arc<Function>>,
-    compute: tokio::runtime::Handle,
+    admin: Option<TcpListener>,
+    compute: &tokio::runtime::Runtime,
     shutdown: CancellationToken,
 ) -> Result<RunSummary> {
     let mut sinks = BTreeMap::new();
     for (name, sink) in &config.sinks {
-        sinks.insert(name.clone(), build_sink(config, name, sink)?);
+        sinks.insert(name.clone(), build_sink(name, sink).map_err(StartError)?);
     }
     let destination = |d: &DestinationConfig| Destination {
         sink_name: d.sink().to_string(),
@@ -228,14 +222,25 @@ async fn run_routes(
         target: d.target().map(str::to_string),
     };
 
-    let mut summary = RunSummary::default();
-    let mut admin = AdminState::default();
-    let mut tasks = tokio::task::JoinSet::new();
+    // Every source is built (a file source takes its lock) before any route starts.
+    let mut built = Vec::new();
     for r in &config.routes {
+        built.push(build_source(&r.source, config.source_of(r)).map_err(StartError)?);
+    }
+
+    let mut summary = RunSummary::default();
+    let mut admin_state = AdminState::default();
+    let mut routes = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (r, source) in config.routes.iter().zip(built) {
         let name = r.name();
-        let source = build_source(config, &r.source, &config.sources[&r.source])?;
         let stats = Arc::new(RouteStats::default());
         summary.routes.insert(name.clone(), stats.clone());
+        let dead_letter = match &r.dead_letter {
+            Some(d) => DeadLetter::Destination(destination(d)),
+            None if dead_letters_itself(config.source_of(r)) => DeadLetter::Source,
+            None => DeadLetter::Hold,
+        };
         let route = Arc::new(Route {
             name: name.clone(),
             function: functions[&r.function].clone(),
@@ -244,22 +249,26 @@ async fn run_routes(
                 .iter()
                 .map(|(k, d)| (k.clone(), destination(d)))
                 .collect(),
-            dead_letter: r.dead_letter.as_ref().map(destination),
+            dead_letter,
             backoff: Backoff::from(&r.retry),
             max_attempts: r.retry.max_attempts,
             max_in_flight: r.max_in_flight,
-            compute: compute.clone(),
+            shards: config.runtime.compute_threads,
+            compute: compute.handle().clone(),
+            io: tokio::runtime::Handle::current(),
             shutdown: shutdown.clone(),
-            stats,
+            stats: stats.clone(),
+            fatal: OnceLock::new(),
         });
-        let (tx, rx) = mpsc::channel(SOURCE_CHANNEL.min(r.max_in_flight));
+        routes.push(route.clone());
+        let (out, route_done) = route.start();
         tracing::info!(route = %name, source = %r.source, function = %r.function, "Route started");
         let source_name = r.source.clone();
         let ready = Readiness::default();
-        admin.sources.push((r.source.clone(), ready.clone()));
-        admin.routes.push((name.clone(), route.stats.clone()));
+        admin_state.sources.push((r.source.clone(), ready.clone()));
+        admin_state.routes.push((name.clone(), stats));
         let ctx = SourceContext {
-            out: tx,
+            out,
             shutdown: shutdown.clone(),
             ready,
         };
@@ -270,18 +279,14 @@ async fn run_routes(
                 .with_context(|| format!("source `{source_name}` failed"))
         });
         tasks.spawn(async move {
-            route.run(rx).await;
+            route_done.await;
             Ok(())
         });
     }
 
     // Started after the routes so that /readyz lists every source from the first request.
-    let admin_task = match config.admin.listen {
-        Some(listen) => Some(
-            crate::admin::serve(listen, admin, shutdown.clone())
-                .await
-                .with_context(|| format!("admin.listen: cannot listen on {listen}"))?,
-        ),
+    let admin_task = match admin {
+        Some(listener) => Some(crate::admin::serve(listener, admin_state, shutdown.clone())?),
         None => None,
     };
 
@@ -330,6 +335,11 @@ async fn run_routes(
             tracing::error!(sink = %name, error = %e, "Closing sink failed");
         }
     }
+    for route in &routes {
+        if let Some(error) = route.fatal.get() {
+            failures.push(anyhow::anyhow!("route `{}`: {error}", route.name));
+        }
+    }
     for (name, stats) in &summary.routes {
         tracing::info!(
             route = %name,
@@ -337,7 +347,7 @@ async fn run_routes(
             done = stats.done.load(Ordering::Relaxed),
             dead_lettered = stats.dead_lettered.load(Ordering::Relaxed),
             retries = stats.retries.load(Ordering::Relaxed),
-            abandoned = stats.abandoned.load(Ordering::Relaxed),
+            abandoned = stats.abandoned.load(Ordering::Relaxed) + stats.in_flight(),
             "Route finished"
         );
     }

@@ -11,9 +11,9 @@
 //! - [`pipeline`]: the dispatcher that joins a source to a function and its sinks: key-ordered
 //!   lanes, retries with backoff, dead letters, settlement. The only module (with [`app`]) that
 //!   knows both connectors and wasm.
-//! - [`app`]: builds connectors, functions and routes from a validated config and runs them on
-//!   the IO and compute runtimes.
-//! - [`telemetry`]: logging set-up.
+//! - [`app`]: builds connectors, functions and routes from a [`config::ValidatedConfig`] and
+//!   runs them on the IO and compute runtimes.
+//! - [`telemetry`]: logging set-up (and the cap on libraries that log secrets).
 //! - [`admin`]: the `/healthz`, `/readyz` and `/metrics` endpoint.
 //!
 //! Connectors live in their own crates under `connectors/`, behind the traits of
@@ -25,3 +25,13 @@ pub mod config;
 pub mod host;
 pub mod pipeline;
 pub mod telemetry;
+
+/// An I/O error as one line for a message: its description, without the `(os error N)` that
+/// repeats it.
+pub fn io_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}

@@ -1,19 +1,25 @@
 //! The `fnmill` command: `run`, `invoke`, `check`.
 
 use std::io::{Read, Write};
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use fnmill::config::{self, Config, ConfigError};
-use fnmill::host::{Failure, FunctionSpec, Grants, Host, HostConfig, Limits};
+use fnmill::app::StartError;
+use fnmill::config::{self, ConfigError, FunctionConfig, ValidatedConfig};
+use fnmill::host::{Failure, Host, MAX_GUEST_MEMORY};
 use fnmill_connector_api::Record;
 use fnmill_connector_file::jsonl;
 use tokio_util::sync::CancellationToken;
 
 /// Runs WebAssembly functions on every event from Kafka, RabbitMQ or JSON Lines files.
+///
+/// Exit status of every command: 0 success; 1 a failure while running; 2 a usage or
+/// configuration error, found before anything started (each problem is printed on its own line,
+/// naming the flag or the config key).
 #[derive(Parser)]
 #[command(name = "fnmill", version, about)]
 struct Cli {
@@ -24,6 +30,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the routes of a config until their sources end or a SIGTERM/Ctrl-C arrives.
+    ///
+    /// Exit status: 0 when every source ended (or shut down) with every event settled; 1 when
+    /// a source or sink failed for good; 2 for a configuration error (nothing started); 3 when
+    /// a shutdown abandoned events (they are delivered again after a restart).
     Run {
         /// The config file.
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
@@ -31,9 +41,14 @@ enum Command {
     },
     /// Run one event through one function, locally, and print its outputs as JSON Lines.
     ///
+    /// A function of a config runs with that config's limits and granted data sources; a
+    /// component file runs with the default limits of a function (`memory = "64MiB"`,
+    /// `timeout = "5s"`, `max_outputs = 100`, `max_output_bytes = "4MiB"`). The flags override
+    /// either.
+    ///
     /// Exit status: 0 on success; on failure the failure class is printed on stderr and the
     /// status says which: 10 retryable, 11 fatal, 12 trap, 13 timeout, 14 fuel, 15 memory,
-    /// 16 output-limit, 17 instantiation; 2 for a usage or config error.
+    /// 16 output-limit, 17 instantiation, 19 host fault; 2 for a usage or config error.
     Invoke {
         /// A component file (`.wasm`), or the name of a function in the config.
         function: String,
@@ -47,20 +62,21 @@ enum Command {
         /// A function config value, `KEY=VALUE`; repeatable. Overrides the config file's.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// The attempt number the function sees.
-        #[arg(long, default_value_t = 1)]
-        attempt: u32,
-        /// Wall-clock limit for a component file (default 5s).
+        /// The attempt number the function sees (1 = first delivery).
+        #[arg(long, default_value = "1")]
+        attempt: NonZeroU32,
+        /// Wall-clock limit, e.g. `2s`.
+        #[arg(long, value_parser = positive_duration)]
+        timeout: Option<Duration>,
+        /// Memory limit, e.g. `64MiB` (at least 64KiB, at most 4GiB).
+        #[arg(long, value_parser = memory_size)]
+        memory: Option<u64>,
+        /// Fuel limit (about one unit per wasm instruction).
         #[arg(long)]
-        timeout: Option<humantime::Duration>,
-        /// Memory limit for a component file, e.g. 64MiB.
-        #[arg(long)]
-        memory: Option<bytesize::ByteSize>,
-        /// Fuel limit for a component file.
-        #[arg(long)]
-        fuel: Option<u64>,
+        fuel: Option<NonZeroU64>,
     },
-    /// Validate a config and compile its components, without running anything.
+    /// Validate a config and compile its components, without running anything: passes exactly
+    /// when `fnmill run` would start. Warnings are printed but do not fail the check.
     Check {
         /// The config file.
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
@@ -70,6 +86,33 @@ enum Command {
 
 /// Exit status for a usage or configuration error.
 const EXIT_USAGE: u8 = 2;
+
+/// Exit status of a run that a shutdown cut short, abandoning events.
+const EXIT_ABANDONED: u8 = 3;
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 250ms, 2s"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn memory_size(text: &str) -> Result<u64, String> {
+    let bytes = text
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("`{text}` is not a size ({e}); write e.g. 64MiB"))?
+        .as_u64();
+    if bytes < 64 * 1024 {
+        return Err("must be at least 64KiB (one wasm page)".into());
+    }
+    if bytes > MAX_GUEST_MEMORY {
+        return Err("must be at most 4GiB, the most a 32-bit wasm guest can address".into());
+    }
+    Ok(bytes)
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -90,10 +133,10 @@ fn main() -> ExitCode {
             event,
             config,
             set,
-            attempt,
-            timeout: timeout.map(Into::into),
-            memory: memory.map(|m| m.as_u64()),
-            fuel,
+            attempt: attempt.get(),
+            timeout,
+            memory,
+            fuel: fuel.map(NonZeroU64::get),
         }),
     };
     match result {
@@ -112,7 +155,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: &Path) -> Result<Config> {
+fn load_config(path: &Path) -> Result<ValidatedConfig> {
     let config = config::load(path)?;
     fnmill::telemetry::init(&config.telemetry);
     Ok(config)
@@ -122,8 +165,20 @@ fn cmd_run(path: &Path) -> Result<ExitCode> {
     let config = load_config(path)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    match fnmill::app::run(config, shutdown) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+    match fnmill::app::run(config, shutdown.clone()) {
+        Ok(summary) => {
+            let abandoned = summary.abandoned();
+            if abandoned > 0 {
+                tracing::warn!(
+                    abandoned,
+                    "Stopped with events abandoned; they are delivered again after a restart"
+                );
+                return Ok(ExitCode::from(EXIT_ABANDONED));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        // Found before anything ran: the same status as an invalid config.
+        Err(e) if e.downcast_ref::<StartError>().is_some() => Err(e),
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "fnmill stopped with an error");
             Ok(ExitCode::FAILURE)
@@ -160,7 +215,10 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
 fn cmd_check(path: &Path) -> Result<ExitCode> {
     let config = load_config(path)?;
     let host = Host::new(&fnmill::app::host_config(&config))?;
-    let functions = fnmill::app::load_functions(&config, &host)?;
+    let functions = fnmill::app::load_functions(&config, &host, None)?;
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
     println!(
         "ok: {} source(s), {} sink(s), {} function(s), {} route(s)",
         config.sources.len(),
@@ -182,76 +240,54 @@ struct InvokeArgs {
     fuel: Option<u64>,
 }
 
-fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
-    // For a function of a config: the config and the function's grants, so its data sources
-    // are served as in `fnmill run`.
-    let mut granted: Option<(fnmill::config::Config, Grants)> = None;
-    let (mut spec, host_config) =
-        if args.function.ends_with(".wasm") || Path::new(&args.function).is_file() {
-            fnmill::telemetry::init(&Default::default());
-            let limits = Limits {
-                memory_bytes: args.memory.unwrap_or(64 * 1024 * 1024),
-                timeout: args.timeout.unwrap_or(Duration::from_secs(5)),
-                fuel: args.fuel,
-                max_outputs: 10_000,
-                max_output_bytes: 64 * 1024 * 1024,
+impl InvokeArgs {
+    /// The flags applied to a function's config.
+    fn apply(&self, f: &mut FunctionConfig) -> Result<()> {
+        if let Some(t) = self.timeout {
+            f.timeout = t;
+        }
+        if let Some(m) = self.memory {
+            f.memory = m;
+        }
+        if let Some(fuel) = self.fuel {
+            f.fuel = Some(fuel);
+        }
+        for kv in &self.set {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("--set expects KEY=VALUE, got `{kv}`");
             };
-            let host = HostConfig {
-                max_instances: 1,
-                max_memory_bytes: limits.memory_bytes,
-                fuel: limits.fuel.is_some(),
-                cache_dir: Some(fnmill::host::default_cache_dir()),
-            };
-            let spec = FunctionSpec {
-                name: Path::new(&args.function)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| args.function.clone()),
-                component: PathBuf::from(&args.function),
-                limits,
-                config: Default::default(),
-            };
-            (spec, host)
-        } else {
-            let config = load_config(&args.config)?;
-            let Some(f) = config.functions.get(&args.function) else {
-                bail!(
-                    "no function named `{}` in {} (and no such .wasm file)",
-                    args.function,
-                    args.config.display()
-                );
-            };
-            let spec = FunctionSpec {
-                name: args.function.clone(),
-                component: config.resolve(&f.component),
-                limits: Limits {
-                    memory_bytes: args.memory.unwrap_or(f.memory),
-                    timeout: args.timeout.unwrap_or(f.timeout),
-                    fuel: args.fuel.or(f.fuel),
-                    max_outputs: f.max_outputs,
-                    max_output_bytes: f.max_output_bytes,
-                },
-                config: f.config.clone(),
-            };
-            let mut host = fnmill::app::host_config(&config);
-            host.max_instances = 1;
-            host.max_memory_bytes = host.max_memory_bytes.max(spec.limits.memory_bytes);
-            host.fuel |= spec.limits.fuel.is_some();
-            if !f.data_sources.is_empty() || !f.buckets.is_empty() {
-                let grants = Grants {
-                    data_sources: f.data_sources.iter().cloned().collect(),
-                    buckets: f.buckets.iter().cloned().collect(),
-                };
-                granted = Some((config, grants));
-            }
-            (spec, host)
-        };
-    for kv in &args.set {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--set expects KEY=VALUE, got `{kv}`");
-        };
-        spec.config.insert(k.to_string(), v.to_string());
+            f.config.insert(k.to_string(), v.to_string());
+        }
+        Ok(())
     }
+}
+
+fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
+    let is_file = args.function.ends_with(".wasm") || Path::new(&args.function).is_file();
+    let (config, name) = if is_file {
+        fnmill::telemetry::init(&Default::default());
+        let path = PathBuf::from(&args.function);
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.function.clone());
+        let mut f = FunctionConfig::new(std::path::absolute(&path).unwrap_or(path));
+        args.apply(&mut f)?;
+        (ValidatedConfig::for_function(&name, f, Path::new("."))?, name)
+    } else {
+        let mut raw = config::read(&args.config, std::env::vars())?;
+        let Some(f) = raw.functions.get_mut(&args.function) else {
+            bail!(
+                "no function named `{}` in {} (and no such .wasm file)",
+                args.function,
+                args.config.display()
+            );
+        };
+        args.apply(f)?;
+        let config = raw.validate()?;
+        fnmill::telemetry::init(&config.telemetry);
+        (config, args.function.clone())
+    };
 
     let mut input = Vec::new();
     if args.event == Path::new("-") {
@@ -260,24 +296,24 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
             .context("reading the event from stdin")?;
     } else {
         input = std::fs::read(&args.event)
-            .with_context(|| format!("reading the event from {}", args.event.display()))?;
+            .with_context(|| format!("--event: cannot read {}", args.event.display()))?;
     }
     let event = jsonl::parse_event(&input)
-        .with_context(|| format!("parsing the event in {}", args.event.display()))?
+        .with_context(|| format!("--event: {}", args.event.display()))?
         .into_event("invoke", || "invoke-1".to_string(), vec![]);
 
+    // One instance at a time: a pool sized for one.
+    let mut host_config = fnmill::app::host_config(&config);
+    host_config.max_instances = 1;
     let host = Host::new(&host_config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // One thread serves both sides here: the pools' work runs while `block_on` waits for it.
-    let function = match &granted {
-        Some((config, grants)) => {
-            let _entered = rt.enter();
-            let data = fnmill::app::build_data_sources(config, rt.handle().clone())?;
-            host.load_with(spec, &data, grants)?
-        }
-        None => host.load(spec)?,
+    let function = {
+        let _entered = rt.enter();
+        let data = fnmill::app::build_data_sources(&config, rt.handle().clone())?;
+        fnmill::app::load_function(&config, &host, &name, Some(&data))?
     };
     match rt.block_on(function.invoke(&event, args.attempt)) {
         Ok(outputs) => {
@@ -289,7 +325,7 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
                     payload: o.payload,
                     headers: o.headers,
                 };
-                write_output(&o.destination, &record, &mut out);
+                jsonl::write_output(&o.destination, &record, &mut out);
             }
             std::io::stdout().write_all(&out)?;
             Ok(ExitCode::SUCCESS)
@@ -299,20 +335,6 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(exit_code(&failure)))
         }
     }
-}
-
-/// One output as a JSON line: the JSON Lines record form with its `destination` first.
-fn write_output(destination: &str, record: &Record, out: &mut Vec<u8>) {
-    let mut line = Vec::new();
-    jsonl::write_record(record, &mut line);
-    let name = serde_json::to_string(destination).expect("a string serializes");
-    out.extend_from_slice(b"{\"destination\":");
-    out.extend_from_slice(name.as_bytes());
-    let rest = &line[1..];
-    if !rest.starts_with(b"}") {
-        out.push(b',');
-    }
-    out.extend_from_slice(rest);
 }
 
 fn exit_code(failure: &Failure) -> u8 {
@@ -325,5 +347,7 @@ fn exit_code(failure: &Failure) -> u8 {
         Failure::Memory(_) => 15,
         Failure::OutputLimit(_) => 16,
         Failure::Instantiation(_) => 17,
+        Failure::Decode(_) => 18,
+        Failure::Host(_) => 19,
     }
 }
