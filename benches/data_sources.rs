@@ -158,6 +158,7 @@ fn main() {
                             headers: vec![],
                             timestamp_ms: None,
                             origin: vec![],
+                            decode_error: None,
                         };
                         let out = function.invoke(&event, 1).await.unwrap();
                         assert_eq!(out.len(), 1);
@@ -264,6 +265,7 @@ fn main() {
                     headers: vec![],
                     timestamp_ms: None,
                     origin: vec![],
+                    decode_error: None,
                 };
                 // The guest's own answer, so the instance really ran.
                 let no_statement =

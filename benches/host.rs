@@ -25,6 +25,7 @@ fn event(i: usize) -> Event {
         headers: vec![Header::new("content-type", "application/json")],
         timestamp_ms: Some(1_700_000_000_000),
         origin: vec![],
+        decode_error: None,
     }
 }
 

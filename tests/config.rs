@@ -226,3 +226,211 @@ fn environment_overrides_the_file() {
         std::time::Duration::from_millis(750)
     );
 }
+
+/// A valid config with a source, a sink and a route of each kind the case needs.
+fn with(extra: &str) -> String {
+    format!("{VALID}\n{extra}\n")
+}
+
+/// Every rule a connector or section enforces is found by `fnmill check` (one line naming the
+/// key, exit 2) and by `fnmill run`, which exits 2 the same way before starting anything: no
+/// output file, no checkpoint, no route.
+#[test]
+fn check_and_run_refuse_the_same_configs_before_anything_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let kafka_route = "[[routes]]\nsource = \"k\"\nfunction = \"f\"\ndestinations = { out = \"out\" }\n";
+    let kafka = |props: &str| {
+        format!(
+            "[sources.k]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ngroup = \"g\"\ntopics = [\"t\"]\n{props}\n{kafka_route}"
+        )
+    };
+    let amqp_route = "[[routes]]\nsource = \"q\"\nfunction = \"f\"\ndestinations = { out = \"out\" }\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "an unsafe producer property",
+            with("[sinks.k]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopic = \"t\"\nproperties = { acks = 0 }\n"),
+            "sinks.k.properties.\"acks\": cannot be `0`",
+        ),
+        (
+            "offsets stored by librdkafka",
+            with(&kafka("properties = { \"enable.auto.offset.store\" = true }")),
+            "sources.k.properties.\"enable.auto.offset.store\"",
+        ),
+        (
+            "an unknown librdkafka property",
+            with(&kafka("properties = { \"linger.msec\" = 5 }")),
+            "sources.k.properties.\"linger.msec\"",
+        ),
+        (
+            "a topic pattern that is not a regex",
+            with(&kafka("").replace("topics = [\"t\"]", "topics = [\"^orders.(\"]")),
+            "sources.k.topics[0]: `^orders.(` starts with ^ but is not a regular expression",
+        ),
+        (
+            "empty brokers",
+            with(&kafka("").replace("brokers = \"127.0.0.1:1\"", "brokers = \"\"")),
+            "sources.k.brokers: must not be empty",
+        ),
+        (
+            "an empty topic",
+            with("[sinks.k]\nkind = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopic = \"\"\n"),
+            "sinks.k.topic: must not be empty",
+        ),
+        (
+            "an empty queue",
+            with(&format!("[sources.q]\nkind = \"amqp\"\nqueue = \"\"\n{amqp_route}")),
+            "sources.q.queue: must not be empty",
+        ),
+        (
+            "prefetch 0",
+            with(&format!("[sources.q]\nkind = \"amqp\"\nqueue = \"q\"\nprefetch = 0\n{amqp_route}")),
+            "sources.q.prefetch: must be at least 1",
+        ),
+        (
+            "channels 0",
+            with("[sinks.r]\nkind = \"amqp\"\nchannels = 0\n"),
+            "sinks.r.channels: must be at least 1",
+        ),
+        (
+            "an empty input path",
+            VALID.replace("path = \"in.jsonl\"", "path = \"\""),
+            "sources.in.path: must not be empty",
+        ),
+        (
+            "an empty checkpoint",
+            VALID.replace("path = \"in.jsonl\"", "path = \"in.jsonl\"\ncheckpoint = \"\""),
+            "sources.in.checkpoint: must not be empty",
+        ),
+        (
+            "a checkpoint interval of zero",
+            VALID.replace("path = \"in.jsonl\"", "path = \"in.jsonl\"\ncheckpoint_interval = \"0s\""),
+            "sources.in.checkpoint_interval: must be greater than zero",
+        ),
+        (
+            "stdin with a checkpoint",
+            VALID.replace("path = \"in.jsonl\"", "path = \"-\"\ncheckpoint = \"x\""),
+            "sources.in.checkpoint: cannot be used with `path = \"-\"`",
+        ),
+        (
+            "stdin followed",
+            VALID.replace("path = \"in.jsonl\"", "path = \"-\"\nfollow = true"),
+            "sources.in.follow: cannot be used with `path = \"-\"`",
+        ),
+        (
+            "a missing input",
+            VALID.replace("path = \"in.jsonl\"", "path = \"nowhere.jsonl\""),
+            "sources.in.path: ",
+        ),
+        (
+            "a directory as input",
+            VALID.replace("path = \"in.jsonl\"", "path = \".\""),
+            "sources.in.path: ",
+        ),
+        (
+            "an output that cannot be created",
+            VALID.replace("path = \"out.jsonl\"", "path = \"in.jsonl/out.jsonl\""),
+            "sinks.out.path: ",
+        ),
+        (
+            "an output that is the input",
+            VALID.replace("path = \"out.jsonl\"", "path = \"./in.jsonl\""),
+            "routes[0].destinations.out: sink `out` writes",
+        ),
+        (
+            "an empty PostgreSQL url",
+            with("[data_sources.db]\nkind = \"postgres\"\nurl = \"\"\n"),
+            "data_sources.db.url: is empty",
+        ),
+        (
+            "an invalid PostgreSQL url",
+            with("[data_sources.db]\nkind = \"postgres\"\nurl = \"postgres://u:hunter2@h:port/db\"\n"),
+            "data_sources.db.url: is not a valid PostgreSQL URL",
+        ),
+        (
+            "an invalid Redis url",
+            with("[data_sources.kv]\nkind = \"redis\"\nurl = \"mysql://u:hunter2@h/0\"\n"),
+            "data_sources.kv.url: is not a valid Redis URL",
+        ),
+        (
+            "a zero data-source timeout",
+            with("[data_sources.db]\nkind = \"postgres\"\nurl = \"postgres://127.0.0.1/db\"\nwait_timeout = \"0s\"\n"),
+            "data_sources.db.wait_timeout: must be greater than zero",
+        ),
+        (
+            "an invalid log filter",
+            with("[telemetry]\nlog = \"info,[=\"\n"),
+            "telemetry.log: ",
+        ),
+        (
+            "an admin port in use",
+            with(&format!("[admin]\nlisten = \"{taken}\"\n")),
+            "admin.listen: cannot listen on",
+        ),
+        (
+            "a misspelt destination key",
+            VALID.replace(
+                "destinations = { out = \"out\" }",
+                "destinations = { out = { sink = \"out\", tagret = \"x\" } }",
+            ),
+            "unknown field `tagret`",
+        ),
+        (
+            "a backoff near the largest duration",
+            format!("{VALID}retry = {{ initial_backoff = \"500000000years\", max_backoff = \"500000000years\" }}\n"),
+            "routes[0].retry.initial_backoff: must be at most 24h",
+        ),
+        (
+            "more memory than a wasm guest can address",
+            VALID.replace("memory = \"32MiB\"", "memory = \"1TiB\""),
+            "functions.f.memory: must be at most 4GiB",
+        ),
+    ];
+    let mut wrong: Vec<String> = Vec::new();
+    for (what, text, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, _, stderr) = check(dir.path(), &text, &[]);
+        let problems: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("error: invalid configuration:"))
+            .collect();
+        if code != 2 || problems.len() != 1 || !problems[0].contains(expected) {
+            wrong.push(format!(
+                "check, {what}: status {code}, expected one line with {expected:?}, got {problems:#?}"
+            ));
+            continue;
+        }
+        assert!(!stderr.contains("hunter2"), "{what}: a secret in {stderr}");
+        let out = fnmill()
+            .arg("run")
+            .arg("-c")
+            .arg(dir.path().join("fnmill.toml"))
+            .output()
+            .unwrap();
+        let run_err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || !run_err.contains(expected) {
+            wrong.push(format!(
+                "run, {what}: status {:?}, expected {expected:?} in {run_err}",
+                out.status.code()
+            ));
+        }
+        let started = dir.path().join("out.jsonl").exists()
+            || dir.path().join("in.jsonl.checkpoint").exists()
+            || run_err.contains("Route started");
+        if started {
+            wrong.push(format!("run, {what}: something started before the refusal"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// `-c` naming a folder says so, not "no such file".
+#[test]
+fn a_folder_as_the_config_is_named_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fnmill().arg("check").arg("-c").arg(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -21,6 +21,7 @@ use common::{FileRoute, count_lines, fnmill, guest, headers, read_lines, write_e
 use fnmill::host::{DataSources, Failure, Function, FunctionSpec, Grants, Host, Limits};
 use fnmill_connector_api::Event;
 use fnmill_connector_postgres::tokio_postgres::{self, NoTls};
+use fnmill_connector_api::connection::SecretUrl;
 use fnmill_connector_postgres::{PgPool, PgPoolConfig};
 use fnmill_connector_redis::{RedisPool, RedisPoolConfig};
 use serde_json::json;
@@ -66,13 +67,16 @@ fn pg_pool(app: &str, size: usize) -> PgPool {
 
 fn pool_at(url: String, app: &str, size: usize, tls_ca_file: Option<PathBuf>) -> PgPool {
     PgPool::new(&PgPoolConfig {
-        url,
+        url: SecretUrl::new(url),
         pool_size: size,
         wait_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         statement_timeout: None,
         application_name: app.into(),
-        tls_ca_file,
+        tls: fnmill_connector_postgres::Tls {
+            ca_file: tls_ca_file,
+            client: None,
+        },
     })
     .unwrap()
 }
@@ -83,12 +87,13 @@ fn redis_pool(url: &str) -> RedisPool {
 
 fn redis_pool_with(url: &str, tls_ca_file: Option<PathBuf>) -> RedisPool {
     RedisPool::new(&RedisPoolConfig {
-        url: url.into(),
+        url: SecretUrl::new(url.into()),
         pool_size: 2,
         wait_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(500),
         command_timeout: Duration::from_millis(500),
         tls_ca_file,
+        tls_client: None,
     })
     .unwrap()
 }
@@ -114,6 +119,8 @@ fn load(
             fuel: None,
             max_outputs: 10,
             max_output_bytes: 1024 * 1024,
+            max_log_bytes: 64 * 1024,
+            max_log_lines: 200,
         },
         config: config
             .iter()
@@ -136,6 +143,7 @@ fn event(id: &str, payload: &str) -> Event {
         headers: vec![],
         timestamp_ms: None,
         origin: vec![],
+        decode_error: None,
     }
 }
 
@@ -239,11 +247,11 @@ async fn grants_are_enforced_for_sql_and_keyvalue() {
     let other_app = unique("fnmill_other");
     let secret_prefix = format!("{}:", unique("secret"));
     let mut data = DataSources::new(tokio::runtime::Handle::current());
-    data.add_postgres("db", pg_pool(&granted_app, 2));
-    data.add_postgres("other", pg_pool(&other_app, 2));
+    data.add_sql("db", Arc::new(pg_pool(&granted_app, 2)));
+    data.add_sql("other", Arc::new(pg_pool(&other_app, 2)));
     let redis = redis_pool(&redis_url());
-    data.add_bucket("cache", redis.bucket(format!("{}:", unique("cache"))));
-    data.add_bucket("secret", redis.bucket(secret_prefix.clone()));
+    data.add_bucket("cache", Arc::new(redis.bucket(format!("{}:", unique("cache")))));
+    data.add_bucket("secret", Arc::new(redis.bucket(secret_prefix.clone())));
     let host = host();
 
     let query = [("statement", "select 41 + $1::int8 as n")];
@@ -329,7 +337,7 @@ async fn every_value_type_round_trips() {
         .await
         .unwrap();
     let mut data = DataSources::new(tokio::runtime::Handle::current());
-    data.add_postgres("db", pg_pool(&unique("fnmill_types"), 2));
+    data.add_sql("db", Arc::new(pg_pool(&unique("fnmill_types"), 2)));
     let host = host();
     let f = load(
         &host,
@@ -622,7 +630,7 @@ async fn redis_unreachable_is_retryable_and_recovers() {
     let mut proxy = Proxy::start(upstream).await;
     let mut data = DataSources::new(tokio::runtime::Handle::current());
     let pool = redis_pool(&format!("redis://{auth}{}", proxy.addr));
-    data.add_bucket("cache", pool.bucket(format!("{}:", unique("proxied"))));
+    data.add_bucket("cache", Arc::new(pool.bucket(format!("{}:", unique("proxied")))));
     let host = host();
     let f = load(&host, &data, "kv-probe", &[], &[], &["cache"]);
     f.invoke(&event("before", "x"), 1).await.unwrap();

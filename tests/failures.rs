@@ -21,6 +21,8 @@ fn limits() -> Limits {
         fuel: None,
         max_outputs: 100,
         max_output_bytes: 64 * 1024,
+        max_log_bytes: 64 * 1024,
+        max_log_lines: 200,
     }
 }
 
@@ -50,6 +52,7 @@ fn event(id: &str) -> Event {
         headers: vec![Header::new("h", "v")],
         timestamp_ms: Some(1),
         origin: vec![],
+        decode_error: None,
     }
 }
 

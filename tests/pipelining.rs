@@ -1,21 +1,23 @@
 //! Per-key pipelining: a key's next event starts once the previous event's outputs are handed to
-//! a sink that keeps order ([`Sink::enqueue`]), and every event still settles only on its own
-//! confirmation. A sink with only `publish` keeps the lane waiting for the confirmation.
+//! their sink ([`Sink::enqueue`]), and every event still settles only on its own confirmation. A
+//! sink whose hand-over waits for the confirmation keeps the lane waiting. A failed event held
+//! in its lane (no dead-letter destination) abandons the events queued behind it at shutdown;
+//! an undecodable event is dead-lettered without running the function.
 //!
-//! These drive a [`Route`] directly with the real echo guest and scripted sinks, so the test
-//! decides when each confirmation arrives and how it ends.
+//! These drive a [`Route`] directly with real guests and scripted sinks, so the test decides when
+//! each confirmation arrives and how it ends.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fnmill::pipeline::{Backoff, Destination, Route, RouteStats};
-use fnmill_connector_api::{Confirmation, Delivery, Event, Outcome, Record, Sink, SinkError};
+use fnmill::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
+use fnmill_connector_api::{Confirm, Delivery, Event, Outbox, Outcome, Record, Sink, SinkError};
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -26,20 +28,20 @@ struct HeldSink {
     /// Payloads in the order they were enqueued.
     enqueued: Mutex<Vec<Bytes>>,
     /// Pending confirmations by payload.
-    pending: Mutex<HashMap<Bytes, oneshot::Sender<Result<(), SinkError>>>>,
+    pending: Mutex<HashMap<Bytes, Confirm>>,
     /// Payloads published again through `publish` (after a failed confirmation).
     republished: Mutex<Vec<Bytes>>,
 }
 
 impl HeldSink {
     fn resolve(&self, payload: &str, result: Result<(), SinkError>) {
-        let tx = self
+        let confirm = self
             .pending
             .lock()
             .unwrap()
             .remove(payload.as_bytes())
             .unwrap_or_else(|| panic!("no pending confirmation for {payload}"));
-        tx.send(result).unwrap();
+        confirm(result);
     }
 
     fn enqueued(&self) -> Vec<Bytes> {
@@ -54,24 +56,21 @@ impl Sink for HeldSink {
         Box::pin(async { Ok(()) })
     }
 
-    fn enqueue<'a>(
-        &'a self,
-        records: &'a [Record],
-    ) -> BoxFuture<'a, Result<Confirmation, SinkError>> {
-        let (tx, rx) = oneshot::channel();
+    fn enqueue(
+        &self,
+        records: Vec<Record>,
+        _lane: u64,
+        confirm: Confirm,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
         let payload = records[0].payload.clone();
         self.enqueued.lock().unwrap().push(payload.clone());
-        self.pending.lock().unwrap().insert(payload, tx);
-        Box::pin(async move {
-            Ok(Box::pin(async move {
-                rx.await
-                    .unwrap_or_else(|_| Err(SinkError::Retryable("dropped".into())))
-            }) as Confirmation)
-        })
+        self.pending.lock().unwrap().insert(payload, confirm);
+        Box::pin(async { Ok(()) })
     }
 }
 
-/// A sink with only `publish` (the default `enqueue`), whose calls wait until released.
+/// A sink whose hand-over waits for the confirmation (as a sink whose transport keeps no order
+/// does), released by the test.
 #[derive(Default)]
 struct GatedSink {
     started: Mutex<Vec<Bytes>>,
@@ -79,25 +78,43 @@ struct GatedSink {
 }
 
 impl Sink for GatedSink {
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn enqueue(
+        &self,
+        records: Vec<Record>,
+        _lane: u64,
+        confirm: Confirm,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
         let (tx, rx) = oneshot::channel();
         let payload = records[0].payload.clone();
         self.started.lock().unwrap().push(payload.clone());
         self.gates.lock().unwrap().insert(payload, tx);
         Box::pin(async move {
             let _ = rx.await;
+            confirm(Ok(()));
             Ok(())
         })
     }
 }
 
-/// Collects what it is given: the dead-letter destination.
+/// Collects what it is given and confirms it at once.
 #[derive(Default)]
 struct Collect(Mutex<Vec<Record>>);
 
+impl Collect {
+    fn payloads(&self) -> Vec<Bytes> {
+        self.0.lock().unwrap().iter().map(|r| r.payload.clone()).collect()
+    }
+}
+
 impl Sink for Collect {
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn enqueue(
+        &self,
+        records: Vec<Record>,
+        _lane: u64,
+        confirm: Confirm,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
         self.0.lock().unwrap().extend(records);
+        confirm(Ok(()));
         Box::pin(async { Ok(()) })
     }
 }
@@ -111,12 +128,16 @@ fn destination(name: &str, sink: Arc<dyn Sink>) -> Destination {
 }
 
 fn route(out: Arc<dyn Sink>, dead: Arc<Collect>) -> Arc<Route> {
-    let function = common::load_guest("echo", 16);
+    route_of("echo", out, DeadLetter::Destination(destination("dead", dead)))
+}
+
+fn route_of(guest: &str, out: Arc<dyn Sink>, dead_letter: DeadLetter) -> Arc<Route> {
+    let function = common::load_guest(guest, 16);
     Arc::new(Route {
         name: "pipelining".into(),
         function: Arc::new(function),
         destinations: BTreeMap::from([("out".to_string(), destination("out", out))]),
-        dead_letter: Some(destination("dead", dead)),
+        dead_letter,
         backoff: Backoff {
             initial: Duration::from_millis(1),
             max: Duration::from_millis(1),
@@ -125,16 +146,25 @@ fn route(out: Arc<dyn Sink>, dead: Arc<Collect>) -> Arc<Route> {
         },
         max_attempts: 3,
         max_in_flight: 100,
+        shards: 2,
         compute: tokio::runtime::Handle::current(),
+        io: tokio::runtime::Handle::current(),
         shutdown: CancellationToken::new(),
         stats: Arc::new(RouteStats::default()),
+        fatal: OnceLock::new(),
     })
+}
+
+/// Starts the route; returns its outbox and the task that ends with it.
+fn start(route: &Arc<Route>) -> (Outbox, tokio::task::JoinHandle<()>) {
+    let (outbox, done) = route.clone().start();
+    (outbox, tokio::spawn(done))
 }
 
 type Settlements = Arc<Mutex<Vec<(String, Outcome)>>>;
 
 /// Sends one delivery per payload, all with the same ordering key; returns what settled.
-async fn send_same_key(tx: &mpsc::Sender<Delivery>, payloads: &[&str]) -> Settlements {
+async fn send_same_key(tx: &Outbox, payloads: &[&str]) -> Settlements {
     let settled: Settlements = Default::default();
     for p in payloads {
         send(tx, p, Some(Bytes::from_static(b"k")), &settled).await;
@@ -142,25 +172,17 @@ async fn send_same_key(tx: &mpsc::Sender<Delivery>, payloads: &[&str]) -> Settle
     settled
 }
 
-async fn send(
-    tx: &mpsc::Sender<Delivery>,
-    payload: &str,
-    key: Option<Bytes>,
-    settled: &Settlements,
-) {
-    let event = Event {
-        id: payload.to_string(),
-        source: "test".into(),
-        key: key.clone(),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        headers: vec![],
-        timestamp_ms: None,
-        origin: vec![],
-    };
+async fn send(tx: &Outbox, payload: &str, key: Option<Bytes>, settled: &Settlements) {
+    let mut event = Event::new(payload, "test", Bytes::copy_from_slice(payload.as_bytes()));
+    event.key = key.clone();
+    send_event(tx, event, key, settled).await;
+}
+
+async fn send_event(tx: &Outbox, event: Event, key: Option<Bytes>, settled: &Settlements) {
     let s = settled.clone();
-    let id = payload.to_string();
+    let id = event.id.clone();
     let delivery = Delivery::new(event, key, move |o| s.lock().unwrap().push((id, o)));
-    tx.send(delivery).await.unwrap();
+    assert!(tx.send(delivery).await.is_ok(), "the route is gone");
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
@@ -184,8 +206,7 @@ fn outcomes(settled: &Settlements) -> Vec<(String, Outcome)> {
 async fn next_event_of_a_key_runs_before_the_previous_is_confirmed() {
     let sink = Arc::new(HeldSink::default());
     let route = route(sink.clone(), Arc::new(Collect::default()));
-    let (tx, rx) = mpsc::channel(16);
-    let run = tokio::spawn(route.clone().run(rx));
+    let (tx, run) = start(&route);
     let settled = send_same_key(&tx, &["e1", "e2", "e3"]).await;
 
     // All three ran and handed their outputs over, in key order, with no confirmation yet.
@@ -221,8 +242,7 @@ async fn failed_confirmations_publish_again_or_dead_letter() {
     let sink = Arc::new(HeldSink::default());
     let dead = Arc::new(Collect::default());
     let route = route(sink.clone(), dead.clone());
-    let (tx, rx) = mpsc::channel(16);
-    let run = tokio::spawn(route.clone().run(rx));
+    let (tx, run) = start(&route);
     let settled = send_same_key(&tx, &["retry-me", "too-large"]).await;
     wait_for("two enqueues", || sink.enqueued().len() == 2).await;
 
@@ -262,8 +282,7 @@ async fn failed_confirmations_publish_again_or_dead_letter() {
 async fn a_sink_without_enqueue_keeps_the_lane_waiting_for_its_confirmation() {
     let sink = Arc::new(GatedSink::default());
     let route = route(sink.clone(), Arc::new(Collect::default()));
-    let (tx, rx) = mpsc::channel(16);
-    let run = tokio::spawn(route.clone().run(rx));
+    let (tx, run) = start(&route);
     let settled = send_same_key(&tx, &["e1", "e2"]).await;
     // An event without a key, sent after e2, runs at once: once it has published, the route
     // has long taken e2 in, which must still wait behind e1's confirmation.
@@ -301,6 +320,69 @@ async fn a_sink_without_enqueue_keeps_the_lane_waiting_for_its_confirmation() {
             ("free".to_string(), Outcome::Done)
         ]
     );
+    drop(tx);
+    tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
+}
+
+/// A failed event with nowhere to go holds its lane; at shutdown it is abandoned, and so are the
+/// events of its key queued behind it: none of them is published before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lane_abandons_its_queued_events_at_shutdown() {
+    let out = Arc::new(Collect::default());
+    let route = route_of("poison", out.clone(), DeadLetter::Hold);
+    let (tx, run) = start(&route);
+    let settled = send_same_key(&tx, &["poison-1", "e2", "e3"]).await;
+    // A keyless witness sent after them: once it is out, the route has taken e2 and e3 in.
+    send(&tx, "witness", None, &settled).await;
+    wait_for("the witness", || out.payloads() == [Bytes::from_static(b"witness")]).await;
+
+    route.shutdown.cancel();
+    wait_for("all to settle", || settled.lock().unwrap().len() == 4).await;
+    assert_eq!(
+        outcomes(&settled),
+        [
+            ("e2".to_string(), Outcome::Abandoned),
+            ("e3".to_string(), Outcome::Abandoned),
+            ("poison-1".to_string(), Outcome::Abandoned),
+            ("witness".to_string(), Outcome::Done),
+        ]
+    );
+    assert_eq!(out.payloads(), [Bytes::from_static(b"witness")], "nothing of the key went out");
+    assert_eq!(
+        route.stats.abandoned.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    drop(tx);
+    tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
+}
+
+/// An event its source could not decode goes to the dead-letter destination as `decode`,
+/// without running the function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_event_is_dead_lettered_without_running_the_function() {
+    let out = Arc::new(Collect::default());
+    let dead = Arc::new(Collect::default());
+    let route = route(out.clone(), dead.clone());
+    let (tx, run) = start(&route);
+    let settled: Settlements = Default::default();
+    let mut event = Event::new("bad-1", "test", Bytes::from_static(b"{not json"));
+    event.decode_error = Some("expected value at line 1 column 2".into());
+    send_event(&tx, event, None, &settled).await;
+    wait_for("the dead letter", || settled.lock().unwrap().len() == 1).await;
+    assert_eq!(outcomes(&settled), [("bad-1".to_string(), Outcome::DeadLettered)]);
+    assert!(out.payloads().is_empty(), "the function ran");
+    let dead = dead.0.lock().unwrap().clone();
+    assert_eq!(dead[0].payload, Bytes::from_static(b"{not json"));
+    let header = |name: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+    };
+    assert_eq!(header("fnmill.error.kind").as_deref(), Some("decode"));
+    assert_eq!(header("fnmill.error.attempts").as_deref(), Some("0"));
+    assert!(header("fnmill.error.message").unwrap().contains("expected value"));
     drop(tx);
     tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
 }

@@ -59,6 +59,7 @@ pub fn test_host(fuel: bool) -> fnmill::host::Host {
     fnmill::host::Host::new(&fnmill::host::HostConfig {
         max_instances: 16,
         max_memory_bytes: 32 * 1024 * 1024,
+        memory_budget: 1 << 30,
         fuel,
         cache_dir: Some(root().join("target").join("test-cache").join("fnmill")),
     })
@@ -72,6 +73,7 @@ pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
     let host = Host::new(&HostConfig {
         max_instances,
         max_memory_bytes: 32 << 20,
+        memory_budget: u64::from(max_instances) * (32 << 20),
         fuel: false,
         cache_dir: None,
     })
@@ -85,6 +87,8 @@ pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
             fuel: None,
             max_outputs: 100,
             max_output_bytes: 1 << 20,
+            max_log_bytes: 64 * 1024,
+            max_log_lines: 200,
         },
         config: Default::default(),
     })
