@@ -17,17 +17,23 @@
 //!   rebalance handling.
 //! - [`sink`]: [`KafkaSink`], one shared producer per cluster config, with a delivery callback
 //!   that settles each `publish` call.
+//! - [`reader`]: [`KafkaReader`], which reads offset ranges by assignment without joining a
+//!   group (what `fnmill replay` reads topics with).
 //! - `properties`: librdkafka properties from config, and the ones fnmill insists on.
 
 use fnmill_connector_api::SourceError;
 
 mod properties;
+pub mod reader;
 pub mod sink;
 pub mod source;
 
 pub use properties::{PropertyValue, SecretProperty, check_secrets};
 pub use rdkafka;
-pub use sink::{KafkaSink, KafkaSinkConfig};
+pub use reader::{
+    KafkaReader, KafkaReaderConfig, OffsetRange, Polled, ReadRecord, THROWAWAY_GROUP_PREFIX,
+};
+pub use sink::{KafkaSink, KafkaSinkConfig, Located};
 pub use source::{KafkaSource, KafkaSourceConfig};
 
 /// What can go wrong building a Kafka source or sink.
@@ -57,6 +63,16 @@ pub enum KafkaError {
     Secret { property: String, message: String },
     #[error("cannot create the Kafka client: {0}")]
     Client(#[source] rdkafka::error::KafkaError),
+    /// A request of a [`KafkaReader`] failed (metadata, watermarks, offsets, commit, a fetch).
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A [`KafkaReader`] was pointed at a topic the cluster does not have.
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
 }
 
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;

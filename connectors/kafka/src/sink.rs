@@ -21,7 +21,7 @@ use std::time::Duration;
 use fnmill_connector_api::{Confirmation, Record, Sink, SinkError};
 use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header as KafkaHeader, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header as KafkaHeader, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
@@ -84,6 +84,17 @@ const SINK_FIXED: &[Fixed] = &[
     },
 ];
 
+/// Where a record was written: its partition and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What a batch resolves with: where its last delivered record landed (exact for a batch of
+/// one record, as [`KafkaSink::enqueue_located`] makes), or the first error.
+type BatchResult = Result<Option<Located>, SinkError>;
+
 /// Counts down one `publish` call's delivery reports and resolves it with the first error.
 struct Batch {
     inner: Mutex<BatchInner>,
@@ -93,16 +104,26 @@ struct BatchInner {
     /// Reports still expected, plus one held by `publish` until every record is handed over.
     remaining: usize,
     error: Option<SinkError>,
-    done: Option<oneshot::Sender<Result<(), SinkError>>>,
+    done: Option<oneshot::Sender<BatchResult>>,
+    /// Where the last delivered record landed.
+    last: Option<Located>,
 }
 
 impl Batch {
     fn complete(&self, result: Result<(), SinkError>) {
+        self.complete_at(result, None);
+    }
+
+    /// [`Batch::complete`] for a record delivered `at`.
+    fn complete_at(&self, result: Result<(), SinkError>, at: Option<Located>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = result
             && inner.error.is_none()
         {
             inner.error = Some(e);
+        }
+        if at.is_some() {
+            inner.last = at;
         }
         inner.remaining -= 1;
         if inner.remaining == 0
@@ -110,7 +131,7 @@ impl Batch {
         {
             let _ = done.send(match inner.error.take() {
                 Some(e) => Err(e),
-                None => Ok(()),
+                None => Ok(inner.last),
             });
         }
     }
@@ -136,10 +157,16 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = Arc<Batch>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
-        batch.complete(match result {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(classify(e)),
-        });
+        match result {
+            Ok(m) => batch.complete_at(
+                Ok(()),
+                Some(Located {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                }),
+            ),
+            Err((e, _)) => batch.complete(Err(classify(e))),
+        }
     }
 }
 
@@ -270,6 +297,28 @@ impl KafkaSink {
     /// Hands every record to librdkafka's queue, in order, and returns the future of their
     /// delivery reports. Records that cannot be queued fail that future, not this call.
     async fn enqueue_all(&self, records: &[Record]) -> Confirmation {
+        let done = self.queue(records).await;
+        Box::pin(async move { done.await.map(drop) })
+    }
+
+    /// Queues `record` as [`Sink::enqueue`] does (records of later calls are produced after
+    /// it) and returns the future of its delivery report, which says where it was written.
+    /// For tools that report offsets, such as `fnmill publish`.
+    pub async fn enqueue_located(
+        &self,
+        record: &Record,
+    ) -> BoxFuture<'static, Result<Located, SinkError>> {
+        let done = self.queue(std::slice::from_ref(record)).await;
+        Box::pin(async move {
+            done.await?.ok_or_else(|| {
+                SinkError::Retryable("the delivery report named no partition".into())
+            })
+        })
+    }
+
+    /// The work of [`KafkaSink::enqueue_all`]: queues the records and returns the future of
+    /// the batch's result.
+    async fn queue(&self, records: &[Record]) -> BoxFuture<'static, BatchResult> {
         let producer = self.producer.get();
         let (tx, rx) = oneshot::channel();
         let batch = Arc::new(Batch {
@@ -277,6 +326,7 @@ impl KafkaSink {
                 remaining: 1,
                 error: None,
                 done: Some(tx),
+                last: None,
             }),
         });
         for record in records {
@@ -372,6 +422,41 @@ mod tests {
             .insert("enable.idempotence".into(), PropertyValue::Bool(false));
         let err = KafkaSink::new(c).unwrap_err().to_string();
         assert!(err.contains("enable.idempotence"), "{err}");
+    }
+
+    /// Each record's delivery report says where it landed: consecutive offsets of one
+    /// partition for records of one key, in the order they were queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn enqueue_located_reports_partition_and_offset() {
+        use rdkafka::mocking::MockCluster;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let sink = KafkaSink::new(KafkaSinkConfig::new(
+            cluster.bootstrap_servers(),
+            Some("t".into()),
+        ))
+        .unwrap();
+        let mut confirmations = Vec::new();
+        for i in 0..5 {
+            let record = Record {
+                target: None,
+                key: Some(bytes::Bytes::from_static(b"same-key")),
+                payload: bytes::Bytes::from(format!("v{i}")),
+                headers: vec![],
+            };
+            confirmations.push(sink.enqueue_located(&record).await);
+        }
+        let mut located = Vec::new();
+        for c in confirmations {
+            located.push(c.await.unwrap());
+        }
+        let partition = located[0].partition;
+        assert!(
+            located.iter().all(|l| l.partition == partition),
+            "{located:?}"
+        );
+        let offsets: Vec<i64> = located.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
     }
 
     /// librdkafka's test hook raises a fatal error on the producer (what a broken idempotence
