@@ -1,4 +1,6 @@
-//! The `fnmill` command: `run`, `invoke`, `check`.
+//! The `fnmill` command: `run`, `invoke`, `check`, `publish`, `replay`.
+
+mod cli;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -66,6 +68,12 @@ enum Command {
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
         config: PathBuf,
     },
+    /// Put events on a Kafka topic, a RabbitMQ exchange or queue, or a JSON Lines file, each
+    /// confirmed before it counts as sent.
+    Publish(Box<cli::publish::PublishArgs>),
+    /// Replay a range of a Kafka topic, dead letters or a JSON Lines file: to a topic, exchange,
+    /// queue or file, back where dead letters came from, or through a function.
+    Replay(Box<cli::replay::ReplayArgs>),
 }
 
 /// Exit status for a usage or configuration error.
@@ -76,6 +84,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => cmd_run(&config),
         Command::Check { config } => cmd_check(&config),
+        Command::Publish(args) => cli::publish::run(*args),
+        Command::Replay(args) => cli::replay::run(*args),
         Command::Invoke {
             function,
             event,
