@@ -555,3 +555,78 @@ fn usage_errors_are_one_line_naming_the_flag_and_exit_2() {
         }
     }
 }
+
+/// Through a config over TLS, with the URL (and its password) in a file: `publish --sink`
+/// puts 100 events on a queue over `amqps://`, trusting the test CA from `tls_ca_file`, and
+/// `replay --source --dry-run` reads them and acks none, and `replay --source` reads them back
+/// over TLS into a JSON Lines file, acking each once it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_replay_through_a_config_over_tls() {
+    let broker = amqp_common::Broker::new().await;
+    let queue = amqp_common::unique("pub-tls");
+    broker.queue(&queue).await;
+    let url = std::env::var("FNMILL_TEST_AMQPS_URL")
+        .unwrap_or_else(|_| "amqps://guest:guest@localhost:5671/%2f".into());
+    let ca =
+        std::env::var("FNMILL_TEST_AMQPS_CA").unwrap_or_else(|_| "/etc/rabbitmq/tls/ca.pem".into());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("amqp-url"), &url).unwrap();
+    let config = dir.path().join("fnmill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.q]\nkind = \"amqp\"\nurl_file = \"amqp-url\"\ntls_ca_file = \"{ca}\"\n\
+             queue = \"{queue}\"\n\n\
+             [sinks.tls]\nkind = \"amqp\"\nurl_file = \"amqp-url\"\ntls_ca_file = \"{ca}\"\n\n\
+             [sinks.file]\nkind = \"file\"\npath = \"copy.jsonl\"\n\n\
+             [functions.f]\ncomponent = \"{}\"\n\n\
+             [[routes]]\nsource = \"q\"\nfunction = \"f\"\ndestinations = {{ out = \"file\" }}\n",
+            common::guest("echo").display()
+        ),
+    )
+    .unwrap();
+    let mut publish = fnmill();
+    publish
+        .args(["publish", "-c"])
+        .arg(&config)
+        .args(["--sink", "tls", "--target", &queue, "--count", "100"])
+        .args(["--payload", r#"{"n":{{seq}}}"#]);
+    let out = tokio::task::spawn_blocking(move || publish.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(broker.ready(&queue).await, 100);
+
+    // A dry run reads every message and acknowledges none.
+    let mut dry = fnmill();
+    dry.args(["replay", "-c"])
+        .arg(&config)
+        .args(["--source", "q", "--dry-run"]);
+    let out = tokio::task::spawn_blocking(move || dry.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        stderr(&out).contains("replay: 100 read, 100 would be written"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(broker.ready(&queue).await, 100, "a dry run acks nothing");
+
+    let copy = dir.path().join("copy.jsonl");
+    let mut replay = fnmill();
+    replay
+        .args(["replay", "-c"])
+        .arg(&config)
+        .args(["--source", "q", "--to-sink", "file"]);
+    let out = tokio::task::spawn_blocking(move || replay.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ns: std::collections::BTreeSet<u64> = common::read_lines(&copy)
+        .iter()
+        .map(|l| l["payload"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..100).collect());
+    assert_eq!(broker.ready(&queue).await, 0, "acked once written");
+    broker.cleanup().await;
+}

@@ -678,3 +678,112 @@ fn usage_errors_are_one_line_naming_the_flag_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--dead-letters"), "{}", stderr(&out));
 }
+
+/// A file route dead-letters its poison lines into a JSON Lines file. Replaying that file with
+/// a filter that matches nothing skips every dead letter; with the right filters they go back
+/// to the end of the input file, and after the fix the route's next run passes them all. The
+/// same input replayed through a component file counts the poison lines as failed (exit 1)
+/// and writes the rest to a file.
+#[test]
+fn json_lines_dead_letters_go_back_to_their_file_and_filters_choose() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = common::FileRoute::new(dir.path(), guest("poison"));
+    let events = (0..20).map(|i| {
+        let payload = if i % 4 == 1 {
+            serde_json::json!({ "id": i, "poison": true })
+        } else {
+            serde_json::json!({ "id": i })
+        };
+        (format!("e{i}"), Some(format!("k{}", i % 3)), payload)
+    });
+    common::write_events(&route.input(), events);
+    common::run_to_end(&route.write());
+    assert_eq!(common::count_lines(&route.output()), 15);
+    assert_eq!(common::count_lines(&route.dead()), 5);
+    let dead = route.dead();
+    let dead = dead.to_str().unwrap();
+
+    let out = fnmill()
+        .args([
+            "replay",
+            dead,
+            "--dead-letters",
+            "--kind",
+            "trap",
+            "--kind",
+            "timeout",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replay: 5 read, 0 written, 5 skipped, 0 failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(common::count_lines(&route.input()), 20, "nothing went back");
+
+    let out = fnmill()
+        .args([
+            "replay",
+            dead,
+            "--dead-letters",
+            "--kind",
+            "fatal",
+            "--route",
+            "in-f",
+        ])
+        .args(["--function", "f"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replay: 5 read, 5 written, 0 skipped, 0 failed"),
+        "{}",
+        stderr(&out)
+    );
+    let input = common::read_lines(&route.input());
+    assert_eq!(input.len(), 25);
+    for line in &input[20..] {
+        let headers = common::headers(line);
+        assert!(
+            headers.keys().all(|h| !h.starts_with("fnmill.error.")),
+            "{line}"
+        );
+        assert_eq!(headers["fnmill.replay.dead_letter.file"], dead);
+        assert!(line["payload"]["poison"].as_bool().unwrap());
+        assert!(line["key"].as_str().unwrap().starts_with('k'));
+    }
+
+    // The fix: the route's next run reads the five lines appended after its checkpoint.
+    route.component = guest("echo");
+    common::run_to_end(&route.write());
+    let ids: BTreeSet<u64> = common::read_lines(&route.output())
+        .iter()
+        .map(|l| l["payload"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..20).collect());
+    assert_eq!(common::count_lines(&route.output()), 20, "each once");
+
+    // Through a component file into a file: the poison lines fail, the rest are written.
+    let copy = dir.path().join("copy.jsonl");
+    let out = fnmill()
+        .args(["replay", route.input().to_str().unwrap(), "--limit", "20"])
+        .args(["--through", guest("poison").to_str().unwrap()])
+        .args(["--to", copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("replay: 20 read, 15 written, 0 skipped, 5 failed"),
+        "{log}"
+    );
+    assert!(log.contains("failed: fatal: 5"), "{log}");
+    assert!(log.contains("(event e1): fatal: poison message"), "{log}");
+    assert_eq!(common::count_lines(&copy), 15);
+    assert!(
+        log.contains("Stopped at --limit: stopped at line 21"),
+        "{log}"
+    );
+}

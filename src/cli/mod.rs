@@ -132,8 +132,8 @@ pub fn interrupt_token() -> CancellationToken {
     token
 }
 
-/// Positions handed out (lines, offsets) and how far a rerun must go back: to the first one
-/// not confirmed (in flight or failed), else to the next one not read.
+/// Positions handed out (lines, offsets): where a rerun goes on from, and how far a consumer
+/// group may commit.
 #[derive(Debug, Default)]
 pub struct Pending {
     open: BTreeSet<i64>,
@@ -160,8 +160,16 @@ impl Pending {
         }
     }
 
-    /// Where a rerun starts; `None` if nothing was handed out.
+    /// Where a rerun goes on from: the first position still in flight, else the next one not
+    /// read. A failed position is behind it: it was reported when it failed, and a rerun
+    /// would only fail it again. `None` if nothing was handed out.
     pub fn resume_from(&self) -> Option<i64> {
+        self.open.first().copied().or(self.next)
+    }
+
+    /// How far a consumer group may commit: to the first position not written, in flight or
+    /// failed, so that a rerun with the group tries a failed record again (at-least-once).
+    pub fn commit_from(&self) -> Option<i64> {
         let first_open = self.open.first().copied();
         let first_failed = self.failed.first().copied();
         [first_open, first_failed]
@@ -248,8 +256,10 @@ mod tests {
         assert_eq!(p.resume_from(), Some(11));
         p.settle(11, true);
         p.settle(13, false);
+        assert_eq!(p.resume_from(), Some(14));
         p.settle(14, true);
-        assert_eq!(p.resume_from(), Some(13), "a failed one is tried again");
+        assert_eq!(p.resume_from(), Some(15), "a rerun goes on after a failure");
+        assert_eq!(p.commit_from(), Some(13), "a group commits up to it");
         let mut q = Pending::default();
         q.start(3);
         q.settle(3, true);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How often the plain form prints a line: often enough to show a run is alive, rarely enough
 /// to keep a CI log readable.
@@ -34,21 +34,23 @@ impl Progress {
     /// number expected, when known.
     pub fn new(verb: &'static str, total: Option<u64>, quiet: bool) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let bar = match total {
-                Some(n) => ProgressBar::new(n),
-                None => ProgressBar::new_spinner(),
-            };
             let template = match total {
-                Some(_) => "{spinner} {bar:30} {human_pos}/{human_len} {msg} {per_sec} ETA {eta}",
-                None => "{spinner} {human_pos} {msg} {per_sec} {elapsed}",
+                Some(_) => "{spinner} {bar:30} {human_pos}/{human_len} {msg} {rate} ETA {eta}",
+                None => "{spinner} {human_pos} {msg} {rate} {elapsed}",
             };
-            bar.set_style(
-                ProgressStyle::with_template(template)
-                    .expect("the template is valid")
-                    .progress_chars("=> "),
-            );
-            bar.set_message(verb);
-            bar.set_draw_target(ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(template)
+                .expect("the template is valid")
+                .with_key(
+                    "rate",
+                    |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", state.per_sec());
+                    },
+                )
+                .progress_chars("=> ");
+            // Styled before it is first drawn, so no unstyled line is left behind.
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
+                .with_style(style)
+                .with_message(verb);
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });

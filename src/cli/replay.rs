@@ -1181,7 +1181,7 @@ fn commit_offsets(progressed: &Progressed) -> BTreeMap<i32, i64> {
         .unwrap()
         .iter()
         .filter(|(p, _)| **p >= 0)
-        .filter_map(|(p, pending)| pending.resume_from().map(|o| (*p, o)))
+        .filter_map(|(p, pending)| pending.commit_from().map(|o| (*p, o)))
         .collect()
 }
 
