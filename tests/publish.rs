@@ -467,7 +467,8 @@ fn publishes_through_a_sink_of_a_config() {
     assert_eq!(read[0].key.as_deref(), Some(&b"k"[..]));
 }
 
-/// Bad flags, an unknown sink, a target without a topic: one line naming the flag or key, exit 2.
+/// Bad flags, an unknown sink, a target without a topic, a cluster that does not answer: one
+/// line naming the flag or key, exit 2.
 #[test]
 fn usage_errors_are_one_line_naming_the_flag_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -542,6 +543,10 @@ fn usage_errors_are_one_line_naming_the_flag_and_exit_2() {
             "TARGET: give either",
         ),
         (vec!["publish", "-c", c, "--payload", "x"], "TARGET"),
+        (
+            vec!["publish", "kafka://127.0.0.1:1/t", "--payload", "x"],
+            "TARGET: Kafka at 127.0.0.1:1 did not answer within 10s",
+        ),
     ] {
         let out = fnmill().args(&args).output().unwrap();
         let log = stderr(&out);

@@ -205,6 +205,11 @@ fn parse_kafka(rest: &str) -> Result<Endpoint> {
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         properties.insert(k.into_owned(), PropertyValue::Text(v.into_owned()));
     }
+    // librdkafka retries an undeliverable record for 5 minutes by default; a command run by
+    // hand should say it failed sooner. A config's sink keeps its own setting.
+    properties
+        .entry("message.timeout.ms".into())
+        .or_insert(PropertyValue::Integer(URL_MESSAGE_TIMEOUT_MS));
     Ok(Endpoint::Kafka {
         connection: KafkaConnection {
             brokers: brokers.to_string(),
@@ -221,6 +226,32 @@ fn percent_decode(text: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+/// `message.timeout.ms` of a `kafka://` URL target, unless the URL sets it.
+const URL_MESSAGE_TIMEOUT_MS: i64 = 30_000;
+
+/// How long a Kafka cluster may take to answer before a command reports it unreachable.
+const REACHABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Endpoint {
+    /// For Kafka, checks the cluster answers (see [`fnmill_connector_kafka::check_reachable`]);
+    /// `flag` names the argument in the error.
+    pub fn check_reachable(&self, flag: &str) -> Result<()> {
+        if let Endpoint::Kafka { connection, .. } = self {
+            fnmill_connector_kafka::check_reachable(
+                &connection.reader_config(None),
+                REACHABLE_TIMEOUT,
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "{flag}: Kafka at {} did not answer within {REACHABLE_TIMEOUT:?} ({e})",
+                    connection.brokers
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// The query parameters that are fnmill's; the rest (`heartbeat`, `frame_max`, ...) are

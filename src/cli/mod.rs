@@ -226,12 +226,14 @@ pub fn shell_line(words: &[String]) -> String {
 }
 
 /// Logging for `publish` and `replay`: their own output is the progress and the summary, so
-/// only warnings and errors are logged (`RUST_LOG` overrides). lapin is silenced: it logs the
-/// closing of its own channels at the end of a run as errors, and every failure that matters
-/// to a publish or a replay comes back as a result and is reported by the command itself.
+/// only warnings and errors are logged (`RUST_LOG` overrides). Every failure that matters to a
+/// publish or a replay comes back as a result and is reported by the command itself, so two
+/// noisy sources are quieter: lapin, which logs the closing of its own channels at the end of
+/// a run as errors, and the Kafka sink's "brokers unreachable" warning, which a service logs on
+/// every retry (librdkafka's own errors, which it deduplicates, still show).
 pub fn init_logging() {
     fnmill::telemetry::init(&fnmill::config::TelemetryConfig {
-        log: "warn,lapin=off".into(),
+        log: "warn,lapin=off,fnmill_connector_kafka::sink=error".into(),
         log_format: fnmill::config::LogFormat::Text,
     });
 }

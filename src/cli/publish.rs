@@ -166,6 +166,8 @@ pub fn run(args: PublishArgs) -> Result<ExitCode> {
         Source::Lines(input, args.from_line.unwrap_or(1))
     };
 
+    endpoint.check_reachable(flag)?;
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("fnmill-publish")

@@ -324,6 +324,14 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         }
         _ => {}
     }
+    if let (Some(to), Mode::Write) = (&to, &mode) {
+        to.check_reachable(if args.to_sink.is_some() {
+            "--to-sink"
+        } else {
+            "--to"
+        })?;
+    }
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("fnmill-replay")

@@ -32,6 +32,7 @@ pub use properties::{PropertyValue, SecretProperty, check_secrets};
 pub use rdkafka;
 pub use reader::{
     KafkaReader, KafkaReaderConfig, OffsetRange, Polled, ReadRecord, THROWAWAY_GROUP_PREFIX,
+    check_reachable,
 };
 pub use sink::{KafkaSink, KafkaSinkConfig, Located};
 pub use source::{KafkaSource, KafkaSourceConfig};

@@ -67,6 +67,27 @@ const READER_FIXED: &[Fixed] = &[
     },
 ];
 
+/// Asks the cluster for its metadata within `timeout`: tells an unreachable cluster, or one
+/// that refuses the credentials, from a working one before anything is produced or read (a
+/// producer would otherwise retry quietly until `message.timeout.ms`).
+pub fn check_reachable(config: &KafkaReaderConfig, timeout: Duration) -> Result<(), KafkaError> {
+    let client = properties::client_config(
+        &config.brokers,
+        &[],
+        &config.properties,
+        &config.secret_properties,
+        &[],
+    )?;
+    let consumer: BaseConsumer = client.create().map_err(KafkaError::Client)?;
+    consumer
+        .fetch_metadata(None, timeout)
+        .map(drop)
+        .map_err(|source| KafkaError::Request {
+            what: format!("cluster metadata from {}", config.brokers),
+            source,
+        })
+}
+
 /// Offsets `start..end` of one partition (`end` exclusive).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OffsetRange {
