@@ -298,7 +298,7 @@ impl KafkaSink {
     /// delivery reports. Records that cannot be queued fail that future, not this call.
     async fn enqueue_all(&self, records: &[Record]) -> Confirmation {
         let done = self.queue(records).await;
-        Box::pin(async move { done.await.map(drop) })
+        Box::pin(async move { done.await.unwrap_or_else(producer_dropped).map(drop) })
     }
 
     /// Queues `record` as [`Sink::enqueue`] does (records of later calls are produced after
@@ -310,15 +310,15 @@ impl KafkaSink {
     ) -> BoxFuture<'static, Result<Located, SinkError>> {
         let done = self.queue(std::slice::from_ref(record)).await;
         Box::pin(async move {
-            done.await?.ok_or_else(|| {
+            done.await.unwrap_or_else(producer_dropped)?.ok_or_else(|| {
                 SinkError::Retryable("the delivery report named no partition".into())
             })
         })
     }
 
-    /// The work of [`KafkaSink::enqueue_all`]: queues the records and returns the future of
+    /// The work of [`KafkaSink::enqueue_all`]: queues the records and returns the receiver of
     /// the batch's result.
-    async fn queue(&self, records: &[Record]) -> BoxFuture<'static, BatchResult> {
+    async fn queue(&self, records: &[Record]) -> oneshot::Receiver<BatchResult> {
         let producer = self.producer.get();
         let (tx, rx) = oneshot::channel();
         let batch = Arc::new(Batch {
@@ -371,11 +371,12 @@ impl KafkaSink {
             }
         }
         batch.complete(Ok(()));
-        Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(SinkError::Retryable("the producer was dropped".into())))
-        })
+        rx
     }
+}
+
+fn producer_dropped(_: oneshot::error::RecvError) -> BatchResult {
+    Err(SinkError::Retryable("the producer was dropped".into()))
 }
 
 impl Sink for KafkaSink {
