@@ -635,3 +635,64 @@ async fn publish_and_replay_through_a_config_over_tls() {
     assert_eq!(broker.ready(&queue).await, 0, "acked once written");
     broker.cleanup().await;
 }
+
+/// Ctrl-C in the middle of a JSON Lines file: publish stops, exits 130 and prints the command
+/// that publishes the rest (`--from-line`); running it leaves every line on the topic once.
+#[test]
+fn ctrl_c_prints_the_command_that_publishes_the_rest() {
+    let brokers = bootstrap();
+    let topic = kafka_support::unique("publish-int");
+    create_topic(&brokers, &topic, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    numbered_lines(&input, 0, 300);
+    let child = fnmill()
+        .args([
+            "publish",
+            &format!("kafka://{brokers}/{topic}"),
+            "--rate",
+            "60",
+            "-i",
+        ])
+        .arg(&input)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(Duration::from_secs(60), "some lines published", || {
+        kafka_support::count(&brokers, &topic) >= 60
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{log}");
+    let sent = lines_on(&brokers, &topic).len();
+    assert!(
+        sent < 300,
+        "the interrupt must land mid-file: {sent}\n{log}"
+    );
+    let resume = log
+        .lines()
+        .skip_while(|l| !l.contains("To publish the rest:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no resume command:\n{log}"))
+        .trim()
+        .to_string();
+    assert!(
+        resume.contains(&format!("--from-line {}", sent + 1)),
+        "{resume}"
+    );
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_fnmill")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let rerun = std::process::Command::new("sh")
+        .args(["-c", &resume])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert_eq!(lines_on(&brokers, &topic), (1..=300).collect::<Vec<u64>>());
+}

@@ -108,6 +108,9 @@ pub fn exit_code(stats: &Stats, interrupted: bool) -> ExitCode {
     }
 }
 
+/// What a command prints (above its progress bar) when the first interrupt stops it.
+pub const INTERRUPTED: &str = "Interrupted: finishing what is in flight (Ctrl-C again to exit now)";
+
 /// A token cancelled by the first Ctrl-C or SIGTERM; a second Ctrl-C exits at once. Must be
 /// called inside the tokio runtime.
 pub fn interrupt_token() -> CancellationToken {
@@ -123,7 +126,6 @@ pub fn interrupt_token() -> CancellationToken {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        eprintln!("Interrupted: finishing what is in flight (Ctrl-C again to exit now)");
         cancel.cancel();
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("Second interrupt: exiting now");

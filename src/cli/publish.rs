@@ -404,7 +404,11 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
     loop {
         let input = tokio::select! {
             biased;
-            _ = interrupt.cancelled() => { interrupted = true; break }
+            _ = interrupt.cancelled() => {
+                interrupted = true;
+                progress.println(super::INTERRUPTED);
+                break;
+            }
             input = rx.recv() => input,
         };
         let Some(input) = input else { break };
@@ -423,7 +427,11 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
         };
         tokio::select! {
             biased;
-            _ = interrupt.cancelled() => { interrupted = true; break }
+            _ = interrupt.cancelled() => {
+                interrupted = true;
+                progress.println(super::INTERRUPTED);
+                break;
+            }
             _ = pacer.wait(n) => {}
         }
         n += 1;

@@ -713,7 +713,11 @@ impl Replay {
             }
             let next = tokio::select! {
                 biased;
-                _ = interrupt.cancelled() => { interrupted = true; break }
+                _ = interrupt.cancelled() => {
+                    interrupted = true;
+                    progress.println(super::INTERRUPTED);
+                    break;
+                }
                 next = reader.next() => next,
             };
             let item = match next {
@@ -741,7 +745,11 @@ impl Replay {
                 let due = pacer_start + Duration::from_secs_f64(taken as f64 / rate);
                 tokio::select! {
                     biased;
-                    _ = interrupt.cancelled() => { interrupted = true; break }
+                    _ = interrupt.cancelled() => {
+                        interrupted = true;
+                        progress.println(super::INTERRUPTED);
+                        break;
+                    }
                     _ = tokio::time::sleep_until(due) => {}
                 }
             }
