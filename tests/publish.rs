@@ -544,6 +544,18 @@ fn usage_errors_are_one_line_naming_the_flag_and_exit_2() {
         ),
         (vec!["publish", "-c", c, "--payload", "x"], "TARGET"),
         (
+            vec![
+                "publish",
+                "-c",
+                "/no/such/fnmill.toml",
+                "--sink",
+                "out",
+                "--payload",
+                "x",
+            ],
+            "--config: cannot read /no/such/fnmill.toml",
+        ),
+        (
             vec!["publish", "kafka://127.0.0.1:1/t", "--payload", "x"],
             "TARGET: Kafka at 127.0.0.1:1 did not answer within 10s",
         ),

@@ -127,7 +127,7 @@ pub fn run(args: PublishArgs) -> Result<ExitCode> {
         bail!("--from-line: lines count from 1");
     }
     let config = match &args.config {
-        Some(path) if args.sink.is_some() => Some(fnmill::config::load(path)?),
+        Some(path) if args.sink.is_some() => Some(fnmill::config::load(path).context("--config")?),
         _ => None,
     };
     super::init_logging();

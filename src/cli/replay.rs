@@ -252,7 +252,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         bail!("--target: only with --source or --sink (a URL names its own topic or queue)");
     }
     let config = match &args.config {
-        Some(path) => Some(fnmill::config::load(path)?),
+        Some(path) => Some(fnmill::config::load(path).context("--config")?),
         None => None,
     };
     super::init_logging();
