@@ -558,6 +558,19 @@ impl Reader {
     }
 }
 
+/// What the replay reads, opened.
+struct Opened {
+    reader: Reader,
+    /// Records to read, when known (for the progress bar).
+    total: Option<u64>,
+    /// Acknowledges a queue's messages once written.
+    acker: Option<QueueAcker>,
+    /// The Kafka reader, shared with its thread, for `--group` commits.
+    kafka: Option<Arc<Mutex<KafkaReader>>>,
+    /// The Kafka ranges read, for the resume command.
+    ranges: BTreeMap<i32, OffsetRange>,
+}
+
 /// Per partition (or `-1` for lines), what was handed out and confirmed: where a rerun starts
 /// and what `--group` commits.
 type Progressed = Arc<Mutex<BTreeMap<i32, Pending>>>;
@@ -636,51 +649,13 @@ impl Replay {
         let interrupt = super::interrupt_token();
         let stop = CancellationToken::new();
         let progressed: Progressed = Arc::default();
-        let mut acker: Option<QueueAcker> = None;
-        let mut kafka_reader: Option<Arc<Mutex<KafkaReader>>> = None;
-        let mut ranges = BTreeMap::new();
-        let (mut reader, total) = match (&self.from, plan) {
-            (Endpoint::Kafka { .. }, Some(plan)) => {
-                let total: u64 = plan.ranges.values().map(OffsetRange::len).sum();
-                ranges = plan.ranges.clone();
-                let mut kafka = plan.reader;
-                kafka
-                    .assign(&plan.ranges)
-                    .context("FROM: assigning the partitions")?;
-                let kafka = Arc::new(Mutex::new(kafka));
-                kafka_reader = Some(kafka.clone());
-                let (tx, rx) = mpsc::channel(READ_AHEAD);
-                let topic = plan.topic.clone();
-                let stop = stop.clone();
-                std::thread::Builder::new()
-                    .name("fnmill-kafka-reader".into())
-                    .spawn(move || read_kafka(kafka, &topic, tx, stop))?;
-                (Reader::Channel(rx), Some(total))
-            }
-            (Endpoint::Amqp { sink, queue, .. }, _) => {
-                let queue = queue.as_deref().expect("checked above");
-                let source = Endpoint::amqp_source(sink, queue);
-                let reader = QueueReader::open("fnmill replay", &source)
-                    .await
-                    .with_context(|| format!("reading queue `{queue}`"))?;
-                acker = Some(reader.acker());
-                let total = reader.remaining() as u64;
-                (Reader::Queue(Box::new(reader)), Some(total))
-            }
-            (Endpoint::File { path }, _) => {
-                if path != Path::new("-") && !path.is_file() {
-                    bail!("FROM: no file at {}", path.display());
-                }
-                let (tx, rx) = mpsc::channel(READ_AHEAD);
-                let (path, from) = (path.clone(), self.args.from_line.unwrap_or(1));
-                let total = count_lines(&path, from);
-                std::thread::Builder::new()
-                    .name("fnmill-input".into())
-                    .spawn(move || read_file(&path, from, tx))?;
-                (Reader::Channel(rx), total)
-            }
-            (Endpoint::Kafka { .. }, None) => unreachable!("a Kafka source has a plan"),
-        };
+        let Opened {
+            mut reader,
+            total,
+            acker,
+            kafka: kafka_reader,
+            ranges,
+        } = self.open_reader(plan, &stop).await?;
         let mut writers = Writers {
             fixed: match (&self.to, &self.mode) {
                 (Some(to), Mode::Write) => Some(Arc::new(Writer::new(to, "fnmill replay")?)),
@@ -787,42 +762,17 @@ impl Replay {
                 }
             };
             // Each with the destination name a function gave it (none without a function).
-            let records: Vec<(String, Record)> = match &self.through {
-                None => vec![(String::new(), record)],
-                Some(through) => {
-                    let event = Event {
-                        id: item.id.clone(),
-                        source: "replay".into(),
-                        key: record.key.clone(),
-                        payload: record.payload.clone(),
-                        headers: record.headers.clone(),
-                        timestamp_ms: item.timestamp_ms,
-                        origin: vec![],
-                    };
-                    match through.function.invoke(&event, 1).await {
-                        Ok(outputs) => outputs
-                            .into_iter()
-                            .map(|o| {
-                                let record = Record {
-                                    target: record.target.clone(),
-                                    key: o.key,
-                                    payload: o.payload,
-                                    headers: o.headers,
-                                };
-                                (o.destination, record)
-                            })
-                            .collect(),
-                        Err(failure) => {
-                            progress.println(format!(
-                                "error: {describe} (event {}): {}: {}",
-                                item.id,
-                                failure.kind(),
-                                failure.message()
-                            ));
-                            settle(false, Some(failure.kind()));
-                            continue;
-                        }
-                    }
+            let records = match self.run_through(&item, record).await {
+                Ok(records) => records,
+                Err(failure) => {
+                    progress.println(format!(
+                        "error: {describe} (event {}): {}: {}",
+                        item.id,
+                        failure.kind(),
+                        failure.message()
+                    ));
+                    settle(false, Some(failure.kind()));
+                    continue;
                 }
             };
             match self.mode {
@@ -872,54 +822,17 @@ impl Replay {
                         }
                         confirms.push(writer.submit(r, lane).await);
                     }
-                    let (stats, destinations, progress, acker) = (
-                        stats.clone(),
-                        destinations.clone(),
-                        progress.clone(),
-                        acker.clone(),
-                    );
+                    let ack = match (&acker, item.at) {
+                        (Some(acker), At::Queue { tag }) => Some((acker.clone(), tag)),
+                        _ => None,
+                    };
+                    let counters = Counters {
+                        stats: stats.clone(),
+                        destinations: destinations.clone(),
+                        progress: progress.clone(),
+                    };
                     let name = self.dest_name(&dest);
-                    let at = item.at;
-                    tokio::spawn(async move {
-                        let mut error = None;
-                        for result in futures::future::join_all(confirms).await {
-                            match result {
-                                Ok(written) => {
-                                    stats.lock().unwrap().written(&written);
-                                    *destinations
-                                        .lock()
-                                        .unwrap()
-                                        .entry(name.clone())
-                                        .or_default() += 1;
-                                }
-                                Err(e) => {
-                                    error.get_or_insert(e);
-                                }
-                            }
-                        }
-                        match error {
-                            None => {
-                                if let (Some(acker), At::Queue { tag }) = (&acker, at)
-                                    && let Err(e) = acker.ack(tag).await
-                                {
-                                    // The broker requeues it: a duplicate later, not a loss.
-                                    progress.println(format!(
-                                        "warning: {describe}: written, but the ack failed \
-                                             ({e}); it stays in the queue"
-                                    ));
-                                }
-                                settle(true, None);
-                            }
-                            Some(e) => {
-                                progress.println(format!(
-                                    "error: {describe}: not written to {name}: {}",
-                                    e.message
-                                ));
-                                settle(false, Some(e.kind()));
-                            }
-                        }
-                        drop(permit);
-                    });
+                    confirm_later(confirms, name, ack, describe, counters, settle, permit);
                 }
             }
         }
@@ -952,7 +865,13 @@ impl Replay {
         progress.finish();
 
         let stats = stats.lock().unwrap();
-        let failed = stats.failed_total();
+        let trouble = read_error.is_some() || !drained;
+        self.print_summary(
+            &stats,
+            &destinations.lock().unwrap(),
+            started,
+            trouble || interrupted,
+        );
         if let Some(e) = &read_error {
             eprintln!("error: reading {}: {e}", self.from.describe());
         }
@@ -962,33 +881,6 @@ impl Replay {
                 super::DRAIN_TIMEOUT
             );
         }
-        if !self.args.quiet || failed > 0 || interrupted || !drained || read_error.is_some() {
-            let (written, suffix) = match self.mode {
-                Mode::Write => ("written", ""),
-                Mode::Print => ("printed", " (nothing written or acknowledged)"),
-                Mode::Count => (
-                    "would be written",
-                    " (dry run: nothing written or acknowledged)",
-                ),
-            };
-            let mut line = format!(
-                "replay: {} read, {} {written}, {} skipped, {failed} failed {}{suffix}",
-                stats.read,
-                stats.written,
-                stats.skipped,
-                super::timing(started, stats.read),
-            );
-            if failed > 0 {
-                line.push_str(&format!(" — failed: {}", stats.failed_by_kind()));
-            }
-            eprintln!("{line}");
-            for (dest, n) in destinations.lock().unwrap().iter() {
-                eprintln!("  {n} to {dest}");
-            }
-            for l in stats.kafka_lines() {
-                eprintln!("{l}");
-            }
-        }
         if interrupted || limited {
             self.print_resume(&progressed, &ranges, interrupted);
         }
@@ -996,6 +888,140 @@ impl Replay {
             return Ok(ExitCode::from(super::EXIT_FAILED));
         }
         Ok(super::exit_code(&stats, interrupted))
+    }
+
+    /// Opens what the replay reads: the Kafka reader's thread, the queue, or the file's thread.
+    async fn open_reader(
+        &self,
+        plan: Option<KafkaPlan>,
+        stop: &CancellationToken,
+    ) -> Result<Opened> {
+        let mut acker = None;
+        let mut kafka = None;
+        let mut ranges = BTreeMap::new();
+        let (reader, total) = match (&self.from, plan) {
+            (Endpoint::Kafka { .. }, Some(plan)) => {
+                let total: u64 = plan.ranges.values().map(OffsetRange::len).sum();
+                ranges = plan.ranges.clone();
+                let mut reader = plan.reader;
+                reader
+                    .assign(&plan.ranges)
+                    .context("FROM: assigning the partitions")?;
+                let shared = Arc::new(Mutex::new(reader));
+                kafka = Some(shared.clone());
+                let (tx, rx) = mpsc::channel(READ_AHEAD);
+                let topic = plan.topic.clone();
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name("fnmill-kafka-reader".into())
+                    .spawn(move || read_kafka(shared, &topic, tx, stop))?;
+                (Reader::Channel(rx), Some(total))
+            }
+            (Endpoint::Amqp { sink, queue, .. }, _) => {
+                let queue = queue.as_deref().expect("checked above");
+                let source = Endpoint::amqp_source(sink, queue);
+                let reader = QueueReader::open("fnmill replay", &source)
+                    .await
+                    .with_context(|| format!("reading queue `{queue}`"))?;
+                acker = Some(reader.acker());
+                let total = reader.remaining() as u64;
+                (Reader::Queue(Box::new(reader)), Some(total))
+            }
+            (Endpoint::File { path }, _) => {
+                if path != Path::new("-") && !path.is_file() {
+                    bail!("FROM: no file at {}", path.display());
+                }
+                let (tx, rx) = mpsc::channel(READ_AHEAD);
+                let (path, from) = (path.clone(), self.args.from_line.unwrap_or(1));
+                let total = count_lines(&path, from);
+                std::thread::Builder::new()
+                    .name("fnmill-input".into())
+                    .spawn(move || read_file(&path, from, tx))?;
+                (Reader::Channel(rx), total)
+            }
+            (Endpoint::Kafka { .. }, None) => unreachable!("a Kafka source has a plan"),
+        };
+        Ok(Opened {
+            reader,
+            total,
+            acker,
+            kafka,
+            ranges,
+        })
+    }
+
+    /// The records to write for `record`: itself, or with --through the function's outputs.
+    /// Each comes with the destination name the function gave it (none without a function).
+    async fn run_through(
+        &self,
+        item: &Item,
+        record: Record,
+    ) -> Result<Vec<(String, Record)>, fnmill::host::Failure> {
+        let Some(through) = &self.through else {
+            return Ok(vec![(String::new(), record)]);
+        };
+        let event = Event {
+            id: item.id.clone(),
+            source: "replay".into(),
+            key: record.key.clone(),
+            payload: record.payload.clone(),
+            headers: record.headers.clone(),
+            timestamp_ms: item.timestamp_ms,
+            origin: vec![],
+        };
+        let outputs = through.function.invoke(&event, 1).await?;
+        Ok(outputs
+            .into_iter()
+            .map(|o| {
+                let output = Record {
+                    target: record.target.clone(),
+                    key: o.key,
+                    payload: o.payload,
+                    headers: o.headers,
+                };
+                (o.destination, output)
+            })
+            .collect())
+    }
+
+    /// The summary: read, written, skipped, failed by kind, per destination, Kafka offsets.
+    /// With --quiet only when something went wrong (`trouble`, or a failure).
+    fn print_summary(
+        &self,
+        stats: &Stats,
+        destinations: &BTreeMap<String, u64>,
+        started: Instant,
+        trouble: bool,
+    ) {
+        let failed = stats.failed_total();
+        if self.args.quiet && failed == 0 && !trouble {
+            return;
+        }
+        let (written, suffix) = match self.mode {
+            Mode::Write => ("written", ""),
+            Mode::Print => ("printed", " (nothing written or acknowledged)"),
+            Mode::Count => (
+                "would be written",
+                " (dry run: nothing written or acknowledged)",
+            ),
+        };
+        let mut line = format!(
+            "replay: {} read, {} {written}, {} skipped, {failed} failed {}{suffix}",
+            stats.read,
+            stats.written,
+            stats.skipped,
+            super::timing(started, stats.read),
+        );
+        if failed > 0 {
+            line.push_str(&format!(" — failed: {}", stats.failed_by_kind()));
+        }
+        eprintln!("{line}");
+        for (dest, n) in destinations {
+            eprintln!("  {n} to {dest}");
+        }
+        for l in stats.kafka_lines() {
+            eprintln!("{l}");
+        }
     }
 
     /// Whether a dead letter passes the filters.
@@ -1188,6 +1214,72 @@ impl Replay {
             }
         }
     }
+}
+
+/// What the tasks that wait for confirmations count into.
+struct Counters {
+    stats: Arc<Mutex<Stats>>,
+    destinations: Arc<Mutex<BTreeMap<String, u64>>>,
+    progress: Progress,
+}
+
+/// Waits, on a task of its own, for one item's records to be confirmed (`name`: where they
+/// went); then counts them, acks the queue message the item was (`ack`) and settles the item.
+/// The item's window `permit` is released only then.
+fn confirm_later(
+    confirms: Vec<Confirm>,
+    name: String,
+    ack: Option<(QueueAcker, u64)>,
+    describe: String,
+    counters: Counters,
+    settle: impl FnOnce(bool, Option<&str>) + Send + 'static,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let Counters {
+        stats,
+        destinations,
+        progress,
+    } = counters;
+    tokio::spawn(async move {
+        let mut error = None;
+        for result in futures::future::join_all(confirms).await {
+            match result {
+                Ok(written) => {
+                    stats.lock().unwrap().written(&written);
+                    *destinations
+                        .lock()
+                        .unwrap()
+                        .entry(name.clone())
+                        .or_default() += 1;
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        match error {
+            None => {
+                if let Some((acker, tag)) = ack
+                    && let Err(e) = acker.ack(tag).await
+                {
+                    // The broker requeues it: a duplicate later, not a loss.
+                    progress.println(format!(
+                        "warning: {describe}: written, but the ack failed ({e}); it stays in \
+                         the queue"
+                    ));
+                }
+                settle(true, None);
+            }
+            Some(e) => {
+                progress.println(format!(
+                    "error: {describe}: not written to {name}: {}",
+                    e.message
+                ));
+                settle(false, Some(e.kind()));
+            }
+        }
+        drop(permit);
+    });
 }
 
 /// `--group` commits: per partition, the first offset not written.
