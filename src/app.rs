@@ -106,6 +106,35 @@ pub fn load_function(
     .with_context(|| format!("functions.{name}.component"))
 }
 
+/// A function to run on its own (`fnmill invoke`, `fnmill replay --through`), with what keeps
+/// it working: its host (the epoch ticker) and its data sources.
+pub struct LocalFunction {
+    pub function: Arc<Function>,
+    _host: Host,
+    _data: DataSources,
+}
+
+/// Loads the function `name` of `config` for local runs, with at most `instances` instances at
+/// once; its data sources' work runs on `io`.
+pub fn local_function(
+    config: &ValidatedConfig,
+    name: &str,
+    instances: u32,
+    io: &tokio::runtime::Handle,
+) -> Result<LocalFunction> {
+    let mut host_config = host_config(config);
+    host_config.max_instances = instances;
+    let host = Host::new(&host_config)?;
+    let _entered = io.enter();
+    let data = build_data_sources(config, io.clone())?;
+    let function = load_function(config, &host, name, Some(&data))?;
+    Ok(LocalFunction {
+        function: Arc::new(function),
+        _host: host,
+        _data: data,
+    })
+}
+
 /// Every function of the config; see [`load_function`].
 pub fn load_functions(
     config: &ValidatedConfig,

@@ -1,4 +1,6 @@
-//! The `fnmill` command: `run`, `invoke`, `check`.
+//! The `fnmill` command: `run`, `invoke`, `check`, `publish`, `replay`.
+
+mod cli;
 
 use std::io::{Read, Write};
 use std::num::{NonZeroU32, NonZeroU64};
@@ -82,6 +84,12 @@ enum Command {
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
         config: PathBuf,
     },
+    /// Put events on a Kafka topic, a RabbitMQ exchange or queue, or a JSON Lines file, each
+    /// confirmed before it counts as sent.
+    Publish(Box<cli::publish::PublishArgs>),
+    /// Replay a range of a Kafka topic, dead letters or a JSON Lines file: to a topic, exchange,
+    /// queue or file, back where dead letters came from, or through a function.
+    Replay(Box<cli::replay::ReplayArgs>),
 }
 
 /// Exit status for a usage or configuration error.
@@ -119,6 +127,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => cmd_run(&config),
         Command::Check { config } => cmd_check(&config),
+        Command::Publish(args) => cli::publish::run(*args),
+        Command::Replay(args) => cli::replay::run(*args),
         Command::Invoke {
             function,
             event,
@@ -302,20 +312,13 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
         .with_context(|| format!("--event: {}", args.event.display()))?
         .into_event("invoke", || "invoke-1".to_string(), vec![]);
 
-    // One instance at a time: a pool sized for one.
-    let mut host_config = fnmill::app::host_config(&config);
-    host_config.max_instances = 1;
-    let host = Host::new(&host_config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // One thread serves both sides here: the pools' work runs while `block_on` waits for it.
-    let function = {
-        let _entered = rt.enter();
-        let data = fnmill::app::build_data_sources(&config, rt.handle().clone())?;
-        fnmill::app::load_function(&config, &host, &name, Some(&data))?
-    };
-    match rt.block_on(function.invoke(&event, args.attempt)) {
+    // One instance at a time: a pool sized for one.
+    let local = fnmill::app::local_function(&config, &name, 1, rt.handle())?;
+    match rt.block_on(local.function.invoke(&event, args.attempt)) {
         Ok(outputs) => {
             let mut out = Vec::new();
             for o in outputs {

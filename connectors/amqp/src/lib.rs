@@ -22,6 +22,8 @@
 //! - [`config`]: the config structs of source and sink, and the topology they may declare.
 //! - [`source`]: [`AmqpSource`], consuming with `basic_qos` prefetch, reconnecting with backoff.
 //! - [`sink`]: [`AmqpSink`], publishing on pooled confirm channels (deadpool).
+//! - [`reader`]: [`QueueReader`], which takes what a queue holds with `basic_get` and acks only
+//!   on request (what `fnmill replay` reads dead-letter queues with).
 //! - `headers`: AMQP field tables to fnmill headers and back.
 //!
 //! [`SinkError::Permanent`]: fnmill_connector_api::SinkError::Permanent
@@ -39,10 +41,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod config;
 mod headers;
+pub mod reader;
 pub mod sink;
 pub mod source;
 
 pub use config::{AmqpSinkConfig, AmqpSourceConfig, DeadLetterMode, OrderingKey, Topology};
+pub use reader::{QueueAcker, QueueMessage, QueueReader};
 pub use sink::AmqpSink;
 pub use source::AmqpSource;
 
