@@ -52,6 +52,10 @@ install() {
 
 compose() {
   if [ ! -x "$COMPOSE_BIN" ]; then
+    # Go is on this project's machines, not always on a non-login shell's PATH.
+    if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+      PATH=$PATH:/usr/local/go/bin
+    fi
     command -v go >/dev/null || fail "no go on PATH to build Docker Compose $COMPOSE_VERSION"
     echo "docker: building Docker Compose $COMPOSE_VERSION from the Go module proxy (once, a few minutes)" >&2
     local dir
