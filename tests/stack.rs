@@ -284,18 +284,28 @@ fn the_stack_runs_the_example_routes_end_to_end() {
     let run_id = format!("stack{:08x}", fastrand::u32(..));
     let mut timings: BTreeMap<&str, Duration> = BTreeMap::new();
 
-    // The image: the Dockerfile users build, at its `prebuilt` target.
-    let image = format!("fnmill:{run_id}");
-    let context = tempfile::tempdir().unwrap();
-    prebuilt_context(context.path());
+    // The image: the Dockerfile users build, at its `prebuilt` target; or, with
+    // FNMILL_TEST_STACK_IMAGE, an image built before (e.g. by the full `docker build .`).
+    let given = std::env::var("FNMILL_TEST_STACK_IMAGE")
+        .ok()
+        .filter(|i| !i.is_empty());
+    let image = given.clone().unwrap_or_else(|| format!("fnmill:{run_id}"));
     let t = Instant::now();
-    let mut build = docker();
-    build
-        .args(["build", "-q", "--target", "prebuilt", "-t", &image, "-f"])
-        .arg(root().join("Dockerfile"))
-        .arg(context.path());
-    let _image = RemoveImage(image.clone());
-    run(build, "docker build --target prebuilt");
+    let _image = if given.is_none() {
+        let context = tempfile::tempdir().unwrap();
+        prebuilt_context(context.path());
+        let mut build = docker();
+        build
+            .args(["build", "-q", "--target", "prebuilt", "-t", &image, "-f"])
+            .arg(root().join("Dockerfile"))
+            .arg(context.path());
+        let guard = RemoveImage(image.clone());
+        run(build, "docker build --target prebuilt");
+        Some(guard)
+    } else {
+        println!("stack: running the given image {image}");
+        None
+    };
     let mut psql = docker();
     psql.args(["build", "-q", "-t", "fnmill-test-psql:1", "-f"])
         .arg(root().join("tests/stack/psql.Dockerfile"))
