@@ -32,9 +32,21 @@ use rdkafka::{ClientConfig, types::RDKafkaErrorCode};
 use serde_json::{Value, json};
 use stack_support::{compose, stack_topics};
 
-/// The docker client (scripts/docker.sh env), its BuildKit on.
+/// The docker client (`FNMILL_TEST_DOCKER` from scripts/docker.sh env, else as that script
+/// picks it: Debian's, which builds with BuildKit without the buildx plugin), BuildKit on.
 fn docker() -> Command {
-    let bin = std::env::var("FNMILL_TEST_DOCKER").unwrap_or_else(|_| "docker".into());
+    let bin = std::env::var("FNMILL_TEST_DOCKER")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| {
+            let debian = "/usr/bin/docker";
+            if Path::new(debian).is_file() {
+                debian
+            } else {
+                "docker"
+            }
+            .to_string()
+        });
     let mut cmd = Command::new(bin);
     cmd.env("DOCKER_BUILDKIT", "1");
     cmd
