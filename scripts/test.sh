@@ -18,6 +18,17 @@ cd "$(dirname "$0")/.."
 trap './scripts/kafka.sh stop' EXIT
 eval "$(./scripts/kafka.sh env)"
 
+# Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs. If the
+# engine cannot start here, the stack test prints why (one line) and the rest still runs.
+mkdir -p target
+if ./scripts/docker.sh start 2>&1 | tee target/docker-setup.log >&2; then
+  eval "$(./scripts/docker.sh env)"
+else
+  why=$(grep '^docker: ' target/docker-setup.log | tail -1)
+  export FNMILL_TEST_DOCKER_UNAVAILABLE="${why:-scripts/docker.sh start failed (target/docker-setup.log)}"
+  echo "warning: $FNMILL_TEST_DOCKER_UNAVAILABLE" >&2
+fi
+
 # A one-off build: incremental state would only add gigabytes to a clean clone's target/.
 export CARGO_INCREMENTAL=0
 mkdir -p target
