@@ -10,10 +10,15 @@
 //! A granted call is spawned onto the IO runtime and its `JoinHandle` awaited: the guest's fiber
 //! is suspended and the compute thread runs other instances meanwhile. How many connections
 //! exist is the pools' business, independent of how many instances wait for them.
+//!
+//! Each call is made for a [`Caller`]: the function, the event, and — when the pipeline runs
+//! the function inside [`CallScope::run`] — the route and the event's trace context. A pool in
+//! this process ignores it; a remote IO tier names it in the request and checks the grant again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use fnmill_connector_api::capability::Caller;
 use fnmill_connector_api::capability::kv::{Bucket, KvError};
 use fnmill_connector_api::capability::sql::{SqlError, SqlSource, Value};
 use tokio::runtime::Handle;
@@ -102,6 +107,29 @@ pub(crate) struct FunctionData {
     other_buckets: BTreeSet<String>,
 }
 
+/// What the pipeline knows about a function call beyond the event: the route it runs for and
+/// the event's trace context. Set around a call with [`CallScope::run`]; the data capabilities
+/// read it when they make a call for the instance (it is a task-local, so nothing between the
+/// pipeline and the host call has to carry it).
+#[derive(Clone, Debug)]
+pub struct CallScope {
+    /// The route's name.
+    pub route: Arc<str>,
+    /// The event's W3C `traceparent` header, when it has one.
+    pub traceparent: Option<Arc<str>>,
+}
+
+tokio::task_local! {
+    static SCOPE: CallScope;
+}
+
+impl CallScope {
+    /// Runs `call` (a function's invocation) inside this scope.
+    pub async fn run<F: Future>(self, call: F) -> F::Output {
+        SCOPE.scope(self, call).await
+    }
+}
+
 /// An open bucket, as kept in the store's resource table.
 pub struct KvBucket {
     bucket: Arc<dyn Bucket>,
@@ -110,6 +138,20 @@ pub struct KvBucket {
 impl Ctx {
     fn io(&self) -> Option<Handle> {
         self.function.data.io.clone()
+    }
+
+    /// Who makes this instance's calls: the function, the event, and the route and trace
+    /// context of the pipeline's [`CallScope`] when there is one.
+    fn caller(&self) -> Caller {
+        let (route, traceparent) = SCOPE
+            .try_with(|s| (Some(s.route.clone()), s.traceparent.clone()))
+            .unwrap_or_default();
+        Caller {
+            function: self.function.name.clone(),
+            route,
+            event: Some(self.event_id.clone()),
+            traceparent,
+        }
     }
 
     fn refuse(&self, what: &str, name: &str) {
@@ -124,7 +166,10 @@ impl Ctx {
     /// The source named `source`, or the `not-granted` error (logged).
     fn sql_source(&self, source: &str) -> Result<(Handle, Arc<dyn SqlSource>), sql::SqlError> {
         match (self.io(), self.function.data.sql.get(source)) {
-            (Some(io), Some(s)) => Ok((io, s.clone())),
+            (Some(io), Some(s)) => {
+                let s = s.for_caller(&self.caller()).unwrap_or_else(|| s.clone());
+                Ok((io, s))
+            }
             _ => {
                 self.refuse("data source", source);
                 Err(sql::SqlError::NotGranted(format!(
@@ -185,6 +230,7 @@ fn from_sql_error(e: SqlError) -> sql::SqlError {
         }),
         SqlError::Unavailable(m) => sql::SqlError::Unavailable(m),
         SqlError::Invalid(m) => sql::SqlError::Invalid(m),
+        SqlError::NotGranted(m) => sql::SqlError::NotGranted(m),
     }
 }
 
@@ -234,6 +280,8 @@ fn from_kv_error(e: KvError) -> keyvalue::Error {
     match e {
         KvError::Unavailable(m) => keyvalue::Error::Unavailable(m),
         KvError::Other(m) => keyvalue::Error::Other(m),
+        // The guest's error has no text; whatever refused the call logged why.
+        KvError::AccessDenied(_) => keyvalue::Error::AccessDenied,
     }
 }
 
@@ -248,6 +296,7 @@ impl Ctx {
         Fut: Future<Output = Result<T, KvError>> + Send + 'static,
     {
         let bucket = self.table.get(handle)?.bucket.clone();
+        let bucket = bucket.for_caller(&self.caller()).unwrap_or(bucket);
         let Some(io) = self.io() else {
             return Ok(Err(keyvalue::Error::AccessDenied));
         };

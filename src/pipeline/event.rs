@@ -10,7 +10,7 @@ use fnmill_connector_api::{Confirm, Event, Outcome, Record, SinkError};
 use futures::FutureExt;
 
 use super::{DeadLetter, Destination, Lent, Route, dead_letter_record};
-use crate::host::{Failure, Output};
+use crate::host::{CallScope, Failure, Output};
 
 /// What the shard does with the event's lane once [`Route::process`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +95,17 @@ impl Route {
     /// Runs the function. A panic in fnmill's own host code is caught here: it is a host fault,
     /// not the guest's, so the event is retried rather than dead-lettered.
     async fn call(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        match AssertUnwindSafe(self.function.invoke(event, attempt))
+        // The route and trace context a remote data-source tier is told for the function's calls.
+        let scope = CallScope {
+            route: self.name.as_str().into(),
+            traceparent: event
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("traceparent"))
+                .and_then(|h| std::str::from_utf8(&h.value).ok())
+                .map(Arc::from),
+        };
+        match AssertUnwindSafe(scope.run(self.function.invoke(event, attempt)))
             .catch_unwind()
             .await
         {
