@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz` (every source is
-//! connected and consuming — what Kubernetes should route and scale on) and `/metrics` (route
-//! counters in the Prometheus text format).
+//! connected and consuming, and every data source served by an IO tier answers — what Kubernetes
+//! should route and scale on) and `/metrics` (route counters and data-source calls in the
+//! Prometheus text format).
 //!
 //! It must stay up whatever its clients do: at most [`MAX_CONNECTIONS`] connections at once
 //! (more wait in the kernel's backlog), each given [`HEADER_TIMEOUT`] to send its request and
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::RouteStats;
+use crate::tier::measured::{BUCKETS, DataSourceStatus, Outcome};
 
 /// Connections served at once. Probes and a scraper need a handful; the cap keeps a flood of
 /// clients from taking every file descriptor of the process.
@@ -66,15 +68,99 @@ pub struct AdminState {
     pub sources: Vec<(String, Readiness)>,
     /// Counters of each route, by route name.
     pub routes: Vec<(String, Arc<RouteStats>)>,
+    /// Calls and readiness of each data source.
+    pub data_sources: Vec<DataSourceStatus>,
 }
 
 impl AdminState {
-    fn not_ready(&self) -> Vec<&str> {
-        self.sources
+    fn not_ready(&self) -> Vec<String> {
+        let sources = self
+            .sources
             .iter()
             .filter(|(_, r)| !r.is_ready())
-            .map(|(n, _)| n.as_str())
-            .collect()
+            .map(|(n, _)| n.clone());
+        let data_sources = self
+            .data_sources
+            .iter()
+            .filter(|d| d.ready.as_ref().is_some_and(|r| !r.is_ready()))
+            .map(|d| format!("data source {}", d.name));
+        sources.chain(data_sources).collect()
+    }
+
+    /// Each data source's calls as a histogram per outcome, its readiness, an IO tier's
+    /// refusals.
+    fn data_source_metrics(&self, out: &mut String) {
+        if self.data_sources.is_empty() {
+            return;
+        }
+        let name = "fnmill_data_source_call_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Data-source calls by outcome and how long they took, through this \
+             process's pool (via=\"pool\") or its IO tier (via=\"io-tier\").\n# TYPE {name} histogram"
+        );
+        for d in &self.data_sources {
+            for outcome in Outcome::ALL {
+                let h = d.calls.snapshot(outcome);
+                if outcome != Outcome::Ok && h.count() == 0 {
+                    continue;
+                }
+                let labels = format!(
+                    "data_source=\"{}\",via=\"{}\",outcome=\"{}\"",
+                    label(&d.name),
+                    d.via.label(),
+                    outcome.label()
+                );
+                for (bound, count) in BUCKETS.iter().zip(&h.cumulative) {
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count());
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+                let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count());
+            }
+        }
+        let servers: Vec<_> = self
+            .data_sources
+            .iter()
+            .filter_map(|d| d.server.as_ref().map(|s| (&d.name, s)))
+            .collect();
+        if !servers.is_empty() {
+            let name = "fnmill_data_source_refused_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Requests this IO process refused: not granted by its config, or \
+                 unreadable.\n# TYPE {name} counter"
+            );
+            for (ds, stats) in servers {
+                for (reason, n) in [
+                    ("not-granted", &stats.not_granted),
+                    ("bad-request", &stats.bad_requests),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{data_source=\"{}\",reason=\"{reason}\"}} {}",
+                        label(ds),
+                        n.load(Ordering::Relaxed)
+                    );
+                }
+            }
+        }
+        let name = "fnmill_data_source_ready";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Whether the data source's IO tier answers (compute), or this IO \
+             process serves it (io).\n# TYPE {name} gauge"
+        );
+        for d in &self.data_sources {
+            if let Some(ready) = &d.ready {
+                let _ = writeln!(
+                    out,
+                    "{name}{{data_source=\"{}\"}} {}",
+                    label(&d.name),
+                    u8::from(ready.is_ready())
+                );
+            }
+        }
     }
 
     fn metrics(&self) -> String {
@@ -124,6 +210,7 @@ impl AdminState {
                 u8::from(ready.is_ready())
             );
         }
+        self.data_source_metrics(&mut out);
         out
     }
 

@@ -3,8 +3,12 @@
 //! compute (wasm instances and the routes' shards) — each with its own threads.
 //!
 //! Everything is built from the one validated config, through one exhaustive `match` per kind of
-//! part ([`build_source`], [`build_sink`], [`build_data_sources`]): adding a connector adds one
-//! arm to one of them, and nothing in the pipeline or the host. `fnmill invoke` and `fnmill
+//! part ([`build_source`], [`build_sink`], [`build_pool`]): adding a connector adds one arm to
+//! one of them, and nothing in the pipeline or the host.
+//!
+//! What a process builds depends on its role (`ValidatedConfig::role`): `all` builds everything
+//! here; `compute` reaches a data source with a `remote` table through its IO tier instead of a
+//! pool; `io` runs [`crate::tier::run_io`] instead of the routes. `fnmill invoke` and `fnmill
 //! replay --through` build their function here too ([`load_function`]), so a function runs with
 //! the same limits and grants everywhere.
 
@@ -15,15 +19,20 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use fnmill_connector_amqp::{AmqpSink, AmqpSource, DeadLetterMode};
+use fnmill_connector_api::capability::kv::Bucket;
+use fnmill_connector_api::capability::sql::SqlSource;
 use fnmill_connector_api::{Readiness, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSource};
 use fnmill_connector_kafka::{KafkaSink, KafkaSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
-use crate::config::{DataSourceConfig, DestinationConfig, SinkConfig, SourceConfig, ValidatedConfig};
+use crate::config::{
+    DataSourceConfig, DestinationConfig, Role, SinkConfig, SourceConfig, ValidatedConfig,
+};
 use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig};
 use crate::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
+use crate::tier::measured::{CallStats, DataSourceStatus, MeasuredBucket, MeasuredSql, Via};
 
 /// Why a run could not start: a problem with what the config points at (a component that does
 /// not load, a port taken, an input locked by another process), found before anything ran.
@@ -48,30 +57,100 @@ pub fn host_config(config: &ValidatedConfig) -> HostConfig {
     }
 }
 
+/// What serves one data source in this process, behind the capability traits.
+pub enum Pool {
+    /// A SQL data source.
+    Sql(Arc<dyn SqlSource>),
+    /// The buckets of a key-value data source, by name.
+    Buckets(Vec<(String, Arc<dyn Bucket>)>),
+}
+
+/// Builds the pool of data source `name`; no connection is opened until a call needs one.
+pub fn build_pool(name: &str, ds: &DataSourceConfig) -> Result<Pool> {
+    let key = format!("data_sources.{name}");
+    let problem = |p: fnmill_connector_api::Problem| anyhow::anyhow!("{}", p.under(&key));
+    Ok(match ds {
+        DataSourceConfig::Postgres(c) => {
+            let pool = fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
+                .map_err(problem)?;
+            Pool::Sql(Arc::new(pool))
+        }
+        DataSourceConfig::Redis(c) => {
+            let pool = fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
+                .map_err(problem)?;
+            Pool::Buckets(
+                c.buckets
+                    .iter()
+                    .map(|(bucket, b)| {
+                        let served: Arc<dyn Bucket> = Arc::new(pool.bucket(&b.prefix));
+                        (bucket.clone(), served)
+                    })
+                    .collect(),
+            )
+        }
+    })
+}
+
 /// Builds what serves every data source of the config; the pools' work runs on `io`. No
 /// connection is opened until a function needs one.
 pub fn build_data_sources(config: &ValidatedConfig, io: tokio::runtime::Handle) -> Result<DataSources> {
-    let mut data = DataSources::new(io);
+    Ok(build_data_sources_reporting(config, io)?.0)
+}
+
+/// [`build_data_sources`], and what `/readyz` and `/metrics` report on each data source. With
+/// role `compute`, a data source with a `remote` table is served by its IO tier over NATS
+/// (connected in the background on `io`, so an unreachable NATS is logged, not fatal). Must be
+/// called outside the runtime of `io`.
+pub fn build_data_sources_reporting(
+    config: &ValidatedConfig,
+    io: tokio::runtime::Handle,
+) -> Result<(DataSources, Vec<DataSourceStatus>)> {
+    let mut data = DataSources::new(io.clone());
+    let mut statuses = Vec::new();
+    let mut connections = crate::tier::Connections::new("fnmill compute");
     for (name, ds) in &config.data_sources {
-        let key = format!("data_sources.{name}");
-        let problem = |p: fnmill_connector_api::Problem| anyhow::anyhow!("{}", p.under(&key));
-        match ds {
-            DataSourceConfig::Postgres(c) => {
-                let pool = fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
-                    .map_err(problem)?;
-                data.add_sql(name, Arc::new(pool));
+        let calls = Arc::new(CallStats::default());
+        let remote = ds.remote().filter(|_| config.role() == Role::Compute);
+        let (pool, via, ready) = match remote {
+            Some(remote) => {
+                let nats = io.block_on(connections.get(remote)).map_err(|p| {
+                    anyhow::anyhow!("{}", p.under(&format!("data_sources.{name}.remote")))
+                })?;
+                let (client, pool) = crate::tier::remote_of(nats, name, ds, remote, &calls);
+                io.spawn(client.watch());
+                (pool, Via::IoTier, Some(client.readiness()))
             }
-            DataSourceConfig::Redis(c) => {
-                let pool = fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
-                    .map_err(problem)?;
-                for (bucket, b) in &c.buckets {
-                    data.add_bucket(bucket, Arc::new(pool.bucket(&b.prefix)));
+            None => {
+                let pool = match build_pool(name, ds)? {
+                    Pool::Sql(s) => Pool::Sql(MeasuredSql::wrap(s, &calls)),
+                    Pool::Buckets(buckets) => Pool::Buckets(
+                        buckets
+                            .into_iter()
+                            .map(|(b, bucket)| (b, MeasuredBucket::wrap(bucket, &calls)))
+                            .collect(),
+                    ),
+                };
+                (pool, Via::Pool, None)
+            }
+        };
+        match pool {
+            Pool::Sql(s) => data.add_sql(name, s),
+            Pool::Buckets(buckets) => {
+                for (bucket, b) in buckets {
+                    data.add_bucket(bucket, b);
                 }
             }
         }
-        tracing::debug!(data_source = %name, "Data source ready");
+        statuses.push(DataSourceStatus {
+            name: name.clone(),
+            via,
+            ready,
+            calls,
+            server: None,
+        });
+        tracing::debug!(data_source = %name, via = via.label(), "Data source ready");
     }
-    Ok(data)
+    Ok((data, statuses))
 }
 
 /// Compiles (or loads from cache) the function `name` of the config and checks it implements the
@@ -207,6 +286,10 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
         })?),
         None => None,
     };
+    tracing::info!(role = %config.role(), "Starting");
+    if config.role() == Role::Io {
+        return crate::tier::run_io(config, admin, shutdown);
+    }
     let host = Host::new(&host_config(&config)).map_err(|e| StartError(e.into()))?;
     let compute = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime.compute_threads)
@@ -224,10 +307,18 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
         .context("starting the IO runtime")?;
     // The pools' connection tasks run on the IO runtime; instances await their work from the
     // compute side.
-    let data = build_data_sources(&config, io.handle().clone()).map_err(StartError)?;
+    let (data, data_status) =
+        build_data_sources_reporting(&config, io.handle().clone()).map_err(StartError)?;
     let functions = load_functions(&config, &host, Some(&data)).map_err(StartError)?;
 
-    let summary = io.block_on(run_routes(&config, functions, admin, &compute, shutdown));
+    let summary = io.block_on(run_routes(
+        &config,
+        functions,
+        admin,
+        data_status,
+        &compute,
+        shutdown,
+    ));
     // Instances may still be finishing on a graceful-shutdown timeout; they are abandoned.
     compute.shutdown_background();
     io.shutdown_background();
@@ -238,6 +329,7 @@ async fn run_routes(
     config: &ValidatedConfig,
     functions: BTreeMap<String, Arc<Function>>,
     admin: Option<TcpListener>,
+    data_status: Vec<DataSourceStatus>,
     compute: &tokio::runtime::Runtime,
     shutdown: CancellationToken,
 ) -> Result<RunSummary> {
@@ -258,7 +350,10 @@ async fn run_routes(
     }
 
     let mut summary = RunSummary::default();
-    let mut admin_state = AdminState::default();
+    let mut admin_state = AdminState {
+        data_sources: data_status,
+        ..AdminState::default()
+    };
     let mut routes = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (r, source) in config.routes.iter().zip(built) {

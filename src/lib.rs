@@ -13,6 +13,8 @@
 //!   knows both connectors and wasm.
 //! - [`app`]: builds connectors, functions and routes from a [`config::ValidatedConfig`] and
 //!   runs them on the IO and compute runtimes.
+//! - [`tier`]: the IO tier: data-source pools in processes of their own (`--role io`), reached
+//!   over NATS by compute processes (`--role compute`); data-source metrics.
 //! - [`telemetry`]: logging set-up (and the cap on libraries that log secrets).
 //! - [`admin`]: the `/healthz`, `/readyz` and `/metrics` endpoint.
 //!
@@ -25,6 +27,7 @@ pub mod config;
 pub mod host;
 pub mod pipeline;
 pub mod telemetry;
+pub mod tier;
 
 /// An I/O error as one line for a message: its description, without the `(os error N)` that
 /// repeats it.

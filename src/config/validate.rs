@@ -2,7 +2,9 @@
 //! itself beside its definition (a connector's config in its own crate); this module reaches each
 //! through an exhaustive `match` over the kinds, so a new kind cannot be forgotten, and adds the
 //! checks that span sections. The result is a [`ValidatedConfig`] — the only thing the wiring
-//! accepts — so `fnmill check` and `fnmill run` refuse exactly the same configs.
+//! accepts — so `fnmill check` and `fnmill run` refuse exactly the same configs, role by role
+//! ([`Role`]): a compute process is not asked for a database URL its IO tier holds, nor an IO
+//! process for the function components it never runs.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -14,7 +16,7 @@ use fnmill_connector_api::connection::Connected;
 
 use super::{
     Config, ConfigError, DataSourceConfig, DestinationConfig, FunctionConfig, Problem, Result,
-    RouteConfig, SinkConfig, SourceConfig, known,
+    Role, RouteConfig, SinkConfig, SourceConfig, known,
 };
 use crate::host::MAX_GUEST_MEMORY;
 
@@ -30,6 +32,8 @@ const MIN_MEMORY: u64 = 64 * 1024;
 #[derive(Clone, Debug)]
 pub struct ValidatedConfig {
     config: Config,
+    /// What the process does with it: validated for exactly that.
+    role: Role,
     memory_budget: u64,
     warnings: Vec<Problem>,
 }
@@ -47,6 +51,11 @@ impl ValidatedConfig {
     /// `run`).
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+
+    /// The role the config was validated for.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The memory budget of all instances, the default resolved.
@@ -89,20 +98,28 @@ fn default_memory_budget() -> u64 {
 impl Config {
     /// Resolves every relative path against the config file's folder and runs every check,
     /// reporting every problem, one per key.
-    pub fn validate(mut self) -> Result<ValidatedConfig> {
+    pub fn validate(self) -> Result<ValidatedConfig> {
+        self.validate_as(Role::All)
+    }
+
+    /// [`Config::validate`] for a process of `role`: the checks of what that role starts.
+    pub fn validate_as(mut self, role: Role) -> Result<ValidatedConfig> {
         self.resolve_paths();
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let memory_budget = self.runtime.memory_budget.unwrap_or_else(default_memory_budget);
         self.check_runtime(&mut problems, &mut warnings);
-        self.check_sources(&mut problems, &mut warnings);
-        self.check_sinks(&mut problems);
-        self.check_data_sources(&mut problems);
-        self.check_functions(memory_budget, &mut problems, &mut warnings);
-        self.check_routes(&mut problems);
+        if role.runs_routes() {
+            self.check_sources(&mut problems, &mut warnings);
+            self.check_sinks(&mut problems);
+            self.check_routes(&mut problems);
+        }
+        self.check_data_sources(role, &mut problems, &mut warnings);
+        self.check_functions(role, memory_budget, &mut problems, &mut warnings);
         if problems.is_empty() {
             Ok(ValidatedConfig {
                 config: self,
+                role,
                 memory_budget,
                 warnings,
             })
@@ -150,6 +167,9 @@ impl Config {
             match ds {
                 DataSourceConfig::Postgres(c) => c.resolve_paths(&base),
                 DataSourceConfig::Redis(c) => c.resolve_paths(&base),
+            }
+            if let Some(remote) = ds.remote_mut() {
+                remote.resolve_files(&base);
             }
         }
         let functions: Vec<String> = self.functions.keys().cloned().collect();
@@ -235,11 +255,44 @@ impl Config {
         }
     }
 
-    fn check_data_sources(&self, problems: &mut Vec<Problem>) {
+    fn check_data_sources(
+        &self,
+        role: Role,
+        problems: &mut Vec<Problem>,
+        warnings: &mut Vec<Problem>,
+    ) {
         let mut bucket_owner: BTreeMap<&String, &String> = BTreeMap::new();
+        let mut subject_owner: BTreeMap<&str, &String> = BTreeMap::new();
         for (name, ds) in &self.data_sources {
             let key = format!("data_sources.{name}");
+            let remote = ds.remote();
+            if let Some(r) = remote {
+                if let Some(prev) = subject_owner.insert(&r.subject, name) {
+                    problems.push(Problem::new(
+                        format!("{key}.remote.subject"),
+                        format!(
+                            "`{}` is already the subject of data_sources.{prev}; each data \
+                             source is served on its own",
+                            r.subject
+                        ),
+                    ));
+                }
+                if role.uses_remote(true) {
+                    let found = fnmill_connector_nats::check(r);
+                    problems.extend(found.into_iter().map(|p| p.under(&format!("{key}.remote"))));
+                }
+            } else if role == Role::Io {
+                warnings.push(Problem::new(
+                    &key,
+                    "has no `remote` table: --role io does not serve it (compute processes keep \
+                     its pool in-process)",
+                ));
+            }
+            // A pool this role does not hold is not checked: a compute process need not have
+            // the secrets of a database its IO tier serves.
+            let holds_pool = role.holds_pool(remote.is_some());
             let found = match ds {
+                DataSourceConfig::Postgres(_) if !holds_pool => Vec::new(),
                 DataSourceConfig::Postgres(c) => c.check(),
                 DataSourceConfig::Redis(c) => {
                     for bucket in c.buckets.keys() {
@@ -252,15 +305,26 @@ impl Config {
                             ));
                         }
                     }
-                    c.check()
+                    if holds_pool {
+                        c.check()
+                    } else {
+                        Vec::new()
+                    }
                 }
             };
             problems.extend(found.into_iter().map(|p| p.under(&key)));
+        }
+        if role == Role::Io && subject_owner.is_empty() {
+            problems.push(Problem::new(
+                "data_sources",
+                "--role io serves the data sources that have a `remote` table, and none has one",
+            ));
         }
     }
 
     fn check_functions(
         &self,
+        role: Role,
         memory_budget: u64,
         problems: &mut Vec<Problem>,
         warnings: &mut Vec<Problem>,
@@ -271,7 +335,9 @@ impl Config {
             let mut problem = |k: &str, message: String| {
                 problems.push(Problem::new(format!("{key}.{k}"), message));
             };
+            // An IO process reads a function's grants only; it never loads its component.
             match std::fs::metadata(&f.component) {
+                _ if !role.runs_routes() => {}
                 Ok(m) if m.is_file() => {}
                 Ok(_) => problem(
                     "component",
