@@ -283,18 +283,32 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| args.function.clone());
         let mut f = FunctionConfig::new(std::path::absolute(&path).unwrap_or(path));
         args.apply(&mut f)?;
-        (ValidatedConfig::for_function(&name, f, Path::new("."))?, name)
+        (
+            ValidatedConfig::for_function(&name, f, Path::new("."))?,
+            name,
+        )
     } else {
         let mut raw = config::read(&args.config, std::env::vars())?;
-        let Some(f) = raw.functions.get_mut(&args.function) else {
+        let Some(mut f) = raw.functions.remove(&args.function) else {
             bail!(
                 "no function named `{}` in {} (and no such .wasm file)",
                 args.function,
                 args.config.display()
             );
         };
-        args.apply(f)?;
-        let config = raw.validate()?;
+        args.apply(&mut f)?;
+        // The function and what it needs (its data sources, the runtime and log settings),
+        // checked by the same rules as under `run`; the config's sources, sinks and routes are
+        // not this command's business.
+        let config = config::Config {
+            functions: [(args.function.clone(), f)].into(),
+            sources: Default::default(),
+            sinks: Default::default(),
+            routes: Vec::new(),
+            admin: Default::default(),
+            ..raw
+        }
+        .validate()?;
         fnmill::telemetry::init(&config.telemetry);
         (config, args.function.clone())
     };

@@ -39,6 +39,7 @@ fn load(host: &Host, name: &str, limits: Limits, config: &[(&str, &str)]) -> Fun
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
+        isolation: fnmill::host::Isolation::Event,
     })
     .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }

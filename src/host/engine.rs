@@ -141,7 +141,11 @@ impl Host {
         };
         let pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = EventFunctionPre::new(pre).map_err(world)?;
-        let pages = spec.limits.memory_bytes.div_ceil(PAGE).min(self.budget_pages);
+        let pages = spec
+            .limits
+            .memory_bytes
+            .div_ceil(PAGE)
+            .min(self.budget_pages);
         Ok(Function {
             shared: Arc::new(FunctionShared {
                 name: spec.name.into(),
@@ -158,6 +162,8 @@ impl Host {
             budget: self.budget.clone(),
             budget_pages: pages as u32,
             engine_fuel: self.fuel,
+            isolation: spec.isolation,
+            idle: std::sync::Mutex::new(Vec::new()),
         })
     }
 

@@ -91,6 +91,7 @@ pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
             max_log_lines: 200,
         },
         config: Default::default(),
+        isolation: fnmill::host::Isolation::Event,
     })
     .unwrap_or_else(|e| panic!("loading guest {name}: {e}"))
 }
