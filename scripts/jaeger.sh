@@ -29,9 +29,23 @@ CACHE=${FNMILL_JAEGER_CACHE:-$HOME/.cache/fnmill-jaeger}
 BIN=$CACHE/$JAEGER_VERSION/jaeger
 RUN=${FNMILL_JAEGER_RUN:-$(cd "$(dirname "$0")/.." && pwd)/target/jaeger}
 
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
+
+# The Go toolchain must be new enough for the module's go.mod: GOTOOLCHAIN may not fetch one.
+go_at_least() {
+  local found
+  found=$(go env GOVERSION 2>/dev/null | sed 's/^go//') || true
+  if [ -z "$found" ] || [ "$(printf '%s\n%s\n' "$1" "$found" | sort -V | head -1)" != "$1" ]; then
+    echo "jaeger: needs Go >= $1 as \`go\` (found: ${found:-none})" >&2
+    return 1
+  fi
+}
+
 build() {
+  command -v curl >/dev/null || apt_install curl
   if [ -x "$BIN" ]; then return 0; fi
-  command -v go >/dev/null || { echo "jaeger: needs Go (Debian's golang-go)" >&2; return 1; }
+  go_at_least 1.24.6 || return 1
   mkdir -p "$CACHE/$JAEGER_VERSION"
   # Several checkouts may start at once: one builds, the others wait for its binary.
   exec 9>"$CACHE/$JAEGER_VERSION/.lock"
@@ -41,12 +55,13 @@ build() {
   work=$(mktemp -d "$CACHE/$JAEGER_VERSION/build.XXXXXX")
   # `go install pkg@version` refuses a module with replace directives, which Jaeger's has; a
   # scratch module that requires it as a tool resolves the same versions and builds it.
-  echo "jaeger: building Jaeger v$JAEGER_VERSION from the Go module proxy (once; about 7 minutes on 2 cores)" >&2
+  echo "jaeger: building Jaeger v$JAEGER_VERSION from the Go module proxy (once; 7 to 10 minutes on 2 cores)" >&2
   if ! (
     cd "$work"
     go mod init fnmill-jaeger-build >/dev/null 2>&1
-    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION" 2>&1 \
-      | grep -v '^go: \(downloading\|added\|upgraded\) ' >&2 || true
+    # Its output lists hundreds of modules: shown only when it fails.
+    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION" > get.log 2>&1 \
+      || { tail -20 get.log >&2; exit 1; }
     go build -trimpath -o "$BIN.tmp" github.com/jaegertracing/jaeger/cmd/jaeger >&2
   ); then
     rm -rf "$work" "$BIN.tmp"

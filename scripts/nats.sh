@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A NATS server for the tests of the remote IO tier, with no Docker: nats-server built once
-# from the Go module proxy (`go install`, about 30 s) and cached under ~/.cache/fnmill-nats.
+# from the Go module proxy (`go install`, 30 s to 2 min) and cached under ~/.cache/fnmill-nats.
 #
 #   scripts/nats.sh start     build (once), start on a free port (or the one it had), wait
 #   scripts/nats.sh env       print `export FNMILL_TEST_NATS_URL=nats://127.0.0.1:PORT`
@@ -24,9 +24,19 @@ CACHE=${FNMILL_NATS_CACHE:-$HOME/.cache/fnmill-nats}
 BIN=$CACHE/$NATS_VERSION/nats-server
 RUN=${FNMILL_NATS_RUN:-$(cd "$(dirname "$0")/.." && pwd)/target/nats}
 
+# The Go toolchain must be new enough for the module's go.mod: GOTOOLCHAIN may not fetch one.
+go_at_least() {
+  local found
+  found=$(go env GOVERSION 2>/dev/null | sed 's/^go//') || true
+  if [ -z "$found" ] || [ "$(printf '%s\n%s\n' "$1" "$found" | sort -V | head -1)" != "$1" ]; then
+    echo "nats: needs Go >= $1 as \`go\` (found: ${found:-none})" >&2
+    return 1
+  fi
+}
+
 build() {
   if [ -x "$BIN" ]; then return 0; fi
-  command -v go >/dev/null || { echo "nats: needs Go (Debian's golang-go)" >&2; return 1; }
+  go_at_least 1.26.0 || return 1
   mkdir -p "$CACHE/$NATS_VERSION"
   # Several checkouts may start at once: one builds, the others wait for its binary.
   exec 9>"$CACHE/$NATS_VERSION/.lock"
@@ -34,10 +44,10 @@ build() {
   if [ -x "$BIN" ]; then return 0; fi
   local gobin
   gobin=$(mktemp -d "$CACHE/$NATS_VERSION/bin.XXXXXX")
-  echo "nats: building nats-server v$NATS_VERSION from the Go module proxy (once; about 30 s)" >&2
-  if ! GOBIN=$gobin go install -trimpath "github.com/nats-io/nats-server/v2@v$NATS_VERSION" 2>&1 \
-      | { grep -v '^go: downloading ' || true; } >&2 \
-      || [ ! -x "$gobin/nats-server" ]; then
+  echo "nats: building nats-server v$NATS_VERSION from the Go module proxy (once; 30 s to 2 min)" >&2
+  if ! GOBIN=$gobin go install -trimpath "github.com/nats-io/nats-server/v2@v$NATS_VERSION" \
+      > "$gobin/install.log" 2>&1; then
+    tail -20 "$gobin/install.log" >&2
     rm -rf "$gobin"
     echo "nats: building nats-server v$NATS_VERSION failed" >&2
     return 1
