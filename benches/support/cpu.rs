@@ -39,10 +39,25 @@ impl CpuTimes {
             add_threads(
                 &Path::new("/proc").join(pid.to_string()).join("task"),
                 &mut times,
-                Some(label),
+                Some(&Label(label)),
             );
         }
         Self(times)
+    }
+
+    /// [`CpuTimes::now`], plus the threads of each `(prefix, pid)` of `split` listed by thread
+    /// name (`prefix` + `comm`), for another process whose threads do different work (a JVM's
+    /// stream threads apart from its garbage collector and compiler).
+    pub fn now_split(others: &[(String, u32)], split: &[(String, u32)]) -> Self {
+        let mut times = Self::now(others);
+        for (prefix, pid) in split {
+            add_threads(
+                &Path::new("/proc").join(pid.to_string()).join("task"),
+                &mut times.0,
+                Some(&Prefix(prefix)),
+            );
+        }
+        times
     }
 
     /// CPU and switches per event, by name, between `earlier` and `self`; names that used
@@ -100,7 +115,15 @@ pub fn print_per_event(title: &str, rows: &[PerEvent]) {
     );
 }
 
-fn add_threads(tasks: &Path, times: &mut BTreeMap<String, Usage>, label: Option<&str>) {
+/// How [`add_threads`] names another process's threads: all under one label, or each by its
+/// own name after a prefix.
+enum Name<'a> {
+    Label(&'a str),
+    Prefix(&'a str),
+}
+use Name::{Label, Prefix};
+
+fn add_threads(tasks: &Path, times: &mut BTreeMap<String, Usage>, name: Option<&Name<'_>>) {
     let Ok(entries) = std::fs::read_dir(tasks) else {
         return;
     };
@@ -120,12 +143,15 @@ fn add_threads(tasks: &Path, times: &mut BTreeMap<String, Usage>, label: Option<
             continue;
         };
         let ticks: f64 = utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0);
-        let name = match label {
-            Some(label) => label.to_string(),
-            None => head
-                .split_once('(')
+        let comm = || {
+            head.split_once('(')
                 .map(|(_, comm)| comm.to_string())
-                .unwrap_or_default(),
+                .unwrap_or_default()
+        };
+        let name = match name {
+            Some(Label(label)) => label.to_string(),
+            Some(Prefix(prefix)) => format!("{prefix}{}", comm()),
+            None => comm(),
         };
         let usage: &mut Usage = times.entry(name).or_default();
         usage.secs += ticks / TICKS;
