@@ -124,11 +124,7 @@ impl Workload {
     }
 
     fn bad(&self) -> u64 {
-        if self.bad_every == 0 {
-            0
-        } else {
-            self.events / self.bad_every
-        }
+        self.events.checked_div(self.bad_every).unwrap_or(0)
     }
 
     /// Record `id`'s key and payload. Good records are `{"id":…,"key":…,"seq":…}`; a bad one is
@@ -150,6 +146,7 @@ impl Workload {
 }
 
 /// The topics of one processor's run: the shared input, its own outputs.
+#[derive(Clone)]
 struct Topics {
     input: String,
     output: String,
@@ -350,11 +347,7 @@ fn run(bench: &Bench, p: &Processor, topics: &Topics, expect: i64) -> Measured {
             let stop = CancellationToken::new();
             let watcher = {
                 let (stop, brokers) = (stop.clone(), brokers.to_string());
-                let topics = Topics {
-                    input: topics.input.clone(),
-                    output: topics.output.clone(),
-                    dead: topics.dead.clone(),
-                };
+                let topics = topics.clone();
                 let alive = stop.clone();
                 std::thread::spawn(move || {
                     let watched = watch(
