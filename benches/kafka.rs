@@ -692,8 +692,14 @@ fn arg(name: &str) -> Option<String> {
 fn number(name: &str, default: u64) -> u64 {
     arg(name).map_or(default, |v| {
         v.parse()
-            .unwrap_or_else(|_| panic!("{name} takes a whole number, not {v:?}"))
+            .unwrap_or_else(|_| usage(&format!("{name} takes a whole number, not {v:?}")))
     })
+}
+
+/// A command-line mistake: one line naming the option, exit status 2.
+fn usage(message: &str) -> ! {
+    eprintln!("kafka bench: {message}");
+    std::process::exit(2)
 }
 
 /// The processors of the race, in the order they run.
@@ -708,9 +714,12 @@ fn processors() -> Vec<Processor> {
         .collect();
     let args: Vec<String> = std::env::args().collect();
     for pair in args.windows(2).filter(|w| w[0] == "--fnmill-variant") {
-        let (label, toml) = pair[1]
-            .split_once('=')
-            .unwrap_or_else(|| panic!("--fnmill-variant takes LABEL=TOML, not {:?}", pair[1]));
+        let (label, toml) = pair[1].split_once('=').unwrap_or_else(|| {
+            usage(&format!(
+                "--fnmill-variant takes LABEL=TOML, not {:?}",
+                pair[1]
+            ))
+        });
         variants.push(Variant {
             label: label.to_string(),
             runtime: String::new(),
@@ -731,11 +740,19 @@ fn main() {
         bad_on_one_key: match bad_keys.as_str() {
             "one" => true,
             "spread" => false,
-            other => panic!("--bad-keys is one or spread, not {other:?}"),
+            other => usage(&format!("--bad-keys is one or spread, not {other:?}")),
         },
     };
     let rounds = number("--rounds", 1).max(1) as usize;
-    let processors = processors();
+    let mut processors = processors();
+    // `--profile LABEL`: only that processor's throughput phase, to run under a profiler.
+    let profile = arg("--profile");
+    if let Some(only) = &profile {
+        processors.retain(|p| p.label() == only);
+        if processors.is_empty() {
+            usage(&format!("--profile: no processor labelled {only:?}"));
+        }
+    }
 
     let brokers = kafka_support::bootstrap();
     eprintln!("kafka bench: building the Kafka Streams peer and the json-route guest (cached)");
@@ -756,7 +773,7 @@ fn main() {
         peer: peer_dir.join("run.sh"),
     };
 
-    // Warm up every processor on a small input: the compiled-component cache, the peer's jar
+    // Warm up each processor on a small input: the compiled-component cache, the peer's jar
     // in the page cache, the broker.
     let warm_input = unique("bench-warm");
     create_topic(&bench.brokers, &warm_input, PARTITIONS, false);
@@ -775,19 +792,15 @@ fn main() {
     eprintln!("kafka bench: producing {} input records", work.events);
     produce(&bench.brokers, &input, &work, 0..work.events);
 
-    // `--profile LABEL`: only that processor's throughput phase, to run under a profiler.
-    if let Some(only) = arg("--profile") {
-        let p = processors
-            .iter()
-            .find(|p| p.label() == only)
-            .unwrap_or_else(|| panic!("--profile: no processor labelled {only:?}"));
+    if let Some(only) = &profile {
+        let p = &processors[0];
         eprintln!("profile: input ready, measuring {only}");
         let t = throughput(&bench, p, &input, &work);
         println!(
             "kafka {only}: {} events, {:.0} events/s",
             work.events, t.rate
         );
-        cpu::print_per_event(&only, &t.cpu);
+        cpu::print_per_event(only, &t.cpu);
         return;
     }
 
