@@ -115,6 +115,7 @@ fn main() {
                 component: common::guest("sql-query"),
                 limits: limits.clone(),
                 config: [("statement".to_string(), QUERY.to_string())].into(),
+                isolation: fnmill::host::Isolation::Event,
             },
             &data,
             &Grants {
@@ -249,6 +250,7 @@ fn main() {
                     component: common::guest("sql-query"),
                     limits: limits.clone(),
                     config: Default::default(),
+                    isolation: fnmill::host::Isolation::Event,
                 },
                 &data,
                 &Grants::default(),
