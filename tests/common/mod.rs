@@ -69,6 +69,15 @@ pub fn test_host(fuel: bool) -> fnmill::host::Host {
 /// A test guest loaded on a host of its own, for up to `max_instances` concurrent events, with
 /// limits generous enough for any test or bench that is not about limits.
 pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
+    load_guest_with(name, max_instances, fnmill::host::Isolation::Event)
+}
+
+/// [`load_guest`] with the given isolation.
+pub fn load_guest_with(
+    name: &str,
+    max_instances: u32,
+    isolation: fnmill::host::Isolation,
+) -> fnmill::host::Function {
     use fnmill::host::{FunctionSpec, Host, HostConfig, Limits};
     let host = Host::new(&HostConfig {
         max_instances,
@@ -91,7 +100,7 @@ pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
             max_log_lines: 200,
         },
         config: Default::default(),
-        isolation: fnmill::host::Isolation::Event,
+        isolation,
     })
     .unwrap_or_else(|e| panic!("loading guest {name}: {e}"))
 }
