@@ -493,6 +493,7 @@ fn start_peer(bench: &Bench, topics: &Topics, log: &Path) -> Child {
 
 /// SIGTERM (Kafka Streams closes cleanly), then SIGKILL if it takes over 30 s.
 fn stop_peer(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the build dependencies (OpenSSL
-# headers, pkg-config, the wasm32-wasip2 target), then runs every test of the workspace (unit
-# and integration; the integration tests build their wasm guests from source) and the example
-# functions' own unit tests, and prints one summary line.
+# headers, pkg-config, the wasm32-wasip2 target), checks formatting (cargo fmt) and lints
+# (cargo clippy, warnings denied), then runs every test of the workspace (unit and integration;
+# the integration tests build their wasm guests from source) and the example functions' own unit
+# tests, and prints one summary line (a failed format or lint check counts as a failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,17 @@ fi
 log=target/test-output.log
 : > "$log"
 status=0
+
+echo "==> cargo fmt --check"
+if ! cargo fmt --all -- --check >> "$log" 2>&1; then
+  echo "cargo fmt --check: 1 failed (run cargo fmt)" | tee -a "$log"
+  status=1
+fi
+echo "==> cargo clippy (workspace, all targets, warnings denied)"
+if ! cargo clippy --workspace --all-targets --quiet -- -D warnings 2>&1 | tee -a "$log"; then
+  echo "cargo clippy: 1 failed" | tee -a "$log"
+  status=1
+fi
 
 echo "==> cargo test (workspace)"
 cargo test --workspace --no-fail-fast 2>&1 | tee -a "$log" || status=1

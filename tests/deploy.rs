@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use common::{fnmill, quickstart_component, root, wait_until};
 use fnmill::config::{SinkConfig, SourceConfig, load_with_env};
+use fnmill_connector_api::connection::Connected;
 use serde_yaml::Value;
 use stack_support::{compose, dotenv, service_env, stack_config, stack_topics};
 
@@ -202,8 +203,10 @@ fn the_stack_config_passes_check_with_the_stack_environment() {
         match source {
             SourceConfig::Kafka(k) => assert_eq!(k.brokers, "kafka:19092", "sources.{name}"),
             SourceConfig::Amqp(a) => assert!(
-                a.broker_url(Path::new("."))
+                a.connection()
+                    .url(None)
                     .unwrap()
+                    .expose()
                     .contains("@rabbitmq:5672/"),
                 "sources.{name}"
             ),
@@ -214,8 +217,10 @@ fn the_stack_config_passes_check_with_the_stack_environment() {
         match sink {
             SinkConfig::Kafka(k) => assert_eq!(k.brokers, "kafka:19092", "sinks.{name}"),
             SinkConfig::Amqp(a) => assert!(
-                a.broker_url(Path::new("."))
+                a.connection()
+                    .url(None)
                     .unwrap()
+                    .expose()
                     .contains("@rabbitmq:5672/"),
                 "sinks.{name}"
             ),

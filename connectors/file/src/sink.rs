@@ -397,7 +397,7 @@ mod tests {
         }
     }
 
-    fn read_lines(path: &std::path::Path) -> Vec<jsonl::EventLine> {
+    fn read_lines(path: &Path) -> Vec<jsonl::EventLine> {
         fs::read_to_string(path)
             .unwrap()
             .lines()

@@ -906,7 +906,10 @@ impl LineReader<'_> {
                             // Gone again between the check and the open: look again later.
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                             Err(e) => {
-                                return Err(FileError::io(format!("opening {}", path.display()), e));
+                                return Err(FileError::io(
+                                    format!("opening {}", path.display()),
+                                    e,
+                                ));
                             }
                         };
                         current = self.open_at(path, file, 0, 0).await?;

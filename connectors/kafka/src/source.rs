@@ -233,7 +233,7 @@ impl Source for KafkaSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(async move {
             let ready = ctx.ready.clone();
-            let io = tokio::runtime::Handle::current();
+            let io = Handle::current();
             let result = tokio::task::spawn_blocking(move || self.run_blocking(ctx, io))
                 .await
                 .unwrap_or_else(|e| Err(SourceError::Other(format!("consumer thread: {e}"))));
