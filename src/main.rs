@@ -1,4 +1,6 @@
-//! The `fnmill` command: `run`, `invoke`, `check`.
+//! The `fnmill` command: `run`, `invoke`, `check`, and `new` / `build` for writing functions.
+
+mod cli;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -66,6 +68,34 @@ enum Command {
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
         config: PathBuf,
     },
+    /// Write a ready function project: the function, its build file, a unit test, a sample
+    /// event and an fnmill.toml that runs it on a JSON Lines file.
+    ///
+    /// Exit status: 0 written; 2 for a bad name or a directory that exists and is not empty.
+    New {
+        /// The function's language.
+        #[arg(value_enum)]
+        language: cli::new::Language,
+        /// The project's name (lowercase letters, digits and `-`): its package name and its
+        /// component's file name.
+        name: String,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a function project into a component with its language's tool: cargo (Rust),
+    /// componentize-js (JavaScript, TypeScript), componentize-py (Python).
+    ///
+    /// Writes dist/NAME.wasm. Exit status: 0 built; 1 the tool failed (its output says why);
+    /// 2 not a project, or a tool is missing (the message says what to install).
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the component (default: DIR/dist/NAME.wasm).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Exit status for a usage or configuration error.
@@ -76,6 +106,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => cmd_run(&config),
         Command::Check { config } => cmd_check(&config),
+        Command::New {
+            language,
+            name,
+            dir,
+        } => cli::new::run(cli::new::NewArgs {
+            language,
+            name,
+            dir,
+        }),
+        Command::Build { dir, out } => cli::build::run(cli::build::BuildArgs { dir, out }),
         Command::Invoke {
             function,
             event,
