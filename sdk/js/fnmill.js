@@ -45,6 +45,13 @@ export function fatal(message) {
 // Payloads, headers, outputs
 const encoder = new TextEncoder();
 const strictDecoder = new TextDecoder('utf-8', { fatal: true });
+/**
+ * Whether `x` is a Uint8Array. The bindings make their arrays in another realm than the
+ * function's module, so `instanceof Uint8Array` is false for an event's payload.
+ */
+export function isBytes(x) {
+    return x instanceof Uint8Array || (ArrayBuffer.isView(x) && Object.prototype.toString.call(x) === '[object Uint8Array]');
+}
 /** UTF-8 bytes of a string. */
 export function bytes(text) {
     return encoder.encode(text);
@@ -72,7 +79,7 @@ export function header(event, name) {
 export function output(destination, payload, options = {}) {
     const headers = toHeaders(options.headers);
     let body;
-    if (payload instanceof Uint8Array) {
+    if (isBytes(payload)) {
         body = payload;
     }
     else if (typeof payload === 'string') {
@@ -252,7 +259,7 @@ function write(value, out, container, member) {
         out.push(formatFloat(value.value));
         return true;
     }
-    if (value !== null && typeof value === 'object' && typeof value.toJSON === 'function' && !(value instanceof Uint8Array)) {
+    if (value !== null && typeof value === 'object' && typeof value.toJSON === 'function' && !isBytes(value)) {
         value = value.toJSON();
     }
     switch (typeof value) {
@@ -283,7 +290,7 @@ function write(value, out, container, member) {
         out.push('null');
         return true;
     }
-    if (Array.isArray(value) || value instanceof Uint8Array) {
+    if (Array.isArray(value) || isBytes(value)) {
         const items = Array.from(value);
         out.push('[');
         items.forEach((item, i) => {
@@ -391,7 +398,7 @@ function toSqlValue(v) {
         return { tag: 'null' };
     if (v instanceof JsonFloat)
         return { tag: 'float', val: v.value };
-    if (v instanceof Uint8Array)
+    if (isBytes(v))
         return { tag: 'bytes', val: v };
     if (v instanceof Date)
         return { tag: 'timestamp', val: BigInt(v.getTime()) * 1000n };
@@ -500,7 +507,7 @@ export class Bucket {
     }
     /** Sets `key`: bytes as they are, a string as UTF-8, anything else as JSON. */
     set(key, value) {
-        const data = value instanceof Uint8Array ? value : typeof value === 'string' ? encoder.encode(value) : toJson(value);
+        const data = isBytes(value) ? value : typeof value === 'string' ? encoder.encode(value) : toJson(value);
         callKv(() => this.inner.set(key, data));
     }
     /** Deletes `key` (a missing key is fine). */

@@ -64,6 +64,14 @@ export function fatal(message: string): FunctionError {
 const encoder = new TextEncoder();
 const strictDecoder = new TextDecoder('utf-8', { fatal: true });
 
+/**
+ * Whether `x` is a Uint8Array. The bindings make their arrays in another realm than the
+ * function's module, so `instanceof Uint8Array` is false for an event's payload.
+ */
+export function isBytes(x: unknown): x is Uint8Array {
+  return x instanceof Uint8Array || (ArrayBuffer.isView(x) && Object.prototype.toString.call(x) === '[object Uint8Array]');
+}
+
 /** UTF-8 bytes of a string. */
 export function bytes(text: string): Uint8Array {
   return encoder.encode(text);
@@ -101,7 +109,7 @@ export interface OutputOptions {
 export function output(destination: string, payload: unknown, options: OutputOptions = {}): Output {
   const headers = toHeaders(options.headers);
   let body: Uint8Array;
-  if (payload instanceof Uint8Array) {
+  if (isBytes(payload)) {
     body = payload;
   } else if (typeof payload === 'string') {
     body = encoder.encode(payload);
@@ -278,7 +286,7 @@ function write(value: unknown, out: string[], container: object | undefined, mem
     out.push(formatFloat(value.value));
     return true;
   }
-  if (value !== null && typeof value === 'object' && typeof (value as any).toJSON === 'function' && !(value instanceof Uint8Array)) {
+  if (value !== null && typeof value === 'object' && typeof (value as any).toJSON === 'function' && !isBytes(value)) {
     value = (value as any).toJSON();
   }
   switch (typeof value) {
@@ -306,7 +314,7 @@ function write(value: unknown, out: string[], container: object | undefined, mem
     out.push('null');
     return true;
   }
-  if (Array.isArray(value) || value instanceof Uint8Array) {
+  if (Array.isArray(value) || isBytes(value)) {
     const items = Array.from(value as ArrayLike<unknown>);
     out.push('[');
     items.forEach((item, i) => {
@@ -435,7 +443,7 @@ function describeSqlError(e: hostSql.SqlError): ['retryable' | 'fatal', string] 
 function toSqlValue(v: SqlParam): hostSql.Value {
   if (v === null || v === undefined) return { tag: 'null' };
   if (v instanceof JsonFloat) return { tag: 'float', val: v.value };
-  if (v instanceof Uint8Array) return { tag: 'bytes', val: v };
+  if (isBytes(v)) return { tag: 'bytes', val: v };
   if (v instanceof Date) return { tag: 'timestamp', val: BigInt(v.getTime()) * 1000n };
   switch (typeof v) {
     case 'boolean':
@@ -545,7 +553,7 @@ export class Bucket {
 
   /** Sets `key`: bytes as they are, a string as UTF-8, anything else as JSON. */
   set(key: string, value: unknown): void {
-    const data = value instanceof Uint8Array ? value : typeof value === 'string' ? encoder.encode(value) : toJson(value);
+    const data = isBytes(value) ? value : typeof value === 'string' ? encoder.encode(value) : toJson(value);
     callKv(() => this.inner.set(key, data));
   }
 

@@ -22,7 +22,7 @@ from wit_world.imports import sql as _sql
 from wit_world.imports.types import Error_Fatal, Error_Retryable, Event, Header, Output
 
 __all__ = [
-    "Event", "Header", "Output", "Err", "FunctionError", "SqlError", "KvError", "Bucket",
+    "Event", "Header", "Output", "Err", "FunctionError", "Bucket",
     "Json", "fatal", "retryable", "text", "header", "output", "parse_json", "to_json",
     "dumps", "format_float", "config", "log", "sql", "kv", "FakeHost",
 ]
@@ -235,33 +235,32 @@ class Json:
         self.value = value
 
 
-class SqlError(Err):
-    """A failed ``sql`` call. Uncaught in ``handle`` it fails the event: ``retryable`` when the
-    database was unavailable or the error is transient, ``fatal`` otherwise. ``error`` is the
-    WIT ``sql-error`` itself, ``sqlstate`` its SQLSTATE for a database error."""
+def _failure(value: Any, **details: Any) -> Err:
+    """An ``Err`` carrying ``details`` as attributes. componentize-py accepts exactly ``Err``
+    (not a subclass) as a handler error, so SDK failures are plain ``Err``s with extras."""
+    err = Err(value)
+    for name, detail in details.items():
+        object.__setattr__(err, name, detail)
+    return err
 
-    def __init__(self, error: Any) -> None:
-        if isinstance(error, _sql.SqlError_Database):
-            d = error.value
-            message = f"sqlstate={d.sqlstate}: {d.message}"
-            value = (Error_Retryable if d.retryable else Error_Fatal)(message)
-        elif isinstance(error, _sql.SqlError_Unavailable):
-            value = Error_Retryable(f"database unavailable: {error.value}")
-        elif isinstance(error, _sql.SqlError_NotGranted):
-            value = Error_Fatal(f"not-granted: {error.value}")
-        else:
-            value = Error_Fatal(f"invalid: {error.value}")
-        super().__init__(value)
-        object.__setattr__(self, "error", error)
 
-    @property
-    def sqlstate(self) -> Optional[str]:
-        e = self.error  # type: ignore[attr-defined]
-        return e.value.sqlstate if isinstance(e, _sql.SqlError_Database) else None
-
-    @property
-    def retryable(self) -> bool:
-        return isinstance(self.value, Error_Retryable)
+def _sql_failure(error: Any) -> Err:
+    """A failed ``sql`` call as the handler error it should be if ``handle`` lets it escape:
+    ``retryable`` when the database was unavailable or the error is transient, ``fatal``
+    otherwise. ``sql_error`` is the WIT ``sql-error``, ``sqlstate`` its SQLSTATE (or None)."""
+    sqlstate = None
+    if isinstance(error, _sql.SqlError_Database):
+        d = error.value
+        sqlstate = d.sqlstate
+        message = f"sqlstate={d.sqlstate}: {d.message}"
+        value: Any = (Error_Retryable if d.retryable else Error_Fatal)(message)
+    elif isinstance(error, _sql.SqlError_Unavailable):
+        value = Error_Retryable(f"database unavailable: {error.value}")
+    elif isinstance(error, _sql.SqlError_NotGranted):
+        value = Error_Fatal(f"not-granted: {error.value}")
+    else:
+        value = Error_Fatal(f"invalid: {error.value}")
+    return _failure(value, sql_error=error, sqlstate=sqlstate)
 
 
 def _to_sql(v: Any) -> Any:
@@ -305,7 +304,7 @@ def _call_sql(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
     except Err as e:
-        raise SqlError(e.value) from None
+        raise _sql_failure(e.value) from None
 
 
 class _Sql:
@@ -327,28 +326,26 @@ sql = _Sql()
 # ---------------------------------------------------------------------------------------------
 # Key-value buckets
 
-class KvError(Err):
-    """A failed key-value call. Uncaught in ``handle`` it fails the event: ``retryable`` when
-    Redis was unavailable, ``fatal`` otherwise. ``error`` is the WIT ``keyvalue.error``."""
-
-    def __init__(self, error: Any) -> None:
-        if isinstance(error, _kv.Error_Unavailable):
-            value: Any = Error_Retryable(f"keyvalue unavailable: {error.value}")
-        elif isinstance(error, _kv.Error_Other):
-            value = Error_Fatal(f"keyvalue: {error.value}")
-        elif isinstance(error, _kv.Error_AccessDenied):
-            value = Error_Fatal("keyvalue: access-denied")
-        else:
-            value = Error_Fatal("keyvalue: no-such-store")
-        super().__init__(value)
-        object.__setattr__(self, "error", error)
+def _kv_failure(error: Any) -> Err:
+    """A failed key-value call as the handler error it should be if ``handle`` lets it escape:
+    ``retryable`` when Redis was unavailable, ``fatal`` otherwise. ``kv_error`` is the WIT
+    ``keyvalue.error``."""
+    if isinstance(error, _kv.Error_Unavailable):
+        value: Any = Error_Retryable(f"keyvalue unavailable: {error.value}")
+    elif isinstance(error, _kv.Error_Other):
+        value = Error_Fatal(f"keyvalue: {error.value}")
+    elif isinstance(error, _kv.Error_AccessDenied):
+        value = Error_Fatal("keyvalue: access-denied")
+    else:
+        value = Error_Fatal("keyvalue: no-such-store")
+    return _failure(value, kv_error=error)
 
 
 def _call_kv(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
     except Err as e:
-        raise KvError(e.value) from None
+        raise _kv_failure(e.value) from None
 
 
 class Bucket:
