@@ -21,6 +21,7 @@ ROLLDOWN=1.3.3
 TYPESCRIPT=7.0.2
 TYPES_NODE=20.19.43
 COMPONENTIZE_PY=0.25.1
+PYTEST=9.2.0
 
 TOOLS=${FNMILL_TOOLS_DIR:-$HOME/.cache/fnmill-tools}
 BIN=$TOOLS/bin
@@ -49,6 +50,12 @@ if ! command -v python3 >/dev/null; then
 fi
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   apt_install python3-venv
+fi
+
+# The Python template's unit tests run with pytest (on this machine kind's images already).
+if ! python3 -m pytest --version >/dev/null 2>&1; then
+  echo "==> installing pytest (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check "pytest==$PYTEST"
 fi
 
 mkdir -p "$TOOLS" "$BIN"
