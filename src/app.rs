@@ -93,7 +93,10 @@ pub fn build_pool(name: &str, ds: &DataSourceConfig) -> Result<Pool> {
 
 /// Builds what serves every data source of the config; the pools' work runs on `io`. No
 /// connection is opened until a function needs one.
-pub fn build_data_sources(config: &ValidatedConfig, io: tokio::runtime::Handle) -> Result<DataSources> {
+pub fn build_data_sources(
+    config: &ValidatedConfig,
+    io: tokio::runtime::Handle,
+) -> Result<DataSources> {
     Ok(build_data_sources_reporting(config, io)?.0)
 }
 
@@ -171,6 +174,7 @@ pub fn load_function(
         component: f.component.clone(),
         limits: f.limits(),
         config: f.config.clone(),
+        isolation: f.isolation(),
     };
     match data {
         Some(data) => {
@@ -223,7 +227,12 @@ pub fn load_functions(
     config
         .functions
         .keys()
-        .map(|name| Ok((name.clone(), Arc::new(load_function(config, host, name, data)?))))
+        .map(|name| {
+            Ok((
+                name.clone(),
+                Arc::new(load_function(config, host, name, data)?),
+            ))
+        })
         .collect()
 }
 
@@ -410,7 +419,11 @@ async fn run_routes(
 
     // Started after the routes so that /readyz lists every source from the first request.
     let admin_task = match admin {
-        Some(listener) => Some(crate::admin::serve(listener, admin_state, shutdown.clone())?),
+        Some(listener) => Some(crate::admin::serve(
+            listener,
+            admin_state,
+            shutdown.clone(),
+        )?),
         None => None,
     };
 

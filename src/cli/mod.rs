@@ -1,6 +1,6 @@
-//! `fnmill publish` and `fnmill replay`: put events on a topic, an exchange or a queue, and
-//! replay ranges of topics, dead letters and JSON Lines files, through the same connectors,
-//! config and JSON Lines form as `fnmill run`.
+//! The commands beside `fnmill run`: `publish` and `replay` put events on a topic, an exchange
+//! or a queue, and replay ranges of topics, dead letters and JSON Lines files, through the same
+//! connectors, config and JSON Lines form as `fnmill run`; `new` and `build` help write functions.
 //!
 //! # Layout
 //!
@@ -11,8 +11,11 @@
 //! - [`progress`]: the progress bar, plain progress lines, or nothing.
 //! - [`publish`], [`replay`]: the two commands.
 //! - [`through`]: runs events through a function, wired as `fnmill invoke` wires it.
+//! - [`new`], [`build`]: write a function project from a template, and build it into a component.
 
+pub mod build;
 pub mod endpoint;
+pub mod new;
 pub mod progress;
 pub mod publish;
 pub mod replay;

@@ -43,8 +43,9 @@ pub fn load(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| function.to_string());
         let component = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let config = ValidatedConfig::for_function(&name, FunctionConfig::new(component), Path::new("."))
-            .map_err(|e| anyhow::anyhow!("--through: {e}"))?;
+        let config =
+            ValidatedConfig::for_function(&name, FunctionConfig::new(component), Path::new("."))
+                .map_err(|e| anyhow::anyhow!("--through: {e}"))?;
         fnmill::app::local_function(&config, &name, INSTANCES, io)?
     } else {
         let Some(config) = config else {

@@ -93,9 +93,13 @@ async fn enqueue(sink: &dyn Sink, record: Record, lane: u64) -> Confirm {
     match handed {
         Err(e) => Box::pin(std::future::ready(Err(e.into()))),
         Ok(()) => Box::pin(rx.map(|r| {
-            r.unwrap_or_else(|_| Err(SinkError::Retryable("the sink dropped the confirmation".into())))
-                .map(|()| Written::Confirmed)
-                .map_err(WriteError::from)
+            r.unwrap_or_else(|_| {
+                Err(SinkError::Retryable(
+                    "the sink dropped the confirmation".into(),
+                ))
+            })
+            .map(|()| Written::Confirmed)
+            .map_err(WriteError::from)
         })),
     }
 }

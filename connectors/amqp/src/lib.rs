@@ -84,7 +84,9 @@ impl From<AmqpError> for fnmill_connector_api::Problem {
     fn from(e: AmqpError) -> Self {
         use fnmill_connector_api::Problem;
         match e {
-            AmqpError::Url(message) => Problem::new("url", format!("is not a valid AMQP URI: {message}")),
+            AmqpError::Url(message) => {
+                Problem::new("url", format!("is not a valid AMQP URI: {message}"))
+            }
             AmqpError::Invalid { key, message } => Problem::new(key, message),
             AmqpError::Problem(p) => p,
             other => Problem::new("url", other.to_string()),
@@ -280,9 +282,12 @@ mod tests {
         .unwrap();
         assert_eq!(uri.query.heartbeat, Some(3));
         assert!(parse_url(&url("http://x"), Duration::from_secs(1)).is_err());
-        let err = parse_url(&url("amqp://u:hunter2@h:notaport/%2f"), Duration::from_secs(1))
-            .unwrap_err()
-            .to_string();
+        let err = parse_url(
+            &url("amqp://u:hunter2@h:notaport/%2f"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 
@@ -358,7 +363,8 @@ mod tests {
         );
         assert!(!e.contains("hunter3"), "the key file's content leaked: {e}");
 
-        let ok = Endpoint::new(&url(amqps), hb, tls(Some(&pem), None, None).tls().unwrap()).unwrap();
+        let ok =
+            Endpoint::new(&url(amqps), hb, tls(Some(&pem), None, None).tls().unwrap()).unwrap();
         let shown = format!("{ok:?}");
         assert!(
             shown.contains("tls: true") && shown.contains("port: 5671"),

@@ -9,7 +9,6 @@
 //! read again in the same run), and leaves every message it was not told to ack to the broker:
 //! closing the channel, or the process dying, requeues them.
 
-
 use bytes::Bytes;
 use fnmill_connector_api::Header;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};

@@ -81,7 +81,8 @@ impl From<KafkaError> for Problem {
     fn from(e: KafkaError) -> Self {
         match e {
             KafkaError::Invalid(p) => p,
-            KafkaError::Fixed { ref property, .. } | KafkaError::BadProperty { ref property, .. } => {
+            KafkaError::Fixed { ref property, .. }
+            | KafkaError::BadProperty { ref property, .. } => {
                 let key = format!("properties.\"{property}\"");
                 let text = e.to_string();
                 // The message starts with the key in backquotes; keep only what follows it.

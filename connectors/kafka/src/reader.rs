@@ -159,10 +159,16 @@ impl KafkaReader {
     /// Creates the consumer for `topic`. Nothing is assigned until [`KafkaReader::assign`].
     pub fn new(config: &KafkaReaderConfig, topic: &str) -> Result<Self, KafkaError> {
         if config.brokers.trim().is_empty() {
-            return Err(KafkaError::Invalid(Problem::new("brokers", "must not be empty")));
+            return Err(KafkaError::Invalid(Problem::new(
+                "brokers",
+                "must not be empty",
+            )));
         }
         if topic.trim().is_empty() {
-            return Err(KafkaError::Invalid(Problem::new("topic", "must not be empty")));
+            return Err(KafkaError::Invalid(Problem::new(
+                "topic",
+                "must not be empty",
+            )));
         }
         let defaults: &[(&str, &str)] = &[("auto.offset.reset", "earliest")];
         let mut client = properties::client_config(
@@ -174,7 +180,10 @@ impl KafkaReader {
         )?;
         match &config.group {
             Some(group) if group.trim().is_empty() => {
-                return Err(KafkaError::Invalid(Problem::new("group", "must not be empty")));
+                return Err(KafkaError::Invalid(Problem::new(
+                    "group",
+                    "must not be empty",
+                )));
             }
             Some(group) => {
                 client.set("group.id", group);

@@ -156,7 +156,10 @@ impl Batch {
     }
 
     fn expect_one_more(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remaining += 1;
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining += 1;
     }
 
     fn complete(&self, result: Result<(), SinkError>) {
@@ -364,7 +367,9 @@ impl KafkaSink {
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(SinkError::Retryable("the producer was dropped".into())))?
-                .ok_or_else(|| SinkError::Retryable("the delivery report named no partition".into()))
+                .ok_or_else(|| {
+                    SinkError::Retryable("the delivery report named no partition".into())
+                })
         })
     }
 
