@@ -25,6 +25,13 @@ cd "$(dirname "$0")/.."
 trap './scripts/kafka.sh stop' EXIT
 eval "$(./scripts/kafka.sh env)"
 
+# NATS for the IO tier's tests (nats-server built once from the Go module proxy, cached in
+# ~/.cache/fnmill-nats), unless FNMILL_TEST_NATS_URL points elsewhere; stopped when the tests
+# end. The tests that stop NATS on purpose run servers of their own from the same binary.
+./scripts/nats.sh start || exit 1
+trap './scripts/kafka.sh stop; ./scripts/nats.sh stop' EXIT
+eval "$(./scripts/nats.sh env)"
+
 # Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs. If the
 # engine cannot start here, the stack test prints why (one line) and the rest still runs.
 mkdir -p target

@@ -15,6 +15,7 @@ pub mod measured;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fnmill_connector_api::Problem;
@@ -26,6 +27,9 @@ use self::measured::{CallStats, DataSourceStatus, MeasuredBucket, MeasuredSql, V
 use crate::admin::AdminState;
 use crate::app::{Pool, RunSummary, StartError, build_pool};
 use crate::config::{DataSourceConfig, ValidatedConfig};
+
+/// How long a process waits for a new NATS connection before it starts work regardless.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// The NATS connections of a process, one per distinct endpoint.
 pub struct Connections {
@@ -50,6 +54,9 @@ impl Connections {
             return Ok(nats.clone());
         }
         let nats = Nats::connect(&endpoint, self.name).await?;
+        // Not an error when it takes longer: the connection keeps trying (and says so in the
+        // log), and calls fail as `unavailable` meanwhile.
+        nats.wait_connected(FIRST_CONNECT_WAIT).await;
         self.open.push((endpoint, nats.clone()));
         Ok(nats)
     }
@@ -216,6 +223,7 @@ async fn serve(
     if let Some(task) = admin_task {
         task.abort();
     }
+    tracing::info!("IO tier stopped");
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -11,7 +11,7 @@
 //! [`Remote::readiness`] says whether the IO tier answers: every call's outcome updates it, and
 //! while no call comes a ping every few seconds does ([`Remote::watch`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ use crate::protocol::{self, CallerRef, Op, Reply, RequestRef, WireError, WireVal
 const PING_EVERY_READY: Duration = Duration::from_secs(5);
 const PING_EVERY_NOT_READY: Duration = Duration::from_secs(1);
 
+/// What the last logged state of the IO tier was.
+const UNKNOWN: u8 = 0;
+const ANSWERS: u8 = 1;
+const SILENT: u8 = 2;
+
 /// Longest a readiness ping waits.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -42,8 +47,8 @@ pub struct Remote {
     /// Longest one call waits for its answer.
     timeout: Duration,
     readiness: Readiness,
-    /// The last state logged, so each change is logged once.
-    answered: AtomicBool,
+    /// The last state logged (`UNKNOWN`, `ANSWERS`, `SILENT`), so each change is logged once.
+    answered: AtomicU8,
 }
 
 /// Why a call got no answer.
@@ -62,7 +67,7 @@ impl Remote {
             subject: Subject::from(subject),
             timeout,
             readiness: Readiness::default(),
-            answered: AtomicBool::new(false),
+            answered: AtomicU8::new(UNKNOWN),
         })
     }
 
@@ -118,7 +123,8 @@ impl Remote {
     /// Records whether the IO tier answered, logging each change once.
     fn answered(&self, yes: bool, why: &str) {
         self.readiness.set(yes);
-        if self.answered.swap(yes, Ordering::Relaxed) != yes {
+        let state = if yes { ANSWERS } else { SILENT };
+        if self.answered.swap(state, Ordering::Relaxed) != state {
             if yes {
                 tracing::info!(
                     data_source = %self.data_source,

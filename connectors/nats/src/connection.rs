@@ -41,6 +41,9 @@ pub struct Endpoint {
     tls_ca_file: Option<PathBuf>,
     tls_client: Option<(PathBuf, PathBuf)>,
     credentials: Option<String>,
+    /// `user:password@` (or a `token@`) of the URL: the client library takes it from options,
+    /// not from the URL.
+    userinfo: Option<(String, Option<String>)>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -53,6 +56,7 @@ impl std::fmt::Debug for Endpoint {
                 "credentials",
                 &self.credentials.as_ref().map(|_| "<redacted>"),
             )
+            .field("userinfo", &self.userinfo.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -76,6 +80,20 @@ impl Endpoint {
                 ));
             }
             servers.push(server);
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let userinfo = servers
+            .iter()
+            .find_map(|s| Some((decode(s.username()?), s.password().map(decode))));
+        if userinfo.is_some() && config.credentials_file.is_some() {
+            return Err(Problem::new(
+                "credentials_file",
+                "is set, and the URL has a user or token too: give one of the two",
+            ));
         }
         let read = |path: &std::path::Path, key: &str| {
             std::fs::read(path)
@@ -116,6 +134,7 @@ impl Endpoint {
             tls_ca_file: tls.ca.map(Into::into),
             tls_client: tls.client.map(|(c, k)| (c.into(), k.into())),
             credentials,
+            userinfo,
             url,
         })
     }
@@ -142,6 +161,13 @@ impl Endpoint {
             Some(text) => ConnectOptions::with_credentials(text)
                 .map_err(|_| Problem::new("credentials_file", "is not a NATS credentials file"))?,
             None => ConnectOptions::new(),
+        };
+        options = match &self.userinfo {
+            Some((user, Some(password))) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Some((token, None)) => options.token(token.clone()),
+            None => options,
         };
         if let Some(ca) = &self.tls_ca_file {
             options = options.add_root_certificates(ca.clone());
@@ -222,6 +248,20 @@ impl Nats {
             .await
             .map_err(|e| Problem::new("url", endpoint.url.redact(&format!("{e}"))))?;
         Ok(Self { client, state })
+    }
+
+    /// Waits up to `timeout` for the connection to be up; whether it is. A process gives its
+    /// new connection this long before it starts work, so the first calls do not fail only
+    /// because the handshake was still under way.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.is_connected() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Whether the connection is up now.
@@ -314,6 +354,9 @@ mod tests {
         assert!(ws[0].message.contains("websockets"), "{ws:?}");
         let e = Endpoint::from_config(&remote("nats://u:hunter2@h:4222")).unwrap();
         assert_eq!(e.display(), "h:4222");
+        assert_eq!(e.userinfo, Some(("u".into(), Some("hunter2".into()))));
+        let token = Endpoint::from_config(&remote("nats://s3cr%40t@h:4222")).unwrap();
+        assert_eq!(token.userinfo, Some(("s3cr@t".into(), None)));
         assert!(!format!("{e:?}").contains("hunter2"));
     }
 
