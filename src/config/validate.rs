@@ -656,6 +656,71 @@ mod tests {
         }
     }
 
+    /// [`problems`] for a process of `role`.
+    fn problems_as(text: &str, role: super::Role) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let mut config = super::super::from_value(super::super::toml_value(text).unwrap()).unwrap();
+        config.base_dir = dir.path().to_path_buf();
+        match config.validate_as(role) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn each_role_checks_what_it_starts() {
+        use super::Role;
+        let remote = |subject: &str| {
+            format!(
+                r#"
+                [data_sources.db]
+                kind = "postgres"
+                url_env = "FNMILL_SURELY_UNSET_VAR"
+                remote = {{ url = "nats://127.0.0.1:4222", subject = "{subject}" }}
+                [data_sources.kv]
+                kind = "redis"
+                url = "redis://127.0.0.1:6379"
+                buckets = {{ b = {{ prefix = "p:" }} }}
+                remote = {{ url = "nats://127.0.0.1:4222", subject = "fnmill.ds.kv" }}
+                [functions.f]
+                component = "missing.wasm"
+                data_sources = ["db"]
+                "#
+            )
+        };
+        let text = remote("fnmill.ds.db");
+        // The pool's URL is the IO tier's business, the component the compute side's.
+        let compute = problems_as(&text, Role::Compute);
+        assert_eq!(compute.len(), 1, "{compute:?}");
+        assert!(
+            compute[0].starts_with("functions.f.component"),
+            "{compute:?}"
+        );
+        let io = problems_as(&text, Role::Io);
+        assert_eq!(io.len(), 1, "{io:?}");
+        assert!(io[0].starts_with("data_sources.db.url_env"), "{io:?}");
+        assert_eq!(problems_as(&text, Role::All).len(), 2);
+        // Two data sources on one subject, and a subject with a wildcard.
+        let shared = remote("fnmill.ds.kv");
+        let p = problems_as(&shared, Role::Compute);
+        assert!(
+            p.iter().any(|p| p.starts_with("data_sources.kv.remote.subject: `fnmill.ds.kv` is already")),
+            "{p:?}"
+        );
+        let p = problems_as(&remote("fnmill.ds.>"), Role::Compute);
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with("data_sources.db.remote.subject: ")),
+            "{p:?}"
+        );
+        // An IO process with nothing to serve.
+        let p = problems_as("[functions.f]\ncomponent = \"f.wasm\"\n", Role::Io);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("data_sources: --role io serves"), "{p:?}");
+    }
+
     const BASE: &str = r#"
         [sources.in]
         kind = "file"
