@@ -889,6 +889,12 @@ async fn a_grant_the_io_tier_does_not_give_is_refused_and_logged_on_both_sides()
         "{}",
         io2.log_text()
     );
+    // The request named the function, the route (`<source>-<function>`) and the event.
+    assert!(
+        io2.logged("function=f route=\"in-f\" event=\"e0\""),
+        "{}",
+        io2.log_text()
+    );
     assert_eq!(
         metric(
             &io2.metrics(),
