@@ -12,8 +12,9 @@
 //! Last, the IO tier: the same function with its SELECT served by an IO-tier process (`fnmill
 //! run --role io`, a pool of the same size) over NATS, against the in-process pool, in
 //! alternating rounds; prints the ratio (the goal is ≥ 0.6) and the CPU per event of this
-//! process, the IO-tier process and nats-server. NATS is `FNMILL_TEST_NATS_URL`, or a
-//! nats-server of the bench's own (`scripts/nats.sh build`).
+//! process, the IO-tier process, nats-server and both pools' PostgreSQL backends. The bench runs
+//! a nats-server of its own (`scripts/nats.sh build`, or `FNMILL_TEST_NATS_SERVER`), so that its
+//! CPU is counted and no other test shares it.
 //!
 //! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P --rounds R`,
 //! `-- --profile wasm` to run only the function side, e.g. under `perf record`, or
@@ -183,21 +184,7 @@ fn main() {
     native(2_000);
     wasm(2_000);
     // The PostgreSQL backends serving the pool, to count their CPU too.
-    let backends: Vec<(String, u32)> = io.block_on(async {
-        pool.query(
-            "select pid from pg_stat_activity where application_name = 'fnmill-bench'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .rows
-        .iter()
-        .filter_map(|r| match r.first() {
-            Some(Value::Int(pid)) => Some(("postgres backends".to_string(), *pid as u32)),
-            _ => None,
-        })
-        .collect()
-    });
+    let backends = io.block_on(backends_of(&pool, "fnmill-bench", "postgres backends"));
     // `--profile wasm|native`: only that side, to run under a profiler.
     if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
         let start = Instant::now();
@@ -350,7 +337,26 @@ fn main() {
         rounds,
         in_process: &wasm,
         backends: &backends,
+        pool: &pool,
     });
+}
+
+/// The PostgreSQL backends of connections named `application`, labelled `label`, asked through
+/// `pool`.
+async fn backends_of(pool: &PgPool, application: &str, label: &str) -> Vec<(String, u32)> {
+    pool.query(
+        "select pid from pg_stat_activity where application_name = $1",
+        &[Value::Text(application.into())],
+    )
+    .await
+    .unwrap()
+    .rows
+    .iter()
+    .filter_map(|r| match r.first() {
+        Some(Value::Int(pid)) => Some((label.to_string(), *pid as u32)),
+        _ => None,
+    })
+    .collect()
 }
 
 /// The `sql` call through the IO tier against the in-process pool.
@@ -367,6 +373,8 @@ mod io_tier {
     use fnmill_connector_api::remote::RemoteConfig;
     use fnmill_connector_nats::{Endpoint, Nats, Remote};
     use futures::StreamExt;
+
+    use fnmill_connector_postgres::PgPool;
 
     use super::{QUERY, ROWS, common, cpu};
 
@@ -385,6 +393,8 @@ mod io_tier {
         pub in_process: &'a dyn Fn(usize),
         /// The in-process pool's PostgreSQL backends.
         pub backends: &'a [(String, u32)],
+        /// The in-process pool, to find the IO tier's backends with.
+        pub pool: &'a PgPool,
     }
 
     /// A child process killed when the bench ends.
@@ -405,28 +415,29 @@ mod io_tier {
             .port()
     }
 
-    /// `FNMILL_TEST_NATS_URL`, or a nats-server of our own (built by `scripts/nats.sh`).
-    fn nats() -> Result<(String, Option<Killed>), String> {
-        if let Ok(url) = std::env::var("FNMILL_TEST_NATS_URL")
-            && !url.is_empty()
-        {
-            return Ok((url, None));
-        }
-        let out = Command::new(common::root().join("scripts/nats.sh"))
-            .arg("build")
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("scripts/nats.sh build: {e}"))?;
-        if !out.status.success() {
-            return Err("scripts/nats.sh build failed".into());
-        }
-        let bin = PathBuf::from(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim(),
-        );
+    /// A nats-server of the bench's own (built by `scripts/nats.sh build`, or
+    /// `FNMILL_TEST_NATS_SERVER`), so that its CPU is counted and nothing else shares it.
+    fn nats() -> Result<(String, Killed), String> {
+        let bin = match std::env::var_os("FNMILL_TEST_NATS_SERVER") {
+            Some(bin) => PathBuf::from(bin),
+            None => {
+                let out = Command::new(common::root().join("scripts/nats.sh"))
+                    .arg("build")
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("scripts/nats.sh build: {e}"))?;
+                if !out.status.success() {
+                    return Err("scripts/nats.sh build failed".into());
+                }
+                PathBuf::from(
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim(),
+                )
+            }
+        };
         let port = free_port();
         let child = Command::new(&bin)
             .args(["--addr", "127.0.0.1", "--port", &port.to_string()])
@@ -442,7 +453,7 @@ mod io_tier {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok((format!("nats://127.0.0.1:{port}"), Some(server)))
+        Ok((format!("nats://127.0.0.1:{port}"), server))
     }
 
     pub fn compare(setup: Setup<'_>) {
@@ -563,13 +574,12 @@ data_sources = ["db"]
 
         let mut others: Vec<(String, u32)> = setup.backends.to_vec();
         others.push(("io-tier process".into(), tier.0.id()));
-        if let Some(server) = &nats_server {
-            others.push(("nats-server".into(), server.0.id()));
-        }
-        others.extend(cpu::processes_matching(
-            "postgres backends (tier)",
+        others.push(("nats-server".into(), nats_server.0.id()));
+        others.extend(setup.io.block_on(super::backends_of(
+            setup.pool,
             "fnmill-bench-io",
-        ));
+            "pg backends, IO tier",
+        )));
         let (events, rounds) = (setup.events, setup.rounds);
         println!(
             "the same SELECT through the IO tier (fnmill run --role io over NATS, pool of {}) \
