@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use super::data::FunctionData;
 use super::engine::EPOCH_TICK;
 use super::failure::{Failure, Stage, sanitize};
 use super::guest_log::LogLimits;
+use crate::telemetry::CallScope;
 
 /// Per-function limits.
 #[derive(Clone, Debug)]
@@ -82,6 +84,21 @@ pub(super) struct FunctionShared {
     /// The capabilities this function is granted.
     pub(super) data: FunctionData,
     pub(super) log: LogLimits,
+    /// Instances alive now (admitted and not dropped), for metrics.
+    pub(super) live: AtomicI64,
+    /// The largest linear memory any instance grew to, for metrics.
+    pub(super) memory_peak: AtomicU64,
+}
+
+/// What one call cost, for its span and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Time to create the instance; `None` when a reused instance served the call.
+    pub instantiation: Option<Duration>,
+    /// Fuel the call used, when the engine meters fuel.
+    pub fuel: Option<u64>,
+    /// The instance's linear memory after the call, in bytes.
+    pub memory: u64,
 }
 
 /// A loaded function, ready to run events. Cheap to share behind an `Arc`.
@@ -105,6 +122,14 @@ pub struct Function {
 pub(super) struct Admission {
     _slot: OwnedSemaphorePermit,
     _memory: OwnedSemaphorePermit,
+    /// Counts the instance among the function's live ones.
+    shared: Arc<FunctionShared>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An instance kept for more events (`isolation = "reuse"`).
@@ -125,6 +150,16 @@ impl Function {
         &self.limits
     }
 
+    /// Instances of this function alive now (running, or kept for reuse).
+    pub fn live_instances(&self) -> i64 {
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// The largest linear memory, in bytes, that any instance of this function grew to.
+    pub fn memory_peak(&self) -> u64 {
+        self.shared.memory_peak.load(Ordering::Relaxed)
+    }
+
     /// Waits for an instance slot and for room in the memory budget. The pool has a slot for
     /// every permit, so instantiation never fails for lack of one.
     pub(super) async fn admit(&self) -> Result<Admission, Failure> {
@@ -136,9 +171,11 @@ impl Function {
             .await
             .map_err(gone)?;
         let slot = self.permits.clone().acquire_owned().await.map_err(gone)?;
+        self.shared.live.fetch_add(1, Ordering::Relaxed);
         Ok(Admission {
             _slot: slot,
             _memory: memory,
+            shared: self.shared.clone(),
         })
     }
 
@@ -146,24 +183,44 @@ impl Function {
     /// served earlier events. A failure of any kind is returned, never raised; the instance it
     /// happened in is thrown away and the next call starts clean.
     pub async fn invoke(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        match self.isolation {
-            Isolation::Event => self.invoke_fresh(event, attempt).await,
+        self.invoke_observed(event, attempt, None).await.0
+    }
+
+    /// [`Function::invoke`], with what the call cost; its `sql` and `keyvalue` calls become
+    /// spans under `trace` (the call's span, with tracing on).
+    pub async fn invoke_observed(
+        &self,
+        event: &Event,
+        attempt: u32,
+        trace: Option<CallScope>,
+    ) -> (Result<Vec<Output>, Failure>, CallStats) {
+        let mut stats = CallStats::default();
+        let result = match self.isolation {
+            Isolation::Event => self.invoke_fresh(event, attempt, trace, &mut stats).await,
             Isolation::Reuse {
                 max_uses,
                 max_memory,
             } => {
-                self.invoke_reused(event, attempt, max_uses, max_memory)
+                self.invoke_reused(event, attempt, max_uses, max_memory, trace, &mut stats)
                     .await
             }
-        }
+        };
+        (result, stats)
     }
 
-    async fn invoke_fresh(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+    async fn invoke_fresh(
+        &self,
+        event: &Event,
+        attempt: u32,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Output>, Failure> {
         let _admission = self.admit().await?;
         // Epoch interruption cannot stop a guest that is inside an awaited host call; the outer
         // timeout catches that case, one tick later than the epoch would.
         let outer = self.limits.timeout + EPOCH_TICK * 2;
-        match tokio::time::timeout(outer, self.invoke_in_store(event, attempt)).await {
+        match tokio::time::timeout(outer, self.invoke_in_store(event, attempt, trace, stats)).await
+        {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout(self.limits.timeout)),
         }
@@ -175,22 +232,26 @@ impl Function {
         attempt: u32,
         max_uses: u32,
         max_memory: u64,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
     ) -> Result<Vec<Output>, Failure> {
         let event_id: Arc<str> = Arc::from(event.id.as_str());
         let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut r = match taken {
             Some(mut r) => {
-                r.store.data_mut().next_event(&event_id);
+                r.store.data_mut().next_event(&event_id, trace);
                 r
             }
             None => {
                 let admission = self.admit().await?;
-                let mut store = self.store(&event_id)?;
+                let mut store = self.store(&event_id, trace)?;
                 self.arm_deadline(&mut store);
+                let instantiating = Instant::now();
                 let instance = match self.pre.instantiate_async(&mut store).await {
                     Ok(instance) => instance,
                     Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
                 };
+                stats.instantiation = Some(instantiating.elapsed());
                 Reusable {
                     store,
                     instance,
@@ -206,13 +267,15 @@ impl Function {
                 .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
         }
         let outer = self.limits.timeout + EPOCH_TICK * 2;
-        let result =
-            match tokio::time::timeout(outer, self.call(&r.instance, &mut r.store, event, attempt))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Failure::Timeout(self.limits.timeout)),
-            };
+        let result = match tokio::time::timeout(
+            outer,
+            self.call(&r.instance, &mut r.store, event, attempt, stats),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout(self.limits.timeout)),
+        };
         r.uses += 1;
         // Any failure retires the instance: whatever state it was left in is not trusted.
         let keep = result.is_ok()
@@ -225,11 +288,15 @@ impl Function {
     }
 
     /// A store for one instance, with its limits set.
-    pub(super) fn store(&self, event_id: &Arc<str>) -> Result<Store<Ctx>, Failure> {
+    pub(super) fn store(
+        &self,
+        event_id: &Arc<str>,
+        trace: Option<CallScope>,
+    ) -> Result<Store<Ctx>, Failure> {
         let engine = self.pre.instance_pre().engine();
         let mut store = Store::new(
             engine,
-            Ctx::new(&self.shared, event_id, self.limits.memory_bytes),
+            Ctx::new(&self.shared, event_id, self.limits.memory_bytes, trace),
         );
         store.limiter(|ctx| &mut ctx.limiter);
         if self.engine_fuel {
@@ -256,15 +323,24 @@ impl Function {
         store.set_epoch_deadline(1);
     }
 
-    async fn invoke_in_store(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+    async fn invoke_in_store(
+        &self,
+        event: &Event,
+        attempt: u32,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Output>, Failure> {
         let event_id: Arc<str> = Arc::from(event.id.as_str());
-        let mut store = self.store(&event_id)?;
+        let mut store = self.store(&event_id, trace)?;
         self.arm_deadline(&mut store);
+        let instantiating = Instant::now();
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
         };
-        self.call(&instance, &mut store, event, attempt).await
+        stats.instantiation = Some(instantiating.elapsed());
+        self.call(&instance, &mut store, event, attempt, stats)
+            .await
     }
 
     /// Calls the handler of `instance` with `event`.
@@ -274,12 +350,23 @@ impl Function {
         store: &mut Store<Ctx>,
         event: &Event,
         attempt: u32,
+        stats: &mut CallStats,
     ) -> Result<Vec<Output>, Failure> {
         let wit_event = to_wit(event, attempt);
         let result = instance
             .fnmill_function_handler()
             .call_handle(&mut *store, &wit_event)
             .await;
+        // What the call cost: read now, whatever its outcome.
+        stats.memory = store.data().limiter.size as u64;
+        self.shared
+            .memory_peak
+            .fetch_max(stats.memory, Ordering::Relaxed);
+        if self.engine_fuel
+            && let Ok(left) = store.get_fuel()
+        {
+            stats.fuel = Some(self.limits.fuel.unwrap_or(u64::MAX).saturating_sub(left));
+        }
         match result {
             Ok(Ok(outputs)) => self.check_outputs(outputs),
             Ok(Err(GuestError::Retryable(message))) => Err(Failure::Retryable(sanitize(&message))),
