@@ -359,9 +359,13 @@ impl Function {
             .await;
         // What the call cost: read now, whatever its outcome.
         stats.memory = store.data().limiter.size as u64;
-        self.shared
-            .memory_peak
-            .fetch_max(stats.memory, Ordering::Relaxed);
+        // Read first: in the steady state the peak does not move, and a read shares the cache
+        // line where a read-modify-write would take it from the other compute threads.
+        if stats.memory > self.shared.memory_peak.load(Ordering::Relaxed) {
+            self.shared
+                .memory_peak
+                .fetch_max(stats.memory, Ordering::Relaxed);
+        }
         if self.engine_fuel
             && let Ok(left) = store.get_fuel()
         {

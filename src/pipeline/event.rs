@@ -107,7 +107,7 @@ impl Route {
         obs: &EventObs,
     ) -> Result<Vec<Output>, Failure> {
         // telemetry: the call's span (tracing on) and its metrics.
-        let started = Instant::now();
+        let started = self.stats.metrics.is_some().then(Instant::now);
         let scope = self.telemetry.start_call(obs, attempt);
         let invoke = AssertUnwindSafe(self.function.invoke_observed(event, attempt, scope.clone()))
             .catch_unwind();
@@ -126,7 +126,7 @@ impl Route {
             ),
         };
         self.telemetry
-            .end_call(&self.stats, scope, started.elapsed(), &result, &stats);
+            .end_call(&self.stats, scope, started.map(|s| s.elapsed()), &result, &stats);
         result
     }
 

@@ -60,16 +60,17 @@ impl RouteTelemetry {
         Some(tracer.start_call(obs.context()?, attempt))
     }
 
-    /// A function call ended after `took`: its metrics and its span.
+    /// A function call ended after `took` (measured when metrics are on): its metrics and its
+    /// span.
     pub fn end_call(
         &self,
         stats: &RouteStats,
         scope: Option<CallScope>,
-        took: Duration,
+        took: Option<Duration>,
         result: &Result<Vec<Output>, Failure>,
         call: &CallStats,
     ) {
-        if let Some(m) = &stats.metrics {
+        if let (Some(m), Some(took)) = (&stats.metrics, took) {
             m.call(took, call);
         }
         if let Some(scope) = scope {
