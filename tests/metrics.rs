@@ -93,6 +93,33 @@ const DOCUMENTED: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// The metrics the README's table lists (the first name of each row of the table under
+/// "### Metrics").
+fn readme_metrics() -> BTreeSet<String> {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let section = readme
+        .split("### Metrics")
+        .nth(1)
+        .expect("README has a Metrics section");
+    let table = section.split("**Example alerts**").next().unwrap();
+    table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_documents_exactly_these_metrics() {
+    let documented: BTreeSet<String> = DOCUMENTED.iter().map(|(n, _, _)| n.to_string()).collect();
+    let mut tested = documented.clone();
+    // Need a Kafka or an AMQP source; tested in their own tests below.
+    tested.insert("fnmill_kafka_consumer_lag".into());
+    tested.insert("fnmill_amqp_unacked_messages".into());
+    assert_eq!(readme_metrics(), tested);
+}
+
 fn type_of(v: &Value) -> &'static str {
     match v {
         Value::Counter(_) => "counter",

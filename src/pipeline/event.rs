@@ -125,8 +125,13 @@ impl Route {
                 CallStats::default(),
             ),
         };
-        self.telemetry
-            .end_call(&self.stats, scope, started.map(|s| s.elapsed()), &result, &stats);
+        self.telemetry.end_call(
+            &self.stats,
+            scope,
+            started.map(|s| s.elapsed()),
+            &result,
+            &stats,
+        );
         result
     }
 
