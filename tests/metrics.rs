@@ -472,7 +472,7 @@ async fn amqp_unacked_follows_what_fnmill_holds() {
     broker.cleanup().await;
 }
 
-/// What a fake OTLP/HTTP collector received: the metric names and the value of
+/// What a fake OTLP collector received: the metric names and the value of
 /// `fnmill.events.done` in each request.
 #[derive(Default)]
 struct Pushed {
@@ -481,15 +481,35 @@ struct Pushed {
     done: Vec<i64>,
 }
 
-/// Serves `POST /v1/metrics` (protobuf), answering 200, and decodes every request.
-fn fake_collector() -> (u16, Arc<Mutex<Pushed>>) {
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
-    use prost::Message;
+impl Pushed {
+    fn record(&mut self, body: &[u8]) {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+        use prost::Message;
+        let request = ExportMetricsServiceRequest::decode(body).expect("an OTLP metrics request");
+        self.requests += 1;
+        for m in request
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+        {
+            self.names.insert(m.name.clone());
+            if m.name == "fnmill.events.done"
+                && let Some(metric::Data::Sum(sum)) = &m.data
+                && let Some(number_data_point::Value::AsInt(v)) =
+                    sum.data_points.first().and_then(|d| d.value)
+            {
+                self.done.push(v);
+            }
+        }
+    }
+}
+
+/// Serves OTLP/HTTP: `POST /v1/metrics` with a protobuf body, answered 200.
+fn http_collector(pushed: Arc<Mutex<Pushed>>) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let pushed = Arc::new(Mutex::new(Pushed::default()));
-    let into = pushed.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -504,6 +524,11 @@ fn fake_collector() -> (u16, Arc<Mutex<Pushed>>) {
                 data.extend_from_slice(&buf[..n]);
                 if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
                     let head = String::from_utf8_lossy(&data[..i]).to_ascii_lowercase();
+                    assert!(head.starts_with("post /v1/metrics "), "{head}");
+                    assert!(
+                        head.contains("content-type: application/x-protobuf"),
+                        "{head}"
+                    );
                     let length = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length:"))
@@ -520,66 +545,110 @@ fn fake_collector() -> (u16, Arc<Mutex<Pushed>>) {
                 }
                 data.extend_from_slice(&buf[..n]);
             }
-            if let Ok(request) = ExportMetricsServiceRequest::decode(&data[start..start + length]) {
-                let mut p = into.lock().unwrap();
-                p.requests += 1;
-                for m in request
-                    .resource_metrics
-                    .iter()
-                    .flat_map(|r| &r.scope_metrics)
-                    .flat_map(|s| &s.metrics)
-                {
-                    p.names.insert(m.name.clone());
-                    if m.name == "fnmill.events.done"
-                        && let Some(metric::Data::Sum(sum)) = &m.data
-                        && let Some(number_data_point::Value::AsInt(v)) =
-                            sum.data_points.first().and_then(|d| d.value)
-                    {
-                        p.done.push(v);
-                    }
-                }
-            }
+            pushed.lock().unwrap().record(&data[start..start + length]);
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
-    (port, pushed)
+    port
 }
 
-/// `[telemetry.metrics]` pushes the same metrics over OTLP/HTTP every interval, and once more
-/// at shutdown.
-#[test]
-fn metrics_are_pushed_over_otlp() {
-    let (collector, pushed) = fake_collector();
-    let dir = tempfile::tempdir().unwrap();
-    let route = common::FileRoute::new(dir.path(), guest("echo"));
-    let config = route.write();
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "[telemetry.metrics]\nendpoint = \"http://127.0.0.1:{collector}\"\ninterval = \"200ms\"\n{text}"
-        ),
-    )
-    .unwrap();
-    common::write_events(
-        &route.input(),
-        (0..25).map(|i| (format!("e{i}"), None, json!({"i": i}))),
-    );
-    common::run_to_end(&config);
-    let p = pushed.lock().unwrap();
-    assert!(p.requests >= 1, "nothing was pushed");
-    assert_eq!(p.done.last(), Some(&25), "{:?}", p.done);
-    for name in [
-        "fnmill.events.received",
-        "fnmill.events.dead_lettered",
-        "fnmill.event.duration",
-        "fnmill.function.duration",
-        "fnmill.output.size",
-        "fnmill.function.instances",
-        "fnmill.source.ready",
-    ] {
-        assert!(p.names.contains(name), "{name} not pushed: {:?}", p.names);
+/// Serves OTLP/gRPC's `MetricsService/Export` over HTTP/2, as a collector does: the request is
+/// a length-prefixed protobuf message, the answer an empty response and `grpc-status: 0`.
+async fn grpc_collector(pushed: Arc<Mutex<Pushed>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let pushed = pushed.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let pushed = pushed.clone();
+                    tokio::spawn(async move {
+                        assert_eq!(
+                            request.uri().path(),
+                            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+                        );
+                        let mut body = request.into_body();
+                        let mut data = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            data.extend_from_slice(&chunk);
+                        }
+                        // One uncompressed message: a zero flag, its length, the message.
+                        assert_eq!(data[0], 0);
+                        let length = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+                        pushed.lock().unwrap().record(&data[5..5 + length]);
+                        let response = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let mut send = respond.send_response(response, false).unwrap();
+                        // An empty ExportMetricsServiceResponse.
+                        send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+                            .unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        send.send_trailers(trailers).unwrap();
+                    });
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `[telemetry.metrics]` pushes the same metrics over OTLP — HTTP/protobuf and gRPC — every
+/// interval, and once more at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_pushed_over_otlp() {
+    for protocol in ["http/protobuf", "grpc"] {
+        let pushed = Arc::new(Mutex::new(Pushed::default()));
+        let port = match protocol {
+            "grpc" => grpc_collector(pushed.clone()).await,
+            _ => http_collector(pushed.clone()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let route = common::FileRoute::new(dir.path(), guest("echo"));
+        let config = route.write();
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[telemetry.metrics]\nendpoint = \"http://127.0.0.1:{port}\"\nprotocol = \"{protocol}\"\n\
+                 interval = \"200ms\"\n{text}"
+            ),
+        )
+        .unwrap();
+        common::write_events(
+            &route.input(),
+            (0..25).map(|i| (format!("e{i}"), None, json!({"i": i}))),
+        );
+        tokio::task::spawn_blocking(move || common::run_to_end(&config))
+            .await
+            .unwrap();
+        let p = pushed.lock().unwrap();
+        assert!(p.requests >= 1, "{protocol}: nothing was pushed");
+        assert_eq!(p.done.last(), Some(&25), "{protocol}: {:?}", p.done);
+        for name in [
+            "fnmill.events.received",
+            "fnmill.events.dead_lettered",
+            "fnmill.event.duration",
+            "fnmill.function.duration",
+            "fnmill.output.size",
+            "fnmill.function.instances",
+            "fnmill.source.ready",
+        ] {
+            assert!(
+                p.names.contains(name),
+                "{protocol}: {name} not pushed: {:?}",
+                p.names
+            );
+        }
     }
 }
 
