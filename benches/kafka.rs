@@ -76,8 +76,8 @@ const POLL: Duration = Duration::from_millis(50);
 const FNMILL_VARIANTS: &[(&str, &str, &str)] = &[
     // The default: a fresh instance per event.
     ("fnmill event", "", ""),
-    // Once functions have an `isolation` key, the opt-in reuse mode races here too:
-    // ("fnmill reuse", "", r#"isolation = "reuse""#),
+    // The opt-in reuse mode: an instance serves up to `max_reuse` (1,000) events in turn.
+    ("fnmill reuse", "", r#"isolation = "reuse""#),
 ];
 
 /// One fnmill configuration raced in the bench.
