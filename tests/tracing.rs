@@ -3,11 +3,12 @@
 //! from a JSON Lines file, Kafka and RabbitMQ — into a function that queries PostgreSQL, and the
 //! trace read back from Jaeger's query API has the producer's span as root and fnmill's
 //! consumer, function, SQL and producer spans beneath it; the output's `traceparent` belongs to
-//! the same trace, and so does a dead letter's. A malformed `traceparent` starts a new trace and
+//! the same trace, and so does a dead letter's. `keyvalue` calls through Redis are spans that
+//! name the operation and bucket, never the key or value. A malformed `traceparent` starts a new trace and
 //! the event is processed normally; log lines carry the trace and span ids; a collector that
 //! does not answer holds no event up, costs one warning and no memory growth.
 //!
-//! Needs PostgreSQL (`scripts/services.sh`), Kafka (`scripts/kafka.sh`), RabbitMQ and Jaeger
+//! Needs PostgreSQL and Redis (`scripts/services.sh`), Kafka (`scripts/kafka.sh`), RabbitMQ and Jaeger
 //! (`scripts/jaeger.sh`, started by the tests when `FNMILL_TEST_JAEGER_*` are not set).
 
 #[path = "amqp_common/mod.rs"]
@@ -194,6 +195,110 @@ fn file_source_trace_through_function_sql_and_outputs() {
     assert_eq!(failed.len(), 1, "{stderr}");
     assert_eq!(failed[0]["trace_id"], bad.as_str(), "{stderr}");
     assert_eq!(failed[0]["span_id"], consumer_span_of(&bad), "{stderr}");
+}
+
+/// `keyvalue` calls through a Redis bucket, from a JSON Lines file with no `traceparent`: the
+/// trace starts at fnmill; each call is a client span under the function's span, named after
+/// the operation and the bucket, and no span of the call says the key or the value. With fuel
+/// metering on, the function's span says how much it used.
+#[test]
+fn keyvalue_calls_are_spans_without_keys_or_values() {
+    let service = format!("fnmill-test-{}", hex_id(8));
+    let (id, payload) = (
+        format!("kv-key-{}", hex_id(12)),
+        format!("kv-value-{}", hex_id(12)),
+    );
+    let redis =
+        std::env::var("FNMILL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        format!("{}\n", json!({"id": id, "key": "k", "payload": payload})),
+    )
+    .unwrap();
+    let config = dir.path().join("fnmill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{telemetry}
+[sources.in]
+kind = "file"
+path = "in.jsonl"
+
+[sinks.out]
+kind = "file"
+path = "out.jsonl"
+
+[data_sources.kv]
+kind = "redis"
+url = "{redis}"
+buckets = {{ cache = {{ prefix = "fnmill-test-trace-{prefix}:" }} }}
+
+[functions.f]
+component = "{component}"
+buckets = ["cache"]
+fuel = 100000000
+
+[[routes]]
+source = "in"
+function = "f"
+destinations = {{ out = "out" }}
+"#,
+            telemetry = telemetry(&service, "grpc", "text"),
+            prefix = hex_id(8),
+            component = guest("kv-probe").display(),
+        ),
+    )
+    .unwrap();
+    let out = fnmill().args(["run", "-c"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fnmill run failed:\n{stderr}");
+    let out = read_lines(&dir.path().join("out.jsonl"));
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["payload"]["got_back"], true, "{out:?}");
+    let (trace_id, _) = parse_traceparent(&headers(&out[0])["traceparent"]);
+
+    // consumer, call, producer and at least ten keyvalue calls (see the guest's contract)
+    let spans = trace(&trace_id, 13);
+    let consumer = one(&spans, "consumer span", |s| s.kind() == "consumer");
+    assert_eq!(
+        consumer.parent, None,
+        "the trace starts at fnmill: {spans:#?}"
+    );
+    let call = one(&spans, "function span", |s| s.name == "call f");
+    assert!(
+        call.tag("fnmill.function.fuel_used").as_i64().unwrap_or(0) > 0,
+        "{call:?}"
+    );
+    let kv: Vec<_> = spans.iter().filter(|s| s.kind() == "client").collect();
+    let operations: std::collections::BTreeSet<&str> = kv
+        .iter()
+        .map(|s| s.tag("db.operation.name").as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        operations,
+        ["DEL", "EXISTS", "GET", "INCRBY", "SCAN", "SET"].into(),
+        "{kv:#?}"
+    );
+    for span in &kv {
+        assert_eq!(
+            span.parent.as_deref(),
+            Some(call.span_id.as_str()),
+            "{span:?}"
+        );
+        assert_eq!(span.tag("db.system.name"), "redis", "{span:?}");
+        assert_eq!(span.tag("fnmill.bucket"), "cache", "{span:?}");
+        assert_eq!(
+            span.name,
+            format!("{} cache", span.tag("db.operation.name").as_str().unwrap()),
+        );
+    }
+    // Neither the key (the event id) nor the value shows on the call or its children; the
+    // consumer span names the event by its id, as the messaging conventions say.
+    for span in kv.iter().copied().chain([call]) {
+        let text = format!("{} {:?}", span.name, span.tags);
+        assert!(!text.contains(&id) && !text.contains(&payload), "{span:?}");
+    }
 }
 
 fn consumer_span_of(trace_id: &str) -> String {
