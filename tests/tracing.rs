@@ -4,12 +4,12 @@
 //! trace read back from Jaeger's query API has the producer's span as root and fnmill's
 //! consumer, function, SQL and producer spans beneath it; the output's `traceparent` belongs to
 //! the same trace, and so does a dead letter's. `keyvalue` calls through Redis are spans that
-//! name the operation and bucket, never the key or value. A malformed `traceparent` starts a new trace and
-//! the event is processed normally; log lines carry the trace and span ids; a collector that
-//! does not answer holds no event up, costs one warning and no memory growth.
+//! name the operation and bucket, never the key or value. A malformed `traceparent` starts a
+//! new trace and the event is processed normally; log lines carry the trace and span ids; a
+//! collector that does not answer holds no event up, costs one warning and no memory growth.
 //!
-//! Needs PostgreSQL and Redis (`scripts/services.sh`), Kafka (`scripts/kafka.sh`), RabbitMQ and Jaeger
-//! (`scripts/jaeger.sh`, started by the tests when `FNMILL_TEST_JAEGER_*` are not set).
+//! Needs PostgreSQL and Redis (`scripts/services.sh`), Kafka (`scripts/kafka.sh`), RabbitMQ and
+//! Jaeger (`scripts/jaeger.sh`, started by the tests when `FNMILL_TEST_JAEGER_*` are not set).
 
 #[path = "amqp_common/mod.rs"]
 mod amqp_common;
