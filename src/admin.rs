@@ -1,6 +1,6 @@
 //! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz` (every source is
-//! connected and consuming — what Kubernetes should route and scale on) and `/metrics` (route
-//! counters in the Prometheus text format).
+//! connected and consuming — what Kubernetes should route and scale on) and `/metrics` (every
+//! metric of [`crate::telemetry::metrics`], in the Prometheus text format).
 //!
 //! It must stay up whatever its clients do: at most [`MAX_CONNECTIONS`] connections at once
 //! (more wait in the kernel's backlog), each given [`HEADER_TIMEOUT`] to send its request and
@@ -8,9 +8,7 @@
 //! instead of spinning, with one warning per [`ACCEPT_WARN_EVERY`].
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::RouteStats;
+use crate::telemetry::Registry;
 
 /// Connections served at once. Probes and a scraper need a handful; the cap keeps a flood of
 /// clients from taking every file descriptor of the process.
@@ -42,30 +40,13 @@ const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// The longest back-off after a failed accept.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// A label value in the Prometheus text format: `\`, `"` and newlines escaped.
-fn label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A route counter: metric name, help text, and how to read it.
-type Counter = (&'static str, &'static str, fn(&RouteStats) -> u64);
-
 /// What the endpoint reports on.
 #[derive(Clone, Default)]
 pub struct AdminState {
     /// Readiness of each source, by source name.
     pub sources: Vec<(String, Readiness)>,
-    /// Counters of each route, by route name.
-    pub routes: Vec<(String, Arc<RouteStats>)>,
+    /// Every metric of the run (see [`crate::telemetry::metrics`]).
+    pub metrics: Arc<Registry>,
 }
 
 impl AdminState {
@@ -75,56 +56,6 @@ impl AdminState {
             .filter(|(_, r)| !r.is_ready())
             .map(|(n, _)| n.as_str())
             .collect()
-    }
-
-    fn metrics(&self) -> String {
-        let mut out = String::new();
-        let counters: [Counter; 5] = [
-            (
-                "fnmill_events_received_total",
-                "Events accepted by the route's dispatcher.",
-                |s| s.received.load(Ordering::Relaxed),
-            ),
-            (
-                "fnmill_events_done_total",
-                "Events whose outputs were all confirmed.",
-                |s| s.done.load(Ordering::Relaxed),
-            ),
-            (
-                "fnmill_events_dead_lettered_total",
-                "Events confirmed on the dead-letter destination.",
-                |s| s.dead_lettered.load(Ordering::Relaxed),
-            ),
-            (
-                "fnmill_retries_total",
-                "Retries of retryable failures.",
-                |s| s.retries.load(Ordering::Relaxed),
-            ),
-            (
-                "fnmill_events_abandoned_total",
-                "Events settled as not done (to be delivered again).",
-                |s| s.abandoned.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, get) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (route, stats) in &self.routes {
-                let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", label(route), get(stats));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP fnmill_source_ready Whether the source is connected and consuming.\n# TYPE fnmill_source_ready gauge"
-        );
-        for (source, ready) in &self.sources {
-            let _ = writeln!(
-                out,
-                "fnmill_source_ready{{source=\"{}\"}} {}",
-                label(source),
-                u8::from(ready.is_ready())
-            );
-        }
-        out
     }
 
     fn respond(&self, path: &str) -> Response<Full<Bytes>> {
@@ -137,11 +68,17 @@ impl AdminState {
                     format!("not ready: {}\n", names.join(", ")),
                 ),
             },
-            "/metrics" => (StatusCode::OK, self.metrics()),
+            "/metrics" => (StatusCode::OK, self.metrics.prometheus()),
             _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
+        if path == "/metrics" {
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+        }
         response
     }
 }
@@ -207,14 +144,4 @@ pub fn serve(
             });
         }
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
 }

@@ -15,9 +15,10 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use fnmill_connector_amqp::{AmqpSink, AmqpSource, DeadLetterMode};
+use fnmill_connector_api::metrics::Gauge;
 use fnmill_connector_api::{Readiness, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSource};
-use fnmill_connector_kafka::{KafkaSink, KafkaSource};
+use fnmill_connector_kafka::{ConsumerLag, KafkaSink, KafkaSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
@@ -26,6 +27,7 @@ use crate::config::{
 };
 use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig};
 use crate::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
+use crate::telemetry::{Registry, Telemetry};
 
 /// Why a run could not start: a problem with what the config points at (a component that does
 /// not load, a port taken, an input locked by another process), found before anything ran.
@@ -51,10 +53,12 @@ pub fn host_config(config: &ValidatedConfig) -> HostConfig {
 }
 
 /// Builds what serves every data source of the config; the pools' work runs on `io`. No
-/// connection is opened until a function needs one.
+/// connection is opened until a function needs one. The pools are registered in `metrics`, if
+/// given.
 pub fn build_data_sources(
     config: &ValidatedConfig,
     io: tokio::runtime::Handle,
+    mut metrics: Option<&mut Registry>,
 ) -> Result<DataSources> {
     let mut data = DataSources::new(io);
     for (name, ds) in &config.data_sources {
@@ -65,12 +69,19 @@ pub fn build_data_sources(
                 let pool =
                     fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
                         .map_err(problem)?;
-                data.add_sql(name, Arc::new(pool));
+                let pool = Arc::new(pool);
+                if let Some(m) = metrics.as_deref_mut() {
+                    m.pool(name, "postgresql", pool.clone());
+                }
+                data.add_sql(name, pool);
             }
             DataSourceConfig::Redis(c) => {
                 let pool =
                     fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
                         .map_err(problem)?;
+                if let Some(m) = metrics.as_deref_mut() {
+                    m.pool(name, "redis", Arc::new(pool.clone()));
+                }
                 for (bucket, b) in &c.buckets {
                     data.add_bucket(bucket, Arc::new(pool.bucket(&b.prefix)));
                 }
@@ -134,7 +145,7 @@ pub fn local_function(
     host_config.max_instances = instances;
     let host = Host::new(&host_config)?;
     let _entered = io.enter();
-    let data = build_data_sources(config, io.clone())?;
+    let data = build_data_sources(config, io.clone(), None)?;
     let function = load_function(config, &host, name, Some(&data))?;
     Ok(LocalFunction {
         function: Arc::new(function),
@@ -161,12 +172,41 @@ pub fn load_functions(
         .collect()
 }
 
-fn build_source(name: &str, source: &SourceConfig) -> Result<Box<dyn Source>> {
+/// A source, and what it reports for metrics (when asked to).
+struct BuiltSource {
+    source: Box<dyn Source>,
+    lag: Option<Arc<ConsumerLag>>,
+    unacked: Option<(String, Gauge)>,
+}
+
+fn build_source(name: &str, source: &SourceConfig, metrics: bool) -> Result<BuiltSource> {
     let key = || format!("sources.{name}");
-    Ok(match source {
+    let (mut lag, mut unacked) = (None, None);
+    let source: Box<dyn Source> = match source {
         SourceConfig::File(c) => Box::new(FileSource::new(name, c.clone()).with_context(key)?),
-        SourceConfig::Amqp(c) => Box::new(AmqpSource::new(name, (**c).clone()).with_context(key)?),
-        SourceConfig::Kafka(c) => Box::new(KafkaSource::new(name, c.clone()).with_context(key)?),
+        SourceConfig::Amqp(c) => {
+            let mut s = AmqpSource::new(name, (**c).clone()).with_context(key)?;
+            if metrics {
+                let gauge = Gauge::default();
+                unacked = Some((s.queue().to_string(), gauge.clone()));
+                s = s.with_unacked(gauge);
+            }
+            Box::new(s)
+        }
+        SourceConfig::Kafka(c) => {
+            let mut s = KafkaSource::new(name, c.clone()).with_context(key)?;
+            if metrics {
+                let l = Arc::new(ConsumerLag::default());
+                lag = Some(l.clone());
+                s = s.with_lag(l);
+            }
+            Box::new(s)
+        }
+    };
+    Ok(BuiltSource {
+        source,
+        lag,
+        unacked,
     })
 }
 
@@ -235,12 +275,24 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
         .enable_all()
         .build()
         .context("starting the IO runtime")?;
+    let telemetry = Telemetry::start(&config, io.handle()).map_err(StartError)?;
+    tracing::info!("Telemetry: {}", Telemetry::describe(&config));
+    let mut registry = Registry::default();
     // The pools' connection tasks run on the IO runtime; instances await their work from the
     // compute side.
-    let data = build_data_sources(&config, io.handle().clone()).map_err(StartError)?;
+    let data = build_data_sources(
+        &config,
+        io.handle().clone(),
+        telemetry.metrics_on().then_some(&mut registry),
+    )
+    .map_err(StartError)?;
     let functions = load_functions(&config, &host, Some(&data)).map_err(StartError)?;
 
-    let summary = io.block_on(run_routes(&config, functions, admin, &compute, shutdown));
+    let summary = io.block_on(run_routes(
+        &config, functions, admin, &compute, shutdown, &telemetry, registry,
+    ));
+    // Queued spans go out before the IO runtime that sends them stops.
+    telemetry.shutdown();
     // Instances may still be finishing on a graceful-shutdown timeout; they are abandoned.
     compute.shutdown_background();
     io.shutdown_background();
@@ -253,6 +305,8 @@ async fn run_routes(
     admin: Option<TcpListener>,
     compute: &tokio::runtime::Runtime,
     shutdown: CancellationToken,
+    telemetry: &Telemetry,
+    mut registry: Registry,
 ) -> Result<RunSummary> {
     let mut sinks = BTreeMap::new();
     for (name, sink) in &config.sinks {
@@ -267,7 +321,10 @@ async fn run_routes(
     // Every source is built (a file source takes its lock) before any route starts.
     let mut built = Vec::new();
     for r in &config.routes {
-        built.push(build_source(&r.source, config.source_of(r)).map_err(StartError)?);
+        built.push(
+            build_source(&r.source, config.source_of(r), telemetry.metrics_on())
+                .map_err(StartError)?,
+        );
     }
 
     let mut summary = RunSummary::default();
@@ -276,7 +333,7 @@ async fn run_routes(
     let mut tasks = tokio::task::JoinSet::new();
     for (r, source) in config.routes.iter().zip(built) {
         let name = r.name();
-        let stats = Arc::new(RouteStats::default());
+        let stats = Arc::new(telemetry.route_stats(r.destinations.keys().cloned()));
         summary.routes.insert(name.clone(), stats.clone());
         let dead_letter = match &r.dead_letter {
             Some(d) => DeadLetter::Destination(destination(d)),
@@ -300,6 +357,7 @@ async fn run_routes(
             io: tokio::runtime::Handle::current(),
             shutdown: shutdown.clone(),
             stats: stats.clone(),
+            telemetry: telemetry.route(config, r),
             fatal: OnceLock::new(),
         });
         routes.push(route.clone());
@@ -308,7 +366,10 @@ async fn run_routes(
         let source_name = r.source.clone();
         let ready = Readiness::default();
         admin_state.sources.push((r.source.clone(), ready.clone()));
-        admin_state.routes.push((name.clone(), stats));
+        registry.route(&name, &r.function, stats);
+        registry.function(&r.function, functions[&r.function].clone());
+        registry.source(&r.source, ready.clone(), source.lag, source.unacked);
+        let source = source.source;
         let ctx = SourceContext {
             out,
             shutdown: shutdown.clone(),
@@ -326,6 +387,13 @@ async fn run_routes(
         });
     }
 
+    let registry = Arc::new(registry);
+    admin_state.metrics = registry.clone();
+    let pusher = if telemetry.metrics_on() {
+        telemetry.push_metrics(&registry).map_err(StartError)?
+    } else {
+        None
+    };
     // Started after the routes so that /readyz lists every source from the first request.
     let admin_task = match admin {
         Some(listener) => Some(crate::admin::serve(
@@ -376,6 +444,7 @@ async fn run_routes(
     if let Some(task) = admin_task {
         task.abort();
     }
+    telemetry.stop_metrics(pusher).await;
     for (name, sink) in &sinks {
         if let Err(e) = sink.close().await {
             tracing::error!(sink = %name, error = %e, "Closing sink failed");

@@ -13,7 +13,8 @@
 //!   knows both connectors and wasm.
 //! - [`app`]: builds connectors, functions and routes from a [`config::ValidatedConfig`] and
 //!   runs them on the IO and compute runtimes.
-//! - [`telemetry`]: logging set-up (and the cap on libraries that log secrets).
+//! - [`telemetry`]: logs, OpenTelemetry traces (W3C trace context through message headers) and
+//!   metrics (`/metrics`, OTLP).
 //! - [`admin`]: the `/healthz`, `/readyz` and `/metrics` endpoint.
 //!
 //! Connectors live in their own crates under `connectors/`, behind the traits of

@@ -275,6 +275,10 @@ fn cmd_check(path: &Path) -> Result<ExitCode> {
         functions.len(),
         config.routes.len()
     );
+    println!(
+        "telemetry: {}",
+        fnmill::telemetry::Telemetry::describe(&config)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,7 @@ use super::{
     RouteConfig, SinkConfig, SourceConfig, known,
 };
 use crate::host::MAX_GUEST_MEMORY;
+use crate::telemetry::settings::TelemetrySettings;
 
 /// The longest backoff a retry may wait: a day is already far beyond anything useful, and
 /// refusing more keeps every computation on it far from overflowing.
@@ -31,6 +32,8 @@ const MIN_MEMORY: u64 = 64 * 1024;
 pub struct ValidatedConfig {
     config: Config,
     memory_budget: u64,
+    /// `[telemetry]` with the `OTEL_*` environment applied.
+    telemetry: TelemetrySettings,
     warnings: Vec<Problem>,
 }
 
@@ -47,6 +50,11 @@ impl ValidatedConfig {
     /// `run`).
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+
+    /// Where traces and metrics go, the `OTEL_*` environment applied.
+    pub fn telemetry_settings(&self) -> &TelemetrySettings {
+        &self.telemetry
     }
 
     /// The memory budget of all instances, the default resolved.
@@ -103,10 +111,17 @@ impl Config {
         self.check_data_sources(&mut problems);
         self.check_functions(memory_budget, &mut problems, &mut warnings);
         self.check_routes(&mut problems);
+        let telemetry =
+            crate::telemetry::settings::resolve(&self.telemetry, &|name| std::env::var(name).ok())
+                .unwrap_or_else(|mut p| {
+                    problems.append(&mut p);
+                    TelemetrySettings::default()
+                });
         if problems.is_empty() {
             Ok(ValidatedConfig {
                 config: self,
                 memory_budget,
+                telemetry,
                 warnings,
             })
         } else {

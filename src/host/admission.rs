@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::failure::Failure;
-use super::function::{Reusable, Spent};
+use super::function::{FunctionShared, Reusable, Spent};
 
 /// The host's instance slots and memory budget, and who keeps admitted slots for later.
 pub(super) struct Admissions {
@@ -27,6 +27,16 @@ pub(super) struct Admissions {
 pub(super) struct Admission {
     _slot: OwnedSemaphorePermit,
     memory: OwnedSemaphorePermit,
+    /// The function whose live instances this one is counted among.
+    function: Option<Arc<FunctionShared>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(function) = &self.function {
+            function.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Admission {
@@ -83,15 +93,32 @@ impl Admissions {
     }
 
     /// Waits for an instance slot and for `pages` of the memory budget. The pool has a slot for
-    /// every permit, so instantiation never fails for lack of one.
-    pub(super) async fn admit(&self, pages: u32) -> Result<Admission, Failure> {
+    /// every permit, so instantiation never fails for lack of one. The instance is counted among
+    /// `function`'s live ones while the admission lives.
+    pub(super) async fn admit(
+        &self,
+        pages: u32,
+        function: Option<&Arc<FunctionShared>>,
+    ) -> Result<Admission, Failure> {
+        let (slot, memory) = self.permits(pages).await?;
+        if let Some(function) = function {
+            function.live.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Admission {
+            _slot: slot,
+            memory,
+            function: function.cloned(),
+        })
+    }
+
+    async fn permits(
+        &self,
+        pages: u32,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Failure> {
         if let Ok(memory) = self.budget.clone().try_acquire_many_owned(pages)
             && let Ok(slot) = self.permits.clone().try_acquire_owned()
         {
-            return Ok(Admission {
-                _slot: slot,
-                memory,
-            });
+            return Ok((slot, memory));
         }
         // Counted before what is kept is given back, and checked by whoever keeps something
         // after it: either this call sees it kept and drops it, or the keeper sees this call
@@ -107,10 +134,7 @@ impl Admissions {
             .await
             .map_err(gone)?;
         let slot = self.permits.clone().acquire_owned().await.map_err(gone)?;
-        Ok(Admission {
-            _slot: slot,
-            memory,
-        })
+        Ok((slot, memory))
     }
 
     /// Keeps `item` in `list` for a later event, unless an admission is waiting for what it
@@ -155,7 +179,7 @@ mod tests {
     #[tokio::test]
     async fn shrinking_gives_back_the_pages_beyond_what_is_kept() {
         let admissions = Admissions::new(2, 10);
-        let mut a = admissions.admit(8).await.unwrap();
+        let mut a = admissions.admit(8, None).await.unwrap();
         assert_eq!(admissions.budget.available_permits(), 2);
         a.shrink_to(3);
         assert_eq!(admissions.budget.available_permits(), 7);
@@ -169,7 +193,7 @@ mod tests {
     async fn a_waiting_admission_takes_back_what_is_kept() {
         let admissions = Arc::new(Admissions::new(1, 10));
         let kept_list: Arc<Mutex<Vec<Admission>>> = Arc::new(Mutex::new(Vec::new()));
-        let first = admissions.admit(1).await.unwrap();
+        let first = admissions.admit(1, None).await.unwrap();
         // Kept while nobody waits.
         admissions.keep(&kept_list, first);
         assert_eq!(lock(&kept_list).len(), 1);
@@ -178,7 +202,7 @@ mod tests {
         // it waiting, refuses to keep what it holds.
         let waiter = tokio::spawn({
             let admissions = admissions.clone();
-            async move { admissions.admit(1).await.map(|_| ()) }
+            async move { admissions.admit(1, None).await.map(|_| ()) }
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while admissions.waiting.load(Ordering::SeqCst) == 0 {

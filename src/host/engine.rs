@@ -156,6 +156,8 @@ impl Host {
                     bytes: spec.limits.max_log_bytes,
                     lines: spec.limits.max_log_lines,
                 },
+                live: Default::default(),
+                memory_peak: Default::default(),
             }),
             limits: spec.limits,
             pre,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use super::data::FunctionData;
 use super::engine::{EPOCH_TICK, PAGE};
 use super::failure::{Failure, Stage, sanitize};
 use super::guest_log::LogLimits;
+use crate::telemetry::CallScope;
 
 /// Per-function limits.
 #[derive(Clone, Debug)]
@@ -80,6 +82,21 @@ pub(super) struct FunctionShared {
     /// The capabilities this function is granted.
     pub(super) data: FunctionData,
     pub(super) log: LogLimits,
+    /// Instances alive now (admitted and not dropped), for metrics.
+    pub(super) live: AtomicI64,
+    /// The largest linear memory any instance grew to, for metrics.
+    pub(super) memory_peak: AtomicU64,
+}
+
+/// What one call cost, for its span and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Time to create the instance; `None` when a reused instance served the call.
+    pub instantiation: Option<Duration>,
+    /// Fuel the call used, when the engine meters fuel.
+    pub fuel: Option<u64>,
+    /// The instance's linear memory after the call, in bytes.
+    pub memory: u64,
 }
 
 /// Fresh instances one store runs, one event each, before it is dropped
@@ -138,34 +155,66 @@ impl Function {
         &self.limits
     }
 
+    /// Instances of this function that hold a slot now: running, kept for reuse, or spent in a
+    /// store kept for more fresh instances.
+    pub fn live_instances(&self) -> i64 {
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// The largest linear memory, in bytes, that any instance of this function grew to.
+    pub fn memory_peak(&self) -> u64 {
+        self.shared.memory_peak.load(Ordering::Relaxed)
+    }
+
     /// Waits for an instance slot and for room in the memory budget.
     pub(super) async fn admit(&self) -> Result<Admission, Failure> {
-        self.admissions.admit(self.budget_pages).await
+        self.admissions
+            .admit(self.budget_pages, Some(&self.shared))
+            .await
     }
 
     /// Runs `event`: in a fresh instance, or with `isolation = "reuse"` in an instance that
     /// served earlier events. A failure of any kind is returned, never raised; the instance it
     /// happened in is thrown away and the next call starts clean.
     pub async fn invoke(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        match self.isolation {
-            Isolation::Event => self.invoke_fresh(event, attempt).await,
+        self.invoke_observed(event, attempt, None).await.0
+    }
+
+    /// [`Function::invoke`], with what the call cost; its `sql` and `keyvalue` calls become
+    /// spans under `trace` (the call's span, with tracing on).
+    pub async fn invoke_observed(
+        &self,
+        event: &Event,
+        attempt: u32,
+        trace: Option<CallScope>,
+    ) -> (Result<Vec<Output>, Failure>, CallStats) {
+        let mut stats = CallStats::default();
+        let result = match self.isolation {
+            Isolation::Event => self.invoke_fresh(event, attempt, trace, &mut stats).await,
             Isolation::Reuse {
                 max_uses,
                 max_memory,
             } => {
-                self.invoke_reused(event, attempt, max_uses, max_memory)
+                self.invoke_reused(event, attempt, max_uses, max_memory, trace, &mut stats)
                     .await
             }
-        }
+        };
+        (result, stats)
     }
 
-    async fn invoke_fresh(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+    async fn invoke_fresh(
+        &self,
+        event: &Event,
+        attempt: u32,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Output>, Failure> {
         let event_id: Arc<str> = Arc::from(event.id.as_str());
         let mut admission = self.admit().await?;
         let taken = lock(&self.kept.spent).pop();
         let mut spent = match taken {
             Some(mut spent) => {
-                spent.store.data_mut().next_instance(&event_id);
+                spent.store.data_mut().next_instance(&event_id, trace);
                 if self.engine_fuel {
                     spent
                         .store
@@ -175,7 +224,7 @@ impl Function {
                 spent
             }
             None => Spent {
-                store: self.store(&event_id)?,
+                store: self.store(&event_id, trace)?,
                 memory: 0,
                 admissions: Vec::with_capacity(INSTANCES_PER_STORE as usize),
             },
@@ -185,13 +234,16 @@ impl Function {
         // timeout catches that case, one tick later than the epoch would.
         let outer = self.limits.timeout + EPOCH_TICK * 2;
         let result = tokio::time::timeout(outer, async {
+            let instantiating = Instant::now();
             let instance = match self.pre.instantiate_async(&mut spent.store).await {
                 Ok(instance) => instance,
                 Err(e) => {
                     return Err(self.classify(e, spent.store.data(), Stage::Instantiation));
                 }
             };
-            self.call(&instance, &mut spent.store, event, attempt).await
+            stats.instantiation = Some(instantiating.elapsed());
+            self.call(&instance, &mut spent.store, event, attempt, stats)
+                .await
         })
         .await
         .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
@@ -215,22 +267,26 @@ impl Function {
         attempt: u32,
         max_uses: u32,
         max_memory: u64,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
     ) -> Result<Vec<Output>, Failure> {
         let event_id: Arc<str> = Arc::from(event.id.as_str());
         let taken = lock(&self.kept.idle).pop();
         let mut r = match taken {
             Some(mut r) => {
-                r.store.data_mut().next_event(&event_id);
+                r.store.data_mut().next_event(&event_id, trace);
                 r
             }
             None => {
                 let admission = self.admit().await?;
-                let mut store = self.store(&event_id)?;
+                let mut store = self.store(&event_id, trace)?;
                 self.arm_deadline(&mut store);
+                let instantiating = Instant::now();
                 let instance = match self.pre.instantiate_async(&mut store).await {
                     Ok(instance) => instance,
                     Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
                 };
+                stats.instantiation = Some(instantiating.elapsed());
                 Reusable {
                     store,
                     instance,
@@ -246,10 +302,12 @@ impl Function {
                 .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
         }
         let outer = self.limits.timeout + EPOCH_TICK * 2;
-        let result =
-            tokio::time::timeout(outer, self.call(&r.instance, &mut r.store, event, attempt))
-                .await
-                .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
+        let result = tokio::time::timeout(
+            outer,
+            self.call(&r.instance, &mut r.store, event, attempt, stats),
+        )
+        .await
+        .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
         r.uses += 1;
         // Any failure retires the instance: whatever state it was left in is not trusted.
         let keep = result.is_ok()
@@ -262,11 +320,15 @@ impl Function {
     }
 
     /// A store for one instance, with its limits set.
-    pub(super) fn store(&self, event_id: &Arc<str>) -> Result<Store<Ctx>, Failure> {
+    pub(super) fn store(
+        &self,
+        event_id: &Arc<str>,
+        trace: Option<CallScope>,
+    ) -> Result<Store<Ctx>, Failure> {
         let engine = self.pre.instance_pre().engine();
         let mut store = Store::new(
             engine,
-            Ctx::new(&self.shared, event_id, self.limits.memory_bytes),
+            Ctx::new(&self.shared, event_id, self.limits.memory_bytes, trace),
         );
         store.limiter(|ctx| &mut ctx.limiter);
         if self.engine_fuel {
@@ -300,12 +362,27 @@ impl Function {
         store: &mut Store<Ctx>,
         event: &Event,
         attempt: u32,
+        stats: &mut CallStats,
     ) -> Result<Vec<Output>, Failure> {
         let wit_event = to_wit(event, attempt);
         let result = instance
             .fnmill_function_handler()
             .call_handle(&mut *store, &wit_event)
             .await;
+        // What the call cost: read now, whatever its outcome.
+        stats.memory = store.data().limiter.size as u64;
+        // Read first: in the steady state the peak does not move, and a read shares the cache
+        // line where a read-modify-write would take it from the other compute threads.
+        if stats.memory > self.shared.memory_peak.load(Ordering::Relaxed) {
+            self.shared
+                .memory_peak
+                .fetch_max(stats.memory, Ordering::Relaxed);
+        }
+        if self.engine_fuel
+            && let Ok(left) = store.get_fuel()
+        {
+            stats.fuel = Some(self.limits.fuel.unwrap_or(u64::MAX).saturating_sub(left));
+        }
         match result {
             Ok(Ok(outputs)) => self.check_outputs(outputs),
             Ok(Err(GuestError::Retryable(message))) => Err(Failure::Retryable(sanitize(&message))),

@@ -23,10 +23,13 @@
 //! - [`secret`]: secrets from the environment or a file, never printed.
 //! - [`capability`]: the `sql` and `keyvalue` capabilities a function can be granted, as the
 //!   traits that data-source connectors implement and the wasm host holds.
+//! - [`metrics`]: lock-free metric cells (duration histograms, gauges, pool status) that
+//!   connectors record into and fnmill reads when it reports metrics.
 //! - [`Problem`]: one config problem naming its key, what every config's `check` returns.
 
 pub mod capability;
 pub mod connection;
+pub mod metrics;
 pub mod secret;
 pub mod settlement;
 
