@@ -30,8 +30,11 @@
 //! Options after `--`: `--events N`, `--bad-every N` (0: every record is JSON),
 //! `--bad-keys one|spread`, `--rounds R` (all processors R times, alternating; medians
 //! printed), `--no-latency`, `--fnmill-variant 'LABEL=TOML'` (one more fnmill row, TOML added to
-//! the function's section, e.g. `'fnmill reuse=isolation = "reuse"'`; repeatable), `--profile
-//! LABEL` (only that processor's throughput phase, e.g. under `perf record`).
+//! the function's section, e.g. `'fnmill reuse=isolation = "reuse"'`; repeatable; the section is
+//! the file's last, so the TOML may open tables of its own, e.g. `$'metrics=[admin]\nlisten =
+//! "127.0.0.1:0"'`), `--no-peers` (only the fnmill rows, each against the first: telemetry on
+//! against off), `--profile LABEL` (only that processor's throughput phase, e.g. under
+//! `perf record`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -73,8 +76,8 @@ const POLL: Duration = Duration::from_millis(50);
 const FNMILL_VARIANTS: &[(&str, &str, &str)] = &[
     // The default: a fresh instance per event.
     ("fnmill event", "", ""),
-    // Once functions have an `isolation` key, the opt-in reuse mode races here too:
-    // ("fnmill reuse", "", r#"isolation = "reuse""#),
+    // The opt-in reuse mode: an instance serves up to `max_reuse` (1,000) events in turn.
+    ("fnmill reuse", "", r#"isolation = "reuse""#),
 ];
 
 /// One fnmill configuration raced in the bench.
@@ -727,6 +730,10 @@ fn processors() -> Vec<Processor> {
             function: toml.to_string(),
         });
     }
+    // `--no-peers`: only the fnmill rows, each against the first (e.g. telemetry on and off).
+    if args.iter().any(|a| a == "--no-peers") {
+        return variants.into_iter().map(Processor::Fnmill).collect();
+    }
     let mut all = vec![Processor::Native];
     all.extend(variants.into_iter().map(Processor::Fnmill));
     all.push(Processor::KafkaStreams);
@@ -758,14 +765,19 @@ fn main() {
     let brokers = kafka_support::bootstrap();
     eprintln!("kafka bench: building the Kafka Streams peer and the json-route guest (cached)");
     let peer_dir = common::root().join("benches/peers/kafka-streams");
-    let built = Command::new(peer_dir.join("build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running benches/peers/kafka-streams/build.sh");
-    assert!(
-        built.status.success(),
-        "building the Kafka Streams peer failed"
-    );
+    if processors
+        .iter()
+        .any(|p| matches!(p, Processor::KafkaStreams))
+    {
+        let built = Command::new(peer_dir.join("build.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running benches/peers/kafka-streams/build.sh");
+        assert!(
+            built.status.success(),
+            "building the Kafka Streams peer failed"
+        );
+    }
     common::guest("json-route");
     let bench = Bench {
         broker: broker_processes(&brokers),
@@ -903,6 +915,28 @@ fn report(
          first: start to first output; CPU and switches per event of the processor's threads\n   \
          from first output to last, and from start; broker: the broker's CPU per event)"
     );
+    if !matches!(processors.first(), Some(Processor::Native)) {
+        // `--no-peers`: each fnmill row against the first, per round.
+        for (i, p) in processors.iter().enumerate().skip(1) {
+            let mut vs_first: Vec<f64> = results[i]
+                .iter()
+                .zip(&results[0])
+                .map(|(v, f)| v.rate / f.rate)
+                .collect();
+            println!(
+                "  ratio {} / {}: {:.3} (per round: {})",
+                p.label(),
+                processors[0].label(),
+                median(&mut vs_first.clone()),
+                vs_first
+                    .iter_mut()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return;
+    }
     let native = rates[0];
     let streams = *rates.last().unwrap();
     for (i, p) in processors.iter().enumerate() {

@@ -32,6 +32,16 @@ eval "$(./scripts/kafka.sh env)"
 trap './scripts/kafka.sh stop; ./scripts/nats.sh stop' EXIT
 eval "$(./scripts/nats.sh env)"
 
+# Jaeger (v1.76.0, built once from the Go module proxy and cached in ~/.cache/fnmill-jaeger)
+# for the tracing tests: one already running (or pointed at by FNMILL_TEST_JAEGER_*) is used
+# and left alone; one started here is stopped at the end.
+jaeger_before=$(./scripts/jaeger.sh env)
+./scripts/jaeger.sh start || exit 1
+if [ -z "$jaeger_before" ]; then
+  trap './scripts/kafka.sh stop; ./scripts/nats.sh stop; ./scripts/jaeger.sh stop' EXIT
+fi
+eval "$(./scripts/jaeger.sh env)"
+
 # Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs. If the
 # engine cannot start here, the stack test prints why (one line) and the rest still runs.
 mkdir -p target

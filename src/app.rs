@@ -21,9 +21,10 @@ use anyhow::{Context, Result};
 use fnmill_connector_amqp::{AmqpSink, AmqpSource, DeadLetterMode};
 use fnmill_connector_api::capability::kv::Bucket;
 use fnmill_connector_api::capability::sql::SqlSource;
+use fnmill_connector_api::metrics::Gauge;
 use fnmill_connector_api::{Readiness, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSource};
-use fnmill_connector_kafka::{KafkaSink, KafkaSource};
+use fnmill_connector_kafka::{ConsumerLag, KafkaSink, KafkaSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
@@ -32,7 +33,8 @@ use crate::config::{
 };
 use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig};
 use crate::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
-use crate::tier::measured::{CallStats, DataSourceStatus, MeasuredBucket, MeasuredSql, Via};
+use crate::telemetry::{Registry, Telemetry};
+use crate::tier::measured::{DataSourceCalls, DataSourceStatus, Via, measured};
 
 /// Why a run could not start: a problem with what the config points at (a component that does
 /// not load, a port taken, an input locked by another process), found before anything ran.
@@ -65,19 +67,31 @@ pub enum Pool {
     Buckets(Vec<(String, Arc<dyn Bucket>)>),
 }
 
-/// Builds the pool of data source `name`; no connection is opened until a call needs one.
-pub fn build_pool(name: &str, ds: &DataSourceConfig) -> Result<Pool> {
+/// Builds the pool of data source `name`; no connection is opened until a call needs one. The
+/// pool (its connections and waits) is registered in `metrics`, if given.
+pub fn build_pool(
+    name: &str,
+    ds: &DataSourceConfig,
+    metrics: Option<&mut Registry>,
+) -> Result<Pool> {
     let key = format!("data_sources.{name}");
     let problem = |p: fnmill_connector_api::Problem| anyhow::anyhow!("{}", p.under(&key));
     Ok(match ds {
         DataSourceConfig::Postgres(c) => {
             let pool = fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
                 .map_err(problem)?;
-            Pool::Sql(Arc::new(pool))
+            let pool = Arc::new(pool);
+            if let Some(m) = metrics {
+                m.pool(name, "postgresql", pool.clone());
+            }
+            Pool::Sql(pool)
         }
         DataSourceConfig::Redis(c) => {
             let pool = fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
                 .map_err(problem)?;
+            if let Some(m) = metrics {
+                m.pool(name, "redis", Arc::new(pool.clone()));
+            }
             Pool::Buckets(
                 c.buckets
                     .iter()
@@ -91,50 +105,57 @@ pub fn build_pool(name: &str, ds: &DataSourceConfig) -> Result<Pool> {
     })
 }
 
+/// What serves every data source of the config, and the readiness of those whose readiness is
+/// known (a data source reached through its IO tier), for `/readyz`.
+pub struct BuiltDataSources {
+    pub data: DataSources,
+    pub readiness: Vec<(String, Readiness)>,
+}
+
 /// Builds what serves every data source of the config; the pools' work runs on `io`. No
-/// connection is opened until a function needs one.
+/// connection is opened until a function needs one. With role `compute`, a data source with a
+/// `remote` table is served by its IO tier over NATS (connected in the background on `io`, so
+/// an unreachable NATS is logged, not fatal). With `metrics`, each pool and each data source's
+/// calls are registered there. Must be called outside the runtime of `io`.
 pub fn build_data_sources(
     config: &ValidatedConfig,
     io: tokio::runtime::Handle,
-) -> Result<DataSources> {
-    Ok(build_data_sources_reporting(config, io)?.0)
-}
-
-/// [`build_data_sources`], and what `/readyz` and `/metrics` report on each data source. With
-/// role `compute`, a data source with a `remote` table is served by its IO tier over NATS
-/// (connected in the background on `io`, so an unreachable NATS is logged, not fatal). Must be
-/// called outside the runtime of `io`.
-pub fn build_data_sources_reporting(
-    config: &ValidatedConfig,
-    io: tokio::runtime::Handle,
-) -> Result<(DataSources, Vec<DataSourceStatus>)> {
+    mut metrics: Option<&mut Registry>,
+) -> Result<BuiltDataSources> {
     let mut data = DataSources::new(io.clone());
-    let mut statuses = Vec::new();
+    let mut readiness = Vec::new();
     let mut connections = crate::tier::Connections::new("fnmill compute");
     for (name, ds) in &config.data_sources {
-        let calls = Arc::new(CallStats::default());
         let remote = ds.remote().filter(|_| config.role() == Role::Compute);
         let (pool, via, ready) = match remote {
             Some(remote) => {
                 let nats = io.block_on(connections.get(remote)).map_err(|p| {
                     anyhow::anyhow!("{}", p.under(&format!("data_sources.{name}.remote")))
                 })?;
-                let (client, pool) = crate::tier::remote_of(nats, name, ds, remote, &calls);
+                let (client, pool) = crate::tier::remote_of(nats, name, ds, remote);
                 io.spawn(client.watch());
+                readiness.push((name.clone(), client.readiness()));
                 (pool, Via::IoTier, Some(client.readiness()))
             }
-            None => {
-                let pool = match build_pool(name, ds)? {
-                    Pool::Sql(s) => Pool::Sql(MeasuredSql::wrap(s, &calls)),
-                    Pool::Buckets(buckets) => Pool::Buckets(
-                        buckets
-                            .into_iter()
-                            .map(|(b, bucket)| (b, MeasuredBucket::wrap(bucket, &calls)))
-                            .collect(),
-                    ),
-                };
-                (pool, Via::Pool, None)
+            None => (
+                build_pool(name, ds, metrics.as_deref_mut())?,
+                Via::Pool,
+                None,
+            ),
+        };
+        let pool = match metrics.as_deref_mut() {
+            Some(m) => {
+                let calls = Arc::new(DataSourceCalls::default());
+                m.data_source(DataSourceStatus {
+                    name: name.clone(),
+                    via,
+                    ready,
+                    calls: calls.clone(),
+                    server: None,
+                });
+                measured(pool, &calls)
             }
+            None => pool,
         };
         match pool {
             Pool::Sql(s) => data.add_sql(name, s),
@@ -144,16 +165,9 @@ pub fn build_data_sources_reporting(
                 }
             }
         }
-        statuses.push(DataSourceStatus {
-            name: name.clone(),
-            via,
-            ready,
-            calls,
-            server: None,
-        });
         tracing::debug!(data_source = %name, via = via.label(), "Data source ready");
     }
-    Ok((data, statuses))
+    Ok(BuiltDataSources { data, readiness })
 }
 
 /// Compiles (or loads from cache) the function `name` of the config and checks it implements the
@@ -209,7 +223,7 @@ pub fn local_function(
     host_config.max_instances = instances;
     let host = Host::new(&host_config)?;
     let _entered = io.enter();
-    let data = build_data_sources(config, io.clone())?;
+    let data = build_data_sources(config, io.clone(), None)?.data;
     let function = load_function(config, &host, name, Some(&data))?;
     Ok(LocalFunction {
         function: Arc::new(function),
@@ -236,12 +250,41 @@ pub fn load_functions(
         .collect()
 }
 
-fn build_source(name: &str, source: &SourceConfig) -> Result<Box<dyn Source>> {
+/// A source, and what it reports for metrics (when asked to).
+struct BuiltSource {
+    source: Box<dyn Source>,
+    lag: Option<Arc<ConsumerLag>>,
+    unacked: Option<(String, Gauge)>,
+}
+
+fn build_source(name: &str, source: &SourceConfig, metrics: bool) -> Result<BuiltSource> {
     let key = || format!("sources.{name}");
-    Ok(match source {
+    let (mut lag, mut unacked) = (None, None);
+    let source: Box<dyn Source> = match source {
         SourceConfig::File(c) => Box::new(FileSource::new(name, c.clone()).with_context(key)?),
-        SourceConfig::Amqp(c) => Box::new(AmqpSource::new(name, (**c).clone()).with_context(key)?),
-        SourceConfig::Kafka(c) => Box::new(KafkaSource::new(name, c.clone()).with_context(key)?),
+        SourceConfig::Amqp(c) => {
+            let mut s = AmqpSource::new(name, (**c).clone()).with_context(key)?;
+            if metrics {
+                let gauge = Gauge::default();
+                unacked = Some((s.queue().to_string(), gauge.clone()));
+                s = s.with_unacked(gauge);
+            }
+            Box::new(s)
+        }
+        SourceConfig::Kafka(c) => {
+            let mut s = KafkaSource::new(name, c.clone()).with_context(key)?;
+            if metrics {
+                let l = Arc::new(ConsumerLag::default());
+                lag = Some(l.clone());
+                s = s.with_lag(l);
+            }
+            Box::new(s)
+        }
+    };
+    Ok(BuiltSource {
+        source,
+        lag,
+        unacked,
     })
 }
 
@@ -314,20 +357,26 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
         .enable_all()
         .build()
         .context("starting the IO runtime")?;
+    let telemetry = Telemetry::start(&config, io.handle()).map_err(StartError)?;
+    tracing::info!("Telemetry: {}", Telemetry::describe(&config));
+    let mut registry = Registry::default();
     // The pools' connection tasks run on the IO runtime; instances await their work from the
     // compute side.
-    let (data, data_status) =
-        build_data_sources_reporting(&config, io.handle().clone()).map_err(StartError)?;
+    let BuiltDataSources { data, readiness } = build_data_sources(
+        &config,
+        io.handle().clone(),
+        telemetry.metrics_on().then_some(&mut registry),
+    )
+    .map_err(StartError)?;
     let functions = load_functions(&config, &host, Some(&data)).map_err(StartError)?;
 
+    // `/readyz` names the data sources whose IO tier does not answer, too.
+    let admin = admin.map(|listener| (listener, readiness));
     let summary = io.block_on(run_routes(
-        &config,
-        functions,
-        admin,
-        data_status,
-        &compute,
-        shutdown,
+        &config, functions, admin, &compute, shutdown, &telemetry, registry,
     ));
+    // Queued spans go out before the IO runtime that sends them stops.
+    telemetry.shutdown();
     // Instances may still be finishing on a graceful-shutdown timeout; they are abandoned.
     compute.shutdown_background();
     io.shutdown_background();
@@ -337,10 +386,11 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
 async fn run_routes(
     config: &ValidatedConfig,
     functions: BTreeMap<String, Arc<Function>>,
-    admin: Option<TcpListener>,
-    data_status: Vec<DataSourceStatus>,
+    admin: Option<(TcpListener, Vec<(String, Readiness)>)>,
     compute: &tokio::runtime::Runtime,
     shutdown: CancellationToken,
+    telemetry: &Telemetry,
+    mut registry: Registry,
 ) -> Result<RunSummary> {
     let mut sinks = BTreeMap::new();
     for (name, sink) in &config.sinks {
@@ -355,19 +405,23 @@ async fn run_routes(
     // Every source is built (a file source takes its lock) before any route starts.
     let mut built = Vec::new();
     for r in &config.routes {
-        built.push(build_source(&r.source, config.source_of(r)).map_err(StartError)?);
+        built.push(
+            build_source(&r.source, config.source_of(r), telemetry.metrics_on())
+                .map_err(StartError)?,
+        );
     }
 
     let mut summary = RunSummary::default();
+    let (admin, data_readiness) = admin.unzip();
     let mut admin_state = AdminState {
-        data_sources: data_status,
+        data_sources: data_readiness.unwrap_or_default(),
         ..AdminState::default()
     };
     let mut routes = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (r, source) in config.routes.iter().zip(built) {
         let name = r.name();
-        let stats = Arc::new(RouteStats::default());
+        let stats = Arc::new(telemetry.route_stats(r.destinations.keys().cloned()));
         summary.routes.insert(name.clone(), stats.clone());
         let dead_letter = match &r.dead_letter {
             Some(d) => DeadLetter::Destination(destination(d)),
@@ -391,6 +445,7 @@ async fn run_routes(
             io: tokio::runtime::Handle::current(),
             shutdown: shutdown.clone(),
             stats: stats.clone(),
+            telemetry: telemetry.route(config, r),
             fatal: OnceLock::new(),
         });
         routes.push(route.clone());
@@ -399,7 +454,10 @@ async fn run_routes(
         let source_name = r.source.clone();
         let ready = Readiness::default();
         admin_state.sources.push((r.source.clone(), ready.clone()));
-        admin_state.routes.push((name.clone(), stats));
+        registry.route(&name, &r.function, stats);
+        registry.function(&r.function, functions[&r.function].clone());
+        registry.source(&r.source, ready.clone(), source.lag, source.unacked);
+        let source = source.source;
         let ctx = SourceContext {
             out,
             shutdown: shutdown.clone(),
@@ -417,6 +475,13 @@ async fn run_routes(
         });
     }
 
+    let registry = Arc::new(registry);
+    admin_state.metrics = registry.clone();
+    let pusher = if telemetry.metrics_on() {
+        telemetry.push_metrics(&registry).map_err(StartError)?
+    } else {
+        None
+    };
     // Started after the routes so that /readyz lists every source from the first request.
     let admin_task = match admin {
         Some(listener) => Some(crate::admin::serve(
@@ -467,6 +532,7 @@ async fn run_routes(
     if let Some(task) = admin_task {
         task.abort();
     }
+    telemetry.stop_metrics(pusher).await;
     for (name, sink) in &sinks {
         if let Err(e) = sink.close().await {
             tracing::error!(sink = %name, error = %e, "Closing sink failed");

@@ -15,7 +15,8 @@
 //!   runs them on the IO and compute runtimes.
 //! - [`tier`]: the IO tier: data-source pools in processes of their own (`--role io`), reached
 //!   over NATS by compute processes (`--role compute`); data-source metrics.
-//! - [`telemetry`]: logging set-up (and the cap on libraries that log secrets).
+//! - [`telemetry`]: logs, OpenTelemetry traces (W3C trace context through message headers) and
+//!   metrics (`/metrics`, OTLP).
 //! - [`admin`]: the `/healthz`, `/readyz` and `/metrics` endpoint.
 //!
 //! Connectors live in their own crates under `connectors/`, behind the traits of

@@ -284,6 +284,10 @@ fn cmd_check(path: &Path, role: Role) -> Result<ExitCode> {
             "ok (role io): {served} data source(s) served over NATS, grants of {} function(s)",
             config.functions.len()
         );
+        println!(
+            "telemetry: {}",
+            fnmill::telemetry::Telemetry::describe(&config)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let host = Host::new(&fnmill::app::host_config(&config))?;
@@ -297,6 +301,10 @@ fn cmd_check(path: &Path, role: Role) -> Result<ExitCode> {
         config.sinks.len(),
         functions.len(),
         config.routes.len()
+    );
+    println!(
+        "telemetry: {}",
+        fnmill::telemetry::Telemetry::describe(&config)
     );
     if role == Role::Compute {
         let remote = config

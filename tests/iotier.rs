@@ -6,12 +6,15 @@
 //!
 //! Real NATS (nats-server, built by `scripts/nats.sh build` or `FNMILL_TEST_NATS_SERVER`; the
 //! tests that do not stop it use `FNMILL_TEST_NATS_URL` when set), PostgreSQL, Redis and
-//! RabbitMQ (`scripts/services.sh`), and the `lookup-count` guest (a `sql` lookup and a
-//! `keyvalue` increment per event).
+//! RabbitMQ (`scripts/services.sh`), Jaeger for the trace through both tiers
+//! (`scripts/jaeger.sh`, or `FNMILL_TEST_JAEGER_*`), and the `lookup-count` guest (a `sql` lookup
+//! and a `keyvalue` increment per event).
 
 #[path = "amqp_common/mod.rs"]
 mod amqp_common;
 mod common;
+#[path = "observe_support/mod.rs"]
+mod observe_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
@@ -986,6 +989,81 @@ async fn nats_unreachable_at_start_and_restarted_mid_run_loses_nothing() {
     assert_eq!(common::count_lines(&dir.path().join("dead.jsonl")), 0);
     compute.stop();
     io.stop();
+    data.drop_table().await;
+}
+
+/// With tracing on in both tiers, an event's trace goes through the IO tier: the compute
+/// process's `SELECT` and `INCRBY` spans each have the IO process's server span for that request
+/// as their child, in the event's trace, naming the function, the route and the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_the_io_tier_is_traced_on_both_sides() {
+    use observe_support::{hex_id, jaeger, one, send_root_span, trace, traceparent};
+    let (nats, _server) = shared_nats();
+    let data = Data::new(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (trace_id, root) = (hex_id(32), hex_id(16));
+    send_root_span("test-producer", &trace_id, &root);
+    let event = json!({"id": "traced", "key": "k", "payload": {"customer": 7},
+                       "headers": {"traceparent": traceparent(&trace_id, &root)}});
+    std::fs::write(dir.path().join("in.jsonl"), format!("{event}\n")).unwrap();
+    let config = file_config(dir.path(), &data, false, None);
+    // One config for both roles; each process names its own service.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[telemetry.traces]\nendpoint = \"{}\"\nprotocol = \"grpc\"\n{text}",
+            jaeger().grpc
+        ),
+    )
+    .unwrap();
+    let services = (
+        format!("iotier-compute-{}", hex_id(6)),
+        format!("iotier-io-{}", hex_id(6)),
+    );
+    let mut io_env = Data::secrets();
+    io_env.push(("OTEL_SERVICE_NAME", services.1.clone()));
+    let io = Proc::start("io", "io", &config, &io_env);
+    io.ready(Duration::from_secs(60)).await;
+    let mut compute = Proc::start(
+        "compute",
+        "compute",
+        &config,
+        &[("OTEL_SERVICE_NAME", services.0.clone())],
+    );
+    assert!(compute.finished(Duration::from_secs(120)).await.success());
+    assert_eq!(
+        file_outputs(&dir.path().join("out.jsonl"))["traced"],
+        [("customer 7".to_string(), 1)]
+    );
+    // The IO process's spans go out when it stops.
+    io.stop();
+
+    // root, event, call, SELECT, INCRBY, output; and the IO tier's two.
+    let spans = tokio::task::spawn_blocking(move || trace(&trace_id, 8))
+        .await
+        .unwrap();
+    for (client, server) in [
+        ("SELECT db", "serve query db"),
+        ("INCRBY counts", "serve increment counts"),
+    ] {
+        let client = one(&spans, client, |s| {
+            s.name == client && s.service == services.0
+        });
+        assert_eq!(client.kind(), "client");
+        let served = one(&spans, server, |s| s.name == server);
+        assert_eq!(served.service, services.1, "{served:?}");
+        assert_eq!(served.kind(), "server");
+        assert_eq!(
+            served.parent.as_deref(),
+            Some(client.span_id.as_str()),
+            "{server} is not a child of {}",
+            client.name
+        );
+        assert_eq!(served.tag("fnmill.function"), "f");
+        assert_eq!(served.tag("fnmill.route"), "in-f");
+        assert_eq!(served.tag("messaging.message.id"), "traced");
+    }
     data.drop_table().await;
 }
 

@@ -160,6 +160,7 @@ fn route_of(guest: &str, out: Arc<dyn Sink>, dead_letter: DeadLetter) -> Arc<Rou
         io: tokio::runtime::Handle::current(),
         shutdown: CancellationToken::new(),
         stats: Arc::new(RouteStats::default()),
+        telemetry: Default::default(),
         fatal: OnceLock::new(),
     })
 }

@@ -542,10 +542,11 @@ fn the_stack_runs_the_example_routes_end_to_end() {
     // Metrics on the admin port, served from the container.
     let (status, metrics) = http_get(&admin, "/metrics").unwrap();
     assert_eq!(status, 200);
+    // Each route dead-lettered one invalid order, counted under its failure's kind.
     for route in ["orders", "customer-orders", "amqp-orders"] {
         assert!(
             metrics.contains(&format!(
-                "fnmill_events_dead_lettered_total{{route=\"{route}\"}}"
+                "fnmill_events_dead_lettered_total{{route=\"{route}\",error_type=\"fatal\"}}"
             )),
             "{metrics}"
         );

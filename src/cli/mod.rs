@@ -240,6 +240,7 @@ pub fn init_logging() {
     fnmill::telemetry::init(&fnmill::config::TelemetryConfig {
         log: "warn,lapin=off,fnmill_connector_kafka::sink=error".into(),
         log_format: fnmill::config::LogFormat::Text,
+        ..Default::default()
     });
 }
 

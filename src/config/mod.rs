@@ -172,7 +172,7 @@ pub struct AdminConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// Logging settings.
+/// Logging, traces and metrics.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
@@ -182,6 +182,17 @@ pub struct TelemetryConfig {
     /// Log format: `text` for people, `json` for log pipelines.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `service.name` of fnmill's spans and pushed metrics. Default: `OTEL_SERVICE_NAME`, else
+    /// `fnmill`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// OpenTelemetry traces over OTLP; see [`crate::telemetry::settings`].
+    #[serde(default)]
+    pub traces: crate::telemetry::settings::TracesConfig,
+    /// OpenTelemetry metrics over OTLP (they are always on `/metrics` when `admin.listen` is
+    /// set).
+    #[serde(default)]
+    pub metrics: crate::telemetry::settings::MetricsConfig,
 }
 
 fn default_log() -> String {
@@ -193,6 +204,9 @@ impl Default for TelemetryConfig {
         Self {
             log: default_log(),
             log_format: LogFormat::default(),
+            service_name: None,
+            traces: Default::default(),
+            metrics: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use super::{
     Role, RouteConfig, SinkConfig, SourceConfig, known,
 };
 use crate::host::MAX_GUEST_MEMORY;
+use crate::telemetry::settings::TelemetrySettings;
 
 /// The longest backoff a retry may wait: a day is already far beyond anything useful, and
 /// refusing more keeps every computation on it far from overflowing.
@@ -35,6 +36,8 @@ pub struct ValidatedConfig {
     /// What the process does with it: validated for exactly that.
     role: Role,
     memory_budget: u64,
+    /// `[telemetry]` with the `OTEL_*` environment applied.
+    telemetry: TelemetrySettings,
     warnings: Vec<Problem>,
 }
 
@@ -56,6 +59,11 @@ impl ValidatedConfig {
     /// The role the config was validated for.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// Where traces and metrics go, the `OTEL_*` environment applied.
+    pub fn telemetry_settings(&self) -> &TelemetrySettings {
+        &self.telemetry
     }
 
     /// The memory budget of all instances, the default resolved.
@@ -119,11 +127,18 @@ impl Config {
         }
         self.check_data_sources(role, &mut problems, &mut warnings);
         self.check_functions(role, memory_budget, &mut problems, &mut warnings);
+        let telemetry =
+            crate::telemetry::settings::resolve(&self.telemetry, &|name| std::env::var(name).ok())
+                .unwrap_or_else(|mut p| {
+                    problems.append(&mut p);
+                    TelemetrySettings::default()
+                });
         if problems.is_empty() {
             Ok(ValidatedConfig {
                 config: self,
                 role,
                 memory_budget,
+                telemetry,
                 warnings,
             })
         } else {

@@ -10,6 +10,7 @@ use super::bindings;
 use super::engine::TABLE_ELEMENTS;
 use super::function::FunctionShared;
 use super::guest_log::{self, LogBudget};
+use crate::telemetry::CallScope;
 
 /// An error raised by fnmill's own host code while the guest runs: the call fails as a host
 /// fault ([`Failure::Host`](super::Failure::Host)), which is retried, not blamed on the guest.
@@ -28,6 +29,8 @@ pub(crate) struct Ctx {
     /// one per event.
     pub(super) current: Arc<std::sync::Mutex<guest_log::Current>>,
     pub(super) log: Arc<LogBudget>,
+    /// The span of the call (tracing on): `sql` and `keyvalue` calls are its children.
+    pub(super) trace: Option<CallScope>,
 }
 
 impl Ctx {
@@ -35,6 +38,7 @@ impl Ctx {
         function: &Arc<FunctionShared>,
         event_id: &Arc<str>,
         memory_bytes: u64,
+        trace: Option<CallScope>,
     ) -> Self {
         let log = Arc::new(LogBudget::new(function.log));
         let current = Arc::new(std::sync::Mutex::new(guest_log::Current {
@@ -63,11 +67,23 @@ impl Ctx {
             event_id: event_id.clone(),
             current,
             log,
+            trace,
         }
     }
 
-    /// Points a reused instance at its next event: its id in log lines, a fresh log budget.
-    pub(super) fn next_event(&mut self, event_id: &Arc<str>) {
+    /// Readies the store for a fresh instance of its next event (several fresh instances share
+    /// a store, see [`Function`](super::Function)): the memory limiter starts over, as the new
+    /// instance's memory does, and the event gets its own id in log lines, log budget and span.
+    pub(super) fn next_instance(&mut self, event_id: &Arc<str>, trace: Option<CallScope>) {
+        self.limiter.refused = false;
+        self.limiter.size = 0;
+        self.next_event(event_id, trace);
+    }
+
+    /// Points a reused instance at its next event: its id in log lines, a fresh log budget, the
+    /// span of the call.
+    pub(super) fn next_event(&mut self, event_id: &Arc<str>, trace: Option<CallScope>) {
+        self.trace = trace;
         self.log.report(&self.function.name, &self.event_id);
         self.event_id = event_id.clone();
         self.log = Arc::new(LogBudget::new(self.function.log));

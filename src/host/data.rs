@@ -11,9 +11,10 @@
 //! is suspended and the compute thread runs other instances meanwhile. How many connections
 //! exist is the pools' business, independent of how many instances wait for them.
 //!
-//! Each call is made for a [`Caller`]: the function, the event, and — when the pipeline runs
-//! the function inside [`CallScope::run`] — the route and the event's trace context. A pool in
-//! this process ignores it; a remote IO tier names it in the request and checks the grant again.
+//! Each call is made for a [`Caller`]: the function, the event, the route (when the pipeline runs
+//! the function inside [`CallerScope::run`]) and the trace context (the call's span with tracing
+//! on, else the event's `traceparent`). A pool in this process ignores it; a remote IO tier
+//! names it in the request, checks the grant again and continues the trace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::{keyvalue, sql};
 use super::context::Ctx;
+use crate::telemetry::traces::{DataSpan, sql_operation};
 
 /// What serves every data source and bucket of the config, by name, and the IO runtime the work
 /// runs on.
@@ -108,11 +110,11 @@ pub(crate) struct FunctionData {
 }
 
 /// What the pipeline knows about a function call beyond the event: the route it runs for and
-/// the event's trace context. Set around a call with [`CallScope::run`]; the data capabilities
+/// the event's trace context. Set around a call with [`CallerScope::run`]; the data capabilities
 /// read it when they make a call for the instance (it is a task-local, so nothing between the
 /// pipeline and the host call has to carry it).
 #[derive(Clone, Debug)]
-pub struct CallScope {
+pub struct CallerScope {
     /// The route's name.
     pub route: Arc<str>,
     /// The event's W3C `traceparent` header, when it has one.
@@ -120,10 +122,10 @@ pub struct CallScope {
 }
 
 tokio::task_local! {
-    static SCOPE: CallScope;
+    static SCOPE: CallerScope;
 }
 
-impl CallScope {
+impl CallerScope {
     /// Runs `call` (a function's invocation) inside this scope.
     pub async fn run<F: Future>(self, call: F) -> F::Output {
         SCOPE.scope(self, call).await
@@ -133,6 +135,8 @@ impl CallScope {
 /// An open bucket, as kept in the store's resource table.
 pub struct KvBucket {
     bucket: Arc<dyn Bucket>,
+    /// Its name, for spans.
+    name: String,
 }
 
 impl Ctx {
@@ -140,12 +144,17 @@ impl Ctx {
         self.function.data.io.clone()
     }
 
-    /// Who makes this instance's calls: the function, the event, and the route and trace
-    /// context of the pipeline's [`CallScope`] when there is one.
-    fn caller(&self) -> Caller {
-        let (route, traceparent) = SCOPE
+    /// Who makes this instance's calls: the function, the event, and the route of the
+    /// pipeline's [`CallerScope`] when there is one. The trace context is the call's own span
+    /// (`span`, with tracing on), so the IO tier's work becomes its child; else the event's.
+    fn caller(&self, span: Option<&DataSpan>) -> Caller {
+        let (route, event_trace) = SCOPE
             .try_with(|s| (Some(s.route.clone()), s.traceparent.clone()))
             .unwrap_or_default();
+        let traceparent = match span {
+            Some(span) => Some(span.traceparent().into()),
+            None => event_trace,
+        };
         Caller {
             function: self.function.name.clone(),
             route,
@@ -163,11 +172,18 @@ impl Ctx {
         );
     }
 
-    /// The source named `source`, or the `not-granted` error (logged).
-    fn sql_source(&self, source: &str) -> Result<(Handle, Arc<dyn SqlSource>), sql::SqlError> {
+    /// The source named `source` as the call with `span` reaches it, or the `not-granted` error
+    /// (logged).
+    fn sql_source(
+        &self,
+        source: &str,
+        span: Option<&DataSpan>,
+    ) -> Result<(Handle, Arc<dyn SqlSource>), sql::SqlError> {
         match (self.io(), self.function.data.sql.get(source)) {
             (Some(io), Some(s)) => {
-                let s = s.for_caller(&self.caller()).unwrap_or_else(|| s.clone());
+                let s = s
+                    .for_caller(&self.caller(span))
+                    .unwrap_or_else(|| s.clone());
                 Ok((io, s))
             }
             _ => {
@@ -238,6 +254,55 @@ fn io_gone() -> String {
     "the IO runtime is shutting down".into()
 }
 
+impl Ctx {
+    /// The span of a `sql` call, with tracing on.
+    fn sql_span(&self, source: &str, statement: &str) -> Option<DataSpan> {
+        let trace = self.trace.as_ref()?;
+        Some(trace.data_call(
+            "postgresql",
+            sql_operation(statement),
+            source,
+            Some(statement),
+        ))
+    }
+}
+
+/// Ends a data call's span with the error's kind and message, if it failed.
+fn end_sql_span<T>(span: Option<DataSpan>, result: &Result<T, sql::SqlError>) {
+    let Some(span) = span else { return };
+    span.end(result.as_ref().err().map(|e| match e {
+        sql::SqlError::NotGranted(m) => ("not-granted", m.clone()),
+        sql::SqlError::Database(d) => (
+            "database",
+            format!("SQLSTATE {}: {}", d.sqlstate, d.message),
+        ),
+        sql::SqlError::Unavailable(m) => ("unavailable", m.clone()),
+        sql::SqlError::Invalid(m) => ("invalid", m.clone()),
+    }));
+}
+
+/// Runs a query on the IO runtime.
+async fn query_on(
+    io: Handle,
+    source: Arc<dyn SqlSource>,
+    statement: String,
+    params: Vec<sql::Value>,
+) -> Result<sql::Rows, sql::SqlError> {
+    let params: Vec<Value> = params.into_iter().map(to_value).collect();
+    let rows = on_io(&io, source.query(statement, params))
+        .await
+        .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))?
+        .map_err(from_sql_error)?;
+    Ok(sql::Rows {
+        columns: rows.columns,
+        rows: rows
+            .rows
+            .into_iter()
+            .map(|r| r.into_iter().map(from_value).collect())
+            .collect(),
+    })
+}
+
 impl sql::Host for Ctx {
     async fn query(
         &mut self,
@@ -245,20 +310,13 @@ impl sql::Host for Ctx {
         statement: String,
         params: Vec<sql::Value>,
     ) -> Result<sql::Rows, sql::SqlError> {
-        let (io, s) = self.sql_source(&source)?;
-        let params: Vec<Value> = params.into_iter().map(to_value).collect();
-        let rows = on_io(&io, s.query(statement, params))
-            .await
-            .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))?
-            .map_err(from_sql_error)?;
-        Ok(sql::Rows {
-            columns: rows.columns,
-            rows: rows
-                .rows
-                .into_iter()
-                .map(|r| r.into_iter().map(from_value).collect())
-                .collect(),
-        })
+        let span = self.sql_span(&source, &statement);
+        let result = match self.sql_source(&source, span.as_ref()) {
+            Ok((io, s)) => query_on(io, s, statement, params).await,
+            Err(e) => Err(e),
+        };
+        end_sql_span(span, &result);
+        result
     }
 
     async fn execute(
@@ -267,12 +325,19 @@ impl sql::Host for Ctx {
         statement: String,
         params: Vec<sql::Value>,
     ) -> Result<u64, sql::SqlError> {
-        let (io, s) = self.sql_source(&source)?;
-        let params: Vec<Value> = params.into_iter().map(to_value).collect();
-        on_io(&io, s.execute(statement, params))
-            .await
-            .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))?
-            .map_err(from_sql_error)
+        let span = self.sql_span(&source, &statement);
+        let result = match self.sql_source(&source, span.as_ref()) {
+            Ok((io, s)) => {
+                let params: Vec<Value> = params.into_iter().map(to_value).collect();
+                on_io(&io, s.execute(statement, params))
+                    .await
+                    .ok_or_else(|| sql::SqlError::Unavailable(io_gone()))
+                    .and_then(|r| r.map_err(from_sql_error))
+            }
+            Err(e) => Err(e),
+        };
+        end_sql_span(span, &result);
+        result
     }
 }
 
@@ -288,22 +353,43 @@ fn from_kv_error(e: KvError) -> keyvalue::Error {
 type KvResult<T> = wasmtime::Result<Result<T, keyvalue::Error>>;
 
 impl Ctx {
-    /// Runs one operation on an open bucket on the IO runtime.
-    async fn kv<T, F, Fut>(&mut self, handle: &Resource<KvBucket>, op: F) -> KvResult<T>
+    /// Runs one operation (`operation` names it in its span) on an open bucket on the IO
+    /// runtime.
+    async fn kv<T, F, Fut>(
+        &mut self,
+        handle: &Resource<KvBucket>,
+        operation: &'static str,
+        op: F,
+    ) -> KvResult<T>
     where
         T: Send + 'static,
         F: FnOnce(Arc<dyn Bucket>) -> Fut,
         Fut: Future<Output = Result<T, KvError>> + Send + 'static,
     {
-        let bucket = self.table.get(handle)?.bucket.clone();
-        let bucket = bucket.for_caller(&self.caller()).unwrap_or(bucket);
+        let open = self.table.get(handle)?;
+        let bucket = open.bucket.clone();
+        let span = self
+            .trace
+            .as_ref()
+            .map(|t| t.data_call("redis", operation.into(), &open.name, None));
+        let bucket = bucket
+            .for_caller(&self.caller(span.as_ref()))
+            .unwrap_or(bucket);
         let Some(io) = self.io() else {
             return Ok(Err(keyvalue::Error::AccessDenied));
         };
-        Ok(match on_io(&io, op(bucket)).await {
+        let result = match on_io(&io, op(bucket)).await {
             Some(result) => result.map_err(from_kv_error),
             None => Err(keyvalue::Error::Unavailable(io_gone())),
-        })
+        };
+        if let Some(span) = span {
+            span.end(result.as_ref().err().map(|e| match e {
+                keyvalue::Error::Unavailable(m) => ("unavailable", m.clone()),
+                keyvalue::Error::Other(m) => ("other", m.clone()),
+                other => ("refused", format!("{other:?}")),
+            }));
+        }
+        Ok(result)
     }
 }
 
@@ -313,6 +399,7 @@ impl keyvalue::Host for Ctx {
         if let Some(bucket) = data.buckets.get(&identifier) {
             let bucket = KvBucket {
                 bucket: bucket.clone(),
+                name: identifier.clone(),
             };
             return Ok(Ok(self.table.push(bucket)?));
         }
@@ -327,19 +414,19 @@ impl keyvalue::Host for Ctx {
 
 impl keyvalue::HostBucket for Ctx {
     async fn get(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<Option<Vec<u8>>> {
-        self.kv(&this, |b| b.get(key)).await
+        self.kv(&this, "GET", |b| b.get(key)).await
     }
 
     async fn set(&mut self, this: Resource<KvBucket>, key: String, value: Vec<u8>) -> KvResult<()> {
-        self.kv(&this, |b| b.set(key, value)).await
+        self.kv(&this, "SET", |b| b.set(key, value)).await
     }
 
     async fn delete(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<()> {
-        self.kv(&this, |b| b.delete(key)).await
+        self.kv(&this, "DEL", |b| b.delete(key)).await
     }
 
     async fn exists(&mut self, this: Resource<KvBucket>, key: String) -> KvResult<bool> {
-        self.kv(&this, |b| b.exists(key)).await
+        self.kv(&this, "EXISTS", |b| b.exists(key)).await
     }
 
     async fn list_keys(
@@ -347,7 +434,7 @@ impl keyvalue::HostBucket for Ctx {
         this: Resource<KvBucket>,
         cursor: Option<u64>,
     ) -> KvResult<keyvalue::KeyResponse> {
-        self.kv(&this, |b| {
+        self.kv(&this, "SCAN", |b| {
             let list = b.list_keys(cursor);
             async move {
                 let (keys, cursor) = list.await?;
@@ -363,7 +450,7 @@ impl keyvalue::HostBucket for Ctx {
         key: String,
         delta: i64,
     ) -> KvResult<i64> {
-        self.kv(&this, |b| b.increment(key, delta)).await
+        self.kv(&this, "INCRBY", |b| b.increment(key, delta)).await
     }
 
     async fn drop(&mut self, this: Resource<KvBucket>) -> wasmtime::Result<()> {

@@ -5,21 +5,21 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnmill_connector_api::{Event, Header};
-use std::sync::Mutex;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::admission::{Admission, Admissions, Kept, lock};
 use super::bindings::{self, EventFunctionPre, GuestError};
 use super::context::Ctx;
 use super::data::FunctionData;
-use super::engine::EPOCH_TICK;
+use super::engine::{EPOCH_TICK, PAGE};
 use super::failure::{Failure, Stage, sanitize};
 use super::guest_log::LogLimits;
+use crate::telemetry::CallScope;
 
 /// Per-function limits.
 #[derive(Clone, Debug)]
@@ -82,38 +82,68 @@ pub(super) struct FunctionShared {
     /// The capabilities this function is granted.
     pub(super) data: FunctionData,
     pub(super) log: LogLimits,
+    /// Instances alive now (admitted and not dropped), for metrics.
+    pub(super) live: AtomicI64,
+    /// The largest linear memory any instance grew to, for metrics.
+    pub(super) memory_peak: AtomicU64,
 }
+
+/// What one call cost, for its span and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Time to create the instance; `None` when a reused instance served the call.
+    pub instantiation: Option<Duration>,
+    /// Fuel the call used, when the engine meters fuel.
+    pub fuel: Option<u64>,
+    /// The instance's linear memory after the call, in bytes.
+    pub memory: u64,
+}
+
+/// Fresh instances one store runs, one event each, before it is dropped
+/// (`isolation = "event"`). Every event still gets an instance of its own, whose memory, tables
+/// and globals no other event touched; what they share is the host's per-store setup (the WASI
+/// context, the resource table, the module registration, the fiber stack), made once per store
+/// instead of once per event (measured in docs/performance.md).
+const INSTANCES_PER_STORE: u32 = 8;
+
+/// Memory a store's instances may have grown to in all and still be given another instance:
+/// a spent instance's memory stays resident until its store is dropped.
+const STORE_MEMORY: u64 = 16 << 20;
 
 /// A loaded function, ready to run events. Cheap to share behind an `Arc`.
 pub struct Function {
     pub(super) shared: Arc<FunctionShared>,
     pub(super) limits: Limits,
     pub(super) pre: EventFunctionPre<Ctx>,
-    /// Instance slots of the pooling allocator.
-    pub(super) permits: Arc<Semaphore>,
-    /// The memory budget, in pages; an instance holds `budget_pages` of it while it lives.
-    pub(super) budget: Arc<Semaphore>,
+    /// Instance slots and the memory budget, shared by every function of the host.
+    pub(super) admissions: Arc<Admissions>,
+    /// What this function's instance holds of the memory budget, in pages.
     pub(super) budget_pages: u32,
     /// Whether the engine meters fuel, so every store must be given some.
     pub(super) engine_fuel: bool,
     pub(super) isolation: Isolation,
-    /// Instances waiting for their next event (reuse only), the most recently used last.
-    pub(super) idle: Mutex<Vec<Reusable>>,
-}
-
-/// What an instance holds while it lives: its slot and its share of the memory budget.
-pub(super) struct Admission {
-    _slot: OwnedSemaphorePermit,
-    _memory: OwnedSemaphorePermit,
+    /// Instances waiting for their next event (reuse), the most recently used last, and stores
+    /// with room for more fresh instances (event).
+    pub(super) kept: Arc<Kept>,
 }
 
 /// An instance kept for more events (`isolation = "reuse"`).
-pub(super) struct Reusable {
+pub(crate) struct Reusable {
     store: Store<Ctx>,
     instance: bindings::EventFunction,
     /// Events served so far.
     uses: u32,
     _admission: Admission,
+}
+
+/// A store whose instances each ran one event, kept to run more (`isolation = "event"`).
+pub(crate) struct Spent {
+    store: Store<Ctx>,
+    /// The memory its instances grew to, in all.
+    memory: u64,
+    /// The slot of each of its instances and the memory it grew to, held until the store is
+    /// dropped and frees them.
+    admissions: Vec<Admission>,
 }
 
 impl Function {
@@ -125,48 +155,110 @@ impl Function {
         &self.limits
     }
 
-    /// Waits for an instance slot and for room in the memory budget. The pool has a slot for
-    /// every permit, so instantiation never fails for lack of one.
+    /// Instances of this function that hold a slot now: running, kept for reuse, or spent in a
+    /// store kept for more fresh instances.
+    pub fn live_instances(&self) -> i64 {
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// The largest linear memory, in bytes, that any instance of this function grew to.
+    pub fn memory_peak(&self) -> u64 {
+        self.shared.memory_peak.load(Ordering::Relaxed)
+    }
+
+    /// Waits for an instance slot and for room in the memory budget.
     pub(super) async fn admit(&self) -> Result<Admission, Failure> {
-        let gone = |_| Failure::Instantiation("the host is shutting down".into());
-        let memory = self
-            .budget
-            .clone()
-            .acquire_many_owned(self.budget_pages)
+        self.admissions
+            .admit(self.budget_pages, Some(&self.shared))
             .await
-            .map_err(gone)?;
-        let slot = self.permits.clone().acquire_owned().await.map_err(gone)?;
-        Ok(Admission {
-            _slot: slot,
-            _memory: memory,
-        })
     }
 
     /// Runs `event`: in a fresh instance, or with `isolation = "reuse"` in an instance that
     /// served earlier events. A failure of any kind is returned, never raised; the instance it
     /// happened in is thrown away and the next call starts clean.
     pub async fn invoke(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        match self.isolation {
-            Isolation::Event => self.invoke_fresh(event, attempt).await,
+        self.invoke_observed(event, attempt, None).await.0
+    }
+
+    /// [`Function::invoke`], with what the call cost; its `sql` and `keyvalue` calls become
+    /// spans under `trace` (the call's span, with tracing on).
+    pub async fn invoke_observed(
+        &self,
+        event: &Event,
+        attempt: u32,
+        trace: Option<CallScope>,
+    ) -> (Result<Vec<Output>, Failure>, CallStats) {
+        let mut stats = CallStats::default();
+        let result = match self.isolation {
+            Isolation::Event => self.invoke_fresh(event, attempt, trace, &mut stats).await,
             Isolation::Reuse {
                 max_uses,
                 max_memory,
             } => {
-                self.invoke_reused(event, attempt, max_uses, max_memory)
+                self.invoke_reused(event, attempt, max_uses, max_memory, trace, &mut stats)
                     .await
             }
-        }
+        };
+        (result, stats)
     }
 
-    async fn invoke_fresh(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        let _admission = self.admit().await?;
+    async fn invoke_fresh(
+        &self,
+        event: &Event,
+        attempt: u32,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
+    ) -> Result<Vec<Output>, Failure> {
+        let event_id: Arc<str> = Arc::from(event.id.as_str());
+        let mut admission = self.admit().await?;
+        let taken = lock(&self.kept.spent).pop();
+        let mut spent = match taken {
+            Some(mut spent) => {
+                spent.store.data_mut().next_instance(&event_id, trace);
+                if self.engine_fuel {
+                    spent
+                        .store
+                        .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+                        .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
+                }
+                spent
+            }
+            None => Spent {
+                store: self.store(&event_id, trace)?,
+                memory: 0,
+                admissions: Vec::with_capacity(INSTANCES_PER_STORE as usize),
+            },
+        };
+        self.arm_deadline(&mut spent.store);
         // Epoch interruption cannot stop a guest that is inside an awaited host call; the outer
         // timeout catches that case, one tick later than the epoch would.
         let outer = self.limits.timeout + EPOCH_TICK * 2;
-        match tokio::time::timeout(outer, self.invoke_in_store(event, attempt)).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::Timeout(self.limits.timeout)),
+        let result = tokio::time::timeout(outer, async {
+            let instantiating = Instant::now();
+            let instance = match self.pre.instantiate_async(&mut spent.store).await {
+                Ok(instance) => instance,
+                Err(e) => {
+                    return Err(self.classify(e, spent.store.data(), Stage::Instantiation));
+                }
+            };
+            stats.instantiation = Some(instantiating.elapsed());
+            self.call(&instance, &mut spent.store, event, attempt, stats)
+                .await
+        })
+        .await
+        .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
+        // Any failure drops the store: whatever state the failure left it in is not trusted.
+        if result.is_ok() {
+            let grown = spent.store.data().limiter.size as u64;
+            admission.shrink_to(grown.div_ceil(PAGE) as u32);
+            spent.memory += grown;
+            spent.admissions.push(admission);
+            if spent.admissions.len() < INSTANCES_PER_STORE as usize && spent.memory <= STORE_MEMORY
+            {
+                self.admissions.keep(&self.kept.spent, spent);
+            }
         }
+        result
     }
 
     async fn invoke_reused(
@@ -175,22 +267,26 @@ impl Function {
         attempt: u32,
         max_uses: u32,
         max_memory: u64,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
     ) -> Result<Vec<Output>, Failure> {
         let event_id: Arc<str> = Arc::from(event.id.as_str());
-        let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let taken = lock(&self.kept.idle).pop();
         let mut r = match taken {
             Some(mut r) => {
-                r.store.data_mut().next_event(&event_id);
+                r.store.data_mut().next_event(&event_id, trace);
                 r
             }
             None => {
                 let admission = self.admit().await?;
-                let mut store = self.store(&event_id)?;
+                let mut store = self.store(&event_id, trace)?;
                 self.arm_deadline(&mut store);
+                let instantiating = Instant::now();
                 let instance = match self.pre.instantiate_async(&mut store).await {
                     Ok(instance) => instance,
                     Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
                 };
+                stats.instantiation = Some(instantiating.elapsed());
                 Reusable {
                     store,
                     instance,
@@ -206,30 +302,33 @@ impl Function {
                 .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
         }
         let outer = self.limits.timeout + EPOCH_TICK * 2;
-        let result =
-            match tokio::time::timeout(outer, self.call(&r.instance, &mut r.store, event, attempt))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Failure::Timeout(self.limits.timeout)),
-            };
+        let result = tokio::time::timeout(
+            outer,
+            self.call(&r.instance, &mut r.store, event, attempt, stats),
+        )
+        .await
+        .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
         r.uses += 1;
         // Any failure retires the instance: whatever state it was left in is not trusted.
         let keep = result.is_ok()
             && r.uses < max_uses
             && (r.store.data().limiter.size as u64) <= max_memory;
         if keep {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+            self.admissions.keep(&self.kept.idle, r);
         }
         result
     }
 
     /// A store for one instance, with its limits set.
-    pub(super) fn store(&self, event_id: &Arc<str>) -> Result<Store<Ctx>, Failure> {
+    pub(super) fn store(
+        &self,
+        event_id: &Arc<str>,
+        trace: Option<CallScope>,
+    ) -> Result<Store<Ctx>, Failure> {
         let engine = self.pre.instance_pre().engine();
         let mut store = Store::new(
             engine,
-            Ctx::new(&self.shared, event_id, self.limits.memory_bytes),
+            Ctx::new(&self.shared, event_id, self.limits.memory_bytes, trace),
         );
         store.limiter(|ctx| &mut ctx.limiter);
         if self.engine_fuel {
@@ -256,17 +355,6 @@ impl Function {
         store.set_epoch_deadline(1);
     }
 
-    async fn invoke_in_store(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        let event_id: Arc<str> = Arc::from(event.id.as_str());
-        let mut store = self.store(&event_id)?;
-        self.arm_deadline(&mut store);
-        let instance = match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance,
-            Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
-        };
-        self.call(&instance, &mut store, event, attempt).await
-    }
-
     /// Calls the handler of `instance` with `event`.
     pub(super) async fn call(
         &self,
@@ -274,12 +362,27 @@ impl Function {
         store: &mut Store<Ctx>,
         event: &Event,
         attempt: u32,
+        stats: &mut CallStats,
     ) -> Result<Vec<Output>, Failure> {
         let wit_event = to_wit(event, attempt);
         let result = instance
             .fnmill_function_handler()
             .call_handle(&mut *store, &wit_event)
             .await;
+        // What the call cost: read now, whatever its outcome.
+        stats.memory = store.data().limiter.size as u64;
+        // Read first: in the steady state the peak does not move, and a read shares the cache
+        // line where a read-modify-write would take it from the other compute threads.
+        if stats.memory > self.shared.memory_peak.load(Ordering::Relaxed) {
+            self.shared
+                .memory_peak
+                .fetch_max(stats.memory, Ordering::Relaxed);
+        }
+        if self.engine_fuel
+            && let Ok(left) = store.get_fuel()
+        {
+            stats.fuel = Some(self.limits.fuel.unwrap_or(u64::MAX).saturating_sub(left));
+        }
         match result {
             Ok(Ok(outputs)) => self.check_outputs(outputs),
             Ok(Err(GuestError::Retryable(message))) => Err(Failure::Retryable(sanitize(&message))),

@@ -116,7 +116,8 @@ impl Route {
                     }
                     for (delivery, permit) in batch.drain(..) {
                         let key = delivery.ordering_key().cloned();
-                        let lent = Lent::new(delivery, permit, self.stats.clone());
+                        let lent =
+                            Lent::new(delivery, permit, self.stats.clone(), &self.telemetry);
                         match key {
                             None => running.push(self.clone().run(lent)),
                             Some(key) => match lanes.entry(key) {
@@ -143,7 +144,16 @@ impl Route {
                 Some(key) => lane_of(key),
                 None => lane_of(lent.event().id.as_bytes()),
             };
-            (key, self.process(lent, lane).await)
+            // Tracing on: log lines of the event carry its trace and span ids.
+            let cx = lent.obs.context().cloned();
+            let next = match cx {
+                Some(cx) => {
+                    use opentelemetry::context::FutureExt as _;
+                    self.process(lent, lane).with_context(cx).await
+                }
+                None => self.process(lent, lane).await,
+            };
+            (key, next)
         })
     }
 }

@@ -6,11 +6,15 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::time::Instant;
+
 use fnmill_connector_api::{Confirm, Event, Outcome, Record, SinkError};
 use futures::FutureExt;
+use opentelemetry::context::FutureExt as _;
 
 use super::{DeadLetter, Destination, Lent, Route, dead_letter_record};
-use crate::host::{CallScope, Failure, Output};
+use crate::host::{CallStats, CallerScope, Failure, Output};
+use crate::telemetry::EventObs;
 
 /// What the shard does with the event's lane once [`Route::process`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +48,7 @@ impl Route {
         }
         let mut attempt = 1;
         loop {
-            let failure = match self.call(&event, attempt).await {
+            let failure = match self.call(&event, attempt, &lent.obs).await {
                 Ok(outputs) => match self.records(outputs) {
                     Ok(batches) => match self
                         .hand_over(lent, batches, attempt, lane, Outcome::Done)
@@ -96,9 +100,18 @@ impl Route {
 
     /// Runs the function. A panic in fnmill's own host code is caught here: it is a host fault,
     /// not the guest's, so the event is retried rather than dead-lettered.
-    async fn call(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        // The route and trace context a remote data-source tier is told for the function's calls.
-        let scope = CallScope {
+    async fn call(
+        &self,
+        event: &Event,
+        attempt: u32,
+        obs: &EventObs,
+    ) -> Result<Vec<Output>, Failure> {
+        // telemetry: the call's span (tracing on) and its metrics.
+        let started = self.stats.metrics.is_some().then(Instant::now);
+        let scope = self.telemetry.start_call(obs, attempt);
+        // The route and the event's trace context, which a remote data-source tier is told for
+        // the function's calls (with tracing on, each call's own span replaces the latter).
+        let caller = CallerScope {
             route: self.name.as_str().into(),
             traceparent: event
                 .headers
@@ -107,16 +120,34 @@ impl Route {
                 .and_then(|h| std::str::from_utf8(&h.value).ok())
                 .map(Arc::from),
         };
-        match AssertUnwindSafe(scope.run(self.function.invoke(event, attempt)))
-            .catch_unwind()
-            .await
-        {
-            Ok(result) => result,
-            Err(panic) => Err(Failure::Host(format!(
-                "the host panicked: {}",
-                panic_message(&panic)
-            ))),
-        }
+        let invoke = AssertUnwindSafe(caller.run(self.function.invoke_observed(
+            event,
+            attempt,
+            scope.clone(),
+        )))
+        .catch_unwind();
+        let called = match &scope {
+            Some(scope) => invoke.with_context(scope.cx.clone()).await,
+            None => invoke.await,
+        };
+        let (result, stats) = match called {
+            Ok(called) => called,
+            Err(panic) => (
+                Err(Failure::Host(format!(
+                    "the host panicked: {}",
+                    panic_message(&panic)
+                ))),
+                CallStats::default(),
+            ),
+        };
+        self.telemetry.end_call(
+            &self.stats,
+            scope,
+            started.map(|s| s.elapsed()),
+            &result,
+            &stats,
+        );
+        result
     }
 
     /// Groups outputs by sink, in order. An output to a destination the route does not map is
@@ -135,6 +166,9 @@ impl Route {
                         .join(", ")
                 )));
             };
+            if let Some(m) = &self.stats.metrics {
+                m.output(&output.destination, crate::telemetry::output_size(&output));
+            }
             let record = Record {
                 target: dest.target.clone(),
                 key: output.key,
@@ -160,7 +194,7 @@ impl Route {
     async fn hand_over(
         self: &Arc<Self>,
         lent: Lent,
-        batches: Vec<Batch>,
+        mut batches: Vec<Batch>,
         attempt: u32,
         lane: u64,
         outcome: Outcome,
@@ -169,11 +203,19 @@ impl Route {
             lent.settle(outcome);
             return Ok(());
         }
+        // telemetry: producer spans and trace headers.
+        let mut spans = self.telemetry.hand_over(
+            lent.event(),
+            &lent.obs,
+            &mut batches,
+            outcome != Outcome::Done,
+        );
         let pending = Pending::new(self.clone(), lent, batches.len(), attempt, outcome);
         for (i, (dest, records)) in batches.into_iter().enumerate() {
             let mut tries = 1;
             loop {
-                let confirm = pending.confirm(dest.clone(), records.clone());
+                let span = spans.as_mut().and_then(|s| s[i].take());
+                let confirm = pending.confirm(dest.clone(), records.clone(), span);
                 match dest.sink.enqueue(records.clone(), lane, confirm).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() => {
@@ -206,7 +248,14 @@ impl Route {
     }
 
     /// Sends a failed event where the route's [`DeadLetter`] says.
-    async fn fail(self: Arc<Self>, lent: Lent, failure: Failure, attempts: u32, lane: u64) -> Next {
+    async fn fail(
+        self: Arc<Self>,
+        mut lent: Lent,
+        failure: Failure,
+        attempts: u32,
+        lane: u64,
+    ) -> Next {
+        lent.obs.failed(failure.kind());
         let event = lent.event().clone();
         match &self.dead_letter {
             DeadLetter::Destination(dest) => {
@@ -457,10 +506,18 @@ impl Pending {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The callback for one batch.
-    fn confirm(self: &Arc<Self>, dest: Destination, records: Vec<Record>) -> Confirm {
+    /// The callback for one batch; it ends the batch's producer spans.
+    fn confirm(
+        self: &Arc<Self>,
+        dest: Destination,
+        records: Vec<Record>,
+        spans: Option<crate::telemetry::ProducerSpans>,
+    ) -> Confirm {
         let pending = self.clone();
         Box::new(move |result| {
+            if let Some(spans) = spans {
+                spans.end(&result);
+            }
             if let Err(error) = result {
                 pending.state().failed.push(Failed {
                     dest,

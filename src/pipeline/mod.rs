@@ -86,6 +86,8 @@ pub struct RouteStats {
     pub retries: AtomicU64,
     /// Events settled as not done, to be delivered again: shutdown, a held lane, a drop.
     pub abandoned: AtomicU64,
+    /// Histograms and per-kind counters, when metrics are on (see [`crate::telemetry`]).
+    pub metrics: Option<crate::telemetry::RouteMetrics>,
 }
 
 impl RouteStats {
@@ -119,6 +121,8 @@ pub struct Route {
     /// Cancelled on shutdown: backoff waits and held lanes give up, settling as abandoned.
     pub shutdown: CancellationToken,
     pub stats: Arc<RouteStats>,
+    /// Spans and trace-header propagation (off by default).
+    pub telemetry: crate::telemetry::RouteTelemetry,
     /// Set when the route cannot go on (a sink is gone for good); the process stops with it.
     pub fatal: OnceLock<String>,
 }
@@ -139,15 +143,24 @@ pub(crate) struct Lent {
     delivery: Option<Delivery>,
     _permit: OwnedSemaphorePermit,
     stats: Arc<RouteStats>,
+    /// The event's metrics and span until it settles.
+    obs: crate::telemetry::EventObs,
 }
 
 impl Lent {
-    fn new(delivery: Delivery, permit: OwnedSemaphorePermit, stats: Arc<RouteStats>) -> Self {
+    fn new(
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+        stats: Arc<RouteStats>,
+        telemetry: &crate::telemetry::RouteTelemetry,
+    ) -> Self {
         stats.received.fetch_add(1, Ordering::Relaxed);
+        let obs = telemetry.start_event(&stats, delivery.event());
         Self {
             delivery: Some(delivery),
             _permit: permit,
             stats,
+            obs,
         }
     }
 
@@ -170,6 +183,7 @@ impl Lent {
             Outcome::Abandoned => &self.stats.abandoned,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.obs.settled(&self.stats, outcome);
         if let Some(delivery) = self.delivery.take() {
             delivery.settle(outcome);
         }
@@ -180,6 +194,7 @@ impl Drop for Lent {
     fn drop(&mut self) {
         if self.delivery.is_some() {
             self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            self.obs.settled(&self.stats, Outcome::Abandoned);
             // The delivery's own drop settles it as abandoned.
         }
     }

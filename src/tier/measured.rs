@@ -1,27 +1,24 @@
-//! Requests, latency and errors of every data source, for `/metrics`, on both sides of the IO
-//! tier: a compute process measures each call through NATS ([`Via::IoTier`]), an IO process (or
-//! a process of role `all`) each call served by its pool ([`Via::Pool`]).
+//! Requests, latency and errors of every data source, for `/metrics` and OTLP, on both sides of
+//! the IO tier: a compute process measures each call through NATS ([`Via::IoTier`]), an IO
+//! process (or a process of role `all`) each call served by its pool ([`Via::Pool`]).
 //!
 //! The measuring is a wrapper around whatever serves the capability ([`MeasuredSql`],
-//! [`MeasuredBucket`]): one histogram of call durations per outcome, whose counts are the
-//! requests and the errors.
+//! [`MeasuredBucket`]), put there only when metrics are on: one histogram of call durations per
+//! outcome ([`DataSourceCalls`]), whose counts are the requests and the errors. The registry of
+//! [`crate::telemetry::metrics`] names and renders them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fnmill_connector_api::Readiness;
 use fnmill_connector_api::capability::Caller;
 use fnmill_connector_api::capability::kv::{Bucket, KvError};
 use fnmill_connector_api::capability::sql::{Rows, SqlError, SqlSource, Value};
+use fnmill_connector_api::metrics::{Histogram, HistogramSnapshot};
 use fnmill_connector_nats::ServerStats;
 use futures::future::BoxFuture;
 
-/// Upper bounds of the duration buckets, in seconds: from a cached statement on a warm
-/// connection (well under a millisecond) to a call that waited out a pool's timeout.
-pub const BUCKETS: [f64; 13] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-];
+use crate::app::Pool;
 
 /// How a call ended, as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,62 +73,20 @@ impl Outcome {
     }
 }
 
-/// A duration histogram per outcome.
+/// The calls of one data source: a duration histogram per outcome.
 #[derive(Debug, Default)]
-pub struct CallStats {
-    outcomes: [Histogram; 5],
+pub struct DataSourceCalls {
+    outcomes: [Histogram; Outcome::ALL.len()],
 }
 
-/// Counts per bucket (the last one is +Inf), and the sum.
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-/// A histogram as read at one moment: cumulative counts per bucket (+Inf last), the sum.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct HistogramSnapshot {
-    pub cumulative: Vec<u64>,
-    pub sum_seconds: f64,
-}
-
-impl HistogramSnapshot {
-    /// The number of calls.
-    pub fn count(&self) -> u64 {
-        self.cumulative.last().copied().unwrap_or(0)
-    }
-}
-
-impl CallStats {
+impl DataSourceCalls {
     pub fn record(&self, elapsed: Duration, outcome: Outcome) {
-        let h = &self.outcomes[outcome as usize];
-        let secs = elapsed.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        h.buckets[i].fetch_add(1, Ordering::Relaxed);
-        h.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.outcomes[outcome as usize].observe(elapsed);
     }
 
     /// The histogram of `outcome` now.
     pub fn snapshot(&self, outcome: Outcome) -> HistogramSnapshot {
-        let h = &self.outcomes[outcome as usize];
-        let mut total = 0;
-        let cumulative = h
-            .buckets
-            .iter()
-            .map(|b| {
-                total += b.load(Ordering::Relaxed);
-                total
-            })
-            .collect();
-        HistogramSnapshot {
-            cumulative,
-            sum_seconds: h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        }
+        self.outcomes[outcome as usize].snapshot()
     }
 }
 
@@ -162,19 +117,32 @@ pub struct DataSourceStatus {
     /// answers; an IO process is subscribed with NATS connected. A local pool connects on
     /// demand and has none.
     pub ready: Option<Readiness>,
-    pub calls: Arc<CallStats>,
+    pub calls: Arc<DataSourceCalls>,
     /// An IO process's refusals.
     pub server: Option<Arc<ServerStats>>,
+}
+
+/// `pool` with every call measured into `calls`.
+pub fn measured(pool: Pool, calls: &Arc<DataSourceCalls>) -> Pool {
+    match pool {
+        Pool::Sql(s) => Pool::Sql(MeasuredSql::wrap(s, calls)),
+        Pool::Buckets(buckets) => Pool::Buckets(
+            buckets
+                .into_iter()
+                .map(|(b, bucket)| (b, MeasuredBucket::wrap(bucket, calls)))
+                .collect(),
+        ),
+    }
 }
 
 /// A SQL data source whose every call is measured.
 pub struct MeasuredSql {
     inner: Arc<dyn SqlSource>,
-    stats: Arc<CallStats>,
+    stats: Arc<DataSourceCalls>,
 }
 
 impl MeasuredSql {
-    pub fn wrap(inner: Arc<dyn SqlSource>, stats: &Arc<CallStats>) -> Arc<dyn SqlSource> {
+    pub fn wrap(inner: Arc<dyn SqlSource>, stats: &Arc<DataSourceCalls>) -> Arc<dyn SqlSource> {
         Arc::new(Self {
             inner,
             stats: stats.clone(),
@@ -186,7 +154,7 @@ impl MeasuredSql {
 /// not counted) to its end.
 fn timed<T: Send + 'static, E>(
     call: BoxFuture<'static, Result<T, E>>,
-    stats: Arc<CallStats>,
+    stats: Arc<DataSourceCalls>,
     outcome: fn(&Result<T, E>) -> Outcome,
 ) -> BoxFuture<'static, Result<T, E>>
 where
@@ -234,11 +202,11 @@ impl SqlSource for MeasuredSql {
 /// A bucket whose every call is measured.
 pub struct MeasuredBucket {
     inner: Arc<dyn Bucket>,
-    stats: Arc<CallStats>,
+    stats: Arc<DataSourceCalls>,
 }
 
 impl MeasuredBucket {
-    pub fn wrap(inner: Arc<dyn Bucket>, stats: &Arc<CallStats>) -> Arc<dyn Bucket> {
+    pub fn wrap(inner: Arc<dyn Bucket>, stats: &Arc<DataSourceCalls>) -> Arc<dyn Bucket> {
         Arc::new(Self {
             inner,
             stats: stats.clone(),
@@ -297,21 +265,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_land_in_their_bucket_and_counts_are_cumulative() {
-        let stats = CallStats::default();
-        stats.record(Duration::from_micros(300), Outcome::Ok);
-        stats.record(Duration::from_millis(3), Outcome::Ok);
-        stats.record(Duration::from_secs(9), Outcome::Ok);
-        stats.record(Duration::from_millis(1), Outcome::Unavailable);
-        let ok = stats.snapshot(Outcome::Ok);
-        assert_eq!(ok.cumulative.len(), BUCKETS.len() + 1);
-        assert_eq!(ok.cumulative[0], 1); // <= 0.5 ms
-        assert_eq!(ok.cumulative[3], 2); // <= 5 ms
-        assert_eq!(ok.cumulative[BUCKETS.len() - 1], 2); // <= 5 s
-        assert_eq!(ok.count(), 3);
-        assert!((ok.sum_seconds - 9.0033).abs() < 1e-9, "{}", ok.sum_seconds);
-        let unavailable = stats.snapshot(Outcome::Unavailable);
-        assert_eq!(unavailable.cumulative[1], 1); // exactly 1 ms: <= 1 ms
-        assert_eq!(stats.snapshot(Outcome::Database).count(), 0);
+    fn each_outcome_has_its_histogram() {
+        let calls = DataSourceCalls::default();
+        calls.record(Duration::from_micros(300), Outcome::Ok);
+        calls.record(Duration::from_millis(3), Outcome::Ok);
+        calls.record(Duration::from_millis(1), Outcome::Unavailable);
+        assert_eq!(calls.snapshot(Outcome::Ok).count(), 2);
+        assert_eq!(calls.snapshot(Outcome::Ok).sum_ns, 3_300_000);
+        assert_eq!(calls.snapshot(Outcome::Unavailable).count(), 1);
+        assert_eq!(calls.snapshot(Outcome::Database).count(), 0);
+        assert!(
+            Outcome::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o as usize == i)
+        );
     }
 }

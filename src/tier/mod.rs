@@ -7,8 +7,8 @@
 //!   on its subject; grants come from the same config's functions.
 //! - [`measured`]: requests, latency and errors per data source, on both sides.
 //!
-//! The compute side is wired with the other data sources, in `app::build_data_sources_reporting`:
-//! a data source with `remote` becomes a [`Remote`] behind the same capability traits as a pool.
+//! The compute side is wired with the other data sources, in `app::build_data_sources`: a data
+//! source with `remote` becomes a [`Remote`] behind the same capability traits as a pool.
 
 pub mod measured;
 
@@ -23,10 +23,11 @@ use fnmill_connector_api::remote::RemoteConfig;
 use fnmill_connector_nats::{Endpoint, GrantTable, Nats, Remote, Served, Server};
 use tokio_util::sync::CancellationToken;
 
-use self::measured::{CallStats, DataSourceStatus, MeasuredBucket, MeasuredSql, Via};
+use self::measured::{DataSourceCalls, DataSourceStatus, Via, measured};
 use crate::admin::AdminState;
 use crate::app::{Pool, RunSummary, StartError, build_pool};
 use crate::config::{DataSourceConfig, ValidatedConfig};
+use crate::telemetry::{Registry, Telemetry};
 
 /// How long a process waits for a new NATS connection before it starts work regardless.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
@@ -62,28 +63,25 @@ impl Connections {
     }
 }
 
-/// A compute process's client of `name`'s IO tier, its calls measured into `calls`: what the
-/// functions granted `name` (or its buckets) reach.
+/// A compute process's client of `name`'s IO tier: what the functions granted `name` (or its
+/// buckets) reach.
 pub fn remote_of(
     nats: Nats,
     name: &str,
     ds: &DataSourceConfig,
     remote: &RemoteConfig,
-    calls: &Arc<CallStats>,
 ) -> (Arc<Remote>, Pool) {
     let timeout = ds.remote_timeout().unwrap_or_default();
     let client = Remote::new(nats, name, &remote.subject, timeout);
     let pool = match ds {
-        DataSourceConfig::Postgres(_) => {
-            Pool::Sql(MeasuredSql::wrap(Arc::new(client.sql(name)), calls))
-        }
+        DataSourceConfig::Postgres(_) => Pool::Sql(Arc::new(client.sql(name))),
         DataSourceConfig::Redis(c) => Pool::Buckets(
             c.buckets
                 .keys()
                 .map(|b| {
                     let bucket: Arc<dyn fnmill_connector_api::capability::kv::Bucket> =
                         Arc::new(client.bucket(b));
-                    (b.clone(), MeasuredBucket::wrap(bucket, calls))
+                    (b.clone(), bucket)
                 })
                 .collect(),
         ),
@@ -118,7 +116,11 @@ pub fn run_io(
         .enable_all()
         .build()
         .context("starting the IO runtime")?;
-    let result = io.block_on(serve(&config, admin, shutdown));
+    let telemetry = Telemetry::start(&config, io.handle()).map_err(StartError)?;
+    tracing::info!("Telemetry: {}", Telemetry::describe(&config));
+    let result = io.block_on(serve(&config, admin, shutdown, &telemetry));
+    // Queued spans go out before the IO runtime that sends them stops.
+    telemetry.shutdown();
     io.shutdown_background();
     result.map(|()| RunSummary::default())
 }
@@ -127,10 +129,13 @@ async fn serve(
     config: &ValidatedConfig,
     admin: Option<TcpListener>,
     shutdown: CancellationToken,
+    telemetry: &Telemetry,
 ) -> Result<()> {
     let grants = Arc::new(grant_table(config));
     let mut connections = Connections::new("fnmill io");
-    let mut statuses = Vec::new();
+    let mut registry = Registry::default();
+    let metrics_on = telemetry.metrics_on();
+    let mut readiness = Vec::new();
     let mut servers = tokio::task::JoinSet::new();
     let mut names = BTreeMap::new();
     for (name, ds) in &config.data_sources {
@@ -138,39 +143,54 @@ async fn serve(
             continue;
         };
         let key = format!("data_sources.{name}");
-        let calls = Arc::new(CallStats::default());
-        let served = match build_pool(name, ds).map_err(StartError)? {
+        let mut pool =
+            build_pool(name, ds, metrics_on.then_some(&mut registry)).map_err(StartError)?;
+        let calls = metrics_on.then(|| Arc::new(DataSourceCalls::default()));
+        if let Some(calls) = &calls {
+            pool = measured(pool, calls);
+        }
+        let served = match pool {
             Pool::Sql(source) => Served::Sql {
                 name: name.clone(),
-                source: MeasuredSql::wrap(source, &calls),
+                source,
             },
-            Pool::Buckets(buckets) => Served::Buckets(
-                buckets
-                    .into_iter()
-                    .map(|(b, bucket)| (b, MeasuredBucket::wrap(bucket, &calls)))
-                    .collect(),
-            ),
+            Pool::Buckets(buckets) => Served::Buckets(buckets.into_iter().collect()),
         };
         let nats = connections
             .get(remote)
             .await
             .map_err(|p| StartError(anyhow::anyhow!("{}", p.under(&format!("{key}.remote")))))?;
-        let server = Server::new(nats, name, &remote.subject, served, grants.clone());
-        statuses.push(DataSourceStatus {
-            name: name.clone(),
-            via: Via::Pool,
-            ready: Some(server.readiness()),
-            calls,
-            server: Some(server.stats()),
-        });
+        let system = match ds {
+            DataSourceConfig::Postgres(_) => "postgresql",
+            DataSourceConfig::Redis(_) => "redis",
+        };
+        let server = Server::new(nats, name, &remote.subject, served, grants.clone())
+            .observed_by(telemetry.io_tier_tracer(system));
+        readiness.push((name.clone(), server.readiness()));
+        if let Some(calls) = calls {
+            registry.data_source(DataSourceStatus {
+                name: name.clone(),
+                via: Via::Pool,
+                ready: Some(server.readiness()),
+                calls,
+                server: Some(server.stats()),
+            });
+        }
         let id = servers.spawn(server.run(shutdown.clone())).id();
         names.insert(id, name.clone());
     }
+    let registry = Arc::new(registry);
+    let pusher = if metrics_on {
+        telemetry.push_metrics(&registry).map_err(StartError)?
+    } else {
+        None
+    };
     let admin_task = match admin {
         Some(listener) => Some(crate::admin::serve(
             listener,
             AdminState {
-                data_sources: statuses,
+                data_sources: readiness,
+                metrics: registry,
                 ..AdminState::default()
             },
             shutdown.clone(),
@@ -223,6 +243,7 @@ async fn serve(
     if let Some(task) = admin_task {
         task.abort();
     }
+    telemetry.stop_metrics(pusher).await;
     tracing::info!("IO tier stopped");
     match failure {
         Some(e) => Err(e),

@@ -26,6 +26,7 @@
 //! acks of the same batch. The bookkeeping is `connectors/api`'s [`UnorderedWindow`].
 
 use bytes::Bytes;
+use fnmill_connector_api::metrics::Gauge;
 use fnmill_connector_api::settlement::{self, Settled, Settlements, Settler, UnorderedWindow};
 use fnmill_connector_api::{Delivery, Event, Source, SourceContext, SourceError};
 use futures::StreamExt;
@@ -59,6 +60,8 @@ pub struct AmqpSource {
     name: String,
     config: AmqpSourceConfig,
     endpoint: crate::Endpoint,
+    /// Messages delivered to fnmill and not yet acked, nacked or rejected, when someone reads it.
+    unacked: Option<Gauge>,
 }
 
 impl AmqpSource {
@@ -72,7 +75,25 @@ impl AmqpSource {
             name: name.into(),
             config,
             endpoint,
+            unacked: None,
         })
+    }
+
+    /// Keeps `gauge` at the number of messages of the queue that fnmill holds unacknowledged.
+    pub fn with_unacked(mut self, gauge: Gauge) -> Self {
+        self.unacked = Some(gauge);
+        self
+    }
+
+    /// The queue this source consumes.
+    pub fn queue(&self) -> &str {
+        &self.config.queue
+    }
+
+    fn report_unacked(&self, session: &Session) {
+        if let Some(gauge) = &self.unacked {
+            gauge.set(session.unsettled.outstanding() as i64);
+        }
     }
 }
 
@@ -140,6 +161,10 @@ impl AmqpSource {
                 .consume(&ctx, &mut session, consumer, &settler, &mut settlements)
                 .await;
             ctx.ready.set(false);
+            // Whatever this connection held is the broker's again.
+            if let Some(gauge) = &self.unacked {
+                gauge.set(0);
+            }
             match end {
                 End::Shutdown | End::PipelineGone => {
                     let _ = session
@@ -246,6 +271,7 @@ impl AmqpSource {
                     if let Err(e) = self.settle(session, &mut batch).await {
                         return End::Lost(e);
                     }
+                    self.report_unacked(session);
                 }
                 _ = ctx.shutdown.cancelled() => {
                     drop(pending.take());
@@ -260,6 +286,7 @@ impl AmqpSource {
                 next = consumer.next(), if pending.is_none() => match next {
                     Some(Ok(message)) => {
                         session.unsettled.lend(message.delivery_tag);
+                        self.report_unacked(session);
                         pending = Some(self.delivery(session.number, message, settler));
                     }
                     Some(Err(e)) => return End::Lost(AmqpError::Broker { what: "consuming".into(), source: e }),

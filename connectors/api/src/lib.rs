@@ -23,11 +23,14 @@
 //! - [`secret`]: secrets from the environment or a file, never printed.
 //! - [`capability`]: the `sql` and `keyvalue` capabilities a function can be granted, as the
 //!   traits that data-source connectors implement and the wasm host holds.
+//! - [`metrics`]: lock-free metric cells (duration histograms, gauges, pool status) that
+//!   connectors record into and fnmill reads when it reports metrics.
 //! - [`remote`]: a data source's `remote` table: the IO tier that serves it over NATS.
 //! - [`Problem`]: one config problem naming its key, what every config's `check` returns.
 
 pub mod capability;
 pub mod connection;
+pub mod metrics;
 pub mod remote;
 pub mod secret;
 pub mod settlement;

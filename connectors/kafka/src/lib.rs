@@ -35,7 +35,7 @@ pub use reader::{
     check_reachable,
 };
 pub use sink::{KafkaSink, KafkaSinkConfig, Located};
-pub use source::{KafkaSource, KafkaSourceConfig};
+pub use source::{ConsumerLag, KafkaSource, KafkaSourceConfig, PartitionLag};
 
 /// What can go wrong building a Kafka source or sink.
 #[derive(Debug, thiserror::Error)]

@@ -181,6 +181,8 @@ const SOURCE_FIXED: &[Fixed] = &[Fixed {
 pub struct KafkaSource {
     name: String,
     config: rdkafka::ClientConfig,
+    /// Where the consumer lag of each assigned partition goes, when someone reads it.
+    lag: Option<Arc<ConsumerLag>>,
     topics: Vec<String>,
     brokers: String,
     drain_timeout: Duration,
@@ -219,6 +221,7 @@ impl KafkaSource {
         Ok(Self {
             name: name.into(),
             config: client,
+            lag: None,
             topics: config.topics,
             brokers: config.brokers,
             drain_timeout: config.drain_timeout,
@@ -226,6 +229,52 @@ impl KafkaSource {
                 .drain_timeout
                 .min(Duration::from_millis(session * 2 / 3)),
         })
+    }
+}
+
+/// The consumer lag of one assigned partition: records behind the end of the partition (the
+/// high watermark, or the last stable offset under `read_committed`), counted from the offset
+/// fnmill stored — the next record not yet settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub lag: i64,
+}
+
+/// The consumer lag of every partition a [`KafkaSource`] holds, refreshed from librdkafka's
+/// statistics every `statistics.interval.ms` (5 s unless the source's properties say
+/// otherwise). A revoked partition leaves the table with the next statistics.
+#[derive(Debug, Default)]
+pub struct ConsumerLag(Mutex<Vec<PartitionLag>>);
+
+impl ConsumerLag {
+    /// The lag of each assigned partition whose lag librdkafka knows, as of the last statistics.
+    pub fn snapshot(&self) -> Vec<PartitionLag> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, lags: Vec<PartitionLag>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = lags;
+    }
+}
+
+/// How often librdkafka reports statistics (and so the lag) when the properties do not say.
+const LAG_INTERVAL_MS: &str = "5000";
+
+impl KafkaSource {
+    /// Reports the consumer lag of each assigned partition into `lag`; turns librdkafka's
+    /// statistics on (`statistics.interval.ms`, 5 s) unless the properties set them.
+    pub fn with_lag(mut self, lag: Arc<ConsumerLag>) -> Self {
+        if self
+            .config
+            .get("statistics.interval.ms")
+            .is_none_or(|v| v == "0")
+        {
+            self.config.set("statistics.interval.ms", LAG_INTERVAL_MS);
+        }
+        self.lag = Some(lag);
+        self
     }
 }
 
@@ -311,6 +360,8 @@ struct SourceContextImpl {
     /// When the last "brokers unreachable" line was logged, so a long outage logs once in a
     /// while, not on every reconnect attempt.
     last_down_log: Mutex<Option<Instant>>,
+    /// Where librdkafka's statistics put the consumer lag.
+    lag: Option<Arc<ConsumerLag>>,
 }
 
 impl SourceContextImpl {
@@ -409,6 +460,39 @@ impl SourceContextImpl {
 }
 
 impl ClientContext for SourceContextImpl {
+    /// Runs on the consumer thread, inside `poll`, every `statistics.interval.ms`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(lag) = &self.lag else {
+            return;
+        };
+        let state = self.state();
+        let mut lags = Vec::with_capacity(state.partitions.len());
+        for (topic, partition) in state.partitions.keys() {
+            let Some(p) = statistics
+                .topics
+                .get(&**topic)
+                .and_then(|t| t.partitions.get(partition))
+            else {
+                continue;
+            };
+            // The stored offset moves as events settle; before anything was stored in this
+            // assignment, the committed one is what a restart would resume from.
+            let behind = [p.consumer_lag_stored, p.consumer_lag]
+                .into_iter()
+                .find(|lag| *lag >= 0);
+            if let Some(behind) = behind {
+                lags.push(PartitionLag {
+                    topic: topic.to_string(),
+                    partition: *partition,
+                    lag: behind,
+                });
+            }
+        }
+        drop(state);
+        lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        lag.replace(lags);
+    }
+
     fn error(&self, error: RdKafkaError, reason: &str) {
         let down = matches!(
             error.rdkafka_error_code(),
@@ -555,6 +639,7 @@ impl KafkaSource {
             io: io.clone(),
             revoke_timeout: self.revoke_timeout,
             last_down_log: Mutex::new(None),
+            lag: self.lag.clone(),
         };
         let consumer: BaseConsumer<SourceContextImpl> = self
             .config

@@ -19,4 +19,4 @@ pub mod server;
 
 pub use client::{Remote, RemoteBucket, RemoteSql};
 pub use connection::{Endpoint, Nats, check};
-pub use server::{GrantTable, QUEUE_GROUP, Served, Server, ServerStats};
+pub use server::{GrantTable, ObservedCall, Observer, QUEUE_GROUP, Served, Server, ServerStats};

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::connection::Nats;
-use crate::protocol::{self, Op, Reply, Request, WireError};
+use crate::protocol::{self, Op, Reply, Request, WireCaller, WireError};
 
 /// The queue group every IO-tier process joins on a data source's subject.
 pub const QUEUE_GROUP: &str = "fnmill-io";
@@ -97,6 +97,26 @@ pub enum Served {
     Buckets(BTreeMap<String, Arc<dyn Bucket>>),
 }
 
+/// Watches the requests a server serves, e.g. a span per request continuing the caller's trace
+/// (the request's `traceparent`). The crate knows no tracing library; the wiring plugs one in.
+pub trait Observer: Send + Sync + 'static {
+    /// A request from `caller` to do `op` on `target` (a data source or one of its buckets) of
+    /// `data_source` is about to be served (its grant not checked yet).
+    fn start(
+        &self,
+        data_source: &str,
+        caller: &WireCaller,
+        target: &str,
+        op: &Op,
+    ) -> Box<dyn ObservedCall>;
+}
+
+/// One request an [`Observer`] watches, told how it ended.
+pub trait ObservedCall: Send {
+    /// The request was answered; `error` is why it failed or was refused.
+    fn end(self: Box<Self>, error: Option<&WireError>);
+}
+
 /// Counters of a server, for `/metrics`; the calls themselves are measured at the pool.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -115,6 +135,7 @@ pub struct Server {
     grants: Arc<GrantTable>,
     readiness: Readiness,
     stats: Arc<ServerStats>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// Why a server could not start.
@@ -141,7 +162,14 @@ impl Server {
             grants,
             readiness: Readiness::default(),
             stats: Arc::default(),
+            observer: None,
         }
+    }
+
+    /// Has `observer` (when given) watch every request but pings.
+    pub fn observed_by(mut self, observer: Option<Arc<dyn Observer>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Whether the server takes requests: subscribed with NATS connected.
@@ -230,6 +258,26 @@ impl Server {
         if request.op == Op::Ping {
             return Reply::Pong;
         }
+        let observed = self.observer.as_ref().map(|o| {
+            o.start(
+                &self.data_source,
+                &request.caller,
+                &request.target,
+                &request.op,
+            )
+        });
+        let reply = self.answer(request).await;
+        if let Some(call) = observed {
+            call.end(match &reply {
+                Reply::Failed(e) => Some(e),
+                _ => None,
+            });
+        }
+        reply
+    }
+
+    /// The answer to a request that was read.
+    async fn answer(&self, request: Request) -> Reply {
         let caller = &request.caller;
         let span = tracing::debug_span!(
             "io_call",

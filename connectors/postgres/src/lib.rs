@@ -20,13 +20,14 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use fnmill_connector_api::Problem;
 pub use fnmill_connector_api::capability::sql::{Rows, SqlError, SqlSource, Value};
 use fnmill_connector_api::connection::SecretUrl;
+use fnmill_connector_api::metrics::{Histogram, ObservedPool};
 use futures::future::BoxFuture;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -224,6 +225,8 @@ impl fmt::Debug for PgPoolConfig {
 #[derive(Clone)]
 pub struct PgPool {
     pool: Pool,
+    /// How long getting a connection took (`db.client.connection.wait_time`).
+    wait_time: Arc<Histogram>,
     wait_timeout: Duration,
     url: Arc<SecretUrl>,
 }
@@ -237,17 +240,7 @@ impl fmt::Debug for PgPool {
 }
 
 /// Statistics of a pool, for metrics and tests.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolStatus {
-    /// Connections open now.
-    pub open: usize,
-    /// Open connections not in use.
-    pub idle: usize,
-    /// The pool's limit.
-    pub max: usize,
-    /// Callers waiting for a connection.
-    pub waiting: usize,
-}
+pub use fnmill_connector_api::metrics::PoolStatus;
 
 fn certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, Problem> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -377,6 +370,7 @@ impl PgPool {
             .map_err(|e| Problem::new("pool_size", format!("cannot build the pool: {e}")))?;
         Ok(Self {
             pool,
+            wait_time: Arc::default(),
             wait_timeout: config.wait_timeout,
             url: Arc::new(url),
         })
@@ -445,7 +439,10 @@ impl PgPool {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SqlError> {
-        self.pool.get().await.map_err(|e| match e {
+        let asked = Instant::now();
+        let got = self.pool.get().await;
+        self.wait_time.observe(asked.elapsed());
+        got.map_err(|e| match e {
             PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
                 SqlError::Unavailable(format!(
                     "the pool is exhausted: no connection was free within {:?}",
@@ -491,6 +488,16 @@ impl PgPool {
 
     fn redact(&self, text: &str) -> String {
         self.url.redact(text)
+    }
+}
+
+impl ObservedPool for PgPool {
+    fn status(&self) -> PoolStatus {
+        PgPool::status(self)
+    }
+
+    fn wait_time(&self) -> &Histogram {
+        &self.wait_time
     }
 }
 

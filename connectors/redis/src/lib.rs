@@ -16,7 +16,7 @@ pub mod config;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, AsyncCommands, ErrorKind, RedisError};
 use deadpool_redis::{Pool, PoolError, Runtime, Timeouts};
@@ -24,6 +24,7 @@ use fnmill_connector_api::Problem;
 use fnmill_connector_api::capability::kv;
 pub use fnmill_connector_api::capability::kv::KvError;
 use fnmill_connector_api::connection::SecretUrl;
+use fnmill_connector_api::metrics::{Histogram, ObservedPool, PoolStatus};
 use futures::future::BoxFuture;
 
 /// Keys returned by one `SCAN` round trip, a hint to the server (it may return more or fewer).
@@ -68,6 +69,8 @@ impl fmt::Debug for RedisPoolConfig {
 #[derive(Clone)]
 pub struct RedisPool {
     pool: Pool,
+    /// How long getting a connection took (`db.client.connection.wait_time`).
+    wait_time: Arc<Histogram>,
     command_timeout: Duration,
     url: Arc<SecretUrl>,
 }
@@ -150,9 +153,21 @@ impl RedisPool {
             .map_err(|e| Problem::new("pool_size", format!("cannot build the pool: {e}")))?;
         Ok(Self {
             pool,
+            wait_time: Arc::default(),
             command_timeout: config.command_timeout,
             url: Arc::new(url),
         })
+    }
+
+    /// How many connections are open, idle and awaited.
+    pub fn status(&self) -> PoolStatus {
+        let s = self.pool.status();
+        PoolStatus {
+            open: s.size,
+            idle: s.available,
+            max: s.max_size,
+            waiting: s.waiting,
+        }
     }
 
     /// The bucket whose keys start with `prefix`.
@@ -170,7 +185,10 @@ impl RedisPool {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let work = async {
-            let conn = self.pool.get().await.map_err(|e| self.pool_error(e))?;
+            let asked = Instant::now();
+            let conn = self.pool.get().await;
+            self.wait_time.observe(asked.elapsed());
+            let conn = conn.map_err(|e| self.pool_error(e))?;
             op(conn).await.map_err(|e| self.error(&e))
         };
         match tokio::time::timeout(self.command_timeout, work).await {
@@ -218,6 +236,16 @@ impl RedisPool {
 
     fn redact(&self, text: &str) -> String {
         self.url.redact(text)
+    }
+}
+
+impl ObservedPool for RedisPool {
+    fn status(&self) -> PoolStatus {
+        RedisPool::status(self)
+    }
+
+    fn wait_time(&self) -> &Histogram {
+        &self.wait_time
     }
 }
 
