@@ -63,13 +63,13 @@ fn main() {
         .unwrap();
 
     let pool = PgPool::new(&PgPoolConfig {
-        url,
+        url: fnmill_connector_api::connection::SecretUrl::new(url),
         pool_size,
         wait_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
         statement_timeout: None,
         application_name: "fnmill-bench".into(),
-        tls_ca_file: None,
+        tls: Default::default(),
     })
     .unwrap();
     io.block_on(async {
@@ -95,6 +95,7 @@ fn main() {
     let host = Host::new(&HostConfig {
         max_instances: concurrency as u32,
         max_memory_bytes: 32 * 1024 * 1024,
+        memory_budget: concurrency as u64 * 32 * 1024 * 1024,
         fuel: false,
         cache_dir: None,
     })
@@ -105,9 +106,11 @@ fn main() {
         fuel: None,
         max_outputs: 10,
         max_output_bytes: 1024 * 1024,
+        max_log_bytes: 64 * 1024,
+        max_log_lines: 200,
     };
     let mut data = DataSources::new(io.handle().clone());
-    data.add_postgres("db", pool.clone());
+    data.add_sql("db", Arc::new(pool.clone()));
     let function = Arc::new(
         host.load_with(
             FunctionSpec {
@@ -115,6 +118,7 @@ fn main() {
                 component: common::guest("sql-query"),
                 limits: limits.clone(),
                 config: [("statement".to_string(), QUERY.to_string())].into(),
+                isolation: fnmill::host::Isolation::Event,
             },
             &data,
             &Grants {
@@ -249,6 +253,7 @@ fn main() {
                     component: common::guest("sql-query"),
                     limits: limits.clone(),
                     config: Default::default(),
+                    isolation: fnmill::host::Isolation::Event,
                 },
                 &data,
                 &Grants::default(),

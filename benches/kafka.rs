@@ -1,15 +1,37 @@
-//! Kafka → echo guest (fresh instance per event) → Kafka through `fnmill::app::run`, against a
-//! native Rust passthrough (consume → produce, no wasm, same idempotent producer settings) on the
-//! same Apache Kafka broker, topics and partitions, in the same run.
+//! Kafka → processor → Kafka, raced side by side on one Apache Kafka broker over one input
+//! topic (same partitions, keys and records) in one run:
 //!
-//! Two phases per pipeline: throughput over a preloaded backlog (events/s between the first and
-//! the last output record), and latency at a steady input rate (output record time − input
-//! record time, p50/p99). The difference of the two pipelines' latencies is what the wasm stage
-//! (and the dispatcher around it) adds.
+//! - **native passthrough**: consume → produce in Rust, no function, no parsing (the floor);
+//! - **fnmill**, one row per variant in [`FNMILL_VARIANTS`] (and `--fnmill-variant`): the
+//!   `json-route` guest parses each payload with serde_json and echoes it to `out`, or fails
+//!   `fatal` so the route dead-letters it;
+//! - **Kafka Streams**: the same job as a Kafka user would write it
+//!   (`benches/peers/kafka-streams`: Jackson, at_least_once, default commit interval, 2 stream
+//!   threads), a JVM started per run.
+//!
+//! Workload: `--events` JSON records (default 500,000) on 100 keys over 4 partitions, 1 in
+//! `--bad-every` (default 100) not JSON. `--bad-keys one` (default) gives every bad record the
+//! same key, as when one upstream writer emits garbage; `spread` spreads them over the keys.
+//!
+//! Every processor reads the whole input with a consumer group of its own and writes to output
+//! and dead-letter topics of its own, created with `message.timestamp.type = LogAppendTime`, so
+//! all are timed by the broker's clock (Kafka Streams would copy the input timestamps instead).
+//! Throughput counts from a processor's first output record to its last, so a JVM's start-up
+//! and the group join are not held against it, and also from the moment it was started. CPU
+//! and context switches per event come from `/proc`, by thread name (the bench process, whose
+//! threads are fnmill's or the native loop's, plus the watcher's small Kafka client), for the
+//! Kafka Streams JVM by thread name, and for the broker; the table is taken between the first
+//! output and the last. Each run checks that every record landed where it belongs. Then
+//! latency at a steady input rate (output append time − input time, p50/p99), once each
+//! processor has answered a first record.
 //!
 //! `scripts/kafka.sh start && eval "$(scripts/kafka.sh env)" && cargo bench --bench kafka`
-//! (`-- --events N` changes the backlog size; `-- --profile wasm` runs only the wasm pipeline's
-//! throughput phase, e.g. under `perf record`).
+//!
+//! Options after `--`: `--events N`, `--bad-every N` (0: every record is JSON),
+//! `--bad-keys one|spread`, `--rounds R` (all processors R times, alternating; medians
+//! printed), `--no-latency`, `--fnmill-variant 'LABEL=TOML'` (one more fnmill row, TOML added to
+//! the function's section, e.g. `'fnmill reuse=isolation = "reuse"'`; repeatable), `--profile
+//! LABEL` (only that processor's throughput phase, e.g. under `perf record`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -19,62 +41,355 @@ mod cpu;
 mod kafka_support;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use fnmill_connector_kafka::rdkafka;
-use kafka_support::{count, create_topic, read_topic, unique};
+use kafka_support::{count, read_topic, unique};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
 const KEYS: u64 = 100;
 const LATENCY_EVENTS: u64 = 4_000;
 const LATENCY_RATE: u64 = 2_000;
+/// A processor that writes nothing for this long is taken as stuck, and the bench fails.
+const STALL: Duration = Duration::from_secs(120);
+/// How often the watcher counts the output topics (each count is a few broker requests).
+const POLL: Duration = Duration::from_millis(50);
 
-/// Which pipeline runs.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Wasm,
-    Native,
+/// The fnmill rows of every run: label, TOML added to `[runtime]`, TOML added to the
+/// function's section. `--fnmill-variant` adds rows from the command line.
+const FNMILL_VARIANTS: &[(&str, &str, &str)] = &[
+    // The default: a fresh instance per event.
+    ("fnmill event", "", ""),
+    // The opt-in reuse mode: an instance serves up to `max_reuse` (1,000) events in turn.
+    ("fnmill reuse", "", r#"isolation = "reuse""#),
+];
+
+/// One fnmill configuration raced in the bench.
+#[derive(Clone, Debug)]
+struct Variant {
+    label: String,
+    runtime: String,
+    function: String,
 }
 
-/// Runs one pipeline from `input` to `output` until `expect` records are on the output.
-/// Returns the CPU times of this process's threads (and of `others`) taken just before the
-/// pipeline is told to stop, while its threads are still alive to be read.
-fn run_pipeline(
-    kind: Kind,
-    brokers: &str,
-    input: &str,
-    output: &str,
-    expect: i64,
-    dir: &std::path::Path,
-    others: &[(String, u32)],
-) -> cpu::CpuTimes {
-    let stop = CancellationToken::new();
-    let watcher = {
-        let (stop, brokers, output) = (stop.clone(), brokers.to_string(), output.to_string());
-        let others = others.to_vec();
-        std::thread::spawn(move || {
-            while count(&brokers, &output) < expect {
-                std::thread::sleep(Duration::from_millis(100));
+/// A processor of the race.
+#[derive(Clone, Debug)]
+enum Processor {
+    Native,
+    Fnmill(Variant),
+    KafkaStreams,
+}
+
+impl Processor {
+    fn label(&self) -> &str {
+        match self {
+            Processor::Native => "native passthrough",
+            Processor::Fnmill(v) => &v.label,
+            Processor::KafkaStreams => "kafka streams",
+        }
+    }
+
+    /// Whether it routes bad records to the dead-letter topic (the native loop only copies).
+    fn routes(&self) -> bool {
+        !matches!(self, Processor::Native)
+    }
+}
+
+/// The workload, from the command line.
+#[derive(Clone, Copy, Debug)]
+struct Workload {
+    events: u64,
+    /// 1 in this many records is not JSON; 0 for none.
+    bad_every: u64,
+    /// Every bad record on one key, or spread over the keys.
+    bad_on_one_key: bool,
+}
+
+impl Workload {
+    fn is_bad(&self, id: u64) -> bool {
+        self.bad_every != 0 && id % self.bad_every == self.bad_every - 1
+    }
+
+    fn bad(&self) -> u64 {
+        self.events.checked_div(self.bad_every).unwrap_or(0)
+    }
+
+    /// Record `id`'s key and payload. Good records are `{"id":…,"key":…,"seq":…}`; a bad one is
+    /// the same text cut short, so it is not JSON to any parser.
+    fn record(&self, id: u64) -> (String, String) {
+        let key = if self.is_bad(id) && !self.bad_on_one_key {
+            format!("k{}", (id / self.bad_every) % KEYS)
+        } else if self.is_bad(id) {
+            "k-bad".to_string()
+        } else {
+            format!("k{}", id % KEYS)
+        };
+        let mut payload = kafka_support::payload(id, &key, id / KEYS);
+        if self.is_bad(id) {
+            payload.truncate(payload.len() / 2);
+        }
+        (key, payload)
+    }
+}
+
+/// The topics of one processor's run: the shared input, its own outputs.
+#[derive(Clone)]
+struct Topics {
+    input: String,
+    output: String,
+    dead: String,
+}
+
+impl Topics {
+    /// Fresh output and dead-letter topics, stamped with the broker's append time.
+    fn new(brokers: &str, input: &str) -> Self {
+        let (output, dead) = (unique("bench-out"), unique("bench-dead"));
+        create_topic(brokers, &output, PARTITIONS, true);
+        create_topic(brokers, &dead, PARTITIONS, true);
+        Self {
+            input: input.to_string(),
+            output,
+            dead,
+        }
+    }
+
+    fn written(&self, brokers: &str) -> (i64, i64) {
+        (count(brokers, &self.output), count(brokers, &self.dead))
+    }
+}
+
+fn create_topic(brokers: &str, name: &str, partitions: i32, log_append_time: bool) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    if log_append_time {
+        topic = topic.set("message.timestamp.type", "LogAppendTime");
+    }
+    let results = futures::executor::block_on(admin.create_topics(
+        [&topic],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))
+    .expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Produces the workload's records `ids` to `topic` and waits for their delivery.
+fn produce(brokers: &str, topic: &str, work: &Workload, ids: std::ops::Range<u64>) {
+    let p = kafka_support::producer(brokers);
+    send_all(&p, topic, work, ids, None);
+}
+
+/// Sends records `ids` through `p`, at `rate` records/s if given, and waits for delivery.
+fn send_all(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    work: &Workload,
+    ids: std::ops::Range<u64>,
+    rate: Option<u64>,
+) {
+    let start = Instant::now();
+    for (n, id) in ids.enumerate() {
+        let (key, payload) = work.record(id);
+        kafka_support::send(p, topic, &key, payload.as_bytes(), None);
+        // Pacing is the latency scenario (a steady input rate), not a wait for a condition.
+        if let Some(rate) = rate {
+            let due = Duration::from_micros(n as u64 * 1_000_000 / rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
             }
-            let times = cpu::CpuTimes::now(&others);
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// This checkout's broker (started by `scripts/kafka.sh`) when it serves `brokers`; otherwise
+/// every Apache Kafka broker on the machine, which may include other checkouts' brokers.
+fn broker_processes(brokers: &str) -> Vec<(String, u32)> {
+    let run = common::root().join("target").join("kafka");
+    let ours = std::fs::read_to_string(run.join("bootstrap")).unwrap_or_default();
+    if let Ok(pid) = std::fs::read_to_string(run.join("pid"))
+        && ours.trim() == brokers
+        && let Ok(pid) = pid.trim().parse::<u32>()
+        && Path::new(&format!("/proc/{pid}")).exists()
+    {
+        return vec![(BROKER.to_string(), pid)];
+    }
+    let all = cpu::processes_matching(BROKER, "kafka.Kafka");
+    if all.len() > 1 {
+        eprintln!(
+            "note: {} Kafka brokers run on this machine; the broker CPU counts all of them",
+            all.len()
+        );
+    }
+    all
+}
+
+/// The bench's fixed surroundings.
+struct Bench {
+    brokers: String,
+    broker: Vec<(String, u32)>,
+    dir: tempfile::TempDir,
+    /// `benches/peers/kafka-streams/run.sh`; its jar is built before anything is timed.
+    peer: PathBuf,
+}
+
+/// What one run of a processor measured.
+struct Measured {
+    /// When it was started, in ms since the epoch.
+    started_ms: i64,
+    /// CPU at its start, at the first output record seen, and once the last was written.
+    cpu_start: cpu::CpuTimes,
+    cpu_first: cpu::CpuTimes,
+    cpu_end: cpu::CpuTimes,
+    /// Output records (output + dead letters) already written at the `cpu_first` reading.
+    written_at_first: i64,
+}
+
+/// What the watcher saw before the processor is told to stop.
+struct Watched {
+    cpu_first: cpu::CpuTimes,
+    written_at_first: i64,
+    cpu_end: cpu::CpuTimes,
+}
+
+/// Waits until `expect` records are on `topics`' output and dead-letter topics, taking CPU
+/// readings at the first and the last; fails if the processor dies or stalls.
+fn watch(
+    brokers: &str,
+    topics: &Topics,
+    expect: i64,
+    read: &dyn Fn() -> cpu::CpuTimes,
+    alive: &mut dyn FnMut() -> bool,
+) -> Result<Watched, String> {
+    let mut first = None;
+    let (mut last, mut progress) = (0, Instant::now());
+    loop {
+        let (out, dead) = topics.written(brokers);
+        let written = out + dead;
+        if first.is_none() && written > 0 {
+            first = Some((read(), written));
+        }
+        if written >= expect {
+            let (cpu_first, written_at_first) = first.unwrap();
+            return Ok(Watched {
+                cpu_first,
+                written_at_first,
+                cpu_end: read(),
+            });
+        }
+        if written != last {
+            (last, progress) = (written, Instant::now());
+        } else if progress.elapsed() > STALL {
+            return Err(format!(
+                "no progress for {STALL:?} at {written} of {expect} records"
+            ));
+        }
+        if !alive() {
+            return Err(format!(
+                "the processor exited at {written} of {expect} records"
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Runs `p` from `topics.input` until `expect` records are written, then stops it.
+fn run(bench: &Bench, p: &Processor, topics: &Topics, expect: i64) -> Measured {
+    let brokers = bench.brokers.as_str();
+    let broker = bench.broker.clone();
+    let started_ms = now_ms();
+    let cpu_start = cpu::CpuTimes::now(&broker);
+    let watched = match p {
+        Processor::KafkaStreams => {
+            let log = bench.dir.path().join(format!("{}.log", unique("peer")));
+            let mut child = start_peer(bench, topics, &log);
+            let split = [("streams ".to_string(), child.id())];
+            let watched = watch(
+                brokers,
+                topics,
+                expect,
+                &|| cpu::CpuTimes::now_split(&broker, &split),
+                &mut || child.try_wait().unwrap().is_none(),
+            );
+            stop_peer(&mut child);
+            watched.unwrap_or_else(|e| {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("kafka streams: {e}; its log ends:\n{}", tail.join("\n"))
+            })
+        }
+        Processor::Native | Processor::Fnmill(_) => {
+            let stop = CancellationToken::new();
+            let watcher = {
+                let (stop, brokers) = (stop.clone(), brokers.to_string());
+                let topics = topics.clone();
+                let alive = stop.clone();
+                std::thread::spawn(move || {
+                    let watched = watch(
+                        &brokers,
+                        &topics,
+                        expect,
+                        &|| cpu::CpuTimes::now(&broker),
+                        &mut || !alive.is_cancelled(),
+                    );
+                    stop.cancel();
+                    watched
+                })
+            };
+            match p {
+                Processor::Fnmill(v) => run_fnmill(bench, v, topics, &stop),
+                _ => native_passthrough(brokers, topics, &stop),
+            }
+            // The pipeline ending by itself (an error) ends the watch too.
             stop.cancel();
-            times
-        })
+            watcher
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{}: {e}", p.label()))
+        }
     };
-    match kind {
-        Kind::Wasm => {
-            let text = format!(
-                r#"
+    Measured {
+        started_ms,
+        cpu_start,
+        cpu_first: watched.cpu_first,
+        cpu_end: watched.cpu_end,
+        written_at_first: watched.written_at_first,
+    }
+}
+
+/// fnmill in this process, as `fnmill run` would run the config, until `stop`.
+fn run_fnmill(bench: &Bench, v: &Variant, topics: &Topics, stop: &CancellationToken) {
+    let text = format!(
+        r#"
 [runtime]
 io_threads = 1
 compute_threads = 2
+{runtime}
 [sources.in]
 kind = "kafka"
 brokers = "{brokers}"
@@ -84,24 +399,35 @@ topics = ["{input}"]
 kind = "kafka"
 brokers = "{brokers}"
 topic = "{output}"
-[functions.f]
-component = "{component}"
+[sinks.dead]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "{dead}"
 [[routes]]
 source = "in"
 function = "f"
 destinations = {{ out = "out" }}
+dead_letter = "dead"
+[functions.f]
+component = "{component}"
+{function}
 "#,
-                group = unique("bench"),
-                component = common::guest("echo").display(),
-            );
-            let path = dir.join("fnmill.toml");
-            std::fs::write(&path, text).unwrap();
-            let config = fnmill::config::load(&path).unwrap();
-            fnmill::app::run(config, stop.clone()).unwrap();
-        }
-        Kind::Native => native_passthrough(brokers, input, output, &stop),
+        runtime = v.runtime,
+        function = v.function,
+        brokers = bench.brokers,
+        group = unique("bench"),
+        input = topics.input,
+        output = topics.output,
+        dead = topics.dead,
+        component = common::guest("json-route").display(),
+    );
+    let path = bench.dir.path().join("fnmill.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = fnmill::config::load(&path)
+        .unwrap_or_else(|e| panic!("{}: the config does not load: {e:#}", v.label));
+    if let Err(e) = fnmill::app::run(config, stop.clone()) {
+        eprintln!("{}: fnmill stopped with an error: {e:#}", v.label);
     }
-    watcher.join().unwrap()
 }
 
 struct Counting(Arc<AtomicU64>);
@@ -116,7 +442,7 @@ impl ProducerContext for Counting {
 }
 
 /// Consume → produce with no function in between: the floor fnmill is measured against.
-fn native_passthrough(brokers: &str, input: &str, output: &str, stop: &CancellationToken) {
+fn native_passthrough(brokers: &str, topics: &Topics, stop: &CancellationToken) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("native"))
@@ -124,7 +450,7 @@ fn native_passthrough(brokers: &str, input: &str, output: &str, stop: &Cancellat
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()
         .unwrap();
-    consumer.subscribe(&[input]).unwrap();
+    consumer.subscribe(&[&topics.input]).unwrap();
     let delivered = Arc::new(AtomicU64::new(0));
     let producer: ThreadedProducer<Counting> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -136,7 +462,7 @@ fn native_passthrough(brokers: &str, input: &str, output: &str, stop: &Cancellat
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
             continue;
         };
-        let mut record = BaseRecord::to(output).payload(m.payload().unwrap_or_default());
+        let mut record = BaseRecord::to(&topics.output).payload(m.payload().unwrap_or_default());
         if let Some(k) = m.key() {
             record = record.key(k);
         }
@@ -148,11 +474,195 @@ fn native_passthrough(brokers: &str, input: &str, output: &str, stop: &Cancellat
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 
-fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>, rate: Option<u64>) {
-    kafka_support::produce_paced(brokers, topic, ids, KEYS, rate, None);
+/// Starts the Kafka Streams peer on `topics`, its output in `log`.
+fn start_peer(bench: &Bench, topics: &Topics, log: &Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    Command::new(&bench.peer)
+        .args(["--bootstrap", &bench.brokers])
+        .args(["--application-id", &unique("peer")])
+        .args(["--input", &topics.input])
+        .args(["--output", &topics.output])
+        .args(["--dead-letter", &topics.dead])
+        .args(["--threads", "2"])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting benches/peers/kafka-streams/run.sh")
 }
 
-/// Record timestamps by event id.
+/// SIGTERM (Kafka Streams closes cleanly), then SIGKILL if it takes over 30 s.
+fn stop_peer(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The broker's append times of the first and the last record written to `topics` (the
+/// times of each partition's first and last record; append times only grow in a partition).
+fn append_span(brokers: &str, topics: &[&str]) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("span"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("span reader");
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    for topic in topics {
+        for p in 0..PARTITIONS {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            if high <= low {
+                continue;
+            }
+            for offset in [low, high - 1] {
+                let t = record_time(&consumer, topic, p, offset);
+                first = first.min(t);
+                last = last.max(t);
+            }
+        }
+    }
+    assert!(first <= last, "no records on {topics:?}");
+    (first, last)
+}
+
+fn record_time(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i64) -> i64 {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}/{partition}@{offset} timed out"
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("read");
+            if m.offset() == offset {
+                return m.timestamp().to_millis().expect("a record time");
+            }
+        }
+    }
+}
+
+/// One throughput run of one processor, as printed.
+struct Throughput {
+    /// Events/s from the first output record to the last.
+    rate: f64,
+    /// Events/s from the processor's start to its last output record.
+    rate_with_start: f64,
+    /// From the processor's start to its first output record.
+    first_output: Duration,
+    /// CPU per event between the first output and the last, by thread (and the broker).
+    cpu: Vec<cpu::PerEvent>,
+    /// The same from the processor's start to its last output.
+    cpu_with_start: Vec<cpu::PerEvent>,
+}
+
+/// The broker's row in the CPU readings; every other row is the processor's (for fnmill and
+/// the native loop that includes the watcher's small Kafka client).
+const BROKER: &str = "kafka broker";
+
+/// µs of CPU and context switches per event: the processor's, and the broker's.
+fn split_cpu(rows: &[cpu::PerEvent]) -> (f64, f64, f64) {
+    let (mut us, mut switches, mut broker) = (0.0, 0.0, 0.0);
+    for row in rows {
+        if row.name == BROKER {
+            broker += row.us;
+        } else {
+            us += row.us;
+            switches += row.switches;
+        }
+    }
+    (us, switches, broker)
+}
+
+/// Runs `p` over the whole input and checks where every record went.
+fn throughput(bench: &Bench, p: &Processor, input: &str, work: &Workload) -> Throughput {
+    let n = work.events;
+    let topics = Topics::new(&bench.brokers, input);
+    let m = run(bench, p, &topics, n as i64);
+    let (out, dead) = topics.written(&bench.brokers);
+    let (want_out, want_dead) = if p.routes() {
+        ((n - work.bad()) as i64, work.bad() as i64)
+    } else {
+        (n as i64, 0)
+    };
+    assert!(
+        out >= want_out && dead >= want_dead,
+        "{}: {out} outputs and {dead} dead letters; expected {want_out} and {want_dead}",
+        p.label()
+    );
+    if out + dead > n as i64 {
+        eprintln!(
+            "note: {} wrote {} records more than it read (redelivered)",
+            p.label(),
+            out + dead - n as i64
+        );
+    }
+    let (first, last) = append_span(&bench.brokers, &[&topics.output, &topics.dead]);
+    let steady = (n as i64 - m.written_at_first).max(1) as usize;
+    Throughput {
+        rate: n as f64 / ((last - first).max(1) as f64 / 1000.0),
+        rate_with_start: n as f64 / ((last - m.started_ms).max(1) as f64 / 1000.0),
+        first_output: Duration::from_millis((first - m.started_ms).max(0) as u64),
+        cpu: m.cpu_end.per_event_since(&m.cpu_first, steady),
+        cpu_with_start: m.cpu_end.per_event_since(&m.cpu_start, n as usize),
+    }
+}
+
+/// Latency (p50, p99 in ms) of `p` at a steady input rate, once it has answered a first
+/// record (so start-up and group join are not counted).
+fn latency(bench: &Bench, p: &Processor) -> (i64, i64) {
+    let brokers = bench.brokers.as_str();
+    let input = unique("lat-in");
+    create_topic(brokers, &input, PARTITIONS, false);
+    let topics = Topics::new(brokers, &input);
+    // Only good records: the path of an event, not of a dead letter.
+    let work = Workload {
+        events: LATENCY_EVENTS + 1,
+        bad_every: 0,
+        bad_on_one_key: true,
+    };
+    let producer = {
+        let (brokers, input, output) = (brokers.to_string(), input.clone(), topics.output.clone());
+        std::thread::spawn(move || {
+            // A first record, then the paced ones once it came out, through one producer
+            // that is connected by then (so its start-up is not counted as latency).
+            let p = kafka_support::producer(&brokers);
+            send_all(&p, &input, &work, LATENCY_EVENTS..LATENCY_EVENTS + 1, None);
+            common::wait_until(Duration::from_secs(120), "the first output record", || {
+                count(&brokers, &output) > 0
+            });
+            send_all(&p, &input, &work, 0..LATENCY_EVENTS, Some(LATENCY_RATE));
+        })
+    };
+    run(bench, p, &topics, LATENCY_EVENTS as i64 + 1);
+    producer.join().unwrap();
+    let sent = times(brokers, &input);
+    let got = times(brokers, &topics.output);
+    let mut lat: Vec<i64> = got
+        .iter()
+        .filter(|(id, _)| **id < LATENCY_EVENTS)
+        .map(|(id, t)| t - sent[id])
+        .collect();
+    lat.sort_unstable();
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// Record times by event id.
 fn times(brokers: &str, topic: &str) -> HashMap<u64, i64> {
     read_topic(brokers, topic)
         .into_iter()
@@ -164,120 +674,272 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-struct Result {
-    rate: f64,
-    p50: i64,
-    p99: i64,
-    /// µs of CPU per event in the throughput phase, by thread name (and the broker).
-    cpu: Vec<cpu::PerEvent>,
-}
-
-fn measure(kind: Kind, brokers: &str, n: u64, dir: &std::path::Path) -> Result {
-    let (rate, cpu) = throughput(kind, brokers, n, dir);
-    let (p50, p99) = latency(kind, brokers, dir);
-    Result {
-        rate,
-        p50,
-        p99,
-        cpu,
+/// The middle value (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n.is_multiple_of(2) {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    } else {
+        values[n / 2]
     }
 }
 
-/// Events/s over a preloaded backlog of `n` events, and the CPU each event took, by thread
-/// name (from the pipeline's start to its stop, so group join and shutdown are included).
-fn throughput(
-    kind: Kind,
-    brokers: &str,
-    n: u64,
-    dir: &std::path::Path,
-) -> (f64, Vec<cpu::PerEvent>) {
-    // Throughput over a backlog.
-    let (input, output) = (unique("bench-in"), unique("bench-out"));
-    create_topic(brokers, &input, PARTITIONS);
-    create_topic(brokers, &output, PARTITIONS);
-    produce(brokers, &input, 0..n, None);
-    let broker = cpu::processes_matching("kafka broker", "kafka.Kafka");
-    let before = cpu::CpuTimes::now(&broker);
-    let used = run_pipeline(kind, brokers, &input, &output, n as i64, dir, &broker)
-        .per_event_since(&before, n as usize);
-    let out = times(brokers, &output);
-    let (first, last) = (out.values().min().unwrap(), out.values().max().unwrap());
-    (n as f64 / ((last - first).max(1) as f64 / 1000.0), used)
+/// The value after `name` on the command line.
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
 }
 
-/// Latency (p50, p99 in ms) at a steady input rate, the pipeline already running.
-fn latency(kind: Kind, brokers: &str, dir: &std::path::Path) -> (i64, i64) {
-    let (input, output) = (unique("lat-in"), unique("lat-out"));
-    create_topic(brokers, &input, PARTITIONS);
-    create_topic(brokers, &output, PARTITIONS);
-    let producer = {
-        let (brokers, input) = (brokers.to_string(), input.clone());
-        std::thread::spawn(move || {
-            // Give the pipeline a moment to join its group, so latency is not start-up time.
-            std::thread::sleep(Duration::from_secs(3));
-            produce(&brokers, &input, 0..LATENCY_EVENTS, Some(LATENCY_RATE));
+fn number(name: &str, default: u64) -> u64 {
+    arg(name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| usage(&format!("{name} takes a whole number, not {v:?}")))
+    })
+}
+
+/// A command-line mistake: one line naming the option, exit status 2.
+fn usage(message: &str) -> ! {
+    eprintln!("kafka bench: {message}");
+    std::process::exit(2)
+}
+
+/// The processors of the race, in the order they run.
+fn processors() -> Vec<Processor> {
+    let mut variants: Vec<Variant> = FNMILL_VARIANTS
+        .iter()
+        .map(|(label, runtime, function)| Variant {
+            label: label.to_string(),
+            runtime: runtime.to_string(),
+            function: function.to_string(),
         })
-    };
-    run_pipeline(
-        kind,
-        brokers,
-        &input,
-        &output,
-        LATENCY_EVENTS as i64,
-        dir,
-        &[],
-    );
-    producer.join().unwrap();
-    let sent = times(brokers, &input);
-    let got = times(brokers, &output);
-    let mut lat: Vec<i64> = got.iter().map(|(id, t)| t - sent[id]).collect();
-    lat.sort_unstable();
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+        .collect();
+    let args: Vec<String> = std::env::args().collect();
+    for pair in args.windows(2).filter(|w| w[0] == "--fnmill-variant") {
+        let (label, toml) = pair[1].split_once('=').unwrap_or_else(|| {
+            usage(&format!(
+                "--fnmill-variant takes LABEL=TOML, not {:?}",
+                pair[1]
+            ))
+        });
+        variants.push(Variant {
+            label: label.to_string(),
+            runtime: String::new(),
+            function: toml.to_string(),
+        });
+    }
+    let mut all = vec![Processor::Native];
+    all.extend(variants.into_iter().map(Processor::Fnmill));
+    all.push(Processor::KafkaStreams);
+    all
 }
 
 fn main() {
-    let n: u64 = std::env::args()
-        .skip_while(|a| a != "--events")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let bad_keys = arg("--bad-keys").unwrap_or_else(|| "one".into());
+    let work = Workload {
+        events: number("--events", 500_000),
+        bad_every: number("--bad-every", 100),
+        bad_on_one_key: match bad_keys.as_str() {
+            "one" => true,
+            "spread" => false,
+            other => usage(&format!("--bad-keys is one or spread, not {other:?}")),
+        },
+    };
+    let rounds = number("--rounds", 1).max(1) as usize;
+    let mut processors = processors();
+    // `--profile LABEL`: only that processor's throughput phase, to run under a profiler.
+    let profile = arg("--profile");
+    if let Some(only) = &profile {
+        processors.retain(|p| p.label() == only);
+        if processors.is_empty() {
+            usage(&format!("--profile: no processor labelled {only:?}"));
+        }
+    }
+
     let brokers = kafka_support::bootstrap();
-    let dir = tempfile::tempdir().unwrap();
-    // `--profile wasm|native`: only that pipeline's throughput phase, to run under a profiler.
-    if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
-        let kind = if only == "native" {
-            Kind::Native
-        } else {
-            Kind::Wasm
-        };
-        throughput(Kind::Wasm, &brokers, 2_000, dir.path());
-        eprintln!("profile: backlog ready, measuring {kind:?}");
-        let (rate, cpu) = throughput(kind, &brokers, n, dir.path());
-        println!("kafka {kind:?}: {n} events, {rate:.0} events/s");
-        cpu::print_per_event(&format!("{kind:?}"), &cpu);
+    eprintln!("kafka bench: building the Kafka Streams peer and the json-route guest (cached)");
+    let peer_dir = common::root().join("benches/peers/kafka-streams");
+    let built = Command::new(peer_dir.join("build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running benches/peers/kafka-streams/build.sh");
+    assert!(
+        built.status.success(),
+        "building the Kafka Streams peer failed"
+    );
+    common::guest("json-route");
+    let bench = Bench {
+        broker: broker_processes(&brokers),
+        brokers,
+        dir: tempfile::tempdir().unwrap(),
+        peer: peer_dir.join("run.sh"),
+    };
+
+    // Warm up each processor on a small input: the compiled-component cache, the peer's jar
+    // in the page cache, the broker.
+    let warm_input = unique("bench-warm");
+    create_topic(&bench.brokers, &warm_input, PARTITIONS, false);
+    let warm = Workload {
+        events: 2_000,
+        ..work
+    };
+    produce(&bench.brokers, &warm_input, &warm, 0..warm.events);
+    for p in &processors {
+        eprintln!("kafka bench: warming up {}", p.label());
+        throughput(&bench, p, &warm_input, &warm);
+    }
+
+    let input = unique("bench-in");
+    create_topic(&bench.brokers, &input, PARTITIONS, false);
+    eprintln!("kafka bench: producing {} input records", work.events);
+    produce(&bench.brokers, &input, &work, 0..work.events);
+
+    if let Some(only) = &profile {
+        let p = &processors[0];
+        eprintln!("profile: input ready, measuring {only}");
+        let t = throughput(&bench, p, &input, &work);
+        println!(
+            "kafka {only}: {} events, {:.0} events/s",
+            work.events, t.rate
+        );
+        cpu::print_per_event(only, &t.cpu);
         return;
     }
-    // Warm the compiled-component cache (and the broker) with a small run.
-    measure(Kind::Wasm, &brokers, 2_000, dir.path());
-    let native = measure(Kind::Native, &brokers, n, dir.path());
-    let wasm = measure(Kind::Wasm, &brokers, n, dir.path());
+
+    // Rounds alternate the processors, so drift in the machine's load touches all of them.
+    let mut results: Vec<Vec<Throughput>> = processors.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for (p, runs) in processors.iter().zip(&mut results) {
+            eprintln!("kafka bench: round {round}/{rounds}: {}", p.label());
+            let t = throughput(&bench, p, &input, &work);
+            eprintln!(
+                "  {:.0} events/s ({:.0} with start)",
+                t.rate, t.rate_with_start
+            );
+            runs.push(t);
+        }
+    }
+    let with_latency = !std::env::args().any(|a| a == "--no-latency");
+    let latencies: Vec<Option<(i64, i64)>> = processors
+        .iter()
+        .map(|p| {
+            with_latency.then(|| {
+                eprintln!("kafka bench: latency of {}", p.label());
+                latency(&bench, p)
+            })
+        })
+        .collect();
+
+    report(&work, &bad_keys, rounds, &processors, &results, &latencies);
+}
+
+fn report(
+    work: &Workload,
+    bad_keys: &str,
+    rounds: usize,
+    processors: &[Processor],
+    results: &[Vec<Throughput>],
+    latencies: &[Option<(i64, i64)>],
+) {
+    let bad = if work.bad_every == 0 {
+        "every record JSON".to_string()
+    } else {
+        format!(
+            "1 in {} not JSON ({} records, {})",
+            work.bad_every,
+            work.bad(),
+            if bad_keys == "one" {
+                "all on one key"
+            } else {
+                "spread over the keys"
+            }
+        )
+    };
     println!(
-        "kafka: {n} events, {PARTITIONS} partitions, {KEYS} keys; fnmill io_threads=1 compute_threads=2"
+        "kafka: {} events, {bad}; {PARTITIONS} partitions, {KEYS} keys; fnmill io_threads=1 compute_threads=2; {}",
+        work.events,
+        if rounds > 1 {
+            format!("medians of {rounds} rounds")
+        } else {
+            "1 round".to_string()
+        }
     );
     println!(
-        "  native passthrough : {:>9.0} events/s   latency p50 {} ms  p99 {} ms",
-        native.rate, native.p50, native.p99
+        "  {:<20} {:>9} {:>9} {:>7} {:>11} {:>9} {:>8} {:>9}",
+        "", "events/s", "w/ start", "first", "CPU µs/ev", "w/ start", "switches", "broker µs"
     );
+    let mut rates = Vec::new();
+    for (p, runs) in processors.iter().zip(results) {
+        let steady: Vec<(f64, f64, f64)> = runs.iter().map(|t| split_cpu(&t.cpu)).collect();
+        let column =
+            |f: &dyn Fn(&Throughput) -> f64| median(&mut runs.iter().map(f).collect::<Vec<f64>>());
+        let of = |i: usize| {
+            median(
+                &mut steady
+                    .iter()
+                    .map(|t| [t.0, t.1, t.2][i])
+                    .collect::<Vec<f64>>(),
+            )
+        };
+        let rate = column(&|t| t.rate);
+        rates.push(rate);
+        println!(
+            "  {:<20} {:>9.0} {:>9.0} {:>5.1} s {:>11.1} {:>9.1} {:>8.2} {:>9.1}",
+            p.label(),
+            rate,
+            column(&|t| t.rate_with_start),
+            column(&|t| t.first_output.as_secs_f64()),
+            of(0),
+            column(&|t| split_cpu(&t.cpu_with_start).0),
+            of(1),
+            of(2),
+        );
+        if rounds > 1 {
+            let each: Vec<String> = runs.iter().map(|t| format!("{:.0}", t.rate)).collect();
+            println!("  {:<20} rounds: {}", "", each.join(", "));
+        }
+    }
     println!(
-        "  fnmill + echo wasm : {:>9.0} events/s   latency p50 {} ms  p99 {} ms",
-        wasm.rate, wasm.p50, wasm.p99
+        "  (events/s from the first output record to the last, and from the processor's start;\n   \
+         first: start to first output; CPU and switches per event of the processor's threads\n   \
+         from first output to last, and from start; broker: the broker's CPU per event)"
     );
-    println!("  ratio wasm/native  : {:.2}", wasm.rate / native.rate);
-    println!(
-        "  latency added by the wasm stage (at {LATENCY_RATE}/s): p50 {} ms, p99 {} ms",
-        wasm.p50 - native.p50,
-        wasm.p99 - native.p99
-    );
-    cpu::print_per_event("native passthrough", &native.cpu);
-    cpu::print_per_event("fnmill + echo wasm", &wasm.cpu);
+    let native = rates[0];
+    let streams = *rates.last().unwrap();
+    for (i, p) in processors.iter().enumerate() {
+        if let Processor::Fnmill(_) = p {
+            // Per-round ratios, so a drifting machine does not pair a fast round with a slow.
+            let mut vs_streams: Vec<f64> = results[i]
+                .iter()
+                .zip(results.last().unwrap())
+                .map(|(f, k)| f.rate / k.rate)
+                .collect();
+            let mut vs_native: Vec<f64> = results[i]
+                .iter()
+                .zip(&results[0])
+                .map(|(f, n)| f.rate / n.rate)
+                .collect();
+            println!(
+                "  ratio {0} / kafka streams: {1:.2}   {0} / native: {2:.2}",
+                p.label(),
+                median(&mut vs_streams),
+                median(&mut vs_native),
+            );
+        }
+    }
+    println!("  (medians: native {native:.0}, kafka streams {streams:.0} events/s)");
+    if latencies.iter().any(Option::is_some) {
+        println!("  latency at {LATENCY_RATE} events/s (p50 / p99):");
+        for (p, l) in processors.iter().zip(latencies) {
+            if let Some((p50, p99)) = l {
+                println!("    {:<20} {p50} ms / {p99} ms", p.label());
+            }
+        }
+    }
+    for (p, runs) in processors.iter().zip(results) {
+        let rows: Vec<Vec<cpu::PerEvent>> = runs.iter().map(|t| t.cpu.clone()).collect();
+        cpu::print_per_event(
+            &format!("{}, first output to last", p.label()),
+            &cpu::mean(&rows),
+        );
+    }
 }

@@ -119,6 +119,12 @@ rabbitmq() {
     rabbitmq-server -detached >/dev/null 2>&1 || true
   fi
   WAIT_SECONDS=120 wait_for "RabbitMQ" rabbitmq-diagnostics -q check_port_connectivity
+  # A user with a password of its own, so a test can look for that password in fnmill's log
+  # (FNMILL_TEST_AMQP_SECRET_URL points the test at another).
+  if ! rabbitmqctl -q list_users 2>/dev/null | grep -q '^fnmill-secret'; then
+    rabbitmqctl -q add_user fnmill-secret 'fnmill-secret-pw-4Zq81x' >/dev/null
+    rabbitmqctl -q set_permissions -p / fnmill-secret '.*' '.*' '.*' >/dev/null
+  fi
 }
 
 if [ $# -eq 0 ]; then set -- postgres redis rabbitmq; fi

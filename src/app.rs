@@ -21,7 +21,9 @@ use fnmill_connector_kafka::{KafkaSink, KafkaSource};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
-use crate::config::{DataSourceConfig, DestinationConfig, SinkConfig, SourceConfig, ValidatedConfig};
+use crate::config::{
+    DataSourceConfig, DestinationConfig, SinkConfig, SourceConfig, ValidatedConfig,
+};
 use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig};
 use crate::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
 
@@ -50,20 +52,25 @@ pub fn host_config(config: &ValidatedConfig) -> HostConfig {
 
 /// Builds what serves every data source of the config; the pools' work runs on `io`. No
 /// connection is opened until a function needs one.
-pub fn build_data_sources(config: &ValidatedConfig, io: tokio::runtime::Handle) -> Result<DataSources> {
+pub fn build_data_sources(
+    config: &ValidatedConfig,
+    io: tokio::runtime::Handle,
+) -> Result<DataSources> {
     let mut data = DataSources::new(io);
     for (name, ds) in &config.data_sources {
         let key = format!("data_sources.{name}");
         let problem = |p: fnmill_connector_api::Problem| anyhow::anyhow!("{}", p.under(&key));
         match ds {
             DataSourceConfig::Postgres(c) => {
-                let pool = fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
-                    .map_err(problem)?;
+                let pool =
+                    fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
+                        .map_err(problem)?;
                 data.add_sql(name, Arc::new(pool));
             }
             DataSourceConfig::Redis(c) => {
-                let pool = fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
-                    .map_err(problem)?;
+                let pool =
+                    fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
+                        .map_err(problem)?;
                 for (bucket, b) in &c.buckets {
                     data.add_bucket(bucket, Arc::new(pool.bucket(&b.prefix)));
                 }
@@ -92,6 +99,7 @@ pub fn load_function(
         component: f.component.clone(),
         limits: f.limits(),
         config: f.config.clone(),
+        isolation: f.isolation(),
     };
     match data {
         Some(data) => {
@@ -106,6 +114,35 @@ pub fn load_function(
     .with_context(|| format!("functions.{name}.component"))
 }
 
+/// A function to run on its own (`fnmill invoke`, `fnmill replay --through`), with what keeps
+/// it working: its host (the epoch ticker) and its data sources.
+pub struct LocalFunction {
+    pub function: Arc<Function>,
+    _host: Host,
+    _data: DataSources,
+}
+
+/// Loads the function `name` of `config` for local runs, with at most `instances` instances at
+/// once; its data sources' work runs on `io`.
+pub fn local_function(
+    config: &ValidatedConfig,
+    name: &str,
+    instances: u32,
+    io: &tokio::runtime::Handle,
+) -> Result<LocalFunction> {
+    let mut host_config = host_config(config);
+    host_config.max_instances = instances;
+    let host = Host::new(&host_config)?;
+    let _entered = io.enter();
+    let data = build_data_sources(config, io.clone())?;
+    let function = load_function(config, &host, name, Some(&data))?;
+    Ok(LocalFunction {
+        function: Arc::new(function),
+        _host: host,
+        _data: data,
+    })
+}
+
 /// Every function of the config; see [`load_function`].
 pub fn load_functions(
     config: &ValidatedConfig,
@@ -115,7 +152,12 @@ pub fn load_functions(
     config
         .functions
         .keys()
-        .map(|name| Ok((name.clone(), Arc::new(load_function(config, host, name, data)?))))
+        .map(|name| {
+            Ok((
+                name.clone(),
+                Arc::new(load_function(config, host, name, data)?),
+            ))
+        })
         .collect()
 }
 
@@ -286,7 +328,11 @@ async fn run_routes(
 
     // Started after the routes so that /readyz lists every source from the first request.
     let admin_task = match admin {
-        Some(listener) => Some(crate::admin::serve(listener, admin_state, shutdown.clone())?),
+        Some(listener) => Some(crate::admin::serve(
+            listener,
+            admin_state,
+            shutdown.clone(),
+        )?),
         None => None,
     };
 

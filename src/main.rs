@@ -1,4 +1,7 @@
-//! The `fnmill` command: `run`, `invoke`, `check`.
+//! The `fnmill` command: `run`, `invoke`, `check`, `publish`, `replay`, and `new` / `build`
+//! for writing functions.
+
+mod cli;
 
 use std::io::{Read, Write};
 use std::num::{NonZeroU32, NonZeroU64};
@@ -82,6 +85,40 @@ enum Command {
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
         config: PathBuf,
     },
+    /// Put events on a Kafka topic, a RabbitMQ exchange or queue, or a JSON Lines file, each
+    /// confirmed before it counts as sent.
+    Publish(Box<cli::publish::PublishArgs>),
+    /// Replay a range of a Kafka topic, dead letters or a JSON Lines file: to a topic, exchange,
+    /// queue or file, back where dead letters came from, or through a function.
+    Replay(Box<cli::replay::ReplayArgs>),
+    /// Write a ready function project: the function, its build file, a unit test, a sample
+    /// event and an fnmill.toml that runs it on a JSON Lines file.
+    ///
+    /// Exit status: 0 written; 2 for a bad name or a directory that exists and is not empty.
+    New {
+        /// The function's language.
+        #[arg(value_enum)]
+        language: cli::new::Language,
+        /// The project's name (lowercase letters, digits and `-`): its package name and its
+        /// component's file name.
+        name: String,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a function project into a component with its language's tool: cargo (Rust),
+    /// componentize-js (JavaScript, TypeScript), componentize-py (Python).
+    ///
+    /// Writes dist/NAME.wasm. Exit status: 0 built; 1 the tool failed (its output says why);
+    /// 2 not a project, or a tool is missing (the message says what to install).
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the component (default: DIR/dist/NAME.wasm).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Exit status for a usage or configuration error.
@@ -119,6 +156,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => cmd_run(&config),
         Command::Check { config } => cmd_check(&config),
+        Command::Publish(args) => cli::publish::run(*args),
+        Command::Replay(args) => cli::replay::run(*args),
+        Command::New {
+            language,
+            name,
+            dir,
+        } => cli::new::run(cli::new::NewArgs {
+            language,
+            name,
+            dir,
+        }),
+        Command::Build { dir, out } => cli::build::run(cli::build::BuildArgs { dir, out }),
         Command::Invoke {
             function,
             event,
@@ -273,18 +322,32 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| args.function.clone());
         let mut f = FunctionConfig::new(std::path::absolute(&path).unwrap_or(path));
         args.apply(&mut f)?;
-        (ValidatedConfig::for_function(&name, f, Path::new("."))?, name)
+        (
+            ValidatedConfig::for_function(&name, f, Path::new("."))?,
+            name,
+        )
     } else {
         let mut raw = config::read(&args.config, std::env::vars())?;
-        let Some(f) = raw.functions.get_mut(&args.function) else {
+        let Some(mut f) = raw.functions.remove(&args.function) else {
             bail!(
                 "no function named `{}` in {} (and no such .wasm file)",
                 args.function,
                 args.config.display()
             );
         };
-        args.apply(f)?;
-        let config = raw.validate()?;
+        args.apply(&mut f)?;
+        // The function and what it needs (its data sources, the runtime and log settings),
+        // checked by the same rules as under `run`; the config's sources, sinks and routes are
+        // not this command's business.
+        let config = config::Config {
+            functions: [(args.function.clone(), f)].into(),
+            sources: Default::default(),
+            sinks: Default::default(),
+            routes: Vec::new(),
+            admin: Default::default(),
+            ..raw
+        }
+        .validate()?;
         fnmill::telemetry::init(&config.telemetry);
         (config, args.function.clone())
     };
@@ -302,20 +365,13 @@ fn cmd_invoke(args: InvokeArgs) -> Result<ExitCode> {
         .with_context(|| format!("--event: {}", args.event.display()))?
         .into_event("invoke", || "invoke-1".to_string(), vec![]);
 
-    // One instance at a time: a pool sized for one.
-    let mut host_config = fnmill::app::host_config(&config);
-    host_config.max_instances = 1;
-    let host = Host::new(&host_config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // One thread serves both sides here: the pools' work runs while `block_on` waits for it.
-    let function = {
-        let _entered = rt.enter();
-        let data = fnmill::app::build_data_sources(&config, rt.handle().clone())?;
-        fnmill::app::load_function(&config, &host, &name, Some(&data))?
-    };
-    match rt.block_on(function.invoke(&event, args.attempt)) {
+    // One instance at a time: a pool sized for one.
+    let local = fnmill::app::local_function(&config, &name, 1, rt.handle())?;
+    match rt.block_on(local.function.invoke(&event, args.attempt)) {
         Ok(outputs) => {
             let mut out = Vec::new();
             for o in outputs {

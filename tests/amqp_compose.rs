@@ -4,6 +4,7 @@
 //! URL overridable from the environment.
 
 mod common;
+mod stack_support;
 
 use common::{quickstart_component, root};
 use fnmill::config::{SinkConfig, SourceConfig, load_with_env};
@@ -12,9 +13,8 @@ use fnmill_connector_amqp::config::QueueType;
 
 #[test]
 fn compose_has_rabbitmq_on_the_example_port() {
-    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
-    let compose: serde_yaml::Value =
-        serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
+    // As Compose reads it: the ports come from .env.
+    let compose = stack_support::compose();
     let rabbit = &compose["services"]["rabbitmq"];
     assert!(
         rabbit["image"].as_str().unwrap().starts_with("rabbitmq:"),

@@ -20,8 +20,8 @@ use bytes::Bytes;
 use common::{FileRoute, count_lines, fnmill, guest, headers, read_lines, write_events};
 use fnmill::host::{DataSources, Failure, Function, FunctionSpec, Grants, Host, Limits};
 use fnmill_connector_api::Event;
-use fnmill_connector_postgres::tokio_postgres::{self, NoTls};
 use fnmill_connector_api::connection::SecretUrl;
+use fnmill_connector_postgres::tokio_postgres::{self, NoTls};
 use fnmill_connector_postgres::{PgPool, PgPoolConfig};
 use fnmill_connector_redis::{RedisPool, RedisPoolConfig};
 use serde_json::json;
@@ -126,6 +126,7 @@ fn load(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
+        isolation: fnmill::host::Isolation::Event,
     };
     let grants = Grants {
         data_sources: sql.iter().map(|s| s.to_string()).collect(),
@@ -250,7 +251,10 @@ async fn grants_are_enforced_for_sql_and_keyvalue() {
     data.add_sql("db", Arc::new(pg_pool(&granted_app, 2)));
     data.add_sql("other", Arc::new(pg_pool(&other_app, 2)));
     let redis = redis_pool(&redis_url());
-    data.add_bucket("cache", Arc::new(redis.bucket(format!("{}:", unique("cache")))));
+    data.add_bucket(
+        "cache",
+        Arc::new(redis.bucket(format!("{}:", unique("cache")))),
+    );
     data.add_bucket("secret", Arc::new(redis.bucket(secret_prefix.clone())));
     let host = host();
 
@@ -630,7 +634,10 @@ async fn redis_unreachable_is_retryable_and_recovers() {
     let mut proxy = Proxy::start(upstream).await;
     let mut data = DataSources::new(tokio::runtime::Handle::current());
     let pool = redis_pool(&format!("redis://{auth}{}", proxy.addr));
-    data.add_bucket("cache", Arc::new(pool.bucket(format!("{}:", unique("proxied")))));
+    data.add_bucket(
+        "cache",
+        Arc::new(pool.bucket(format!("{}:", unique("proxied")))),
+    );
     let host = host();
     let f = load(&host, &data, "kv-probe", &[], &[], &["cache"]);
     f.invoke(&event("before", "x"), 1).await.unwrap();

@@ -39,6 +39,7 @@ fn load(host: &Host, name: &str, limits: Limits, config: &[(&str, &str)]) -> Fun
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>(),
+        isolation: fnmill::host::Isolation::Event,
     })
     .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
@@ -192,6 +193,7 @@ fn invoke_peak_rss(component: &Path, event: &Path, extra: &[&str]) -> (i32, u64)
     let mut status = 0;
     // SAFETY: plain wait4 on our own child's pid, with valid out-pointers.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
     (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)

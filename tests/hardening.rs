@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{FileRoute, count_lines, fnmill, guest, headers, read_lines, wait_until, write_events};
+use common::{
+    FileRoute, count_lines, fnmill, guest, headers, read_lines, wait_until, write_events,
+};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -54,7 +56,11 @@ impl Running {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "fnmill did not stop:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "fnmill did not stop:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -81,7 +87,13 @@ fn a_second_run_on_the_same_input_refuses_to_start() {
     let events = 20_000;
     write_events(
         &route.input(),
-        (0..events).map(|i| (format!("e{i}"), Some(format!("k{}", i % 7)), json!({ "i": i }))),
+        (0..events).map(|i| {
+            (
+                format!("e{i}"),
+                Some(format!("k{}", i % 7)),
+                json!({ "i": i }),
+            )
+        }),
     );
     let config = route.write();
     // Followed, so the first run is still there when the second starts.
@@ -96,7 +108,10 @@ fn a_second_run_on_the_same_input_refuses_to_start() {
     let second = fnmill().args(["run", "-c"]).arg(&config).output().unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("another fnmill is already reading"), "{stderr}");
+    assert!(
+        stderr.contains("another fnmill is already reading"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("Route started"), "{stderr}");
     wait_until(DEADLINE, "every event out", || {
         count_lines(&route.output()) >= events
@@ -122,7 +137,13 @@ fn a_run_cut_short_with_abandoned_events_says_so() {
     route.runtime_extra = "shutdown_grace = \"2s\"".into();
     write_events(
         &route.input(),
-        (0..5).map(|i| (format!("e{i}"), Some("one-key".to_string()), json!({ "i": i }))),
+        (0..5).map(|i| {
+            (
+                format!("e{i}"),
+                Some("one-key".to_string()),
+                json!({ "i": i }),
+            )
+        }),
     );
     let mut run = Running::start(run_cmd(&route.write()));
     wait_until(DEADLINE, "the lane to stop", || {
@@ -175,7 +196,12 @@ fn a_closed_standard_output_stops_the_run() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is gone"), "{stderr}");
     let checkpoint = dir.path().join("in.jsonl.checkpoint");
@@ -204,16 +230,32 @@ fn a_flooding_guest_is_held_to_its_log_budget_and_its_error_is_cut() {
         log.contains("Guest log output over its limit") && log.contains("dropped_lines="),
         "{log}"
     );
-    assert!(!log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR forged")), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR forged")),
+        "{log}"
+    );
     assert!(!log.contains('\u{1b}'), "a raw escape code reached the log");
     assert!(log.len() < 1 << 20, "{} bytes of log", log.len());
 
     let dead = read_lines(&route.dead());
     assert_eq!(dead.len(), 1);
     let message = headers(&dead[0])["fnmill.error.message"].clone();
-    assert!(message.starts_with("chatty error\\nsecond line \\u{1b}[2J"), "{}", &message[..80]);
-    assert!(message.len() <= fnmill::host::MAX_MESSAGE + 64, "{}", message.len());
-    assert!(message.ends_with("more bytes)"), "{}", &message[message.len() - 40..]);
+    assert!(
+        message.starts_with("chatty error\\nsecond line \\u{1b}[2J"),
+        "{}",
+        &message[..80]
+    );
+    assert!(
+        message.len() <= fnmill::host::MAX_MESSAGE + 64,
+        "{}",
+        message.len()
+    );
+    assert!(
+        message.ends_with("more bytes)"),
+        "{}",
+        &message[message.len() - 40..]
+    );
 }
 
 /// Peak resident memory of a finished child, from /proc before it is reaped.
@@ -243,7 +285,11 @@ fn memory_hungry_events_stay_within_the_memory_budget() {
         (0..events).map(|i| (format!("e{i}"), None, json!({ "i": i }))),
     );
     let config = route.write();
-    let check = fnmill().args(["check", "-c"]).arg(&config).output().unwrap();
+    let check = fnmill()
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{stderr}");
     assert!(
@@ -286,9 +332,20 @@ fn a_foreign_file_in_the_component_cache_is_not_loaded() {
     };
     let mut check = fnmill();
     with_cache(&mut check);
-    assert!(check.args(["check", "-c"]).arg(&config).status().unwrap().success());
+    assert!(
+        check
+            .args(["check", "-c"])
+            .arg(&config)
+            .status()
+            .unwrap()
+            .success()
+    );
     let fnmill_cache = cache.join("fnmill");
-    let mode = std::fs::metadata(&fnmill_cache).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&fnmill_cache)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o700, "the cache folder is private");
     let compiled: Vec<_> = std::fs::read_dir(&fnmill_cache)
         .unwrap()
@@ -304,7 +361,8 @@ fn a_foreign_file_in_the_component_cache_is_not_loaded() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(
-        log.contains("Not loading a compiled component from the cache") && log.contains("writable by others"),
+        log.contains("Not loading a compiled component from the cache")
+            && log.contains("writable by others"),
         "{log}"
     );
     assert_eq!(count_lines(&route.output()), 1);
@@ -313,7 +371,11 @@ fn a_foreign_file_in_the_component_cache_is_not_loaded() {
 fn get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
@@ -361,7 +423,9 @@ fn the_admin_endpoint_survives_idle_clients_and_the_descriptor_limit() {
     });
 
     // More idle connections than the process has descriptors left.
-    let idle: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(&addr).ok()).collect();
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
     assert!(idle.len() > 100, "{} connections", idle.len());
     std::thread::sleep(Duration::from_secs(3)); // the scenario: three seconds of overload
     let log = run.log();
@@ -370,9 +434,11 @@ fn the_admin_endpoint_survives_idle_clients_and_the_descriptor_limit() {
     assert!(log.len() < 200_000, "{} bytes of log", log.len());
     drop(idle);
     // Freed: it answers again (the idle ones it held are closed after the header timeout).
-    wait_until(Duration::from_secs(30), "the endpoint to answer again", || {
-        get(&addr, "/healthz").is_some_and(|b| b.contains("200 OK"))
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the endpoint to answer again",
+        || get(&addr, "/healthz").is_some_and(|b| b.contains("200 OK")),
+    );
     run.term();
     assert_eq!(run.wait(), 0, "{}", run.log());
 }

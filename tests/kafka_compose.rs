@@ -4,15 +4,15 @@
 //! address overridable from the environment.
 
 mod common;
+mod stack_support;
 
 use common::{quickstart_component, root};
 use fnmill::config::{SinkConfig, SourceConfig, load_with_env};
 
 #[test]
 fn compose_has_a_kraft_kafka_on_the_example_port() {
-    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
-    let compose: serde_yaml::Value =
-        serde_yaml::from_str(&text).expect("docker-compose.yml is YAML");
+    // As Compose reads it: the ports come from .env.
+    let compose = stack_support::compose();
     let kafka = &compose["services"]["kafka"];
     assert!(
         kafka["image"]

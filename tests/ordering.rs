@@ -55,5 +55,5 @@ fn per_key_order_is_kept_and_nothing_is_lost() {
     assert_eq!(seen.len(), EVENTS, "every event comes out");
     assert_eq!(last.len(), KEYS);
     assert!(interleaved);
-    assert!(common::read_lines(&route.dead()).is_empty());
+    assert!(read_lines(&route.dead()).is_empty());
 }

@@ -102,7 +102,12 @@ struct Collect(Mutex<Vec<Record>>);
 
 impl Collect {
     fn payloads(&self) -> Vec<Bytes> {
-        self.0.lock().unwrap().iter().map(|r| r.payload.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.payload.clone())
+            .collect()
     }
 }
 
@@ -128,7 +133,11 @@ fn destination(name: &str, sink: Arc<dyn Sink>) -> Destination {
 }
 
 fn route(out: Arc<dyn Sink>, dead: Arc<Collect>) -> Arc<Route> {
-    route_of("echo", out, DeadLetter::Destination(destination("dead", dead)))
+    route_of(
+        "echo",
+        out,
+        DeadLetter::Destination(destination("dead", dead)),
+    )
 }
 
 fn route_of(guest: &str, out: Arc<dyn Sink>, dead_letter: DeadLetter) -> Arc<Route> {
@@ -334,7 +343,10 @@ async fn a_held_lane_abandons_its_queued_events_at_shutdown() {
     let settled = send_same_key(&tx, &["poison-1", "e2", "e3"]).await;
     // A keyless witness sent after them: once it is out, the route has taken e2 and e3 in.
     send(&tx, "witness", None, &settled).await;
-    wait_for("the witness", || out.payloads() == [Bytes::from_static(b"witness")]).await;
+    wait_for("the witness", || {
+        out.payloads() == [Bytes::from_static(b"witness")]
+    })
+    .await;
 
     route.shutdown.cancel();
     wait_for("all to settle", || settled.lock().unwrap().len() == 4).await;
@@ -347,9 +359,16 @@ async fn a_held_lane_abandons_its_queued_events_at_shutdown() {
             ("witness".to_string(), Outcome::Done),
         ]
     );
-    assert_eq!(out.payloads(), [Bytes::from_static(b"witness")], "nothing of the key went out");
     assert_eq!(
-        route.stats.abandoned.load(std::sync::atomic::Ordering::Relaxed),
+        out.payloads(),
+        [Bytes::from_static(b"witness")],
+        "nothing of the key went out"
+    );
+    assert_eq!(
+        route
+            .stats
+            .abandoned
+            .load(std::sync::atomic::Ordering::Relaxed),
         3
     );
     drop(tx);
@@ -369,7 +388,10 @@ async fn an_undecodable_event_is_dead_lettered_without_running_the_function() {
     event.decode_error = Some("expected value at line 1 column 2".into());
     send_event(&tx, event, None, &settled).await;
     wait_for("the dead letter", || settled.lock().unwrap().len() == 1).await;
-    assert_eq!(outcomes(&settled), [("bad-1".to_string(), Outcome::DeadLettered)]);
+    assert_eq!(
+        outcomes(&settled),
+        [("bad-1".to_string(), Outcome::DeadLettered)]
+    );
     assert!(out.payloads().is_empty(), "the function ran");
     let dead = dead.0.lock().unwrap().clone();
     assert_eq!(dead[0].payload, Bytes::from_static(b"{not json"));
@@ -382,7 +404,11 @@ async fn an_undecodable_event_is_dead_lettered_without_running_the_function() {
     };
     assert_eq!(header("fnmill.error.kind").as_deref(), Some("decode"));
     assert_eq!(header("fnmill.error.attempts").as_deref(), Some("0"));
-    assert!(header("fnmill.error.message").unwrap().contains("expected value"));
+    assert!(
+        header("fnmill.error.message")
+            .unwrap()
+            .contains("expected value")
+    );
     drop(tx);
     tokio::time::timeout(DEADLINE, run).await.unwrap().unwrap();
 }

@@ -8,10 +8,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// CPU seconds used and context switches so far, by thread name (`comm`) for this process and by
-/// label for others.
+/// CPU seconds used and context switches so far, per thread, named by thread name (`comm`)
+/// for this process and by label for others; plus each process's own total, which still counts
+/// the threads that have exited since.
 #[derive(Clone, Debug, Default)]
-pub struct CpuTimes(BTreeMap<String, Usage>);
+pub struct CpuTimes {
+    /// By (process, tid): the row the thread is counted in, and its usage.
+    threads: BTreeMap<(u32, u32), (String, Usage)>,
+    /// By process: the row its exited threads are counted in, and its total CPU seconds.
+    processes: BTreeMap<u32, (String, f64)>,
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Usage {
@@ -33,34 +39,106 @@ impl CpuTimes {
     /// Threads of this process, summed per name, plus each `(label, pid)` of `others` (all of
     /// the process's threads).
     pub fn now(others: &[(String, u32)]) -> Self {
-        let mut times = BTreeMap::new();
-        add_threads(Path::new("/proc/self/task"), &mut times, None);
+        let mut times = Self::default();
+        times.add_process(std::process::id(), None);
         for (label, pid) in others {
-            add_threads(
-                &Path::new("/proc").join(pid.to_string()).join("task"),
-                &mut times,
-                Some(label),
-            );
+            times.add_process(*pid, Some(&Label(label)));
         }
-        Self(times)
+        times
+    }
+
+    /// [`CpuTimes::now`], plus the threads of each `(prefix, pid)` of `split` listed by thread
+    /// name (`prefix` + `comm`), for another process whose threads do different work (a JVM's
+    /// stream threads apart from its garbage collector and compiler).
+    pub fn now_split(others: &[(String, u32)], split: &[(String, u32)]) -> Self {
+        let mut times = Self::now(others);
+        for (prefix, pid) in split {
+            times.add_process(*pid, Some(&Prefix(prefix)));
+        }
+        times
     }
 
     /// CPU and switches per event, by name, between `earlier` and `self`; names that used
-    /// nothing are left out.
+    /// nothing are left out. A thread that exited in between is not there to be read: its CPU
+    /// (the process total's growth beyond its live threads') is shown as "exited threads" of
+    /// its process (under the process's label for a labelled one); its switches are lost.
     pub fn per_event_since(&self, earlier: &CpuTimes, events: usize) -> Vec<PerEvent> {
         let n = events as f64;
-        self.0
-            .iter()
-            .map(|(name, now)| {
-                let before = earlier.0.get(name).copied().unwrap_or_default();
-                PerEvent {
-                    name: name.clone(),
-                    us: (now.secs - before.secs) * 1e6 / n,
-                    switches: now.switches.saturating_sub(before.switches) as f64 / n,
-                }
+        let mut rows: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+        let mut live: BTreeMap<u32, f64> = BTreeMap::new();
+        for (&(pid, tid), (name, now)) in &self.threads {
+            let before = earlier
+                .threads
+                .get(&(pid, tid))
+                .map(|(_, usage)| *usage)
+                .unwrap_or_default();
+            let secs = now.secs - before.secs;
+            *live.entry(pid).or_default() += secs;
+            let row = rows.entry(name.clone()).or_default();
+            row.0 += secs;
+            row.1 += now.switches.saturating_sub(before.switches);
+        }
+        for (pid, (name, total)) in &self.processes {
+            let before = earlier.processes.get(pid).map_or(0.0, |(_, total)| *total);
+            let exited = total - before - live.get(pid).copied().unwrap_or_default();
+            rows.entry(name.clone()).or_default().0 += exited.max(0.0);
+        }
+        rows.into_iter()
+            .map(|(name, (secs, switches))| PerEvent {
+                name,
+                us: secs * 1e6 / n,
+                switches: switches as f64 / n,
             })
             .filter(|row| row.us >= 0.05)
             .collect()
+    }
+
+    fn add_process(&mut self, pid: u32, name: Option<&Name<'_>>) {
+        let exited = match name {
+            Some(Label(label)) => label.to_string(),
+            Some(Prefix(prefix)) => format!("{prefix}exited threads"),
+            None => "exited threads".to_string(),
+        };
+        let root = Path::new("/proc").join(pid.to_string());
+        // Read before the threads, so a thread that exits meanwhile is not counted twice.
+        let Some(total) = stat_secs(&root.join("stat")) else {
+            return;
+        };
+        self.processes.insert(pid, (exited, total));
+        let Ok(entries) = std::fs::read_dir(root.join("task")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some(secs) = parse_secs(&stat) else {
+                continue;
+            };
+            let comm = || {
+                stat.split_once('(')
+                    .and_then(|(_, rest)| rest.rsplit_once(')'))
+                    .map(|(comm, _)| comm.to_string())
+                    .unwrap_or_default()
+            };
+            let row = match name {
+                Some(Label(label)) => label.to_string(),
+                Some(Prefix(prefix)) => format!("{prefix}{}", comm()),
+                None => comm(),
+            };
+            let usage = Usage {
+                secs,
+                switches: switches(&entry.path().join("status")),
+            };
+            self.threads.insert((pid, tid), (row, usage));
+        }
     }
 }
 
@@ -100,37 +178,30 @@ pub fn print_per_event(title: &str, rows: &[PerEvent]) {
     );
 }
 
-fn add_threads(tasks: &Path, times: &mut BTreeMap<String, Usage>, label: Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(tasks) else {
-        return;
-    };
+/// How [`CpuTimes::add_process`] names another process's threads: all under one label, or
+/// each by its own name after a prefix.
+enum Name<'a> {
+    Label(&'a str),
+    Prefix(&'a str),
+}
+use Name::{Label, Prefix};
+
+/// CPU seconds (user + system) of a `stat` file: a thread's, or a whole process's (which
+/// includes its exited threads).
+fn stat_secs(path: &Path) -> Option<f64> {
+    parse_secs(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_secs(stat: &str) -> Option<f64> {
     // Clock ticks per second: 100 on every Linux this runs on (USER_HZ).
     const TICKS: f64 = 100.0;
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ...`: comm may hold spaces, so split after the last ')'.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
-        let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
-            continue;
-        };
-        let ticks: f64 = utime.parse::<f64>().unwrap_or(0.0) + stime.parse::<f64>().unwrap_or(0.0);
-        let name = match label {
-            Some(label) => label.to_string(),
-            None => head
-                .split_once('(')
-                .map(|(_, comm)| comm.to_string())
-                .unwrap_or_default(),
-        };
-        let usage: &mut Usage = times.entry(name).or_default();
-        usage.secs += ticks / TICKS;
-        usage.switches += switches(&entry.path().join("status"));
-    }
+    // `pid (comm) state ...`: comm may hold spaces, so split after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
 }
 
 /// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of a thread's `status` file.

@@ -98,9 +98,7 @@ fn set(root: &mut Value, path: &[String], value: Value) -> std::result::Result<(
                 part.parse::<usize>()
                     .ok()
                     .and_then(|i| items.get_mut(i))
-                    .ok_or_else(|| {
-                        format!("`{part}` is not an index of a list of {len} entries")
-                    })?
+                    .ok_or_else(|| format!("`{part}` is not an index of a list of {len} entries"))?
             }
             _ => return Err(format!("`{part}` is below a value that is not a table")),
         };
@@ -157,7 +155,10 @@ mod tests {
         assert_eq!(c.runtime.shutdown_grace, std::time::Duration::from_secs(5));
         // Inside a tagged table (a source's own keys) too.
         let c = apply_to(toml, &[("FNMILL__SOURCES__K__DRAIN_TIMEOUT", "3s")]).unwrap();
-        assert!(matches!(&c.sources["k"], super::super::SourceConfig::Kafka(_)));
+        assert!(matches!(
+            &c.sources["k"],
+            super::super::SourceConfig::Kafka(_)
+        ));
     }
 
     #[test]

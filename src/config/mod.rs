@@ -266,6 +266,36 @@ pub struct FunctionConfig {
     /// Most log lines one call may write; what is over is dropped and counted.
     #[serde(default = "default_max_log_lines")]
     pub max_log_lines: u32,
+    /// `"event"` (default): a fresh instance for every event, so nothing one event leaves in
+    /// memory is seen by another. `"reuse"`: an instance serves up to `max_reuse` events in turn
+    /// and is retired after any failure or once its memory grew past `reuse_max_memory` —
+    /// several times cheaper per event, but state an event leaves in the instance's memory
+    /// (globals, caches) is seen by the next events it serves, whatever their keys. Choose it
+    /// only for functions that keep nothing between events, or whose leftovers are harmless.
+    #[serde(default)]
+    pub isolation: IsolationConfig,
+    /// With `isolation = "reuse"`: events one instance serves before it is retired.
+    #[serde(default = "default_max_reuse")]
+    pub max_reuse: u32,
+    /// With `isolation = "reuse"`: an instance whose memory grew past this is retired after its
+    /// event, e.g. `"16MiB"`. Default: half of `memory`.
+    #[serde(default, deserialize_with = "optional_byte_size")]
+    pub reuse_max_memory: Option<u64>,
+}
+
+/// `functions.<name>.isolation`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationConfig {
+    #[default]
+    Event,
+    Reuse,
+}
+
+/// Long enough that instantiation is noise, short enough that an instance that slowly
+/// accumulates state is renewed every so often.
+pub(crate) fn default_max_reuse() -> u32 {
+    1000
 }
 
 impl FunctionConfig {
@@ -283,6 +313,20 @@ impl FunctionConfig {
             buckets: Vec::new(),
             max_log_bytes: default_max_log_bytes(),
             max_log_lines: default_max_log_lines(),
+            isolation: IsolationConfig::Event,
+            max_reuse: default_max_reuse(),
+            reuse_max_memory: None,
+        }
+    }
+
+    /// The host's isolation for this function.
+    pub fn isolation(&self) -> crate::host::Isolation {
+        match self.isolation {
+            IsolationConfig::Event => crate::host::Isolation::Event,
+            IsolationConfig::Reuse => crate::host::Isolation::Reuse {
+                max_uses: self.max_reuse,
+                max_memory: self.reuse_max_memory.unwrap_or(self.memory / 2),
+            },
         }
     }
 
@@ -417,8 +461,13 @@ impl<'de> Deserialize<'de> for DestinationConfig {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(DestinationConfig::Sink(v.to_string()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let t = DestinationTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let t = DestinationTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
                 Ok(DestinationConfig::Target {
                     sink: t.sink,
                     target: t.target,

@@ -93,7 +93,10 @@ impl Config {
         self.resolve_paths();
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        let memory_budget = self.runtime.memory_budget.unwrap_or_else(default_memory_budget);
+        let memory_budget = self
+            .runtime
+            .memory_budget
+            .unwrap_or_else(default_memory_budget);
         self.check_runtime(&mut problems, &mut warnings);
         self.check_sources(&mut problems, &mut warnings);
         self.check_sinks(&mut problems);
@@ -304,13 +307,28 @@ impl Config {
                 problem("timeout", "must be greater than zero".into());
             }
             if f.fuel == Some(0) {
-                problem("fuel", "must be greater than zero (leave it out for no limit)".into());
+                problem(
+                    "fuel",
+                    "must be greater than zero (leave it out for no limit)".into(),
+                );
+            }
+            if f.max_reuse == 0 {
+                problem("max_reuse", "must be at least 1".into());
+            }
+            if f.isolation == super::IsolationConfig::Event
+                && (f.reuse_max_memory.is_some() || f.max_reuse != super::default_max_reuse())
+            {
+                problem(
+                    "isolation",
+                    "is \"event\" (the default), so max_reuse and reuse_max_memory do nothing: \
+                     set isolation = \"reuse\" or remove them"
+                        .into(),
+                );
             }
             if f.max_outputs == 0 {
                 problem(
                     "max_outputs",
-                    "must be at least 1 (a function with no outputs returns an empty list)"
-                        .into(),
+                    "must be at least 1 (a function with no outputs returns an empty list)".into(),
                 );
             }
             for (i, ds) in f.data_sources.iter().enumerate() {
@@ -319,7 +337,9 @@ impl Config {
                     Some(DataSourceConfig::Postgres(_)) => {}
                     Some(DataSourceConfig::Redis(_)) => problem(
                         &k,
-                        format!("`{ds}` is a redis data source; grant its buckets in {key}.buckets"),
+                        format!(
+                            "`{ds}` is a redis data source; grant its buckets in {key}.buckets"
+                        ),
                     ),
                     None => problem(
                         &k,
@@ -494,7 +514,12 @@ impl Config {
             .destinations
             .iter()
             .map(|(name, d)| (format!("{key}.destinations.{name}"), d))
-            .chain(route.dead_letter.iter().map(|d| (format!("{key}.dead_letter"), d)));
+            .chain(
+                route
+                    .dead_letter
+                    .iter()
+                    .map(|d| (format!("{key}.dead_letter"), d)),
+            );
         for (k, d) in dests {
             if let Some(SinkConfig::File(out)) = self.sinks.get(d.sink())
                 && !out.is_stdout()

@@ -72,7 +72,10 @@ fn trusted(path: &Path) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(format!("owned by uid {}, not by this user (uid {me})", meta.uid()));
+        return Err(format!(
+            "owned by uid {}, not by this user (uid {me})",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(format!(

@@ -23,16 +23,27 @@ pub(crate) struct Ctx {
     pub(super) limiter: Limiter,
     pub(super) function: Arc<FunctionShared>,
     pub(super) event_id: Arc<str>,
-    /// What the guest may still log for this event (stdout, stderr and `logging.log`).
+    /// The event the instance handles now and what it may still log for it (stdout, stderr and
+    /// `logging.log`), shared with its stdout and stderr streams. A reused instance gets a new
+    /// one per event.
+    pub(super) current: Arc<std::sync::Mutex<guest_log::Current>>,
     pub(super) log: Arc<LogBudget>,
 }
 
 impl Ctx {
-    pub(super) fn new(function: &Arc<FunctionShared>, event_id: &Arc<str>, memory_bytes: u64) -> Self {
+    pub(super) fn new(
+        function: &Arc<FunctionShared>,
+        event_id: &Arc<str>,
+        memory_bytes: u64,
+    ) -> Self {
         let log = Arc::new(LogBudget::new(function.log));
+        let current = Arc::new(std::sync::Mutex::new(guest_log::Current {
+            event: event_id.clone(),
+            budget: log.clone(),
+        }));
         // No preopened directories, no sockets, no environment, no arguments: WASI here only
         // gives the guest clocks, random numbers and stdout/stderr that become log lines.
-        let stream = |stream| guest_log::GuestLog::new(stream, &function.name, event_id, &log);
+        let stream = |stream| guest_log::GuestLog::new(stream, &function.name, &current);
         let wasi = WasiCtxBuilder::new()
             .stdout(stream(guest_log::Stream::Stdout))
             .stderr(stream(guest_log::Stream::Stderr))
@@ -46,11 +57,23 @@ impl Ctx {
             limiter: Limiter {
                 memory_bytes: memory_bytes as usize,
                 refused: false,
+                size: 0,
             },
             function: function.clone(),
             event_id: event_id.clone(),
+            current,
             log,
         }
+    }
+
+    /// Points a reused instance at its next event: its id in log lines, a fresh log budget.
+    pub(super) fn next_event(&mut self, event_id: &Arc<str>) {
+        self.log.report(&self.function.name, &self.event_id);
+        self.event_id = event_id.clone();
+        self.log = Arc::new(LogBudget::new(self.function.log));
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.event = event_id.clone();
+        current.budget = self.log.clone();
     }
 }
 
@@ -99,6 +122,9 @@ impl bindings::fnmill::function::logging::Host for Ctx {
 pub(super) struct Limiter {
     memory_bytes: usize,
     pub(super) refused: bool,
+    /// The largest linear memory the instance has grown to (a reused instance is retired past a
+    /// bound).
+    pub(super) size: usize,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
@@ -112,6 +138,7 @@ impl wasmtime::ResourceLimiter for Limiter {
             self.refused = true;
             return Ok(false);
         }
+        self.size = self.size.max(desired);
         Ok(true)
     }
 

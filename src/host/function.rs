@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnmill_connector_api::{Event, Header};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::Mutex;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{self, EventFunctionPre, GuestError};
@@ -39,6 +41,19 @@ pub struct Limits {
     pub max_log_lines: u32,
 }
 
+/// Whether an instance serves one event or several.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// A fresh instance per event: nothing one event leaves in memory is seen by another.
+    #[default]
+    Event,
+    /// An instance serves up to `max_uses` events in turn (never two at once), and is retired
+    /// after any failure (an error, a trap, a timeout, fuel or memory) or once its memory grew
+    /// past `max_memory` bytes. State an event leaves in memory is seen by the next events the
+    /// instance serves — whatever their keys.
+    Reuse { max_uses: u32, max_memory: u64 },
+}
+
 /// What to load as a function.
 #[derive(Clone, Debug)]
 pub struct FunctionSpec {
@@ -47,6 +62,7 @@ pub struct FunctionSpec {
     pub limits: Limits,
     /// Values the guest can read with `config.get`.
     pub config: BTreeMap<String, String>,
+    pub isolation: Isolation,
 }
 
 /// An output returned by a function.
@@ -80,12 +96,24 @@ pub struct Function {
     pub(super) budget_pages: u32,
     /// Whether the engine meters fuel, so every store must be given some.
     pub(super) engine_fuel: bool,
+    pub(super) isolation: Isolation,
+    /// Instances waiting for their next event (reuse only), the most recently used last.
+    pub(super) idle: Mutex<Vec<Reusable>>,
 }
 
 /// What an instance holds while it lives: its slot and its share of the memory budget.
-pub(super) struct Admission<'a> {
-    _slot: SemaphorePermit<'a>,
-    _memory: SemaphorePermit<'a>,
+pub(super) struct Admission {
+    _slot: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
+}
+
+/// An instance kept for more events (`isolation = "reuse"`).
+pub(super) struct Reusable {
+    store: Store<Ctx>,
+    instance: bindings::EventFunction,
+    /// Events served so far.
+    uses: u32,
+    _admission: Admission,
 }
 
 impl Function {
@@ -99,23 +127,38 @@ impl Function {
 
     /// Waits for an instance slot and for room in the memory budget. The pool has a slot for
     /// every permit, so instantiation never fails for lack of one.
-    pub(super) async fn admit(&self) -> Result<Admission<'_>, Failure> {
+    pub(super) async fn admit(&self) -> Result<Admission, Failure> {
         let gone = |_| Failure::Instantiation("the host is shutting down".into());
         let memory = self
             .budget
-            .acquire_many(self.budget_pages)
+            .clone()
+            .acquire_many_owned(self.budget_pages)
             .await
             .map_err(gone)?;
-        let slot = self.permits.acquire().await.map_err(gone)?;
+        let slot = self.permits.clone().acquire_owned().await.map_err(gone)?;
         Ok(Admission {
             _slot: slot,
             _memory: memory,
         })
     }
 
-    /// Runs `event` in a fresh instance. A failure of any kind is returned, never raised: the
-    /// instance is thrown away and the next call starts clean.
+    /// Runs `event`: in a fresh instance, or with `isolation = "reuse"` in an instance that
+    /// served earlier events. A failure of any kind is returned, never raised; the instance it
+    /// happened in is thrown away and the next call starts clean.
     pub async fn invoke(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+        match self.isolation {
+            Isolation::Event => self.invoke_fresh(event, attempt).await,
+            Isolation::Reuse {
+                max_uses,
+                max_memory,
+            } => {
+                self.invoke_reused(event, attempt, max_uses, max_memory)
+                    .await
+            }
+        }
+    }
+
+    async fn invoke_fresh(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
         let _admission = self.admit().await?;
         // Epoch interruption cannot stop a guest that is inside an awaited host call; the outer
         // timeout catches that case, one tick later than the epoch would.
@@ -124,6 +167,61 @@ impl Function {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout(self.limits.timeout)),
         }
+    }
+
+    async fn invoke_reused(
+        &self,
+        event: &Event,
+        attempt: u32,
+        max_uses: u32,
+        max_memory: u64,
+    ) -> Result<Vec<Output>, Failure> {
+        let event_id: Arc<str> = Arc::from(event.id.as_str());
+        let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut r = match taken {
+            Some(mut r) => {
+                r.store.data_mut().next_event(&event_id);
+                r
+            }
+            None => {
+                let admission = self.admit().await?;
+                let mut store = self.store(&event_id)?;
+                self.arm_deadline(&mut store);
+                let instance = match self.pre.instantiate_async(&mut store).await {
+                    Ok(instance) => instance,
+                    Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
+                };
+                Reusable {
+                    store,
+                    instance,
+                    uses: 0,
+                    _admission: admission,
+                }
+            }
+        };
+        self.arm_deadline(&mut r.store);
+        if self.engine_fuel {
+            r.store
+                .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
+        }
+        let outer = self.limits.timeout + EPOCH_TICK * 2;
+        let result =
+            match tokio::time::timeout(outer, self.call(&r.instance, &mut r.store, event, attempt))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(Failure::Timeout(self.limits.timeout)),
+            };
+        r.uses += 1;
+        // Any failure retires the instance: whatever state it was left in is not trusted.
+        let keep = result.is_ok()
+            && r.uses < max_uses
+            && (r.store.data().limiter.size as u64) <= max_memory;
+        if keep {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        }
+        result
     }
 
     /// A store for one instance, with its limits set.

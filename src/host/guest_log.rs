@@ -9,8 +9,8 @@
 //! `max_log_lines` (stdout, stderr and `logging.log` together); what is over is dropped, counted,
 //! and reported once when the event ends.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -89,27 +89,27 @@ impl LogBudget {
     }
 }
 
-/// Handed to WASI as the guest's stdout/stderr. Creating it costs three `Arc` clones; the line
+/// The event an instance handles now, and its log budget; a reused instance gets a new one
+/// per event.
+pub(crate) struct Current {
+    pub event: Arc<str>,
+    pub budget: Arc<LogBudget>,
+}
+
+/// Handed to WASI as the guest's stdout/stderr. Creating it costs two `Arc` clones; the line
 /// buffer exists only once the guest actually writes.
 pub(super) struct GuestLog {
     stream: Stream,
     function: Arc<str>,
-    event: Arc<str>,
-    budget: Arc<LogBudget>,
+    current: Arc<Mutex<Current>>,
 }
 
 impl GuestLog {
-    pub(super) fn new(
-        stream: Stream,
-        function: &Arc<str>,
-        event: &Arc<str>,
-        budget: &Arc<LogBudget>,
-    ) -> Self {
+    pub(super) fn new(stream: Stream, function: &Arc<str>, current: &Arc<Mutex<Current>>) -> Self {
         Self {
             stream,
             function: function.clone(),
-            event: event.clone(),
-            budget: budget.clone(),
+            current: current.clone(),
         }
     }
 }
@@ -125,8 +125,7 @@ impl StdoutStream for GuestLog {
         Box::new(LineWriter {
             stream: self.stream,
             function: self.function.clone(),
-            event: self.event.clone(),
-            budget: self.budget.clone(),
+            current: self.current.clone(),
             line: Vec::new(),
         })
     }
@@ -141,8 +140,7 @@ impl StdoutStream for GuestLog {
 struct LineWriter {
     stream: Stream,
     function: Arc<str>,
-    event: Arc<str>,
-    budget: Arc<LogBudget>,
+    current: Arc<Mutex<Current>>,
     line: Vec<u8>,
 }
 
@@ -150,8 +148,12 @@ impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
-        if let Some(text) = self.budget.admit(text) {
-            let (function, event) = (&*self.function, &*self.event);
+        let (event, budget) = {
+            let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            (current.event.clone(), current.budget.clone())
+        };
+        if let Some(text) = budget.admit(text) {
+            let (function, event) = (&*self.function, &*event);
             match self.stream {
                 Stream::Stdout => tracing::info!(%function, %event, stream = "stdout", "{text}"),
                 Stream::Stderr => tracing::warn!(%function, %event, stream = "stderr", "{text}"),
@@ -200,7 +202,10 @@ mod tests {
 
     #[test]
     fn the_budget_drops_and_counts_what_is_over_and_escapes_the_rest() {
-        let budget = LogBudget::new(LogLimits { bytes: 10, lines: 2 });
+        let budget = LogBudget::new(LogLimits {
+            bytes: 10,
+            lines: 2,
+        });
         assert_eq!(budget.admit("a\u{1b}[2J").as_deref(), Some("a\\u{1b}[2J"));
         assert_eq!(budget.admit("0123456789"), None, "over the bytes");
         assert_eq!(budget.admit("x"), None, "over the lines");

@@ -40,4 +40,4 @@ pub use self::cache::default_cache_dir;
 pub use self::data::{DataSources, Grants, KvBucket};
 pub use self::engine::{EPOCH_TICK, Host, HostConfig, MAX_GUEST_MEMORY, machine_memory};
 pub use self::failure::{EngineError, Failure, LoadError, MAX_MESSAGE, sanitize};
-pub use self::function::{Function, FunctionSpec, Limits, Output};
+pub use self::function::{Function, FunctionSpec, Isolation, Limits, Output};

@@ -72,14 +72,7 @@ mod tests {
             Header::new("fnmill.error.route", "elsewhere"),
         ];
         event.origin = vec![("file", "in.jsonl".into()), ("line", "3".into())];
-        let record = dead_letter_record(
-            &event,
-            None,
-            &Failure::Fatal("bad".into()),
-            "f",
-            "r",
-            1,
-        );
+        let record = dead_letter_record(&event, None, &Failure::Fatal("bad".into()), "f", "r", 1);
         let kinds: Vec<_> = record
             .headers
             .iter()

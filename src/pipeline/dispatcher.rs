@@ -61,9 +61,7 @@ impl Route {
                 // Unordered events spread over the shards.
                 None => next.fetch_add(1, Ordering::Relaxed) % n,
             };
-            senders[shard]
-                .send((delivery, permit))
-                .map_err(|e| e.0.0)
+            senders[shard].send((delivery, permit)).map_err(|e| e.0.0)
         });
         let done = async move {
             for shard in shards {

@@ -38,7 +38,9 @@ impl Route {
     pub(super) async fn process(self: Arc<Self>, mut lent: Lent, lane: u64) -> Next {
         let event = lent.event().clone();
         if let Some(error) = &event.decode_error {
-            return self.fail(lent, Failure::Decode(error.clone()), 0, lane).await;
+            return self
+                .fail(lent, Failure::Decode(error.clone()), 0, lane)
+                .await;
         }
         let mut attempt = 1;
         loop {
@@ -286,7 +288,11 @@ impl Route {
     }
 
     /// Publishes `records` again until confirmed, a permanent error, or shutdown.
-    async fn publish_again(&self, dest: &Destination, records: Vec<Record>) -> Result<(), SinkError> {
+    async fn publish_again(
+        &self,
+        dest: &Destination,
+        records: Vec<Record>,
+    ) -> Result<(), SinkError> {
         let mut attempt = 1;
         loop {
             match dest.sink.publish(records.clone()).await {
@@ -305,10 +311,21 @@ impl Route {
     /// Finishes an event whose confirmations did not all succeed: publishes again what failed
     /// retryably, then settles it — or dead-letters it if a sink refused its outputs for good.
     /// Runs on the IO runtime, off the hot path.
-    async fn recover(self: Arc<Self>, lent: Lent, failed: Vec<Failed>, attempt: u32, outcome: Outcome) {
+    async fn recover(
+        self: Arc<Self>,
+        lent: Lent,
+        failed: Vec<Failed>,
+        attempt: u32,
+        outcome: Outcome,
+    ) {
         let event = lent.event().clone();
         let mut permanent = None;
-        for Failed { dest, records, error } in failed {
+        for Failed {
+            dest,
+            records,
+            error,
+        } in failed
+        {
             let result = match error {
                 e if e.is_retryable() => {
                     tracing::warn!(
@@ -406,7 +423,13 @@ struct PendingState {
 }
 
 impl Pending {
-    fn new(route: Arc<Route>, lent: Lent, batches: usize, attempt: u32, outcome: Outcome) -> Arc<Self> {
+    fn new(
+        route: Arc<Route>,
+        lent: Lent,
+        batches: usize,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Arc<Self> {
         Arc::new(Self {
             route,
             state: Mutex::new(PendingState {
@@ -469,7 +492,9 @@ impl Pending {
         if state.remaining > 0 {
             return;
         }
-        let Some(lent) = state.lent.take() else { return };
+        let Some(lent) = state.lent.take() else {
+            return;
+        };
         let failed = std::mem::take(&mut state.failed);
         let gave_up = state.gave_up.take();
         drop(state);

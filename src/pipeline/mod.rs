@@ -94,7 +94,9 @@ impl RouteStats {
         let settled = self.done.load(Ordering::Relaxed)
             + self.dead_lettered.load(Ordering::Relaxed)
             + self.abandoned.load(Ordering::Relaxed);
-        self.received.load(Ordering::Relaxed).saturating_sub(settled)
+        self.received
+            .load(Ordering::Relaxed)
+            .saturating_sub(settled)
     }
 }
 
@@ -154,7 +156,11 @@ impl Lent {
     }
 
     fn ordering_key(&self) -> Option<bytes::Bytes> {
-        self.delivery.as_ref().expect("unsettled").ordering_key().cloned()
+        self.delivery
+            .as_ref()
+            .expect("unsettled")
+            .ordering_key()
+            .cloned()
     }
 
     fn settle(mut self, outcome: Outcome) {

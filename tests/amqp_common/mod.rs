@@ -32,10 +32,24 @@ pub fn unique(prefix: &str) -> String {
     format!("fnmill-test-{prefix}-{:016x}", fastrand::u64(..))
 }
 
-pub async fn connect() -> Connection {
-    Connection::connect(&amqp_url(), ConnectionProperties::default())
+/// How long one broker operation of a test may take: a broker that stops answering (a flow-control
+/// block, a restart) fails the test naming the operation instead of hanging the suite.
+pub const BROKER_OP: Duration = Duration::from_secs(60);
+
+/// Awaits `operation`, panicking with `what` if it takes longer than [`BROKER_OP`].
+pub async fn within<T>(what: &str, operation: impl Future<Output = T>) -> T {
+    tokio::time::timeout(BROKER_OP, operation)
         .await
-        .expect("connecting to RabbitMQ (is it running? scripts/services.sh rabbitmq)")
+        .unwrap_or_else(|_| panic!("RabbitMQ did not answer within {BROKER_OP:?}: {what}"))
+}
+
+pub async fn connect() -> Connection {
+    within(
+        "connecting",
+        Connection::connect(&amqp_url(), ConnectionProperties::default()),
+    )
+    .await
+    .expect("connecting to RabbitMQ (is it running? scripts/services.sh rabbitmq)")
 }
 
 /// A test's broker handle: one connection, a confirm channel to publish with, and the queues it
@@ -49,11 +63,15 @@ pub struct Broker {
 impl Broker {
     pub async fn new() -> Self {
         let connection = connect().await;
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
+        let channel = within("opening a channel", connection.create_channel())
             .await
             .unwrap();
+        within(
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .unwrap();
         Self {
             connection,
             channel,
@@ -67,22 +85,28 @@ impl Broker {
     }
 
     pub async fn queue_with(&self, name: &str, args: FieldTable) {
-        self.channel
-            .queue_declare(
+        within(
+            &format!("declaring {name}"),
+            self.channel.queue_declare(
                 name.into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
                 },
                 args,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("declaring {name}: {e}"));
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("declaring {name}: {e}"));
         self.queues.lock().unwrap().push(name.to_string());
     }
 
     /// Messages ready in `queue` (not counting unacked ones).
     pub async fn ready(&self, queue: &str) -> u32 {
+        within(&format!("counting {queue}"), self.ready_now(queue)).await
+    }
+
+    async fn ready_now(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
         let q = channel
             .queue_declare(
@@ -102,6 +126,14 @@ impl Broker {
     /// Publishes `messages` (payload, headers) to `queue` through the default exchange,
     /// persistent, with message ids, waiting for the broker's confirms every 1,000.
     pub async fn publish(&self, queue: &str, messages: impl IntoIterator<Item = Message>) {
+        within(
+            &format!("publishing to {queue}"),
+            self.publish_now(queue, messages),
+        )
+        .await
+    }
+
+    async fn publish_now(&self, queue: &str, messages: impl IntoIterator<Item = Message>) {
         let mut outstanding = 0;
         for m in messages {
             let mut headers = FieldTable::default();
@@ -138,12 +170,14 @@ impl Broker {
     pub async fn cleanup(self) {
         let queues = std::mem::take(&mut *self.queues.lock().unwrap());
         for q in queues {
-            let _ = self
-                .channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
+            let _ = within(
+                &format!("deleting {q}"),
+                self.channel
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await;
         }
-        let _ = self.connection.close(200, "done".into()).await;
+        let _ = within("closing", self.connection.close(200, "done".into())).await;
     }
 }
 
@@ -201,9 +235,12 @@ pub struct Collector {
 
 impl Collector {
     pub async fn start(connection: &Connection, queue: &str) -> Self {
-        let channel = connection.create_channel().await.unwrap();
-        let mut consumer = channel
-            .basic_consume(
+        let channel = within("opening a channel", connection.create_channel())
+            .await
+            .unwrap();
+        let mut consumer = within(
+            &format!("consuming {queue}"),
+            channel.basic_consume(
                 queue.into(),
                 "".into(),
                 BasicConsumeOptions {
@@ -211,9 +248,10 @@ impl Collector {
                     ..Default::default()
                 },
                 FieldTable::default(),
-            )
-            .await
-            .unwrap();
+            ),
+        )
+        .await
+        .unwrap();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let sink = messages.clone();
         tokio::spawn(async move {

@@ -69,6 +69,15 @@ pub fn test_host(fuel: bool) -> fnmill::host::Host {
 /// A test guest loaded on a host of its own, for up to `max_instances` concurrent events, with
 /// limits generous enough for any test or bench that is not about limits.
 pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
+    load_guest_with(name, max_instances, fnmill::host::Isolation::Event)
+}
+
+/// [`load_guest`] with the given isolation.
+pub fn load_guest_with(
+    name: &str,
+    max_instances: u32,
+    isolation: fnmill::host::Isolation,
+) -> fnmill::host::Function {
     use fnmill::host::{FunctionSpec, Host, HostConfig, Limits};
     let host = Host::new(&HostConfig {
         max_instances,
@@ -91,15 +100,115 @@ pub fn load_guest(name: &str, max_instances: u32) -> fnmill::host::Function {
             max_log_lines: 200,
         },
         config: Default::default(),
+        isolation,
     })
     .unwrap_or_else(|e| panic!("loading guest {name}: {e}"))
 }
 
 /// Path of the quickstart example's component, built for this run.
 pub fn quickstart_component() -> PathBuf {
+    examples_component("quickstart_orders")
+}
+
+/// Path of a Rust example function's component (`examples/`, built once per test process).
+pub fn examples_component(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| build_workspace(&root().join("examples")));
-    dir.join("quickstart_orders.wasm")
+    dir.join(format!("{name}.wasm"))
+}
+
+/// `PATH` with the JavaScript/Python tools of `scripts/polyglot-tools.sh` first, which installs
+/// them (once per process; it does nothing when they are already there).
+pub fn polyglot_path() -> std::ffi::OsString {
+    static PATH: OnceLock<std::ffi::OsString> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = root().join("scripts").join("polyglot-tools.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = Command::new(&script).arg("env").output().unwrap();
+        let line = String::from_utf8(env.stdout).unwrap();
+        // `export PATH="<bin>:$PATH"`
+        let bin = line
+            .trim()
+            .strip_prefix("export PATH=\"")
+            .and_then(|l| l.strip_suffix(":$PATH\""))
+            .unwrap_or_else(|| panic!("unexpected polyglot-tools.sh env output: {line}"));
+        let mut paths = vec![PathBuf::from(bin)];
+        paths.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        std::env::join_paths(paths).unwrap()
+    })
+    .clone()
+}
+
+/// `fnmill build <dir> --out <out>` with the polyglot tools on `PATH`, holding a lock on the
+/// project so that test processes building the same project wait for each other.
+pub fn fnmill_build(dir: &Path, out: &Path) -> Output {
+    use std::os::fd::AsRawFd;
+    let project = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let lock_name = project.to_string_lossy().replace(['/', '.'], "_");
+    let lock_path = root()
+        .join("target")
+        .join("fnmill-build-locks")
+        .join(lock_name);
+    std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on a file descriptor this function owns; released when `lock` is dropped.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let output = fnmill()
+        .arg("build")
+        .arg(dir)
+        .arg("--out")
+        .arg(out)
+        .env("PATH", polyglot_path())
+        // Not the outer build's target dir and flags: function projects are their own workspaces.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .expect("running fnmill build");
+    drop(lock);
+    output
+}
+
+/// Path of a JavaScript or Python test guest component, built from `tests/polyglot-guests/<name>`
+/// with `fnmill build` once per test process.
+pub fn polyglot_guest(name: &str) -> PathBuf {
+    type Slot = std::sync::Arc<OnceLock<PathBuf>>;
+    static BUILT: std::sync::Mutex<BTreeMap<String, Slot>> = std::sync::Mutex::new(BTreeMap::new());
+    let slot = BUILT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(name.to_string())
+        .or_default()
+        .clone();
+    slot.get_or_init(|| build_polyglot_guest(name)).clone()
+}
+
+fn build_polyglot_guest(name: &str) -> PathBuf {
+    let out = root()
+        .join("target")
+        .join("polyglot-guests")
+        .join(format!("{name}.wasm"));
+    let dir = root().join("tests").join("polyglot-guests").join(name);
+    let output = fnmill_build(&dir, &out);
+    assert!(
+        output.status.success(),
+        "fnmill build {} failed:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.

@@ -157,9 +157,9 @@ pub fn spawn_paced_producer(
     rate: u64,
 ) -> (
     std::thread::JoinHandle<()>,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let produced = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (brokers, topic, counter) = (brokers.to_string(), topic.to_string(), produced.clone());
     let thread = std::thread::spawn(move || {
         produce_paced(&brokers, &topic, 0..total, 100, Some(rate), Some(&counter));
@@ -533,6 +533,7 @@ impl Running {
     }
 
     pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe {
             libc::kill(self.child.id() as i32, signal);
         }
@@ -563,6 +564,7 @@ impl Running {
             .split_whitespace()
             .collect();
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf reads a constant; no memory is involved.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         Duration::from_millis(ticks * 1000 / hz)
     }

@@ -185,7 +185,12 @@ impl AmqpSourceConfig {
     /// queue, a prefetch of 0, an empty ordering header, a zero drain. Messages never hold a
     /// secret.
     pub fn check(&self) -> Vec<Problem> {
-        let mut problems: Vec<Problem> = self.endpoint().err().map(Problem::from).into_iter().collect();
+        let mut problems: Vec<Problem> = self
+            .endpoint()
+            .err()
+            .map(Problem::from)
+            .into_iter()
+            .collect();
         if self.queue.trim().is_empty() {
             problems.push(Problem::new("queue", "must not be empty"));
         }
@@ -229,7 +234,12 @@ impl AmqpSinkConfig {
 
     /// Everything [`AmqpSink::new`](crate::AmqpSink::new) would refuse, each naming its key.
     pub fn check(&self) -> Vec<Problem> {
-        let mut problems: Vec<Problem> = self.endpoint().err().map(Problem::from).into_iter().collect();
+        let mut problems: Vec<Problem> = self
+            .endpoint()
+            .err()
+            .map(Problem::from)
+            .into_iter()
+            .collect();
         if self.channels == 0 {
             problems.push(Problem::new("channels", "must be at least 1"));
         }

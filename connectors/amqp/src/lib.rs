@@ -22,6 +22,8 @@
 //! - [`config`]: the config structs of source and sink, and the topology they may declare.
 //! - [`source`]: [`AmqpSource`], consuming with `basic_qos` prefetch, reconnecting with backoff.
 //! - [`sink`]: [`AmqpSink`], publishing on pooled confirm channels (deadpool).
+//! - [`reader`]: [`QueueReader`], which takes what a queue holds with `basic_get` and acks only
+//!   on request (what `fnmill replay` reads dead-letter queues with).
 //! - `headers`: AMQP field tables to fnmill headers and back.
 //!
 //! [`SinkError::Permanent`]: fnmill_connector_api::SinkError::Permanent
@@ -39,10 +41,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod config;
 mod headers;
+pub mod reader;
 pub mod sink;
 pub mod source;
 
 pub use config::{AmqpSinkConfig, AmqpSourceConfig, DeadLetterMode, OrderingKey, Topology};
+pub use reader::{QueueAcker, QueueMessage, QueueReader};
 pub use sink::AmqpSink;
 pub use source::AmqpSource;
 
@@ -80,7 +84,9 @@ impl From<AmqpError> for fnmill_connector_api::Problem {
     fn from(e: AmqpError) -> Self {
         use fnmill_connector_api::Problem;
         match e {
-            AmqpError::Url(message) => Problem::new("url", format!("is not a valid AMQP URI: {message}")),
+            AmqpError::Url(message) => {
+                Problem::new("url", format!("is not a valid AMQP URI: {message}"))
+            }
             AmqpError::Invalid { key, message } => Problem::new(key, message),
             AmqpError::Problem(p) => p,
             other => Problem::new("url", other.to_string()),
@@ -276,9 +282,12 @@ mod tests {
         .unwrap();
         assert_eq!(uri.query.heartbeat, Some(3));
         assert!(parse_url(&url("http://x"), Duration::from_secs(1)).is_err());
-        let err = parse_url(&url("amqp://u:hunter2@h:notaport/%2f"), Duration::from_secs(1))
-            .unwrap_err()
-            .to_string();
+        let err = parse_url(
+            &url("amqp://u:hunter2@h:notaport/%2f"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 
@@ -354,7 +363,8 @@ mod tests {
         );
         assert!(!e.contains("hunter3"), "the key file's content leaked: {e}");
 
-        let ok = Endpoint::new(&url(amqps), hb, tls(Some(&pem), None, None).tls().unwrap()).unwrap();
+        let ok =
+            Endpoint::new(&url(amqps), hb, tls(Some(&pem), None, None).tls().unwrap()).unwrap();
         let shown = format!("{ok:?}");
         assert!(
             shown.contains("tls: true") && shown.contains("port: 5671"),

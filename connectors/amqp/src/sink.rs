@@ -40,8 +40,8 @@ use bytes::Bytes;
 use fnmill_connector_api::{Confirm, Record, Sink, SinkError};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::PublisherConfirm;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::time::Instant;
@@ -311,7 +311,9 @@ impl Pipe {
                     c
                 }
                 Err(e) => {
-                    confirm(Err(SinkError::Retryable(format!("no channel to the broker: {e}"))));
+                    confirm(Err(SinkError::Retryable(format!(
+                        "no channel to the broker: {e}"
+                    ))));
                     return;
                 }
             },

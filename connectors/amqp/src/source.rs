@@ -25,7 +25,6 @@
 //! queue's own dead-letter exchange) are `basic_reject`ed without requeue; those go out before the
 //! acks of the same batch. The bookkeeping is `connectors/api`'s [`UnorderedWindow`].
 
-
 use bytes::Bytes;
 use fnmill_connector_api::settlement::{self, Settled, Settlements, Settler, UnorderedWindow};
 use fnmill_connector_api::{Delivery, Event, Source, SourceContext, SourceError};
@@ -404,4 +403,3 @@ async fn sleep(ctx: &SourceContext, wait: std::time::Duration) -> bool {
         _ = ctx.shutdown.cancelled() => false,
     }
 }
-

@@ -359,7 +359,10 @@ mod tests {
         };
         assert_eq!(c.tls().unwrap_err().field, "tls_key_file");
         assert_eq!(
-            Connection::default().url(Some("amqp://localhost")).unwrap().expose(),
+            Connection::default()
+                .url(Some("amqp://localhost"))
+                .unwrap()
+                .expose(),
             "amqp://localhost"
         );
         assert_eq!(Connection::default().url(None).unwrap_err().field, "url");

@@ -81,7 +81,11 @@ pub struct Event {
 
 impl Event {
     /// An event with `id`, `source` and `payload`, and nothing else set.
-    pub fn new(id: impl Into<String>, source: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        source: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
         Self {
             id: id.into(),
             source: source.into(),
@@ -282,10 +286,7 @@ impl Outbox {
     /// receiver is gone.
     pub fn new(
         window: usize,
-        deliver: impl Fn(Delivery, OwnedSemaphorePermit) -> Result<(), Delivery>
-        + Send
-        + Sync
-        + 'static,
+        deliver: impl Fn(Delivery, OwnedSemaphorePermit) -> Result<(), Delivery> + Send + Sync + 'static,
     ) -> Self {
         Self {
             window: Arc::new(Semaphore::new(window)),

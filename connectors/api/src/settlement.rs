@@ -415,9 +415,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_delivery_reaches_the_channel_as_abandoned() {
         let (settler, mut settlements) = channel::<u64>();
-        settler
-            .delivery(event(1), None, 1)
-            .settle(Outcome::Done);
+        settler.delivery(event(1), None, 1).settle(Outcome::Done);
         drop(settler.delivery(event(2), None, 2));
         drop(settler);
         let mut batch = Vec::new();
@@ -460,7 +458,10 @@ mod tests {
         prop::collection::vec((0u64..3, prop::bool::weighted(0.1), end()), 0..60).prop_flat_map(
             |entries| {
                 let n = entries.len();
-                (Just(entries), Just((0..n).collect::<Vec<_>>()).prop_shuffle())
+                (
+                    Just(entries),
+                    Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+                )
             },
         )
     }

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use fnmill_connector_api::{Outcome, Readiness, Record, Sink, Source, SourceContext};
+use fnmill_connector_api::{Outbox, Outcome, Readiness, Record, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSinkConfig, FileSource, FileSourceConfig};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -34,7 +33,7 @@ async fn source(dir: &std::path::Path, n: u64) -> f64 {
         .collect();
     std::fs::write(&path, text).unwrap();
     let source = FileSource::new("files", FileSourceConfig::new(&path)).unwrap();
-    let (out, mut rx) = mpsc::channel(1024);
+    let (out, mut rx) = Outbox::channel(1024);
     let ctx = SourceContext {
         out,
         shutdown: CancellationToken::new(),

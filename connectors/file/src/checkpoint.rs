@@ -155,6 +155,11 @@ pub(crate) fn load(checkpoint: &Path, input: &Path) -> Result<Option<Checkpoint>
 
 /// Durably replaces the checkpoint with `position`.
 pub(crate) fn store(checkpoint: &Path, position: &Checkpoint) -> io::Result<()> {
+    if let Some(parent) = checkpoint.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        fs::create_dir_all(parent)?;
+    }
     let tmp = with_suffix(checkpoint, ".tmp");
     let mut file = fs::File::create(&tmp)?;
     let mut text = serde_json::to_vec(position).map_err(io::Error::other)?;
@@ -193,6 +198,12 @@ pub(crate) struct Lock {
 impl Lock {
     pub(crate) fn acquire(checkpoint: &Path, input: &Path) -> Result<Self, FileError> {
         let path = with_suffix(checkpoint, ".lock");
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            fs::create_dir_all(parent)
+                .map_err(|e| FileError::io(format!("creating {}", parent.display()), e))?;
+        }
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -205,10 +216,9 @@ impl Lock {
                 path: input.to_owned(),
                 lock: path,
             }),
-            Err(fs::TryLockError::Error(e)) => Err(FileError::io(
-                format!("locking {}", path.display()),
-                e,
-            )),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(FileError::io(format!("locking {}", path.display()), e))
+            }
         }
     }
 }
@@ -275,7 +285,10 @@ mod tests {
         fs::rename(&path, dir.path().join("f.1")).unwrap();
         fs::write(&path, b"{\"id\":9}\n").unwrap();
         assert!(!id.matches(&fs::File::open(&path).unwrap()).unwrap());
-        assert!(id.matches(&fs::File::open(dir.path().join("f.1")).unwrap()).unwrap());
+        assert!(
+            id.matches(&fs::File::open(dir.path().join("f.1")).unwrap())
+                .unwrap()
+        );
     }
 
     #[test]

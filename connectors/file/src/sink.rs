@@ -94,37 +94,41 @@ impl FileSinkConfig {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return problem(format!("{}: {e}", path.display())),
         }
-        // Missing: the nearest folder that exists must let us create what is missing below it.
-        let mut folder = path.parent();
-        while let Some(dir) = folder {
-            if dir.as_os_str().is_empty() {
-                folder = Some(Path::new("."));
-                continue;
-            }
-            match fs::metadata(dir) {
-                Ok(m) if m.is_dir() => {
-                    return if writable_dir(dir) {
-                        Vec::new()
-                    } else {
-                        problem(format!(
-                            "{} cannot be created: folder {} is not writable",
-                            path.display(),
-                            dir.display()
-                        ))
-                    };
-                }
-                Ok(_) => {
-                    return problem(format!(
-                        "{} cannot be created: {} is not a folder",
+        not_creatable(path).map(problem).unwrap_or_default()
+    }
+}
+
+/// Why the missing file `path` could not be created, if it could not: the nearest folder that
+/// exists must let this process create what is missing below it.
+pub(crate) fn not_creatable(path: &Path) -> Option<String> {
+    let mut folder = path.parent();
+    while let Some(dir) = folder {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {
+                return (!writable_dir(dir)).then(|| {
+                    format!(
+                        "{} cannot be created: folder {} is not writable",
                         path.display(),
                         dir.display()
-                    ));
-                }
-                Err(_) => folder = dir.parent(),
+                    )
+                });
             }
+            Ok(_) => {
+                return Some(format!(
+                    "{} cannot be created: {} is not a folder",
+                    path.display(),
+                    dir.display()
+                ));
+            }
+            Err(_) => folder = dir.parent(),
         }
-        Vec::new()
     }
+    None
 }
 
 /// Whether this process may create files in `dir`.
@@ -273,10 +277,12 @@ impl Output {
                     Some(f) => f,
                     None => match open_for_append(path) {
                         Ok(f) => file.insert(f),
-                        Err(e) => return Err(SinkError::Retryable(format!(
-                            "opening {}: {e}",
-                            path.display()
-                        ))),
+                        Err(e) => {
+                            return Err(SinkError::Retryable(format!(
+                                "opening {}: {e}",
+                                path.display()
+                            )));
+                        }
                     },
                 };
                 let result = f
@@ -391,7 +397,7 @@ mod tests {
         }
     }
 
-    fn read_lines(path: &std::path::Path) -> Vec<jsonl::EventLine> {
+    fn read_lines(path: &Path) -> Vec<jsonl::EventLine> {
         fs::read_to_string(path)
             .unwrap()
             .lines()

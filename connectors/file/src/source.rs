@@ -179,7 +179,10 @@ impl FileSourceConfig {
         let mut problems = Vec::new();
         let mut problem = |key: &str, message: String| problems.push(Problem::new(key, message));
         if self.path.as_os_str().is_empty() {
-            problem("path", "must not be empty (use \"-\" for standard input)".into());
+            problem(
+                "path",
+                "must not be empty (use \"-\" for standard input)".into(),
+            );
         } else if self.is_stdin() {
             if self.checkpoint.is_some() {
                 problem(
@@ -229,14 +232,8 @@ impl FileSourceConfig {
             {
                 if cp.is_dir() {
                     problem("checkpoint", format!("{} is a directory", cp.display()));
-                } else if let Some(parent) = cp.parent()
-                    && !parent.as_os_str().is_empty()
-                    && !parent.is_dir()
-                {
-                    problem(
-                        "checkpoint",
-                        format!("its folder {} does not exist", parent.display()),
-                    );
+                } else if let Some(why) = crate::sink::not_creatable(&cp) {
+                    problem("checkpoint", why);
                 }
             }
         }
@@ -546,7 +543,10 @@ fn to_save(shared: &Mutex<Shared>, persisted: Option<&Checkpoint>) -> Option<Che
     (persisted != Some(&next)).then_some(next)
 }
 
-fn spawn_store(path: PathBuf, position: Checkpoint) -> JoinHandle<(Checkpoint, std::io::Result<()>)> {
+fn spawn_store(
+    path: PathBuf,
+    position: Checkpoint,
+) -> JoinHandle<(Checkpoint, std::io::Result<()>)> {
     // fsync takes milliseconds; keep it off the runtime's worker threads.
     tokio::task::spawn_blocking(move || {
         let result = checkpoint::store(&path, &position);
@@ -594,11 +594,7 @@ struct LineReader<'a> {
 impl LineReader<'_> {
     /// Reads until end of input (not following), shutdown, or the pipeline going away. Takes
     /// `out` by value so it is dropped on return, which tells the pipeline no more events come.
-    async fn run(
-        self,
-        input: &Input,
-        out: Outbox,
-    ) -> Result<ReadEnd, FileError> {
+    async fn run(self, input: &Input, out: Outbox) -> Result<ReadEnd, FileError> {
         let mut cancelled = pin!(self.shutdown.clone().cancelled_owned());
         let (path, checkpoint) = match input {
             Input::Stdin => {
@@ -610,13 +606,17 @@ impl LineReader<'_> {
                     label: "stdin".into(),
                 };
                 lock(self.shared).generations.push(None);
-                return self.read(opened, VecDeque::new(), None, &out, cancelled.as_mut()).await;
+                return self
+                    .read(opened, VecDeque::new(), None, &out, cancelled.as_mut())
+                    .await;
             }
             Input::File {
                 path, checkpoint, ..
             } => (path, checkpoint),
         };
-        let Some((current, queued)) = self.open_start(path, checkpoint, cancelled.as_mut()).await?
+        let Some((current, queued)) = self
+            .open_start(path, checkpoint, cancelled.as_mut())
+            .await?
         else {
             return Ok(ReadEnd::Shutdown);
         };
@@ -653,14 +653,16 @@ impl LineReader<'_> {
         };
         let len = file.metadata().map_err(io("reading metadata of"))?.len();
         let Some(saved) = saved else {
-            return Ok(Some((self.open_at(path, file, 0, 0).await?, VecDeque::new())));
+            return Ok(Some((
+                self.open_at(path, file, 0, 0).await?,
+                VecDeque::new(),
+            )));
         };
         if saved.line > 0 {
             info!(file = %self.label, line = saved.line, offset = saved.offset, "Resuming from checkpoint");
         }
         let resume = |file: &fs::File| -> Result<bool, FileError> {
-            let at_line = checkpoint::starts_a_line(file, saved.offset)
-                .map_err(io("reading"))?;
+            let at_line = checkpoint::starts_a_line(file, saved.offset).map_err(io("reading"))?;
             if !at_line {
                 warn!(
                     file = %self.label,
@@ -726,7 +728,10 @@ impl LineReader<'_> {
                         file = %self.label,
                         "The file is not the one checkpointed (replaced or rewritten); reading it from its start"
                     );
-                    Ok(Some((self.open_at(path, file, 0, 0).await?, VecDeque::new())))
+                    Ok(Some((
+                        self.open_at(path, file, 0, 0).await?,
+                        VecDeque::new(),
+                    )))
                 }
             },
         }
@@ -793,7 +798,10 @@ impl LineReader<'_> {
         // A line that ended the reader (shutdown, the pipeline gone) ends it here too.
         macro_rules! lend {
             ($buf:expr, $position:expr, $label:expr) => {
-                match self.line($buf, $position, $label, out, &mut cancelled).await {
+                match self
+                    .line($buf, $position, $label, out, &mut cancelled)
+                    .await
+                {
                     Ok(position) => position,
                     Err(ReadEndOr::End(end)) => return Ok(end),
                     Err(ReadEndOr::Error(e)) => return Err(e),
@@ -881,7 +889,9 @@ impl LineReader<'_> {
                             _ = &mut cancelled => return Ok(ReadEnd::Shutdown),
                             read = current.lines.read_until(b'\n', &mut buf) => read,
                         };
-                        read.map_err(|err| FileError::io(format!("reading {}", current.label), err))?;
+                        read.map_err(|err| {
+                            FileError::io(format!("reading {}", current.label), err)
+                        })?;
                         if buf.last() == Some(&b'\n') {
                             // More complete lines: take them first.
                             position = lend!(&mut buf, position, &current.label);
@@ -895,7 +905,12 @@ impl LineReader<'_> {
                             Ok(file) => file,
                             // Gone again between the check and the open: look again later.
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                            Err(e) => return Err(FileError::io(format!("opening {}", path.display()), e)),
+                            Err(e) => {
+                                return Err(FileError::io(
+                                    format!("opening {}", path.display()),
+                                    e,
+                                ));
+                            }
                         };
                         current = self.open_at(path, file, 0, 0).await?;
                         position = self.begin(&mut current)?;
@@ -990,7 +1005,11 @@ impl LineReader<'_> {
                 warn!(file = %file, line, error = %err, "Malformed line; it goes to the dead-letter destination");
                 let text = raw.strip_suffix(b"\n").unwrap_or(raw);
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
-                let mut event = Event::new(default_id(), self.source.as_str(), Bytes::copy_from_slice(text));
+                let mut event = Event::new(
+                    default_id(),
+                    self.source.as_str(),
+                    Bytes::copy_from_slice(text),
+                );
                 event.origin = origin;
                 event.decode_error = Some(err.to_string());
                 event
@@ -1510,7 +1529,6 @@ mod tests {
         assert!(err.contains("folow"), "{err}");
     }
 
-
     #[test]
     fn check_names_every_key_the_source_would_refuse() {
         let keys = |c: &FileSourceConfig| -> Vec<String> {
@@ -1522,7 +1540,11 @@ mod tests {
         let mut follow = missing.clone();
         follow.follow = true;
         assert!(keys(&follow).is_empty());
-        assert_eq!(keys(&FileSourceConfig::new(dir.path())), ["path"], "a directory");
+        assert_eq!(
+            keys(&FileSourceConfig::new(dir.path())),
+            ["path"],
+            "a directory"
+        );
         assert_eq!(keys(&FileSourceConfig::new("")), ["path"]);
 
         let mut stdin = FileSourceConfig::new("-");
@@ -1534,8 +1556,13 @@ mod tests {
         zero.checkpoint_interval = Duration::ZERO;
         zero.drain_timeout = Duration::ZERO;
         assert_eq!(keys(&zero), ["checkpoint_interval", "drain_timeout"]);
+        let mut later = follow.clone();
+        later.checkpoint = Some(dir.path().join("made-later").join("cp"));
+        assert!(keys(&later).is_empty(), "a missing folder is created");
+        let a_file = dir.path().join("a-file");
+        fs::write(&a_file, b"").unwrap();
         let mut nowhere = follow;
-        nowhere.checkpoint = Some(dir.path().join("no-such-dir").join("cp"));
+        nowhere.checkpoint = Some(a_file.join("cp"));
         assert_eq!(keys(&nowhere), ["checkpoint"]);
         // The constructor refuses the same things.
         assert!(matches!(
@@ -1698,7 +1725,10 @@ mod tests {
         fs::rename(&path, dir.path().join("in.jsonl.1")).unwrap();
         fs::write(&path, numbered(11, 13)).unwrap();
         let mut run = Running::start(FileSourceConfig::new(&path), 64);
-        assert_eq!(settle_ids(&mut run, 9).await, [ids(5, 10), ids(11, 13)].concat());
+        assert_eq!(
+            settle_ids(&mut run, 9).await,
+            [ids(5, 10), ids(11, 13)].concat()
+        );
         run.expect_closed().await;
         run.finish().await.unwrap();
         assert_eq!(checkpoint_of(&path).map(|c| c.1), Some(3));

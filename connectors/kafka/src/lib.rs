@@ -17,17 +17,24 @@
 //!   rebalance handling.
 //! - [`sink`]: [`KafkaSink`], one shared producer per cluster config, with a delivery callback
 //!   that settles each `publish` call.
+//! - [`reader`]: [`KafkaReader`], which reads offset ranges by assignment without joining a
+//!   group (what `fnmill replay` reads topics with).
 //! - `properties`: librdkafka properties from config, and the ones fnmill insists on.
 
 use fnmill_connector_api::{Problem, SourceError};
 
 mod properties;
+pub mod reader;
 pub mod sink;
 pub mod source;
 
 pub use properties::{PropertyValue, SecretProperty};
 pub use rdkafka;
-pub use sink::{KafkaSink, KafkaSinkConfig};
+pub use reader::{
+    KafkaReader, KafkaReaderConfig, OffsetRange, Polled, ReadRecord, THROWAWAY_GROUP_PREFIX,
+    check_reachable,
+};
+pub use sink::{KafkaSink, KafkaSinkConfig, Located};
 pub use source::{KafkaSource, KafkaSourceConfig};
 
 /// What can go wrong building a Kafka source or sink.
@@ -56,6 +63,16 @@ pub enum KafkaError {
     Secret { property: String, message: String },
     #[error("cannot create the Kafka client: {0}")]
     Client(#[source] rdkafka::error::KafkaError),
+    /// A request of a [`KafkaReader`] failed (metadata, watermarks, offsets, commit, a fetch).
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A [`KafkaReader`] was pointed at a topic the cluster does not have.
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
 }
 
 pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
@@ -64,7 +81,8 @@ impl From<KafkaError> for Problem {
     fn from(e: KafkaError) -> Self {
         match e {
             KafkaError::Invalid(p) => p,
-            KafkaError::Fixed { ref property, .. } | KafkaError::BadProperty { ref property, .. } => {
+            KafkaError::Fixed { ref property, .. }
+            | KafkaError::BadProperty { ref property, .. } => {
                 let key = format!("properties.\"{property}\"");
                 let text = e.to_string();
                 // The message starts with the key in backquotes; keep only what follows it.
@@ -78,6 +96,10 @@ impl From<KafkaError> for Problem {
                 Problem::new(format!("secret_properties.\"{property}\""), message)
             }
             KafkaError::Client(e) => Problem::new("properties", e.to_string()),
+            KafkaError::Request { .. } => Problem::new("brokers", e.to_string()),
+            KafkaError::UnknownTopic(topic) => {
+                Problem::new("topic", format!("`{topic}` does not exist"))
+            }
         }
     }
 }

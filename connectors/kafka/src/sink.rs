@@ -21,7 +21,7 @@ use std::time::Duration;
 use fnmill_connector_api::{Confirm, Problem, Record, Sink, SinkError};
 use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header as KafkaHeader, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header as KafkaHeader, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
@@ -115,6 +115,20 @@ const SINK_FIXED: &[Fixed] = &[
     },
 ];
 
+/// Where a record was written: its partition and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What a batch resolves with: where its last delivered record landed (exact for a batch of
+/// one record, as [`KafkaSink::enqueue_located`] makes), or the first error.
+type BatchResult = Result<Option<Located>, SinkError>;
+
+/// Told a batch's outcome, once.
+type OnDone = Box<dyn FnOnce(BatchResult) + Send>;
+
 /// Counts down one `enqueue` call's delivery reports and confirms it with the first error.
 struct Batch {
     inner: Mutex<BatchInner>,
@@ -124,31 +138,45 @@ struct BatchInner {
     /// Reports still expected, plus one held by `enqueue` until every record is handed over.
     remaining: usize,
     error: Option<SinkError>,
-    confirm: Option<Confirm>,
+    /// Where the last delivered record landed.
+    last: Option<Located>,
+    done: Option<OnDone>,
 }
 
 impl Batch {
-    fn new(confirm: Confirm) -> Arc<Self> {
+    fn new(done: OnDone) -> Arc<Self> {
         Arc::new(Batch {
             inner: Mutex::new(BatchInner {
                 remaining: 1,
                 error: None,
-                confirm: Some(confirm),
+                last: None,
+                done: Some(done),
             }),
         })
     }
 
     fn expect_one_more(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remaining += 1;
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining += 1;
     }
 
     fn complete(&self, result: Result<(), SinkError>) {
-        let confirm = {
+        self.complete_at(result, None);
+    }
+
+    /// [`Batch::complete`] for a record delivered `at`.
+    fn complete_at(&self, result: Result<(), SinkError>, at: Option<Located>) {
+        let done = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = result
                 && inner.error.is_none()
             {
                 inner.error = Some(e);
+            }
+            if at.is_some() {
+                inner.last = at;
             }
             inner.remaining -= 1;
             if inner.remaining > 0 {
@@ -156,13 +184,13 @@ impl Batch {
             }
             let result = match inner.error.take() {
                 Some(e) => Err(e),
-                None => Ok(()),
+                None => Ok(inner.last),
             };
-            inner.confirm.take().map(|c| (c, result))
+            inner.done.take().map(|c| (c, result))
         };
         // Outside the lock: the pipeline settles the event in it.
-        if let Some((confirm, result)) = confirm {
-            confirm(result);
+        if let Some((done, result)) = done {
+            done(result);
         }
     }
 }
@@ -187,10 +215,16 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = Arc<Batch>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
-        batch.complete(match result {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(classify(e)),
-        });
+        match result {
+            Ok(m) => batch.complete_at(
+                Ok(()),
+                Some(Located {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                }),
+            ),
+            Err((e, _)) => batch.complete(Err(classify(e))),
+        }
     }
 }
 
@@ -315,11 +349,35 @@ impl KafkaSink {
         })
     }
 
-    /// Hands every record to librdkafka's queue, in order; `confirm` gets their delivery
-    /// reports. Records that cannot be queued fail the confirmation, not this call.
-    async fn enqueue_all(&self, records: &[Record], confirm: Confirm) {
+    /// Queues `record` as [`Sink::enqueue`] does (records of later calls are produced after
+    /// it) and returns the future of its delivery report, which says where it was written.
+    /// For tools that report offsets, such as `fnmill publish`.
+    pub async fn enqueue_located(
+        &self,
+        record: &Record,
+    ) -> BoxFuture<'static, Result<Located, SinkError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue_all(
+            std::slice::from_ref(record),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        )
+        .await;
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(SinkError::Retryable("the producer was dropped".into())))?
+                .ok_or_else(|| {
+                    SinkError::Retryable("the delivery report named no partition".into())
+                })
+        })
+    }
+
+    /// Hands every record to librdkafka's queue, in order; `done` gets their delivery reports.
+    /// Records that cannot be queued fail the outcome, not this call.
+    async fn enqueue_all(&self, records: &[Record], done: OnDone) {
         let producer = self.producer.get();
-        let batch = Batch::new(confirm);
+        let batch = Batch::new(done);
         for record in records {
             batch.expect_one_more();
             let Some(topic) = record.target.as_deref().or(self.topic.as_deref()) else {
@@ -371,7 +429,8 @@ impl Sink for KafkaSink {
         confirm: Confirm,
     ) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            self.enqueue_all(&records, confirm).await;
+            self.enqueue_all(&records, Box::new(move |result| confirm(result.map(drop))))
+                .await;
             Ok(())
         })
     }
@@ -406,6 +465,41 @@ mod tests {
             .insert("enable.idempotence".into(), PropertyValue::Bool(false));
         let err = KafkaSink::new(c).unwrap_err().to_string();
         assert!(err.contains("enable.idempotence"), "{err}");
+    }
+
+    /// Each record's delivery report says where it landed: consecutive offsets of one
+    /// partition for records of one key, in the order they were queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn enqueue_located_reports_partition_and_offset() {
+        use rdkafka::mocking::MockCluster;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let sink = KafkaSink::new(KafkaSinkConfig::new(
+            cluster.bootstrap_servers(),
+            Some("t".into()),
+        ))
+        .unwrap();
+        let mut confirmations = Vec::new();
+        for i in 0..5 {
+            let record = Record {
+                target: None,
+                key: Some(bytes::Bytes::from_static(b"same-key")),
+                payload: bytes::Bytes::from(format!("v{i}")),
+                headers: vec![],
+            };
+            confirmations.push(sink.enqueue_located(&record).await);
+        }
+        let mut located = Vec::new();
+        for c in confirmations {
+            located.push(c.await.unwrap());
+        }
+        let partition = located[0].partition;
+        assert!(
+            located.iter().all(|l| l.partition == partition),
+            "{located:?}"
+        );
+        let offsets: Vec<i64> = located.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
     }
 
     /// librdkafka's test hook raises a fatal error on the producer (what a broken idempotence

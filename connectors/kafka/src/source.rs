@@ -233,7 +233,7 @@ impl Source for KafkaSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         Box::pin(async move {
             let ready = ctx.ready.clone();
-            let io = tokio::runtime::Handle::current();
+            let io = Handle::current();
             let result = tokio::task::spawn_blocking(move || self.run_blocking(ctx, io))
                 .await
                 .unwrap_or_else(|e| Err(SourceError::Other(format!("consumer thread: {e}"))));
@@ -480,7 +480,9 @@ impl ConsumerContext for SourceContextImpl {
                 let id: PartitionId = (Arc::from(e.topic()), e.partition());
                 state.next_epoch += 1;
                 let epoch = state.next_epoch;
-                state.partitions.insert(id.clone(), PartitionState::new(epoch));
+                state
+                    .partitions
+                    .insert(id.clone(), PartitionState::new(epoch));
                 assigned.push(id);
             }
             // Newly assigned partitions are not paused; the loop pauses them when needed.
@@ -745,10 +747,8 @@ mod tests {
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].key, "topics[1]");
         assert!(p[0].message.contains("not a regular expression"), "{p:?}");
-        c.properties.insert(
-            "enable.auto.offset.store".into(),
-            PropertyValue::Bool(true),
-        );
+        c.properties
+            .insert("enable.auto.offset.store".into(), PropertyValue::Bool(true));
         c.topics = vec!["t".into()];
         let p = c.check();
         assert_eq!(p[0].key, "properties.\"enable.auto.offset.store\"", "{p:?}");

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-pub use fnmill_connector_api::capability::sql::{Rows, SqlError, SqlSource, Value};
 use fnmill_connector_api::Problem;
+pub use fnmill_connector_api::capability::sql::{Rows, SqlError, SqlSource, Value};
 use fnmill_connector_api::connection::SecretUrl;
 use futures::future::BoxFuture;
 use rustls::pki_types::pem::PemObject;
@@ -220,7 +220,6 @@ impl fmt::Debug for PgPoolConfig {
     }
 }
 
-
 /// A pool of connections to one PostgreSQL database.
 #[derive(Clone)]
 pub struct PgPool {
@@ -253,7 +252,12 @@ pub struct PoolStatus {
 fn certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, Problem> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Problem::new(key, format!("{}: not PEM certificates: {e}", path.display())))?;
+        .map_err(|e| {
+            Problem::new(
+                key,
+                format!("{}: not PEM certificates: {e}", path.display()),
+            )
+        })?;
     if certs.is_empty() {
         return Err(Problem::new(
             key,
@@ -310,9 +314,9 @@ fn tls_connector(tls: &Tls) -> Result<MakeRustlsConnect, Problem> {
                     ),
                 )
             })?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| Problem::new("tls_key_file", format!("does not fit tls_cert_file: {e}")))?
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                Problem::new("tls_key_file", format!("does not fit tls_cert_file: {e}"))
+            })?
         }
     };
     Ok(MakeRustlsConnect::new(config))
@@ -596,7 +600,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "not a certificate\n").unwrap();
-        let empty = tls_connector(&tls(garbage.to_str().unwrap())).err().unwrap();
+        let empty = tls_connector(&tls(garbage.to_str().unwrap()))
+            .err()
+            .unwrap();
         assert!(empty.message.contains("no PEM certificate"), "{empty}");
         let mut plain = config("postgres://u:hunter2@host/db");
         plain.tls = tls("/ca.pem");

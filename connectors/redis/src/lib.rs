@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands, ErrorKind, RedisError};
 use deadpool_redis::{Pool, PoolError, Runtime, Timeouts};
-pub use fnmill_connector_api::capability::kv::KvError;
 use fnmill_connector_api::Problem;
 use fnmill_connector_api::capability::kv;
+pub use fnmill_connector_api::capability::kv::KvError;
 use fnmill_connector_api::connection::SecretUrl;
 use futures::future::BoxFuture;
 
@@ -64,7 +64,6 @@ impl fmt::Debug for RedisPoolConfig {
     }
 }
 
-
 /// A pool of connections to one Redis server.
 #[derive(Clone)]
 pub struct RedisPool {
@@ -86,8 +85,9 @@ impl RedisPool {
     /// config key and never quote the URL.
     pub fn new(config: &RedisPoolConfig) -> Result<Self, Problem> {
         let mut url = config.url.clone();
-        let info = redis::IntoConnectionInfo::into_connection_info(url.expose())
-            .map_err(|e| Problem::new("url", url.redact(&format!("is not a valid Redis URL: {e}"))))?;
+        let info = redis::IntoConnectionInfo::into_connection_info(url.expose()).map_err(|e| {
+            Problem::new("url", url.redact(&format!("is not a valid Redis URL: {e}")))
+        })?;
         if let Some(p) = &info.redis.password {
             url.add_secret(p.clone());
         }
@@ -113,14 +113,22 @@ impl RedisPool {
                 };
                 redis::Client::build_with_tls(info, certs)
                     .map_err(|e| {
-                        let key = if ca.is_some() { "tls_ca_file" } else { "tls_cert_file" };
+                        let key = if ca.is_some() {
+                            "tls_ca_file"
+                        } else {
+                            "tls_cert_file"
+                        };
                         Problem::new(key, url.redact(&format!("cannot be used: {e}")))
                     })?
                     .get_connection_info()
                     .clone()
             }
             (ca, _, false) => {
-                let key = if ca.is_some() { "tls_ca_file" } else { "tls_cert_file" };
+                let key = if ca.is_some() {
+                    "tls_ca_file"
+                } else {
+                    "tls_cert_file"
+                };
                 return Err(Problem::new(
                     key,
                     "is set, but the URL is not rediss:// (TLS)",
