@@ -12,23 +12,26 @@ use fnmill::host::{Function, FunctionSpec, Isolation, Limits};
 use fnmill_connector_api::Event;
 
 fn load(isolation: Isolation) -> Function {
-    common::test_host(false)
-        .load(FunctionSpec {
-            name: "counter".into(),
-            component: common::guest("counter"),
-            limits: Limits {
-                memory_bytes: 32 << 20,
-                timeout: Duration::from_millis(300),
-                fuel: None,
-                max_outputs: 10,
-                max_output_bytes: 1 << 20,
-                max_log_bytes: 64 * 1024,
-                max_log_lines: 200,
-            },
-            config: [("grow_mib".to_string(), "8".to_string())].into(),
-            isolation,
-        })
-        .unwrap()
+    load_on(&common::test_host(false), isolation)
+}
+
+fn load_on(host: &fnmill::host::Host, isolation: Isolation) -> Function {
+    host.load(FunctionSpec {
+        name: "counter".into(),
+        component: common::guest("counter"),
+        limits: Limits {
+            memory_bytes: 32 << 20,
+            timeout: Duration::from_millis(300),
+            fuel: None,
+            max_outputs: 10,
+            max_output_bytes: 1 << 20,
+            max_log_bytes: 64 * 1024,
+            max_log_lines: 200,
+        },
+        config: [("grow_mib".to_string(), "8".to_string())].into(),
+        isolation,
+    })
+    .unwrap()
 }
 
 /// The counter the call returned, or its failure kind.
@@ -52,6 +55,71 @@ async fn calls(f: &Function, payloads: &[&'static str]) -> Vec<String> {
 async fn a_fresh_instance_per_event_never_sees_an_earlier_one() {
     let f = load(Isolation::Event);
     assert_eq!(calls(&f, &["a", "b", "c", "d"]).await, ["1", "1", "1", "1"]);
+}
+
+/// Many events, failures among them: a store runs several fresh instances before it is dropped,
+/// and none of them sees what an earlier one left — not after a failure either.
+#[tokio::test]
+async fn fresh_instances_stay_fresh_across_many_events_and_failures() {
+    let f = load(Isolation::Event);
+    let payloads: Vec<&'static str> = (0..40)
+        .map(|i| match i % 10 {
+            3 => "grow",
+            5 => "fail",
+            7 => "trap",
+            _ => "x",
+        })
+        .collect();
+    let expected: Vec<&str> = payloads
+        .iter()
+        .map(|p| match *p {
+            "fail" => "retryable",
+            "trap" => "trap",
+            _ => "1",
+        })
+        .collect();
+    assert_eq!(calls(&f, &payloads).await, expected);
+}
+
+/// Stores and instances kept for later hold instance slots; an admission that would wait gets
+/// them back, whichever function kept them. Two instance slots, two functions: without that,
+/// the third event would wait forever for a slot a kept store holds.
+#[tokio::test]
+async fn what_is_kept_for_later_gives_way_to_an_admission() {
+    let host = fnmill::host::Host::new(&fnmill::host::HostConfig {
+        max_instances: 2,
+        max_memory_bytes: 32 << 20,
+        memory_budget: 1 << 30,
+        fuel: false,
+        cache_dir: Some(common::root().join("target/test-cache/fnmill")),
+    })
+    .unwrap();
+    let fresh = load_on(&host, Isolation::Event);
+    let reusing = load_on(
+        &host,
+        Isolation::Reuse {
+            max_uses: 100,
+            max_memory: 16 << 20,
+        },
+    );
+    let run = async {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.extend(calls(&fresh, &["a", "b", "c"]).await);
+            seen.extend(calls(&reusing, &["a", "b"]).await);
+        }
+        seen
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("an admission waited for a slot something kept");
+    // The reused instance is dropped each time the fresh function needs its slot.
+    assert_eq!(
+        seen,
+        [
+            "1", "1", "1", "1", "2", "1", "1", "1", "1", "2", "1", "1", "1", "1", "2"
+        ]
+    );
 }
 
 #[tokio::test]

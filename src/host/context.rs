@@ -66,6 +66,15 @@ impl Ctx {
         }
     }
 
+    /// Readies the store for a fresh instance of its next event (several fresh instances share
+    /// a store, see [`Function`](super::Function)): the memory limiter starts over, as the new
+    /// instance's memory does, and the event gets its own id in log lines and log budget.
+    pub(super) fn next_instance(&mut self, event_id: &Arc<str>) {
+        self.limiter.refused = false;
+        self.limiter.size = 0;
+        self.next_event(event_id);
+    }
+
     /// Points a reused instance at its next event: its id in log lines, a fresh log budget.
     pub(super) fn next_event(&mut self, event_id: &Arc<str>) {
         self.log.report(&self.function.name, &self.event_id);

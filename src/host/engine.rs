@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::admission::Admissions;
 use super::bindings::{EventFunction, EventFunctionPre};
 use super::context::Ctx;
 use super::data::{DataSources, FunctionData, Grants};
@@ -80,10 +81,8 @@ pub struct HostConfig {
 pub struct Host {
     engine: Engine,
     linker: Linker<Ctx>,
-    /// One permit per pooled instance slot, so instantiation never fails for lack of one.
-    permits: Arc<Semaphore>,
-    /// The memory budget, one permit per page.
-    budget: Arc<Semaphore>,
+    /// Instance slots and the memory budget.
+    admissions: Arc<Admissions>,
     budget_pages: u64,
     cache_dir: Option<PathBuf>,
     fuel: bool,
@@ -105,8 +104,8 @@ impl Host {
         Ok(Self {
             engine,
             linker,
-            permits: Arc::new(Semaphore::new(config.max_instances as usize)),
-            budget: Arc::new(Semaphore::new(
+            admissions: Arc::new(Admissions::new(
+                config.max_instances as usize,
                 budget_pages.min(Semaphore::MAX_PERMITS as u64) as usize,
             )),
             budget_pages,
@@ -160,12 +159,11 @@ impl Host {
             }),
             limits: spec.limits,
             pre,
-            permits: self.permits.clone(),
-            budget: self.budget.clone(),
+            admissions: self.admissions.clone(),
             budget_pages: pages as u32,
             engine_fuel: self.fuel,
             isolation: spec.isolation,
-            idle: std::sync::Mutex::new(Vec::new()),
+            kept: self.admissions.keeper(),
         })
     }
 

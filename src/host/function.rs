@@ -9,15 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnmill_connector_api::{Event, Header};
-use std::sync::Mutex;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use super::admission::{Admission, Admissions, Kept, lock};
 use super::bindings::{self, EventFunctionPre, GuestError};
 use super::context::Ctx;
 use super::data::FunctionData;
-use super::engine::EPOCH_TICK;
+use super::engine::{EPOCH_TICK, PAGE};
 use super::failure::{Failure, Stage, sanitize};
 use super::guest_log::LogLimits;
 
@@ -84,36 +82,51 @@ pub(super) struct FunctionShared {
     pub(super) log: LogLimits,
 }
 
+/// Fresh instances one store runs, one event each, before it is dropped
+/// (`isolation = "event"`). Every event still gets an instance of its own, whose memory, tables
+/// and globals no other event touched; what they share is the host's per-store setup (the WASI
+/// context, the resource table, the module registration, the fiber stack), made once per store
+/// instead of once per event (measured in docs/performance.md).
+const INSTANCES_PER_STORE: u32 = 8;
+
+/// Memory a store's instances may have grown to in all and still be given another instance:
+/// a spent instance's memory stays resident until its store is dropped.
+const STORE_MEMORY: u64 = 16 << 20;
+
 /// A loaded function, ready to run events. Cheap to share behind an `Arc`.
 pub struct Function {
     pub(super) shared: Arc<FunctionShared>,
     pub(super) limits: Limits,
     pub(super) pre: EventFunctionPre<Ctx>,
-    /// Instance slots of the pooling allocator.
-    pub(super) permits: Arc<Semaphore>,
-    /// The memory budget, in pages; an instance holds `budget_pages` of it while it lives.
-    pub(super) budget: Arc<Semaphore>,
+    /// Instance slots and the memory budget, shared by every function of the host.
+    pub(super) admissions: Arc<Admissions>,
+    /// What this function's instance holds of the memory budget, in pages.
     pub(super) budget_pages: u32,
     /// Whether the engine meters fuel, so every store must be given some.
     pub(super) engine_fuel: bool,
     pub(super) isolation: Isolation,
-    /// Instances waiting for their next event (reuse only), the most recently used last.
-    pub(super) idle: Mutex<Vec<Reusable>>,
-}
-
-/// What an instance holds while it lives: its slot and its share of the memory budget.
-pub(super) struct Admission {
-    _slot: OwnedSemaphorePermit,
-    _memory: OwnedSemaphorePermit,
+    /// Instances waiting for their next event (reuse), the most recently used last, and stores
+    /// with room for more fresh instances (event).
+    pub(super) kept: Arc<Kept>,
 }
 
 /// An instance kept for more events (`isolation = "reuse"`).
-pub(super) struct Reusable {
+pub(crate) struct Reusable {
     store: Store<Ctx>,
     instance: bindings::EventFunction,
     /// Events served so far.
     uses: u32,
     _admission: Admission,
+}
+
+/// A store whose instances each ran one event, kept to run more (`isolation = "event"`).
+pub(crate) struct Spent {
+    store: Store<Ctx>,
+    /// The memory its instances grew to, in all.
+    memory: u64,
+    /// The slot of each of its instances and the memory it grew to, held until the store is
+    /// dropped and frees them.
+    admissions: Vec<Admission>,
 }
 
 impl Function {
@@ -125,21 +138,9 @@ impl Function {
         &self.limits
     }
 
-    /// Waits for an instance slot and for room in the memory budget. The pool has a slot for
-    /// every permit, so instantiation never fails for lack of one.
+    /// Waits for an instance slot and for room in the memory budget.
     pub(super) async fn admit(&self) -> Result<Admission, Failure> {
-        let gone = |_| Failure::Instantiation("the host is shutting down".into());
-        let memory = self
-            .budget
-            .clone()
-            .acquire_many_owned(self.budget_pages)
-            .await
-            .map_err(gone)?;
-        let slot = self.permits.clone().acquire_owned().await.map_err(gone)?;
-        Ok(Admission {
-            _slot: slot,
-            _memory: memory,
-        })
+        self.admissions.admit(self.budget_pages).await
     }
 
     /// Runs `event`: in a fresh instance, or with `isolation = "reuse"` in an instance that
@@ -159,14 +160,53 @@ impl Function {
     }
 
     async fn invoke_fresh(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        let _admission = self.admit().await?;
+        let event_id: Arc<str> = Arc::from(event.id.as_str());
+        let mut admission = self.admit().await?;
+        let taken = lock(&self.kept.spent).pop();
+        let mut spent = match taken {
+            Some(mut spent) => {
+                spent.store.data_mut().next_instance(&event_id);
+                if self.engine_fuel {
+                    spent
+                        .store
+                        .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
+                        .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
+                }
+                spent
+            }
+            None => Spent {
+                store: self.store(&event_id)?,
+                memory: 0,
+                admissions: Vec::with_capacity(INSTANCES_PER_STORE as usize),
+            },
+        };
+        self.arm_deadline(&mut spent.store);
         // Epoch interruption cannot stop a guest that is inside an awaited host call; the outer
         // timeout catches that case, one tick later than the epoch would.
         let outer = self.limits.timeout + EPOCH_TICK * 2;
-        match tokio::time::timeout(outer, self.invoke_in_store(event, attempt)).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure::Timeout(self.limits.timeout)),
+        let result = tokio::time::timeout(outer, async {
+            let instance = match self.pre.instantiate_async(&mut spent.store).await {
+                Ok(instance) => instance,
+                Err(e) => {
+                    return Err(self.classify(e, spent.store.data(), Stage::Instantiation));
+                }
+            };
+            self.call(&instance, &mut spent.store, event, attempt).await
+        })
+        .await
+        .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
+        // Any failure drops the store: whatever state the failure left it in is not trusted.
+        if result.is_ok() {
+            let grown = spent.store.data().limiter.size as u64;
+            admission.shrink_to(grown.div_ceil(PAGE) as u32);
+            spent.memory += grown;
+            spent.admissions.push(admission);
+            if spent.admissions.len() < INSTANCES_PER_STORE as usize && spent.memory <= STORE_MEMORY
+            {
+                self.admissions.keep(&self.kept.spent, spent);
+            }
         }
+        result
     }
 
     async fn invoke_reused(
@@ -177,7 +217,7 @@ impl Function {
         max_memory: u64,
     ) -> Result<Vec<Output>, Failure> {
         let event_id: Arc<str> = Arc::from(event.id.as_str());
-        let taken = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let taken = lock(&self.kept.idle).pop();
         let mut r = match taken {
             Some(mut r) => {
                 r.store.data_mut().next_event(&event_id);
@@ -207,19 +247,16 @@ impl Function {
         }
         let outer = self.limits.timeout + EPOCH_TICK * 2;
         let result =
-            match tokio::time::timeout(outer, self.call(&r.instance, &mut r.store, event, attempt))
+            tokio::time::timeout(outer, self.call(&r.instance, &mut r.store, event, attempt))
                 .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Failure::Timeout(self.limits.timeout)),
-            };
+                .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
         r.uses += 1;
         // Any failure retires the instance: whatever state it was left in is not trusted.
         let keep = result.is_ok()
             && r.uses < max_uses
             && (r.store.data().limiter.size as u64) <= max_memory;
         if keep {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+            self.admissions.keep(&self.kept.idle, r);
         }
         result
     }
@@ -254,17 +291,6 @@ impl Function {
             }
         });
         store.set_epoch_deadline(1);
-    }
-
-    async fn invoke_in_store(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
-        let event_id: Arc<str> = Arc::from(event.id.as_str());
-        let mut store = self.store(&event_id)?;
-        self.arm_deadline(&mut store);
-        let instance = match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance,
-            Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
-        };
-        self.call(&instance, &mut store, event, attempt).await
     }
 
     /// Calls the handler of `instance` with `event`.

@@ -6,7 +6,10 @@
 //!   from [`HostConfig::max_instances`]; memories are copy-on-write images of the component's
 //!   initial heap and a freed slot is reset, not unmapped;
 //! - one `Linker` and one `InstancePre` per function, built at start, so the per-event work is
-//!   a new `Store` and instantiation — no import resolution, no type checks;
+//!   a new instance — no import resolution, no type checks;
+//! - a store runs several fresh instances, one event each, before it is dropped, so the
+//!   per-store setup (WASI context, module registration, fiber stack) is made once for several
+//!   events while no event sees memory another touched;
 //! - admission in front of instantiation — an instance slot and room in the memory budget — so
 //!   instantiation never fails for lack of a slot and all instances together stay within
 //!   [`HostConfig::memory_budget`]: callers wait instead.
@@ -18,7 +21,9 @@
 //!
 //! # Layout
 //!
-//! - `engine`: [`Host`] — the engine, the linker, the epoch ticker, the admissions.
+//! - `engine`: [`Host`] — the engine, the linker, the epoch ticker.
+//! - `admission`: instance slots and the memory budget, and what functions keep for later
+//!   (reused instances, stores with room) — given back as soon as an admission would wait.
 //! - `function`: [`Function`] — one call: store, instance, limits, classification.
 //! - `context`: the store data of an instance (WASI without authority, limiter, log budget).
 //! - `failure`: [`Failure`] and the load and engine errors.
@@ -27,6 +32,7 @@
 //! - `cache`: compiled components on disk.
 //! - `bindings`: the one `bindgen!` of the crate.
 
+mod admission;
 mod bindings;
 mod cache;
 mod context;
