@@ -25,6 +25,8 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod pipeline;
 pub mod telemetry;

@@ -2,7 +2,8 @@
 //! (target `prebuilt`, from the binary and example components this test run built), brings
 //! `docker-compose.yml` up with tests/stack/docker-compose.test.yml on top (stand-ins that point
 //! at the Kafka, RabbitMQ, PostgreSQL and Redis the suite runs natively, since no image registry
-//! is reachable here), publishes orders to both Kafka routes and the RabbitMQ route, reads the
+//! is reachable here), publishes orders to both Kafka routes (with `fnmill publish` inside the
+//! fnmill container, as the README's walk-through does) and the RabbitMQ route, reads the
 //! enriched outputs and the dead letters back, checks health, readiness, metrics and the
 //! compiled-component cache volume, and brings the stack down.
 //!
@@ -24,10 +25,9 @@ use std::time::{Duration, Instant};
 
 use common::{quickstart_component, root, wait_until};
 use fnmill_connector_kafka::rdkafka;
-use kafka_support::{Read, bootstrap, producer, read_topic, send};
+use kafka_support::{Read, bootstrap, read_topic};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, types::RDKafkaErrorCode};
 use serde_json::{Value, json};
 use stack_support::{compose, stack_topics};
@@ -93,6 +93,35 @@ impl Stack {
         let mut cmd = self.compose();
         cmd.args(args);
         run(cmd, &format!("docker compose {}", args.join(" ")))
+    }
+
+    /// `docker compose exec -T <service> <args>` with `input` on its standard input.
+    fn exec_with_input(&self, service: &str, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut cmd = self.compose();
+        cmd.args(["exec", "-T", service])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let what = format!("docker compose exec {service} {}", args.join(" "));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     fn logs(&self) -> String {
@@ -399,41 +428,51 @@ fn the_stack_runs_the_example_routes_end_to_end() {
         http_get(&admin, "/readyz").is_some_and(|(s, _)| s == 200)
     });
 
-    // Orders on both Kafka routes.
+    // Orders on both Kafka routes, published as the README shows: JSON Lines into
+    // `fnmill publish` inside the fnmill container, each record confirmed before it exits.
     let t = Instant::now();
-    let p = producer(&brokers);
     let order = |n: u32, items: Value| {
         json!({"order_id": format!("{run_id}-o{n}"), "customer_id": format!("c-{n}"),
                "currency": "EUR", "items": items})
     };
     let valid = order(1, json!([{"sku": "BOOK-1", "qty": 2, "unit_price": 12.5}]));
     let invalid = order(2, json!([]));
-    for (key, payload) in [
-        (format!("{run_id}-c1"), valid.to_string()),
-        (format!("{run_id}-c2"), invalid.to_string()),
-        (format!("{run_id}-c3"), format!("not an order {run_id}")),
-    ] {
-        send(&p, "orders", &key, payload.as_bytes(), None);
-    }
-    for (n, customer) in [(1, json!(1)), (2, json!(2)), (3, json!(99))] {
-        let payload =
-            json!({"order_id": format!("{run_id}-e{n}"), "customer_id": customer, "total": 10.0});
-        send(
-            &p,
-            "customer-orders",
-            &format!("{run_id}-e{n}"),
-            payload.to_string().as_bytes(),
-            None,
+    let lines = |events: Vec<(String, Value)>| {
+        events
+            .into_iter()
+            .map(|(key, payload)| json!({"key": key, "payload": payload}).to_string() + "\n")
+            .collect::<String>()
+    };
+    let orders = lines(vec![
+        (format!("{run_id}-c1"), valid),
+        (format!("{run_id}-c2"), invalid),
+        (
+            format!("{run_id}-c3"),
+            json!(format!("not an order {run_id}")),
+        ),
+    ]);
+    let mut enrich: Vec<(String, Value)> = [(1, json!(1)), (2, json!(2)), (3, json!(99))]
+        .into_iter()
+        .map(|(n, customer)| {
+            (
+                format!("{run_id}-e{n}"),
+                json!({"order_id": format!("{run_id}-e{n}"), "customer_id": customer, "total": 10.0}),
+            )
+        })
+        .collect();
+    enrich.push((
+        format!("{run_id}-e4"),
+        json!({"order_id": format!("{run_id}-e4")}),
+    ));
+    for (topic, input, count) in [("orders", orders, 3), ("customer-orders", lines(enrich), 4)] {
+        let target = format!("kafka://{brokers}/{topic}");
+        let out = stack.exec_with_input("fnmill", &["fnmill", "publish", &target], &input);
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            summary.contains(&format!("publish: {count} sent, 0 failed")),
+            "fnmill publish {target}: {summary}"
         );
     }
-    send(
-        &p,
-        "customer-orders",
-        &format!("{run_id}-e4"),
-        format!("{{\"order_id\":\"{run_id}-e4\"}}").as_bytes(),
-        None,
-    );
-    p.flush(Duration::from_secs(30)).unwrap();
 
     // And on the RabbitMQ route, through the queue fnmill declared.
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -664,14 +664,44 @@ fn toml_value(text: &str) -> Result<serde_json::Value> {
 
 fn from_value(value: serde_json::Value) -> Result<Config> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." {
-            "<root>".to_string()
-        } else {
-            key
-        };
+        let key = key_of(e.path());
         ConfigError::Invalid(vec![Problem::new(key, e.into_inner().to_string())])
     })
+}
+
+/// The dotted key of `path` as TOML writes it: a part that is not a bare key (empty, with a
+/// space, a dot or a quote) quoted, so that `"" = 1` or `sinks.k.properties."linger.ms"` still
+/// name a key one can find (the path's own display would print nothing, or split the name).
+fn key_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path {
+        let part = match segment {
+            Segment::Seq { index } => {
+                key.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => key.as_str(),
+            Segment::Unknown => "?",
+        };
+        if !key.is_empty() {
+            key.push('.');
+        }
+        let bare = !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if bare || part == "?" {
+            key.push_str(part);
+        } else {
+            key.push_str(&serde_json::Value::from(part).to_string());
+        }
+    }
+    if key.is_empty() {
+        "<root>".to_string()
+    } else {
+        key
+    }
 }
 
 /// The TOML parser's multi-line report (with a source excerpt) as one line: position and reason.
@@ -734,4 +764,35 @@ pub fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 /// An optional [`byte_size`].
 pub fn optional_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     byte_size(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(text: &str) -> Problem {
+        match from_value(toml_value(text).unwrap()) {
+            Err(ConfigError::Invalid(mut p)) if p.len() == 1 => p.remove(0),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_that_is_not_bare_is_quoted_so_the_problem_names_it() {
+        assert_eq!(problem("\"\" = 1").key, "\"\"");
+        assert_eq!(problem("\" \" = 1").key, "\" \"");
+        assert_eq!(
+            problem("[sources.\"a.b\"]\nkind = \"x\"").key,
+            "sources.\"a.b\".kind"
+        );
+        assert_eq!(
+            problem("[functions.f]\ncomponent = \"f\"\n\"t\\n\" = 1").key,
+            "functions.f.\"t\\n\""
+        );
+        assert_eq!(
+            problem("[[routes]]\nsource = \"s\"\nfunction = \"f\"\nmax_in_flight = \"x\"").key,
+            "routes[0].max_in_flight"
+        );
+        assert_eq!(problem("[runtime]\nio_thread = 3").key, "runtime.io_thread");
+    }
 }

@@ -766,6 +766,22 @@ mod tests {
     }
 
     #[test]
+    fn a_problem_quoting_a_newline_or_escape_code_stays_one_line() {
+        let p = problems("[sources.\"a\\nb\"]\nkind = \"file\"\npath = \"\"\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("sources.a\\nb.path: must not be empty"),
+            "{p:?}"
+        );
+        let p = problems("[functions.f]\ncomponent = \"f.wasm\"\ntimeout = \"1\\u001b[31m\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("functions.f.timeout: `1\\u{1b}[31m`"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn bad_duration_is_named() {
         let p = problems(&format!(
             "{BASE}\n[functions.g]\ncomponent = \"f.wasm\"\ntimeout = \"soon\"\n"

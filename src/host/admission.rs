@@ -40,10 +40,18 @@ impl Drop for Admission {
 }
 
 impl Admission {
-    /// Gives back the memory budget this admission holds beyond `pages` (an instance that ran
-    /// and is kept only until its store is dropped holds what its memory grew to, not its
-    /// function's limit).
-    pub(super) fn shrink_to(&mut self, pages: u32) {
+    /// Gives back the memory budget this admission holds beyond `pages`.
+    /// The instance ran its one event and stays only until its store is dropped: it is no longer
+    /// counted among its function's live instances, and holds of the memory budget only `pages`
+    /// (what its memory grew to), not its function's limit.
+    pub(super) fn spend(&mut self, pages: u32) {
+        if let Some(function) = self.function.take() {
+            function.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.shrink_to(pages);
+    }
+
+    fn shrink_to(&mut self, pages: u32) {
         let held = self.memory.num_permits();
         if (pages as usize) < held {
             drop(self.memory.split(held - pages as usize));

@@ -155,8 +155,8 @@ impl Function {
         &self.limits
     }
 
-    /// Instances of this function that hold a slot now: running, kept for reuse, or spent in a
-    /// store kept for more fresh instances.
+    /// Instances of this function alive now: running, or kept for reuse (not the spent ones a
+    /// store keeps until it is dropped).
     pub fn live_instances(&self) -> i64 {
         self.shared.live.load(Ordering::Relaxed)
     }
@@ -250,7 +250,7 @@ impl Function {
         // Any failure drops the store: whatever state the failure left it in is not trusted.
         if result.is_ok() {
             let grown = spent.store.data().limiter.size as u64;
-            admission.shrink_to(grown.div_ceil(PAGE) as u32);
+            admission.spend(grown.div_ceil(PAGE) as u32);
             spent.memory += grown;
             spent.admissions.push(admission);
             if spent.admissions.len() < INSTANCES_PER_STORE as usize && spent.memory <= STORE_MEMORY

@@ -35,7 +35,7 @@ pub mod remote;
 pub mod secret;
 pub mod settlement;
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -211,8 +211,12 @@ impl Readiness {
 
 /// One configuration problem: the key it is about (relative to the table being checked, e.g.
 /// `prefetch` in a source's table; the caller prefixes `sources.<name>.`) and what is wrong.
+///
+/// Displayed as one line, `key: message`, with control characters escaped: both may quote the
+/// config's own text (a quoted TOML key, a value that is not a duration), which can hold a
+/// newline that would split the problem in two, or terminal escape codes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
+#[error("{}: {}", OneLine(key), OneLine(message))]
 pub struct Problem {
     pub key: String,
     pub message: String,
@@ -234,6 +238,22 @@ impl Problem {
             format!("{prefix}.{}", self.key)
         };
         self
+    }
+}
+
+/// Text shown on one line: control characters escaped as Rust writes them (`\n`, `\u{1b}`).
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -511,6 +531,22 @@ mod tests {
             s.lock().unwrap().push(o)
         }));
         assert_eq!(*seen.lock().unwrap(), vec![Outcome::Abandoned]);
+    }
+
+    #[test]
+    fn a_problem_is_one_line_whatever_its_key_and_message_quote() {
+        let p = Problem::new(
+            "sources.a\nb.path",
+            "`1\r\n2` is not a duration\u{1b}[31m\t",
+        );
+        assert_eq!(
+            p.to_string(),
+            "sources.a\\nb.path: `1\\r\\n2` is not a duration\\u{1b}[31m\\t"
+        );
+        assert_eq!(
+            Problem::new("k", "caf\u{e9} \"q\" \\").to_string(),
+            "k: caf\u{e9} \"q\" \\"
+        );
     }
 
     #[test]

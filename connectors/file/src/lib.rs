@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use fnmill_connector_api::{Problem, SourceError};
 
 mod checkpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jsonl;
 pub mod sink;
 pub mod source;

@@ -96,26 +96,49 @@ pub(crate) fn check(
     secrets: &BTreeMap<String, SecretProperty>,
     fixed: &[Fixed],
 ) -> Vec<Problem> {
-    match client_config(brokers, defaults, properties, secrets, fixed) {
-        Err(e) => vec![e.into()],
-        Ok(config) => match config.create_native_config() {
-            Ok(_) => Vec::new(),
-            Err(rdkafka::error::KafkaError::ClientConfig(_, message, name, _)) => {
-                let table = if secrets.contains_key(&name) {
-                    "secret_properties"
-                } else {
-                    "properties"
-                };
-                // librdkafka's message may quote the value: never for a secret.
-                let message = if table == "secret_properties" {
-                    "is not a valid value for this property".to_string()
-                } else {
-                    message
-                };
-                vec![Problem::new(format!("{table}.\"{name}\""), message)]
-            }
-            Err(e) => vec![Problem::new("properties", e.to_string())],
-        },
+    let config = match client_config(brokers, defaults, properties, secrets, fixed) {
+        Err(e) => return vec![e.into()],
+        Ok(config) => config,
+    };
+    // librdkafka stops at the first property it refuses, and rdkafka hands them over in the
+    // order of a HashMap, which differs from one map to the next: with two bad properties the
+    // one reported changed from run to run (and `check` could disagree with `run`). Each of the
+    // user's is checked on its own, in key order, so every bad one is reported, always alike.
+    let mut problems = Vec::new();
+    for name in properties.keys().chain(secrets.keys()) {
+        let Some(value) = config.get(name) else {
+            continue;
+        };
+        if let Err(e) = ClientConfig::new().set(name, value).create_native_config() {
+            problems.push(refused(e, secrets));
+        }
+    }
+    if problems.is_empty()
+        && let Err(e) = config.create_native_config()
+    {
+        problems.push(refused(e, secrets));
+    }
+    problems
+}
+
+/// The problem for a config librdkafka refused, naming the property it refused.
+fn refused(e: rdkafka::error::KafkaError, secrets: &BTreeMap<String, SecretProperty>) -> Problem {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, message, name, _) => {
+            let table = if secrets.contains_key(&name) {
+                "secret_properties"
+            } else {
+                "properties"
+            };
+            // librdkafka's message may quote the value: never for a secret.
+            let message = if table == "secret_properties" {
+                "is not a valid value for this property".to_string()
+            } else {
+                message
+            };
+            Problem::new(format!("{table}.\"{name}\""), message)
+        }
+        e => Problem::new("properties", e.to_string()),
     }
 }
 
@@ -272,6 +295,32 @@ mod tests {
         let p = check(props("enable.auto.offset.store", "true"));
         assert_eq!(p[0].key, "properties.\"enable.auto.offset.store\"", "{p:?}");
         assert!(p[0].message.contains("fnmill sets it"), "{p:?}");
+    }
+
+    #[test]
+    fn check_names_every_bad_property_in_key_order() {
+        // Found by fuzzing config loading: librdkafka reported whichever came first in a
+        // HashMap, so the same config gave one problem or the other from one check to the next.
+        let props = BTreeMap::from([
+            ("max_backoff".to_string(), PropertyValue::Integer(5)),
+            (
+                "compression.type".to_string(),
+                PropertyValue::Text("lz3".into()),
+            ),
+            ("linger.ms".to_string(), PropertyValue::Integer(5)),
+        ]);
+        for _ in 0..8 {
+            let p = check("b:9092", &[], &props, &no_secrets(), &[FIXED]);
+            let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "properties.\"compression.type\"",
+                    "properties.\"max_backoff\""
+                ],
+                "{p:?}"
+            );
+        }
     }
 
     #[test]
