@@ -12,10 +12,8 @@
 //! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P --rounds R`,
 //! or `-- --profile wasm` to run only the function side, e.g. under `perf record`).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "support/cpu.rs"]
-mod cpu;
+use fnmill_testkit::common;
+use fnmill_testkit::cpu;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
