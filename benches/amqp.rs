@@ -6,12 +6,9 @@
 //! `cargo bench --bench amqp` (add `-- --messages N` to change the count). Needs RabbitMQ at
 //! `FNMILL_TEST_AMQP_URL` (default 127.0.0.1:5672, guest/guest).
 
-#[path = "../tests/amqp_common/mod.rs"]
-mod amqp_common;
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "support/cpu.rs"]
-mod cpu;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
+use fnmill_testkit::cpu;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

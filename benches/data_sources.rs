@@ -9,21 +9,19 @@
 //! backends, the cost of the same component with no query (one instance at a time), and of one
 //! compute → IO → compute hand-off with nothing else running.
 //!
-//! Last, the IO tier: the same function with its SELECT served by an IO-tier process (`fnmill
-//! run --role io`, a pool of the same size) over NATS, against the in-process pool, in
-//! alternating rounds; prints the ratio (the goal is ≥ 0.6) and the CPU per event of this
+//! With `--io-tier`, last, the IO tier: the same function with its SELECT served by an IO-tier
+//! process (`fnmill run --role io`, a pool of the same size) over NATS, against the in-process
+//! pool, in alternating rounds; prints the ratio (the goal is ≥ 0.6) and the CPU per event of this
 //! process, the IO-tier process, nats-server and both pools' PostgreSQL backends. The bench runs
 //! a nats-server of its own (`scripts/nats.sh build`, or `FNMILL_TEST_NATS_SERVER`), so that its
 //! CPU is counted and no other test shares it.
 //!
 //! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P --rounds R`,
 //! `-- --profile wasm` to run only the function side, e.g. under `perf record`, or
-//! `-- --no-io-tier` to leave out the IO tier).
+//! `-- --io-tier` to race the IO tier too).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "support/cpu.rs"]
-mod cpu;
+use fnmill_testkit::common;
+use fnmill_testkit::cpu;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,7 +320,7 @@ fn main() {
         native_total / (native_total + floor)
     );
 
-    if std::env::args().any(|a| a == "--no-io-tier") {
+    if !std::env::args().any(|a| a == "--io-tier") {
         return;
     }
     io_tier::compare(io_tier::Setup {

@@ -4,8 +4,7 @@
 //!
 //! `cargo bench --bench file_pipeline` (add `-- --events N` to change the count).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use fnmill_testkit::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -10,8 +10,7 @@
 //! echo functions are built with `fnmill build`, after `scripts/polyglot-tools.sh` installed
 //! the tools.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use fnmill_testkit::common;
 
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -36,12 +36,9 @@
 //! against off), `--profile LABEL` (only that processor's throughput phase, e.g. under
 //! `perf record`).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "support/cpu.rs"]
-mod cpu;
-#[path = "../tests/kafka_support/mod.rs"]
-mod kafka_support;
+use fnmill_testkit::common;
+use fnmill_testkit::cpu;
+use fnmill_testkit::kafka_support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -6,8 +6,7 @@
 //!
 //! `cargo bench --bench memory` (`-- --events N` for the backlog, default 20,000; `-- --in-flight N`).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use fnmill_testkit::common;
 
 use std::io::Write;
 use std::sync::Arc;

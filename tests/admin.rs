@@ -1,7 +1,7 @@
 //! The admin endpoint of `fnmill run`: `/healthz`, `/readyz` (ready once the sources are
 //! consuming) and `/metrics` (route counters in the Prometheus text format).
 
-mod common;
+use fnmill_testkit::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! source with a header ordering key, exchange sinks, routing keys as targets — with every broker
 //! URL overridable from the environment.
 
-mod common;
+use fnmill_testkit::common;
 mod stack_support;
 
 use common::{quickstart_component, root};

@@ -7,9 +7,8 @@
 //! is refused, nothing is consumed and the process stays up. Queues are made, filled and read
 //! over the plain listener of the same broker.
 
-#[path = "amqp_common/mod.rs"]
-mod amqp_common;
-mod common;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
 
 use std::time::Duration;
 

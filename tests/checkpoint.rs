@@ -1,7 +1,7 @@
 //! The file source's durable checkpoint: `kill -9` of `fnmill run` in the middle of a stream,
 //! then a restart, loses no event.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::collections::HashMap;
 use std::io::Write;

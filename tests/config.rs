@@ -1,7 +1,7 @@
 //! `fnmill check` refuses every kind of invalid configuration before anything starts, with one
 //! clear line naming the key; a valid configuration passes, environment overrides included.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`) and Redis (`FNMILL_TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`); `scripts/services.sh` starts both.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! with their original bytes; a route without a dead-letter destination holds the event rather
 //! than drop it.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! fail, the ConfigMaps' configs pass `fnmill check`, and the probes ask what `fnmill run`
 //! serves.
 
-mod common;
+use fnmill_testkit::common;
 mod stack_support;
 
 use std::collections::BTreeMap;

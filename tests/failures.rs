@@ -2,7 +2,7 @@
 //! running the next event normally; a memory hog stays inside its limit; instances are isolated
 //! and have no ambient authority.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! file in the compiled-component cache, and an admin endpoint under idle connections and at the
 //! file-descriptor limit.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -10,11 +10,9 @@
 //! (`scripts/jaeger.sh`, or `FNMILL_TEST_JAEGER_*`), and the `lookup-count` guest (a `sql` lookup
 //! and a `keyvalue` increment per event).
 
-#[path = "amqp_common/mod.rs"]
-mod amqp_common;
-mod common;
-#[path = "observe_support/mod.rs"]
-mod observe_support;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
+use fnmill_testkit::observe_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
@@ -582,7 +580,7 @@ async fn three_compute_two_io_do_every_event_once_within_the_connection_cap() {
         .collect();
     let started = Instant::now();
     wait_for(Duration::from_secs(600), "20,000 outputs", || {
-        out.len() >= N || dead_letters.len() > 0
+        out.len() >= N || !dead_letters.is_empty()
     })
     .await;
     let elapsed = started.elapsed();
@@ -729,7 +727,7 @@ async fn an_io_process_killed_mid_run_loses_nothing_and_takes_its_share_again() 
     io[0].ready(Duration::from_secs(60)).await;
     broker.publish(&input, messages(4500, 1500)).await;
     wait_for(Duration::from_secs(300), "every output", || {
-        out.len() >= N || dead_letters.len() > 0
+        out.len() >= N || !dead_letters.is_empty()
     })
     .await;
     let served_again = metric(

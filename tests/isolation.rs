@@ -3,7 +3,7 @@
 //! timeout) and once its memory grew past `reuse_max_memory`. The `counter` guest counts the
 //! calls its instance served.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::time::Duration;
 

@@ -3,8 +3,8 @@
 //! event goes to the dead-letter topic with its original bytes and the `fnmill.error.*` headers
 //! while its partition keeps flowing; an unreachable broker at start is reported, not fatal.
 
-mod common;
-mod kafka_support;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 
 use std::time::{Duration, Instant};
 

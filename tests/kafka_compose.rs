@@ -3,7 +3,7 @@
 //! consumes a topic into the quickstart function and produces to topics, with every broker
 //! address overridable from the environment.
 
-mod common;
+use fnmill_testkit::common;
 mod stack_support;
 
 use common::{quickstart_component, root};

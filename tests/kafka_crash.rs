@@ -3,8 +3,8 @@
 //! output growing since the restart), each followed by a restart; in the end every id is on the
 //! output, and the extra copies per kill stay within what can be in flight at a kill.
 
-mod common;
-mod kafka_support;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -3,8 +3,8 @@
 //! OffsetCommit requests fail for a while. After each fault progress resumes, and in the end no
 //! event is lost and, after a graceful stop, every input offset is committed.
 
-mod common;
-mod kafka_support;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 
 use std::time::Duration;
 

@@ -3,8 +3,8 @@
 //! takes over its partitions from the committed offsets: 0 lost, 0 duplicated, and after the
 //! last graceful stop every input offset is committed.
 
-mod common;
-mod kafka_support;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -8,8 +8,8 @@
 //!
 //! Topics are made, filled and read through the plain listener of the same broker.
 
-mod common;
-mod kafka_support;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 
 use std::time::Duration;
 

@@ -7,12 +7,10 @@
 //!
 //! Needs PostgreSQL, RabbitMQ (`scripts/services.sh`) and Kafka (`scripts/kafka.sh`).
 
-#[path = "amqp_common/mod.rs"]
-mod amqp_common;
-mod common;
-mod kafka_support;
-#[path = "observe_support/mod.rs"]
-mod observe_support;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
+use fnmill_testkit::observe_support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! Key-ordered concurrency: events with the same key come out in the order they went in, while
 //! different keys run concurrently; every event comes out exactly once.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -7,7 +7,7 @@
 //! These drive a [`Route`] directly with real guests and scripted sinks, so the test decides when
 //! each confirmation arrives and how it ends.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -6,7 +6,7 @@
 //! that says what to install. The tools come from `scripts/polyglot-tools.sh`, run by the tests
 //! themselves.
 
-mod common;
+use fnmill_testkit::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

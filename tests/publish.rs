@@ -4,10 +4,9 @@
 //! input line is reported by its number and stops the run or is skipped; templates fill
 //! `{{seq}}` and `{{uuid}}`; bad flags and unknown sinks are one-line errors with exit 2.
 
-#[path = "amqp_common/mod.rs"]
-mod amqp_common;
-mod common;
-mod kafka_support;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The embedded quickstart (examples/quickstart) runs end to end with no broker: valid orders
 //! are enriched, invalid ones routed, malformed ones dead-lettered.
 
-mod common;
+use fnmill_testkit::common;
 
 use common::{fnmill, headers, quickstart_component, read_lines, root};
 

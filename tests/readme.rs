@@ -4,7 +4,7 @@
 //! `cargo run -- ARGS` runs this build's `fnmill` with ARGS (a nested `cargo run` would wait
 //! for the lock the test run holds).
 
-mod common;
+use fnmill_testkit::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -5,10 +5,9 @@
 //! halfway) so that every event comes out; `--through` a data-source function with `--dry-run`;
 //! Ctrl-C and the printed resume command; usage errors.
 
-#[path = "amqp_common/mod.rs"]
-mod amqp_common;
-mod common;
-mod kafka_support;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output, Stdio};

@@ -4,9 +4,8 @@
 //! own that requires one), and the password is nowhere in what fnmill wrote. (Kafka's SASL
 //! password is checked the same way in `kafka_tls.rs`.)
 
-#[path = "amqp_common/mod.rs"]
-mod amqp_common;
-mod common;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

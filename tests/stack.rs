@@ -11,9 +11,9 @@
 //! test.sh says why in FNMILL_TEST_DOCKER_UNAVAILABLE and this test prints that one line
 //! instead of running. Without that variable a missing engine fails the test.
 
-mod amqp_common;
-mod common;
-mod kafka_support;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
 mod stack_support;
 
 use std::collections::BTreeMap;

@@ -11,12 +11,10 @@
 //! Needs PostgreSQL and Redis (`scripts/services.sh`), Kafka (`scripts/kafka.sh`), RabbitMQ and
 //! Jaeger (`scripts/jaeger.sh`, started by the tests when `FNMILL_TEST_JAEGER_*` are not set).
 
-#[path = "amqp_common/mod.rs"]
-mod amqp_common;
-mod common;
-mod kafka_support;
-#[path = "observe_support/mod.rs"]
-mod observe_support;
+use fnmill_testkit::amqp_common;
+use fnmill_testkit::common;
+use fnmill_testkit::kafka_support;
+use fnmill_testkit::observe_support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -434,7 +432,7 @@ async fn amqp_trace_continues_through_fnmill() {
     cmd.env("FNMILL_TEST_PG_URL", pg_url());
     let run = amqp_common::Running::start(cmd, &config);
     amqp_common::wait_for(Duration::from_secs(60), "the output message", || {
-        collected.len() >= 1
+        !collected.is_empty()
     })
     .await;
     run.stop();

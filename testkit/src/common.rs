@@ -1,8 +1,6 @@
 //! Shared helpers of the integration tests: building the test guests from source, writing
 //! configs and event files, running the `fnmill` binary, waiting on conditions with deadlines.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,13 +9,39 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The repository's root (this crate lives in `testkit/`).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ is inside the repository")
+        .to_path_buf()
+}
+
+/// The `fnmill` binary cargo built for this test or bench run: cargo builds a package's binaries
+/// before its integration tests and benches, next to the `deps/` folder they run from.
+pub fn fnmill_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("tests and benches run from target/<profile>/deps");
+            let binary = profile_dir.join(format!("fnmill{}", std::env::consts::EXE_SUFFIX));
+            assert!(
+                binary.is_file(),
+                "no fnmill binary at {} (run through cargo test or cargo bench)",
+                binary.display()
+            );
+            binary
+        })
+        .clone()
 }
 
 /// The `fnmill` binary cargo built for this test run.
 pub fn fnmill() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fnmill"));
+    let mut cmd = Command::new(fnmill_binary());
     // One compiled-component cache for the whole test run, so each component compiles once.
     cmd.env("XDG_CACHE_HOME", root().join("target").join("test-cache"));
     cmd.env("RUST_LOG", "info");

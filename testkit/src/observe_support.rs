@@ -2,8 +2,6 @@
 //! `FNMILL_TEST_JAEGER_*`), a producer's root span sent to it over OTLP, traces read back from
 //! its query API, a plain HTTP client, and `/metrics` scraped and parsed as Prometheus does.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;

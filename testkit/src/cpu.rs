@@ -3,8 +3,6 @@
 //! rather than guess. A thread that parks and is woken per event shows it as switches.
 //! Linux only; elsewhere every reading is empty. Each benchmark uses what it needs of it.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -3,8 +3,6 @@
 //! numbered events, a reader of whole topics, the checker that classifies every id, and
 //! `fnmill run` configs and processes.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};

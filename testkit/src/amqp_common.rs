@@ -3,8 +3,6 @@
 //! fnmill's connections, the fnmill config for an AMQP route, and the ok / lost / duplicated /
 //! dead-lettered checker.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -279,8 +277,14 @@ impl Collector {
         Self { messages }
     }
 
+    /// Messages received so far.
     pub fn len(&self) -> usize {
         self.messages.lock().unwrap().len()
+    }
+
+    /// Whether nothing was received yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn snapshot(&self) -> Vec<Received> {
