@@ -9,8 +9,16 @@
 //! backends, the cost of the same component with no query (one instance at a time), and of one
 //! compute → IO → compute hand-off with nothing else running.
 //!
+//! With `--io-tier`, last, the IO tier: the same function with its SELECT served by an IO-tier
+//! process (`fnmill run --role io`, a pool of the same size) over NATS, against the in-process
+//! pool, in alternating rounds; prints the ratio (the goal is ≥ 0.6) and the CPU per event of this
+//! process, the IO-tier process, nats-server and both pools' PostgreSQL backends. The bench runs
+//! a nats-server of its own (`scripts/nats.sh build`, or `FNMILL_TEST_NATS_SERVER`), so that its
+//! CPU is counted and no other test shares it.
+//!
 //! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P --rounds R`,
-//! or `-- --profile wasm` to run only the function side, e.g. under `perf record`).
+//! `-- --profile wasm` to run only the function side, e.g. under `perf record`, or
+//! `-- --io-tier` to race the IO tier too).
 
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
@@ -61,7 +69,7 @@ fn main() {
         .unwrap();
 
     let pool = PgPool::new(&PgPoolConfig {
-        url: fnmill_connector_api::connection::SecretUrl::new(url),
+        url: fnmill_connector_api::connection::SecretUrl::new(url.clone()),
         pool_size,
         wait_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
@@ -174,21 +182,7 @@ fn main() {
     native(2_000);
     wasm(2_000);
     // The PostgreSQL backends serving the pool, to count their CPU too.
-    let backends: Vec<(String, u32)> = io.block_on(async {
-        pool.query(
-            "select pid from pg_stat_activity where application_name = 'fnmill-bench'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .rows
-        .iter()
-        .filter_map(|r| match r.first() {
-            Some(Value::Int(pid)) => Some(("postgres backends".to_string(), *pid as u32)),
-            _ => None,
-        })
-        .collect()
-    });
+    let backends = io.block_on(backends_of(&pool, "fnmill-bench", "postgres backends"));
     // `--profile wasm|native`: only that side, to run under a profiler.
     if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
         let start = Instant::now();
@@ -325,4 +319,306 @@ fn main() {
         "    ratio if the instance were the only cost    : {:>6.2}",
         native_total / (native_total + floor)
     );
+
+    if !std::env::args().any(|a| a == "--io-tier") {
+        return;
+    }
+    io_tier::compare(io_tier::Setup {
+        io: &io,
+        compute: &compute,
+        host: &host,
+        limits: &limits,
+        url: &url,
+        events,
+        concurrency,
+        pool_size,
+        rounds,
+        in_process: &wasm,
+        backends: &backends,
+        pool: &pool,
+    });
+}
+
+/// The PostgreSQL backends of connections named `application`, labelled `label`, asked through
+/// `pool`.
+async fn backends_of(pool: &PgPool, application: &str, label: &str) -> Vec<(String, u32)> {
+    pool.query(
+        "select pid from pg_stat_activity where application_name = $1",
+        &[Value::Text(application.into())],
+    )
+    .await
+    .unwrap()
+    .rows
+    .iter()
+    .filter_map(|r| match r.first() {
+        Some(Value::Int(pid)) => Some((label.to_string(), *pid as u32)),
+        _ => None,
+    })
+    .collect()
+}
+
+/// The `sql` call through the IO tier against the in-process pool.
+mod io_tier {
+    use std::net::TcpStream;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use fnmill::host::{DataSources, FunctionSpec, Grants, Host, Limits};
+    use fnmill_connector_api::Event;
+    use fnmill_connector_api::remote::RemoteConfig;
+    use fnmill_connector_nats::{Endpoint, Nats, Remote};
+    use futures::StreamExt;
+
+    use fnmill_connector_postgres::PgPool;
+
+    use super::{QUERY, ROWS, common, cpu};
+
+    /// What the comparison needs from the rest of the bench.
+    pub struct Setup<'a> {
+        pub io: &'a tokio::runtime::Runtime,
+        pub compute: &'a tokio::runtime::Runtime,
+        pub host: &'a Host,
+        pub limits: &'a Limits,
+        pub url: &'a str,
+        pub events: usize,
+        pub concurrency: usize,
+        pub pool_size: usize,
+        pub rounds: usize,
+        /// The function with the in-process pool, run over n events.
+        pub in_process: &'a dyn Fn(usize),
+        /// The in-process pool's PostgreSQL backends.
+        pub backends: &'a [(String, u32)],
+        /// The in-process pool, to find the IO tier's backends with.
+        pub pool: &'a PgPool,
+    }
+
+    /// A child process killed when the bench ends.
+    struct Killed(Child);
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A nats-server of the bench's own (built by `scripts/nats.sh build`, or
+    /// `FNMILL_TEST_NATS_SERVER`), so that its CPU is counted and nothing else shares it.
+    fn nats() -> Result<(String, Killed), String> {
+        let bin = match std::env::var_os("FNMILL_TEST_NATS_SERVER") {
+            Some(bin) => PathBuf::from(bin),
+            None => {
+                let out = Command::new(common::root().join("scripts/nats.sh"))
+                    .arg("build")
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("scripts/nats.sh build: {e}"))?;
+                if !out.status.success() {
+                    return Err("scripts/nats.sh build failed".into());
+                }
+                PathBuf::from(
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim(),
+                )
+            }
+        };
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["--addr", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let server = Killed(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("nats-server did not listen within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((format!("nats://127.0.0.1:{port}"), server))
+    }
+
+    pub fn compare(setup: Setup<'_>) {
+        let (nats_url, nats_server) = match nats() {
+            Ok(n) => n,
+            Err(e) => {
+                println!("IO tier: not measured: {e}");
+                return;
+            }
+        };
+        let subject = format!("fnmill.bench.{}.db", std::process::id());
+        // The IO tier: `fnmill run --role io` with a pool of the same size as the in-process one,
+        // granting the function its data source.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("io.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[runtime]
+io_threads = 1
+[data_sources.db]
+kind = "postgres"
+url_env = "FNMILL_BENCH_DB_URL"
+pool_size = {pool}
+wait_timeout = "10s"
+application_name = "fnmill-bench-io"
+remote = {{ url = "{nats_url}", subject = "{subject}" }}
+[functions.sql-query]
+component = "{component}"
+data_sources = ["db"]
+"#,
+                pool = setup.pool_size,
+                component = common::guest("sql-query").display(),
+            ),
+        )
+        .unwrap();
+        let tier = Killed(
+            Command::new(env!("CARGO_BIN_EXE_fnmill"))
+                .args(["run", "--role", "io", "-c"])
+                .arg(&config)
+                .env("FNMILL_BENCH_DB_URL", setup.url)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("starting the IO-tier process"),
+        );
+
+        // This process's side: the same function, its data source served by the IO tier.
+        let remote: RemoteConfig =
+            serde_json::from_value(serde_json::json!({ "url": nats_url, "subject": subject }))
+                .unwrap();
+        let endpoint = Endpoint::from_config(&remote).unwrap();
+        let client = setup.io.block_on(async {
+            let nats = Nats::connect(&endpoint, "fnmill bench").await.unwrap();
+            let client = Remote::new(nats, "db", &subject, Duration::from_secs(10));
+            tokio::spawn(client.watch());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !client.readiness().is_ready() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the IO tier did not answer within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client
+        });
+        let mut data = DataSources::new(setup.io.handle().clone());
+        data.add_sql("db", Arc::new(client.sql("db")));
+        let function = Arc::new(
+            setup
+                .host
+                .load_with(
+                    FunctionSpec {
+                        name: "sql-query".into(),
+                        component: common::guest("sql-query"),
+                        limits: setup.limits.clone(),
+                        config: [("statement".to_string(), QUERY.to_string())].into(),
+                        isolation: fnmill::host::Isolation::Event,
+                    },
+                    &data,
+                    &Grants {
+                        data_sources: ["db".to_string()].into(),
+                        buckets: Default::default(),
+                    },
+                )
+                .unwrap(),
+        );
+        let concurrency = setup.concurrency;
+        let remote_run = |n: usize| {
+            let function = function.clone();
+            setup.compute.block_on(async move {
+                futures::stream::iter(0..n)
+                    .map(|i| {
+                        let function = function.clone();
+                        tokio::spawn(async move {
+                            let event = Event {
+                                id: format!("e{i}"),
+                                source: "bench".into(),
+                                key: None,
+                                payload: Bytes::from(format!("[{}]", (i as i64 % ROWS) + 1)),
+                                headers: vec![],
+                                timestamp_ms: None,
+                                origin: vec![],
+                                decode_error: None,
+                            };
+                            let out = function.invoke(&event, 1).await.unwrap();
+                            assert_eq!(out.len(), 1);
+                        })
+                    })
+                    .buffer_unordered(concurrency)
+                    .for_each(|r| async { r.unwrap() })
+                    .await
+            })
+        };
+        // Warm up: the tier's connections open, its statements prepared.
+        remote_run(2_000);
+
+        let mut others: Vec<(String, u32)> = setup.backends.to_vec();
+        others.push(("io-tier process".into(), tier.0.id()));
+        others.push(("nats-server".into(), nats_server.0.id()));
+        others.extend(setup.io.block_on(super::backends_of(
+            setup.pool,
+            "fnmill-bench-io",
+            "pg backends, IO tier",
+        )));
+        let (events, rounds) = (setup.events, setup.rounds);
+        println!(
+            "the same SELECT through the IO tier (fnmill run --role io over NATS, pool of {}) \
+             against the in-process pool, {events} events, {concurrency} in flight:",
+            setup.pool_size
+        );
+        let mut ratios = Vec::with_capacity(rounds);
+        let (mut local_cpu, mut tier_cpu) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            let cpu0 = cpu::CpuTimes::now(&others);
+            let start = Instant::now();
+            (setup.in_process)(events);
+            let local = events as f64 / start.elapsed().as_secs_f64();
+            let cpu1 = cpu::CpuTimes::now(&others);
+            let start = Instant::now();
+            remote_run(events);
+            let tier_rate = events as f64 / start.elapsed().as_secs_f64();
+            let cpu2 = cpu::CpuTimes::now(&others);
+            local_cpu.push(cpu1.per_event_since(&cpu0, events));
+            tier_cpu.push(cpu2.per_event_since(&cpu1, events));
+            ratios.push(tier_rate / local);
+            println!(
+                "  round {round}: in-process pool {local:>7.0} events/s, IO tier {tier_rate:>7.0} \
+                 events/s, ratio {:.2}",
+                tier_rate / local
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "  ratio IO tier / in-process pool, median of {rounds}: {:.2} (goal >= 0.6)",
+            ratios[rounds / 2]
+        );
+        cpu::print_per_event(
+            "function, in-process pool (mean of the rounds)",
+            &cpu::mean(&local_cpu),
+        );
+        cpu::print_per_event(
+            "function, IO tier (mean of the rounds)",
+            &cpu::mean(&tier_cpu),
+        );
+        drop(tier);
+        drop(nats_server);
+    }
 }

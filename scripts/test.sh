@@ -25,13 +25,20 @@ cd "$(dirname "$0")/.."
 trap './scripts/kafka.sh stop' EXIT
 eval "$(./scripts/kafka.sh env)"
 
+# NATS for the IO tier's tests (nats-server built once from the Go module proxy, cached in
+# ~/.cache/fnmill-nats), unless FNMILL_TEST_NATS_URL points elsewhere; stopped when the tests
+# end. The tests that stop NATS on purpose run servers of their own from the same binary.
+./scripts/nats.sh start || exit 1
+trap './scripts/kafka.sh stop; ./scripts/nats.sh stop' EXIT
+eval "$(./scripts/nats.sh env)"
+
 # Jaeger (v1.76.0, built once from the Go module proxy and cached in ~/.cache/fnmill-jaeger)
 # for the tracing tests: one already running (or pointed at by FNMILL_TEST_JAEGER_*) is used
 # and left alone; one started here is stopped at the end.
 jaeger_before=$(./scripts/jaeger.sh env)
 ./scripts/jaeger.sh start || exit 1
 if [ -z "$jaeger_before" ]; then
-  trap './scripts/kafka.sh stop; ./scripts/jaeger.sh stop' EXIT
+  trap './scripts/kafka.sh stop; ./scripts/nats.sh stop; ./scripts/jaeger.sh stop' EXIT
 fi
 eval "$(./scripts/jaeger.sh env)"
 

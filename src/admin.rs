@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz` (every source is
-//! connected and consuming — what Kubernetes should route and scale on) and `/metrics` (every
-//! metric of [`crate::telemetry::metrics`], in the Prometheus text format).
+//! connected and consuming, and every data source served by an IO tier answers — what Kubernetes
+//! should route and scale on) and `/metrics` (every metric of [`crate::telemetry::metrics`], in
+//! the Prometheus text format).
 //!
 //! It must stay up whatever its clients do: at most [`MAX_CONNECTIONS`] connections at once
 //! (more wait in the kernel's backlog), each given [`HEADER_TIMEOUT`] to send its request and
@@ -45,17 +46,26 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct AdminState {
     /// Readiness of each source, by source name.
     pub sources: Vec<(String, Readiness)>,
+    /// Readiness of each data source whose readiness is known (its IO tier answers, on a
+    /// compute process; it is served, on an IO process), by data source name.
+    pub data_sources: Vec<(String, Readiness)>,
     /// Every metric of the run (see [`crate::telemetry::metrics`]).
     pub metrics: Arc<Registry>,
 }
 
 impl AdminState {
-    fn not_ready(&self) -> Vec<&str> {
-        self.sources
+    fn not_ready(&self) -> Vec<String> {
+        let sources = self
+            .sources
             .iter()
             .filter(|(_, r)| !r.is_ready())
-            .map(|(n, _)| n.as_str())
-            .collect()
+            .map(|(n, _)| n.clone());
+        let data_sources = self
+            .data_sources
+            .iter()
+            .filter(|(_, r)| !r.is_ready())
+            .map(|(n, _)| format!("data source {n}"));
+        sources.chain(data_sources).collect()
     }
 
     fn respond(&self, path: &str) -> Response<Full<Bytes>> {

@@ -3,8 +3,12 @@
 //! compute (wasm instances and the routes' shards) — each with its own threads.
 //!
 //! Everything is built from the one validated config, through one exhaustive `match` per kind of
-//! part ([`build_source`], [`build_sink`], [`build_data_sources`]): adding a connector adds one
-//! arm to one of them, and nothing in the pipeline or the host. `fnmill invoke` and `fnmill
+//! part ([`build_source`], [`build_sink`], [`build_pool`]): adding a connector adds one arm to
+//! one of them, and nothing in the pipeline or the host.
+//!
+//! What a process builds depends on its role (`ValidatedConfig::role`): `all` builds everything
+//! here; `compute` reaches a data source with a `remote` table through its IO tier instead of a
+//! pool; `io` runs [`crate::tier::run_io`] instead of the routes. `fnmill invoke` and `fnmill
 //! replay --through` build their function here too ([`load_function`]), so a function runs with
 //! the same limits and grants everywhere.
 
@@ -15,6 +19,8 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use fnmill_connector_amqp::{AmqpSink, AmqpSource, DeadLetterMode};
+use fnmill_connector_api::capability::kv::Bucket;
+use fnmill_connector_api::capability::sql::SqlSource;
 use fnmill_connector_api::metrics::Gauge;
 use fnmill_connector_api::{Readiness, Sink, Source, SourceContext};
 use fnmill_connector_file::{FileSink, FileSource};
@@ -23,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
 use crate::config::{
-    DataSourceConfig, DestinationConfig, SinkConfig, SourceConfig, ValidatedConfig,
+    DataSourceConfig, DestinationConfig, Role, SinkConfig, SourceConfig, ValidatedConfig,
 };
 use crate::host::{DataSources, Function, FunctionSpec, Grants, Host, HostConfig};
 use crate::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
 use crate::telemetry::{Registry, Telemetry};
+use crate::tier::measured::{DataSourceCalls, DataSourceStatus, Via, measured};
 
 /// Why a run could not start: a problem with what the config points at (a component that does
 /// not load, a port taken, an input locked by another process), found before anything ran.
@@ -52,44 +59,115 @@ pub fn host_config(config: &ValidatedConfig) -> HostConfig {
     }
 }
 
+/// What serves one data source in this process, behind the capability traits.
+pub enum Pool {
+    /// A SQL data source.
+    Sql(Arc<dyn SqlSource>),
+    /// The buckets of a key-value data source, by name.
+    Buckets(Vec<(String, Arc<dyn Bucket>)>),
+}
+
+/// Builds the pool of data source `name`; no connection is opened until a call needs one. The
+/// pool (its connections and waits) is registered in `metrics`, if given.
+pub fn build_pool(
+    name: &str,
+    ds: &DataSourceConfig,
+    metrics: Option<&mut Registry>,
+) -> Result<Pool> {
+    let key = format!("data_sources.{name}");
+    let problem = |p: fnmill_connector_api::Problem| anyhow::anyhow!("{}", p.under(&key));
+    Ok(match ds {
+        DataSourceConfig::Postgres(c) => {
+            let pool = fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
+                .map_err(problem)?;
+            let pool = Arc::new(pool);
+            if let Some(m) = metrics {
+                m.pool(name, "postgresql", pool.clone());
+            }
+            Pool::Sql(pool)
+        }
+        DataSourceConfig::Redis(c) => {
+            let pool = fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
+                .map_err(problem)?;
+            if let Some(m) = metrics {
+                m.pool(name, "redis", Arc::new(pool.clone()));
+            }
+            Pool::Buckets(
+                c.buckets
+                    .iter()
+                    .map(|(bucket, b)| {
+                        let served: Arc<dyn Bucket> = Arc::new(pool.bucket(&b.prefix));
+                        (bucket.clone(), served)
+                    })
+                    .collect(),
+            )
+        }
+    })
+}
+
+/// What serves every data source of the config, and the readiness of those whose readiness is
+/// known (a data source reached through its IO tier), for `/readyz`.
+pub struct BuiltDataSources {
+    pub data: DataSources,
+    pub readiness: Vec<(String, Readiness)>,
+}
+
 /// Builds what serves every data source of the config; the pools' work runs on `io`. No
-/// connection is opened until a function needs one. The pools are registered in `metrics`, if
-/// given.
+/// connection is opened until a function needs one. With role `compute`, a data source with a
+/// `remote` table is served by its IO tier over NATS (connected in the background on `io`, so
+/// an unreachable NATS is logged, not fatal). With `metrics`, each pool and each data source's
+/// calls are registered there. Must be called outside the runtime of `io`.
 pub fn build_data_sources(
     config: &ValidatedConfig,
     io: tokio::runtime::Handle,
     mut metrics: Option<&mut Registry>,
-) -> Result<DataSources> {
-    let mut data = DataSources::new(io);
+) -> Result<BuiltDataSources> {
+    let mut data = DataSources::new(io.clone());
+    let mut readiness = Vec::new();
+    let mut connections = crate::tier::Connections::new("fnmill compute");
     for (name, ds) in &config.data_sources {
-        let key = format!("data_sources.{name}");
-        let problem = |p: fnmill_connector_api::Problem| anyhow::anyhow!("{}", p.under(&key));
-        match ds {
-            DataSourceConfig::Postgres(c) => {
-                let pool =
-                    fnmill_connector_postgres::PgPool::new(&c.pool_config().map_err(problem)?)
-                        .map_err(problem)?;
-                let pool = Arc::new(pool);
-                if let Some(m) = metrics.as_deref_mut() {
-                    m.pool(name, "postgresql", pool.clone());
-                }
-                data.add_sql(name, pool);
+        let remote = ds.remote().filter(|_| config.role() == Role::Compute);
+        let (pool, via, ready) = match remote {
+            Some(remote) => {
+                let nats = io.block_on(connections.get(remote)).map_err(|p| {
+                    anyhow::anyhow!("{}", p.under(&format!("data_sources.{name}.remote")))
+                })?;
+                let (client, pool) = crate::tier::remote_of(nats, name, ds, remote);
+                io.spawn(client.watch());
+                readiness.push((name.clone(), client.readiness()));
+                (pool, Via::IoTier, Some(client.readiness()))
             }
-            DataSourceConfig::Redis(c) => {
-                let pool =
-                    fnmill_connector_redis::RedisPool::new(&c.pool_config().map_err(problem)?)
-                        .map_err(problem)?;
-                if let Some(m) = metrics.as_deref_mut() {
-                    m.pool(name, "redis", Arc::new(pool.clone()));
-                }
-                for (bucket, b) in &c.buckets {
-                    data.add_bucket(bucket, Arc::new(pool.bucket(&b.prefix)));
+            None => (
+                build_pool(name, ds, metrics.as_deref_mut())?,
+                Via::Pool,
+                None,
+            ),
+        };
+        let pool = match metrics.as_deref_mut() {
+            Some(m) => {
+                let calls = Arc::new(DataSourceCalls::default());
+                m.data_source(DataSourceStatus {
+                    name: name.clone(),
+                    via,
+                    ready,
+                    calls: calls.clone(),
+                    server: None,
+                });
+                measured(pool, &calls)
+            }
+            None => pool,
+        };
+        match pool {
+            Pool::Sql(s) => data.add_sql(name, s),
+            Pool::Buckets(buckets) => {
+                for (bucket, b) in buckets {
+                    data.add_bucket(bucket, b);
                 }
             }
         }
-        tracing::debug!(data_source = %name, "Data source ready");
+        tracing::debug!(data_source = %name, via = via.label(), "Data source ready");
     }
-    Ok(data)
+    Ok(BuiltDataSources { data, readiness })
 }
 
 /// Compiles (or loads from cache) the function `name` of the config and checks it implements the
@@ -145,7 +223,7 @@ pub fn local_function(
     host_config.max_instances = instances;
     let host = Host::new(&host_config)?;
     let _entered = io.enter();
-    let data = build_data_sources(config, io.clone(), None)?;
+    let data = build_data_sources(config, io.clone(), None)?.data;
     let function = load_function(config, &host, name, Some(&data))?;
     Ok(LocalFunction {
         function: Arc::new(function),
@@ -260,6 +338,10 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
         })?),
         None => None,
     };
+    tracing::info!(role = %config.role(), "Starting");
+    if config.role() == Role::Io {
+        return crate::tier::run_io(config, admin, shutdown);
+    }
     let host = Host::new(&host_config(&config)).map_err(|e| StartError(e.into()))?;
     let compute = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime.compute_threads)
@@ -280,7 +362,7 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
     let mut registry = Registry::default();
     // The pools' connection tasks run on the IO runtime; instances await their work from the
     // compute side.
-    let data = build_data_sources(
+    let BuiltDataSources { data, readiness } = build_data_sources(
         &config,
         io.handle().clone(),
         telemetry.metrics_on().then_some(&mut registry),
@@ -288,6 +370,8 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
     .map_err(StartError)?;
     let functions = load_functions(&config, &host, Some(&data)).map_err(StartError)?;
 
+    // `/readyz` names the data sources whose IO tier does not answer, too.
+    let admin = admin.map(|listener| (listener, readiness));
     let summary = io.block_on(run_routes(
         &config, functions, admin, &compute, shutdown, &telemetry, registry,
     ));
@@ -302,7 +386,7 @@ pub fn run(config: ValidatedConfig, shutdown: CancellationToken) -> Result<RunSu
 async fn run_routes(
     config: &ValidatedConfig,
     functions: BTreeMap<String, Arc<Function>>,
-    admin: Option<TcpListener>,
+    admin: Option<(TcpListener, Vec<(String, Readiness)>)>,
     compute: &tokio::runtime::Runtime,
     shutdown: CancellationToken,
     telemetry: &Telemetry,
@@ -328,7 +412,11 @@ async fn run_routes(
     }
 
     let mut summary = RunSummary::default();
-    let mut admin_state = AdminState::default();
+    let (admin, data_readiness) = admin.unzip();
+    let mut admin_state = AdminState {
+        data_sources: data_readiness.unwrap_or_default(),
+        ..AdminState::default()
+    };
     let mut routes = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (r, source) in config.routes.iter().zip(built) {

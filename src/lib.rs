@@ -13,6 +13,8 @@
 //!   knows both connectors and wasm.
 //! - [`app`]: builds connectors, functions and routes from a [`config::ValidatedConfig`] and
 //!   runs them on the IO and compute runtimes.
+//! - [`tier`]: the IO tier: data-source pools in processes of their own (`--role io`), reached
+//!   over NATS by compute processes (`--role compute`); data-source metrics.
 //! - [`telemetry`]: logs, OpenTelemetry traces (W3C trace context through message headers) and
 //!   metrics (`/metrics`, OTLP).
 //! - [`admin`]: the `/healthz`, `/readyz` and `/metrics` endpoint.
@@ -28,6 +30,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod pipeline;
 pub mod telemetry;
+pub mod tier;
 
 /// An I/O error as one line for a message: its description, without the `(os error N)` that
 /// repeats it.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use fnmill::app::StartError;
-use fnmill::config::{self, ConfigError, FunctionConfig, ValidatedConfig};
+use fnmill::config::{self, ConfigError, FunctionConfig, Role, ValidatedConfig};
 use fnmill::host::{Failure, Host, MAX_GUEST_MEMORY};
 use fnmill_connector_api::Record;
 use fnmill_connector_file::jsonl;
@@ -41,6 +41,11 @@ enum Command {
         /// The config file.
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
         config: PathBuf,
+        /// What this process does: `all` (routes, functions and every pool), `compute` (routes
+        /// and functions; data sources with a `remote` table through their IO tier), `io` (the
+        /// pools of the data sources with a `remote` table, served over NATS).
+        #[arg(long, value_enum, default_value_t = Role::All, env = "FNMILL_ROLE")]
+        role: Role,
     },
     /// Run one event through one function, locally, and print its outputs as JSON Lines.
     ///
@@ -84,6 +89,9 @@ enum Command {
         /// The config file.
         #[arg(short, long, default_value = "fnmill.toml", env = "FNMILL_CONFIG")]
         config: PathBuf,
+        /// The role to check for, as `fnmill run --role` (`io` compiles no component).
+        #[arg(long, value_enum, default_value_t = Role::All, env = "FNMILL_ROLE")]
+        role: Role,
     },
     /// Put events on a Kafka topic, a RabbitMQ exchange or queue, or a JSON Lines file, each
     /// confirmed before it counts as sent.
@@ -154,8 +162,8 @@ fn memory_size(text: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => cmd_run(&config),
-        Command::Check { config } => cmd_check(&config),
+        Command::Run { config, role } => cmd_run(&config, role),
+        Command::Check { config, role } => cmd_check(&config, role),
         Command::Publish(args) => cli::publish::run(*args),
         Command::Replay(args) => cli::replay::run(*args),
         Command::New {
@@ -204,14 +212,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(path: &Path) -> Result<ValidatedConfig> {
-    let config = config::load(path)?;
+fn load_config(path: &Path, role: Role) -> Result<ValidatedConfig> {
+    let config = config::load_as(path, role)?;
     fnmill::telemetry::init(&config.telemetry);
     Ok(config)
 }
 
-fn cmd_run(path: &Path) -> Result<ExitCode> {
-    let config = load_config(path)?;
+fn cmd_run(path: &Path, role: Role) -> Result<ExitCode> {
+    let config = load_config(path, role)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
     match fnmill::app::run(config, shutdown.clone()) {
@@ -261,8 +269,27 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-fn cmd_check(path: &Path) -> Result<ExitCode> {
-    let config = load_config(path)?;
+fn cmd_check(path: &Path, role: Role) -> Result<ExitCode> {
+    let config = load_config(path, role)?;
+    if role == Role::Io {
+        for w in config.warnings() {
+            eprintln!("warning: {w}");
+        }
+        let served = config
+            .data_sources
+            .values()
+            .filter(|d| d.remote().is_some())
+            .count();
+        println!(
+            "ok (role io): {served} data source(s) served over NATS, grants of {} function(s)",
+            config.functions.len()
+        );
+        println!(
+            "telemetry: {}",
+            fnmill::telemetry::Telemetry::describe(&config)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let host = Host::new(&fnmill::app::host_config(&config))?;
     let functions = fnmill::app::load_functions(&config, &host, None)?;
     for w in config.warnings() {
@@ -279,6 +306,14 @@ fn cmd_check(path: &Path) -> Result<ExitCode> {
         "telemetry: {}",
         fnmill::telemetry::Telemetry::describe(&config)
     );
+    if role == Role::Compute {
+        let remote = config
+            .data_sources
+            .values()
+            .filter(|d| d.remote().is_some())
+            .count();
+        println!("role compute: {remote} data source(s) through their IO tier over NATS");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -70,8 +70,13 @@ fn component_overrides() -> Vec<(String, String)> {
 }
 
 fn check(config: &Path, env: &[(String, String)]) -> Output {
+    check_as(config, "all", env)
+}
+
+/// `fnmill check --role role -c config`, which must pass.
+fn check_as(config: &Path, role: &str, env: &[(String, String)]) -> Output {
     let out = fnmill()
-        .args(["check", "-c"])
+        .args(["check", "--role", role, "-c"])
         .arg(config)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
@@ -404,9 +409,16 @@ fn kustomizations_render_and_every_object_decodes_strictly() {
             "ScaledObject/fnmill-kafka",
             "ScaledObject/fnmill-amqp",
             "TriggerAuthentication/fnmill-kafka",
+            "Deployment/fnmill-io",
+            "Service/fnmill-admin-io",
+            "PodDisruptionBudget/fnmill-io",
         ],
         vec!["Namespace/fnmill", "Secret/fnmill-secrets-"],
-        vec!["StatefulSet/fnmill-kafka", "Deployment/fnmill-amqp"],
+        vec![
+            "StatefulSet/fnmill-kafka",
+            "Deployment/fnmill-amqp",
+            "Deployment/fnmill-io",
+        ],
     ]
     .into_iter()
     .enumerate()
@@ -467,6 +479,18 @@ fn validate_patched(kind: &str, name: &str, patch: &str) -> (bool, String) {
 
 #[test]
 fn misspelt_fields_and_bad_bounds_fail_validation() {
+    // The IO tier's config without the bucket grant.
+    let io_config = std::fs::read_to_string(deploy("base/io/fnmill.toml"))
+        .unwrap()
+        .replace("buckets = [\"dedup\"]", "buckets = []");
+    let io_config_patch = format!(
+        "- op: replace\n  path: /data/fnmill.toml\n  value: |\n{}",
+        io_config
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let cases = [
         (
             "Deployment",
@@ -528,6 +552,35 @@ fn misspelt_fields_and_bad_bounds_fail_validation() {
             "- op: replace\n  path: /spec/template/spec/containers/0/resources/requests/memory\n  value: 256Mo",
             "quantities must match the regular expression",
         ),
+        // The IO tier: more replicas than the database allows connections for…
+        (
+            "Deployment",
+            "fnmill-io",
+            "- op: replace\n  path: /spec/replicas\n  value: 4",
+            "data_sources.orders_db: 4 replicas (+1 during a rolling update) × pool_size 8 = 40 \
+             connections, above its limit of 30",
+        ),
+        // …run as `all`, so nobody serves the Kafka worker's data sources…
+        (
+            "Deployment",
+            "fnmill-io",
+            "- op: replace\n  path: /spec/template/spec/containers/0/args\n  value: [run, -c, /etc/fnmill/config/fnmill.toml]",
+            "data_sources.orders_db.remote.subject \"fnmill.ds.orders_db\": no --role io workload serves it",
+        ),
+        // …or granting less than the compute workload's config.
+        (
+            "ConfigMap",
+            "fnmill-config-io",
+            io_config_patch.as_str(),
+            "functions.orders_enrich is granted bucket dedup, which Deployment/fnmill-io \
+             (data_sources.cache) does not grant it",
+        ),
+        (
+            "Deployment",
+            "fnmill-kafka",
+            "- op: replace\n  path: /spec/template/spec/containers/0/args/2\n  value: computer",
+            "--role \"computer\": fnmill knows all, compute and io",
+        ),
     ];
     for (kind, name, patch, expected) in cases {
         let (ok, log) = validate_patched(kind, name, patch);
@@ -567,6 +620,7 @@ fn configmap_configs_pass_fnmill_check() {
             "postgres://fnmill:pw@postgres.data.svc:5432/orders",
         ),
         ("redis-url", "redis://redis.data.svc:6379"),
+        ("nats-url", "nats://nats.nats.svc:4222"),
         (
             "amqp-url",
             "amqp://fnmill:pw@rabbitmq.rabbitmq.svc:5672/%2f",
@@ -576,7 +630,7 @@ fn configmap_configs_pass_fnmill_check() {
     ] {
         std::fs::write(secrets.path().join(name), value).unwrap();
     }
-    let mut checked = 0;
+    let mut checked = Vec::new();
     for i in 0..dirs.len() {
         for entry in std::fs::read_dir(out.path().join(i.to_string())).unwrap() {
             let path = entry.unwrap().path();
@@ -594,11 +648,20 @@ fn configmap_configs_pass_fnmill_check() {
                     &format!("{}/", components_dir().display()),
                 );
             std::fs::write(&path, text).unwrap();
-            check(&path, &[("POD_NAME".into(), "fnmill-kafka-0".into())]);
-            checked += 1;
+            // Checked for the role of every workload that runs it (`fnmill run --role`).
+            let roles = std::fs::read_to_string(path.with_extension("roles")).unwrap();
+            for role in roles.lines() {
+                check_as(&path, role, &[("POD_NAME".into(), "fnmill-kafka-0".into())]);
+                checked.push(role.to_string());
+            }
         }
     }
-    assert_eq!(checked, 4, "two workers in each of the two overlays");
+    checked.sort();
+    assert_eq!(
+        checked,
+        ["all", "all", "compute", "compute", "io", "io"],
+        "the RabbitMQ worker, the Kafka worker and the IO tier in each of the two overlays"
+    );
 }
 
 /// A free loopback port.

@@ -89,6 +89,11 @@ const DOCUMENTED: &[(&str, &str, &[&str])] = &[
         "histogram",
         &["db_client_connection_pool_name", "db_system_name"],
     ),
+    (
+        "fnmill_data_source_call_duration_seconds",
+        "histogram",
+        &["data_source", "via", "outcome"],
+    ),
 ];
 
 /// The metrics the README's table lists (the first name of each row of the table under
@@ -115,6 +120,9 @@ fn the_readme_documents_exactly_these_metrics() {
     // Need a Kafka or an AMQP source; tested in their own tests below.
     tested.insert("fnmill_kafka_consumer_lag".into());
     tested.insert("fnmill_amqp_unacked_messages".into());
+    // Need an IO tier (`fnmill run --role compute|io`); tested in tests/iotier.rs.
+    tested.insert("fnmill_data_source_ready".into());
+    tested.insert("fnmill_data_source_refused_total".into());
     assert_eq!(readme_metrics(), tested);
 }
 
@@ -295,6 +303,22 @@ fn metrics_have_their_types_labels_and_counts() {
         )
         .unwrap();
     assert!((1.0..=3.0).contains(&open), "{open} connections open");
+    // Every statement's call through the in-process pool, by outcome: the good ones, and the
+    // three whose parameter does not fit.
+    let calls = |outcome| {
+        value(
+            &m,
+            "fnmill_data_source_call_duration_seconds",
+            &[("data_source", "db"), ("via", "pool"), ("outcome", outcome)],
+        )
+        .unwrap()
+    };
+    assert_eq!(calls("ok"), 10.0);
+    let failed: f64 = ["unavailable", "database", "invalid", "not-granted"]
+        .into_iter()
+        .map(calls)
+        .sum();
+    assert_eq!(failed, 3.0);
     let out = [("route", "in-f"), ("destination", "out")];
     assert_eq!(value(&m, "fnmill_outputs_total", &out), Some(10.0));
     let bytes = value(&m, "fnmill_output_bytes_total", &out).unwrap();

@@ -42,6 +42,7 @@ type fnmillConfig struct {
 	Sources     map[string]map[string]any `toml:"sources"`
 	Sinks       map[string]map[string]any `toml:"sinks"`
 	DataSources map[string]map[string]any `toml:"data_sources"`
+	Functions   map[string]map[string]any `toml:"functions"`
 }
 
 // podConfig is a workload's fnmill container with the config it runs.
@@ -49,6 +50,52 @@ type podConfig struct {
 	w         workload
 	container *corev1.Container
 	config    fnmillConfig
+	// role is what `fnmill run --role` the container runs: all, compute or io.
+	role string
+}
+
+// connectionLimitsAnnotation on an IO-tier workload: the connections each data source's
+// database allows it, `name=N` comma-separated. Its replicas (plus those a rolling update
+// adds) times the data source's pool_size must stay within them.
+const connectionLimitsAnnotation = "fnmill.dev/connection-limits"
+
+// configPathOf is the config file the container's args name (`-c PATH`), "" without one.
+func configPathOf(c *corev1.Container) string {
+	path := ""
+	for i, a := range c.Args {
+		if (a == "-c" || a == "--config") && i+1 < len(c.Args) {
+			path = c.Args[i+1]
+		}
+	}
+	return path
+}
+
+// fnmillContainer is the workload's container named fnmill, nil without one.
+func fnmillContainer(w workload) *corev1.Container {
+	for i := range w.pod.Spec.Containers {
+		if w.pod.Spec.Containers[i].Name == "fnmill" {
+			return &w.pod.Spec.Containers[i]
+		}
+	}
+	return nil
+}
+
+// roleOf is the container's `--role` (from its args, else FNMILL_ROLE), `all` by default.
+func roleOf(c *corev1.Container) string {
+	for i, a := range c.Args {
+		if a == "--role" && i+1 < len(c.Args) {
+			return c.Args[i+1]
+		}
+		if r, ok := strings.CutPrefix(a, "--role="); ok {
+			return r
+		}
+	}
+	for _, e := range c.Env {
+		if e.Name == "FNMILL_ROLE" {
+			return e.Value
+		}
+	}
+	return "all"
 }
 
 // checkFnmill checks what spans objects and the config; it returns one line per problem.
@@ -85,6 +132,149 @@ func checkFnmill(set *objects) []string {
 		}
 	}
 	problems = append(problems, checkScaling(set, pods)...)
+	problems = append(problems, checkTiers(pods)...)
+	return problems
+}
+
+// remoteOf is a data source's `remote` table, nil without one.
+func remoteOf(ds map[string]any) map[string]any {
+	r, _ := ds["remote"].(map[string]any)
+	return r
+}
+
+// poolSize is a data source's pool_size, with fnmill's defaults.
+func poolSize(ds map[string]any) int32 {
+	if n, ok := ds["pool_size"].(int64); ok {
+		return int32(n)
+	}
+	if ds["kind"] == "redis" {
+		return 4
+	}
+	return 10
+}
+
+// connectionLimit reads data source `name`'s limit from the workload's annotation.
+func connectionLimit(w workload, name string) (int32, bool, error) {
+	text, ok := w.annotations[connectionLimitsAnnotation]
+	if !ok {
+		return 0, false, nil
+	}
+	for _, part := range strings.Split(text, ",") {
+		k, v, found := strings.Cut(strings.TrimSpace(part), "=")
+		if !found {
+			return 0, false, fmt.Errorf("%s: %q is not name=N", connectionLimitsAnnotation, part)
+		}
+		if k == name {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return 0, false, fmt.Errorf("%s: %q is not a number", connectionLimitsAnnotation, v)
+			}
+			return int32(n), true, nil
+		}
+	}
+	return 0, false, nil
+}
+
+// endpointOf is how a remote table names its NATS server, for comparing two of them.
+func endpointOf(r map[string]any) string {
+	for _, k := range []string{"url", "nats", "url_env", "url_file"} {
+		if v, ok := r[k].(string); ok {
+			return k + "=" + v
+		}
+	}
+	return ""
+}
+
+// checkTiers checks the IO tier against the compute workloads that use it: every data source a
+// compute workload reaches over NATS is served by an IO workload on the same subject and NATS,
+// with the same kind and at least the same grants (the IO tier checks every call against its
+// own config), and each IO workload's connections stay within their databases' limits.
+func checkTiers(pods map[string]*podConfig) []string {
+	var problems []string
+	type server struct {
+		pc   *podConfig
+		name string
+		ds   map[string]any
+	}
+	bySubject := map[string][]server{}
+	for _, key := range sortedKeys(pods) {
+		pc := pods[key]
+		if pc.role != "io" {
+			continue
+		}
+		fail := func(format string, args ...any) {
+			problems = append(problems, fmt.Sprintf("%s/%s: ", pc.w.kind, pc.w.name)+fmt.Sprintf(format, args...))
+		}
+		served := 0
+		for _, name := range sortedKeys(pc.config.DataSources) {
+			ds := pc.config.DataSources[name]
+			r := remoteOf(ds)
+			if r == nil {
+				continue
+			}
+			served++
+			subject, _ := r["subject"].(string)
+			bySubject[subject] = append(bySubject[subject], server{pc, name, ds})
+			limit, ok, err := connectionLimit(pc.w, name)
+			if err != nil {
+				fail("%v", err)
+			} else if ok {
+				pool := poolSize(ds)
+				most := (pc.w.replicas + pc.w.surge) * pool
+				if most > limit {
+					fail("data_sources.%s: %d replicas (+%d during a rolling update) × pool_size %d = %d connections, above its limit of %d (%s)",
+						name, pc.w.replicas, pc.w.surge, pool, most, limit, connectionLimitsAnnotation)
+				}
+			}
+		}
+		if served == 0 {
+			fail("runs --role io, but no data source of its config has a remote table: it would serve nothing")
+		}
+	}
+	for _, key := range sortedKeys(pods) {
+		pc := pods[key]
+		if pc.role != "compute" {
+			continue
+		}
+		fail := func(format string, args ...any) {
+			problems = append(problems, fmt.Sprintf("%s/%s: ", pc.w.kind, pc.w.name)+fmt.Sprintf(format, args...))
+		}
+		for _, name := range sortedKeys(pc.config.DataSources) {
+			ds := pc.config.DataSources[name]
+			r := remoteOf(ds)
+			if r == nil {
+				continue
+			}
+			subject, _ := r["subject"].(string)
+			servers := bySubject[subject]
+			if len(servers) == 0 {
+				fail("data_sources.%s.remote.subject %q: no --role io workload serves it, so its calls would fail as unavailable", name, subject)
+				continue
+			}
+			for _, sv := range servers {
+				at := fmt.Sprintf("%s/%s (data_sources.%s)", sv.pc.w.kind, sv.pc.w.name, sv.name)
+				if sv.ds["kind"] != ds["kind"] {
+					fail("data_sources.%s is a %v data source, but %s serving %q is %v", name, ds["kind"], at, subject, sv.ds["kind"])
+				}
+				if endpointOf(remoteOf(sv.ds)) != endpointOf(r) {
+					fail("data_sources.%s.remote names NATS as %s, but %s as %s: they would not meet", name, endpointOf(r), at, endpointOf(remoteOf(sv.ds)))
+				}
+				for _, fname := range sortedKeys(pc.config.Functions) {
+					f := pc.config.Functions[fname]
+					ioF := sv.pc.config.Functions[fname]
+					if contains(f["data_sources"], name) && !contains(ioF["data_sources"], sv.name) {
+						fail("functions.%s is granted data source %s, which %s does not grant it: its calls would be refused as not-granted", fname, name, at)
+					}
+					buckets, _ := ds["buckets"].(map[string]any)
+					for _, b := range sortedKeys(buckets) {
+						if contains(f["buckets"], b) && !contains(ioF["buckets"], b) {
+							fail("functions.%s is granted bucket %s, which %s does not grant it: its calls would be refused as access-denied", fname, b, at)
+						}
+					}
+				}
+			}
+		}
+	}
 	return problems
 }
 
@@ -95,23 +285,13 @@ func checkWorkload(set *objects, w workload) (*podConfig, []string) {
 		problems = append(problems, fmt.Sprintf("%s/%s: ", w.kind, w.name)+fmt.Sprintf(format, args...))
 	}
 	spec := &w.pod.Spec
-	var c *corev1.Container
-	for i := range spec.Containers {
-		if spec.Containers[i].Name == "fnmill" {
-			c = &spec.Containers[i]
-		}
-	}
+	c := fnmillContainer(w)
 	if c == nil {
 		fail("no container named fnmill")
 		return nil, problems
 	}
 	// The config: `-c PATH` in the args, PATH inside a ConfigMap volume's mount.
-	configPath := ""
-	for i, a := range c.Args {
-		if (a == "-c" || a == "--config") && i+1 < len(c.Args) {
-			configPath = c.Args[i+1]
-		}
-	}
+	configPath := configPathOf(c)
 	if configPath == "" {
 		fail("the fnmill container's args name no config (-c PATH)")
 		return nil, problems
@@ -137,7 +317,10 @@ func checkWorkload(set *objects, w workload) (*podConfig, []string) {
 		fail("ConfigMap %q: %s is not TOML: %v", cm.Name, key, err)
 		return nil, problems
 	}
-	pc := &podConfig{w: w, container: c, config: cfg}
+	pc := &podConfig{w: w, container: c, config: cfg, role: roleOf(c)}
+	if pc.role != "all" && pc.role != "compute" && pc.role != "io" {
+		fail("--role %q: fnmill knows all, compute and io", pc.role)
+	}
 
 	// Probes: /healthz for liveness, /readyz for readiness, on the admin port.
 	admin, err := adminPort(cfg)
@@ -189,7 +372,7 @@ func checkWorkload(set *objects, w workload) (*podConfig, []string) {
 
 	// Secrets: every file the config names is in a Secret volume (and in the Secret, when it is
 	// rendered); every environment variable it names is set.
-	for _, ref := range secretRefs(cfg) {
+	for _, ref := range secretRefs(cfg, pc.role) {
 		if ref.file != "" {
 			m, v := mountOf(spec, c, ref.file)
 			if v == nil || v.Secret == nil {
@@ -338,38 +521,57 @@ func checkScaling(set *objects, pods map[string]*podConfig) []string {
 // secretRef is a key of the config whose value comes from a file or the environment.
 type secretRef struct{ key, file, env string }
 
-// secretRefs lists the config's secret files and environment variables: `url_file`, `url_env`,
-// the TLS files, and every `secret_properties` entry.
-func secretRefs(cfg fnmillConfig) []secretRef {
+// secretRefs lists the config's secret files and environment variables that a process of
+// `role` reads: `url_file`, `url_env`, the TLS files, every `secret_properties` entry, and a
+// remote table's. A compute process reads none of a data source its IO tier serves but the
+// remote's; an IO process reads no source's or sink's.
+func secretRefs(cfg fnmillConfig, role string) []secretRef {
 	var refs []secretRef
 	sections := map[string]map[string]map[string]any{"sources": cfg.Sources, "sinks": cfg.Sinks, "data_sources": cfg.DataSources}
 	for _, section := range []string{"sources", "sinks", "data_sources"} {
+		if section != "data_sources" && role == "io" {
+			continue
+		}
 		for _, name := range sortedKeys(sections[section]) {
 			entry := sections[section][name]
 			prefix := section + "." + name + "."
-			for _, k := range []string{"url_file", "tls_ca_file", "tls_cert_file", "tls_key_file"} {
-				if f, ok := entry[k].(string); ok {
-					refs = append(refs, secretRef{key: prefix + k, file: f})
-				}
+			remote := remoteOf(entry)
+			if section == "data_sources" && remote != nil && role != "all" {
+				refs = append(refs, entryRefs(prefix+"remote.", remote)...)
 			}
-			if e, ok := entry["url_env"].(string); ok {
-				refs = append(refs, secretRef{key: prefix + "url_env", env: e})
+			pool := section != "data_sources" || role == "all" || (role == "compute") == (remote == nil)
+			if pool {
+				refs = append(refs, entryRefs(prefix, entry)...)
 			}
-			if props, ok := entry["properties"].(map[string]any); ok {
-				for _, k := range []string{"ssl.ca.location", "ssl.certificate.location", "ssl.key.location"} {
-					if f, ok := props[k].(string); ok {
-						refs = append(refs, secretRef{key: prefix + "properties." + k, file: f})
-					}
-				}
+		}
+	}
+	return refs
+}
+
+// entryRefs lists the secret files and variables of one config table.
+func entryRefs(prefix string, entry map[string]any) []secretRef {
+	var refs []secretRef
+	for _, k := range []string{"url_file", "tls_ca_file", "tls_cert_file", "tls_key_file", "credentials_file"} {
+		if f, ok := entry[k].(string); ok {
+			refs = append(refs, secretRef{key: prefix + k, file: f})
+		}
+	}
+	if e, ok := entry["url_env"].(string); ok {
+		refs = append(refs, secretRef{key: prefix + "url_env", env: e})
+	}
+	if props, ok := entry["properties"].(map[string]any); ok {
+		for _, k := range []string{"ssl.ca.location", "ssl.certificate.location", "ssl.key.location"} {
+			if f, ok := props[k].(string); ok {
+				refs = append(refs, secretRef{key: prefix + "properties." + k, file: f})
 			}
-			if props, ok := entry["secret_properties"].(map[string]any); ok {
-				for _, k := range sortedKeys(props) {
-					from, _ := props[k].(map[string]any)
-					f, _ := from["file"].(string)
-					e, _ := from["env"].(string)
-					refs = append(refs, secretRef{key: prefix + "secret_properties." + k, file: f, env: e})
-				}
-			}
+		}
+	}
+	if props, ok := entry["secret_properties"].(map[string]any); ok {
+		for _, k := range sortedKeys(props) {
+			from, _ := props[k].(map[string]any)
+			f, _ := from["file"].(string)
+			e, _ := from["env"].(string)
+			refs = append(refs, secretRef{key: prefix + "secret_properties." + k, file: f, env: e})
 		}
 	}
 	return refs

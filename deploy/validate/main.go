@@ -92,14 +92,27 @@ func validateDir(dir, out string, index int) []string {
 	return problems
 }
 
-// write stores the rendering as rendered.yaml and each ConfigMap's fnmill.toml as
-// <configmap>.toml.
+// write stores the rendering as rendered.yaml, each ConfigMap's fnmill.toml as
+// <configmap>.toml, and the roles (`fnmill run --role`) of the workloads that run it as
+// <configmap>.roles, one a line.
 func write(dir string, rendered []byte, set *objects) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "rendered.yaml"), rendered, 0o644); err != nil {
 		return err
+	}
+	roles := map[string][]string{}
+	for _, w := range set.workloads {
+		c := fnmillContainer(w)
+		if c == nil {
+			continue
+		}
+		if _, v := mountOf(&w.pod.Spec, c, configPathOf(c)); v != nil && v.ConfigMap != nil {
+			if r := roleOf(c); !containsString(roles[v.ConfigMap.Name], r) {
+				roles[v.ConfigMap.Name] = append(roles[v.ConfigMap.Name], r)
+			}
+		}
 	}
 	names := make([]string, 0, len(set.configMaps))
 	for name := range set.configMaps {
@@ -113,6 +126,11 @@ func write(dir string, rendered []byte, set *objects) error {
 		}
 		if err := os.WriteFile(filepath.Join(dir, name+".toml"), []byte(text), 0o644); err != nil {
 			return err
+		}
+		if r := roles[name]; len(r) > 0 {
+			if err := os.WriteFile(filepath.Join(dir, name+".roles"), []byte(strings.Join(r, "\n")+"\n"), 0o644); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

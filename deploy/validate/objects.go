@@ -3,11 +3,13 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 
 	keda "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // configKey is the ConfigMap key that holds fnmill.toml.
@@ -18,6 +20,37 @@ type workload struct {
 	kind string
 	name string
 	pod  *corev1.PodTemplateSpec
+	// replicas is the workload's replica count (1 when unset).
+	replicas int32
+	// surge is how many pods a rolling update may add above replicas (a Deployment's
+	// maxSurge; a StatefulSet replaces pods one by one and adds none).
+	surge int32
+	// annotations are the workload's own (not its pods').
+	annotations map[string]string
+}
+
+// deploymentSurge resolves a Deployment's maxSurge (Kubernetes' default: 25%, rounded up).
+func deploymentSurge(d *appsv1.Deployment, replicas int32) int32 {
+	surge := intstr.FromString("25%")
+	if ru := d.Spec.Strategy.RollingUpdate; ru != nil && ru.MaxSurge != nil {
+		surge = *ru.MaxSurge
+	}
+	if d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
+		return 0
+	}
+	if surge.Type == intstr.Int {
+		return surge.IntVal
+	}
+	var pct float64
+	fmt.Sscanf(surge.StrVal, "%f%%", &pct)
+	return int32(math.Ceil(pct / 100 * float64(replicas)))
+}
+
+func replicasOf(r *int32) int32 {
+	if r == nil {
+		return 1
+	}
+	return *r
 }
 
 // objects holds the decoded objects of one rendering, by kind and name.
@@ -39,9 +72,10 @@ func (s *objects) add(obj any) {
 	}
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
-		s.workloads = append(s.workloads, workload{"Deployment", o.Name, &o.Spec.Template})
+		replicas := replicasOf(o.Spec.Replicas)
+		s.workloads = append(s.workloads, workload{"Deployment", o.Name, &o.Spec.Template, replicas, deploymentSurge(o, replicas), o.Annotations})
 	case *appsv1.StatefulSet:
-		s.workloads = append(s.workloads, workload{"StatefulSet", o.Name, &o.Spec.Template})
+		s.workloads = append(s.workloads, workload{"StatefulSet", o.Name, &o.Spec.Template, replicasOf(o.Spec.Replicas), 0, o.Annotations})
 	case *corev1.Service:
 		s.services = append(s.services, o)
 	case *corev1.ConfigMap:

@@ -13,7 +13,8 @@
 //!
 //! - this module: the config types and loading;
 //! - `env`: `FNMILL__…` overrides, kept as text where the schema wants text;
-//! - `validate`: [`ValidatedConfig`] and the checks.
+//! - `validate`: [`ValidatedConfig`] and the checks;
+//! - `role`: [`Role`], which part of the work a process does (what it checks and starts).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,11 +29,13 @@ use fnmill_connector_redis::config::RedisConfig;
 use serde::{Deserialize, Deserializer};
 
 mod env;
+mod role;
 mod validate;
 
 /// One configuration problem, naming the key it is about: the dotted path of the key, e.g.
 /// `routes[0].function` or `functions.enrich.timeout`.
 pub use fnmill_connector_api::Problem;
+pub use role::Role;
 pub use validate::ValidatedConfig;
 
 /// Why a configuration could not be used.
@@ -380,6 +383,36 @@ pub enum DataSourceConfig {
     Redis(RedisConfig),
 }
 
+impl DataSourceConfig {
+    /// Its `remote` table: the IO tier that serves it over NATS.
+    pub fn remote(&self) -> Option<&fnmill_connector_api::remote::RemoteConfig> {
+        match self {
+            DataSourceConfig::Postgres(c) => c.remote.as_ref(),
+            DataSourceConfig::Redis(c) => c.remote.as_ref(),
+        }
+    }
+
+    fn remote_mut(&mut self) -> Option<&mut fnmill_connector_api::remote::RemoteConfig> {
+        match self {
+            DataSourceConfig::Postgres(c) => c.remote.as_mut(),
+            DataSourceConfig::Redis(c) => c.remote.as_mut(),
+        }
+    }
+
+    /// How long a compute process waits for the IO tier to answer one call: `remote.timeout`,
+    /// else as long as the IO tier itself may take — the pool's `wait_timeout` plus the
+    /// statement's (`statement_timeout`, when set) or the command's (`command_timeout`).
+    pub fn remote_timeout(&self) -> Option<Duration> {
+        let remote = self.remote()?;
+        Some(remote.timeout.unwrap_or(match self {
+            DataSourceConfig::Postgres(c) => {
+                c.wait_timeout + c.statement_timeout.unwrap_or_default()
+            }
+            DataSourceConfig::Redis(c) => c.wait_timeout + c.command_timeout,
+        }))
+    }
+}
+
 /// Enough for Rust and JavaScript functions with room to spare; Python functions need more
 /// (the interpreter's heap), and say so in their config.
 fn default_memory() -> u64 {
@@ -565,6 +598,11 @@ impl Default for RetryConfig {
 /// Reads `path` and the `FNMILL__…` environment, and validates the result.
 pub fn load(path: &Path) -> Result<ValidatedConfig> {
     load_with_env(path, std::env::vars())
+}
+
+/// [`load`] for a process of `role`: validated for what that role starts.
+pub fn load_as(path: &Path, role: Role) -> Result<ValidatedConfig> {
+    read(path, std::env::vars())?.validate_as(role)
 }
 
 /// [`load`] with an explicit environment (for tests).

@@ -2,7 +2,9 @@
 //! itself beside its definition (a connector's config in its own crate); this module reaches each
 //! through an exhaustive `match` over the kinds, so a new kind cannot be forgotten, and adds the
 //! checks that span sections. The result is a [`ValidatedConfig`] — the only thing the wiring
-//! accepts — so `fnmill check` and `fnmill run` refuse exactly the same configs.
+//! accepts — so `fnmill check` and `fnmill run` refuse exactly the same configs, role by role
+//! ([`Role`]): a compute process is not asked for a database URL its IO tier holds, nor an IO
+//! process for the function components it never runs.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -14,7 +16,7 @@ use fnmill_connector_api::connection::Connected;
 
 use super::{
     Config, ConfigError, DataSourceConfig, DestinationConfig, FunctionConfig, Problem, Result,
-    RouteConfig, SinkConfig, SourceConfig, known,
+    Role, RouteConfig, SinkConfig, SourceConfig, known,
 };
 use crate::host::MAX_GUEST_MEMORY;
 use crate::telemetry::settings::TelemetrySettings;
@@ -31,6 +33,8 @@ const MIN_MEMORY: u64 = 64 * 1024;
 #[derive(Clone, Debug)]
 pub struct ValidatedConfig {
     config: Config,
+    /// What the process does with it: validated for exactly that.
+    role: Role,
     memory_budget: u64,
     /// `[telemetry]` with the `OTEL_*` environment applied.
     telemetry: TelemetrySettings,
@@ -50,6 +54,11 @@ impl ValidatedConfig {
     /// `run`).
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+
+    /// The role the config was validated for.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// Where traces and metrics go, the `OTEL_*` environment applied.
@@ -97,7 +106,12 @@ fn default_memory_budget() -> u64 {
 impl Config {
     /// Resolves every relative path against the config file's folder and runs every check,
     /// reporting every problem, one per key.
-    pub fn validate(mut self) -> Result<ValidatedConfig> {
+    pub fn validate(self) -> Result<ValidatedConfig> {
+        self.validate_as(Role::All)
+    }
+
+    /// [`Config::validate`] for a process of `role`: the checks of what that role starts.
+    pub fn validate_as(mut self, role: Role) -> Result<ValidatedConfig> {
         self.resolve_paths();
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
@@ -106,11 +120,13 @@ impl Config {
             .memory_budget
             .unwrap_or_else(default_memory_budget);
         self.check_runtime(&mut problems, &mut warnings);
-        self.check_sources(&mut problems, &mut warnings);
-        self.check_sinks(&mut problems);
-        self.check_data_sources(&mut problems);
-        self.check_functions(memory_budget, &mut problems, &mut warnings);
-        self.check_routes(&mut problems);
+        if role.runs_routes() {
+            self.check_sources(&mut problems, &mut warnings);
+            self.check_sinks(&mut problems);
+            self.check_routes(&mut problems);
+        }
+        self.check_data_sources(role, &mut problems, &mut warnings);
+        self.check_functions(role, memory_budget, &mut problems, &mut warnings);
         let telemetry =
             crate::telemetry::settings::resolve(&self.telemetry, &|name| std::env::var(name).ok())
                 .unwrap_or_else(|mut p| {
@@ -120,6 +136,7 @@ impl Config {
         if problems.is_empty() {
             Ok(ValidatedConfig {
                 config: self,
+                role,
                 memory_budget,
                 telemetry,
                 warnings,
@@ -168,6 +185,9 @@ impl Config {
             match ds {
                 DataSourceConfig::Postgres(c) => c.resolve_paths(&base),
                 DataSourceConfig::Redis(c) => c.resolve_paths(&base),
+            }
+            if let Some(remote) = ds.remote_mut() {
+                remote.resolve_files(&base);
             }
         }
         let functions: Vec<String> = self.functions.keys().cloned().collect();
@@ -253,11 +273,44 @@ impl Config {
         }
     }
 
-    fn check_data_sources(&self, problems: &mut Vec<Problem>) {
+    fn check_data_sources(
+        &self,
+        role: Role,
+        problems: &mut Vec<Problem>,
+        warnings: &mut Vec<Problem>,
+    ) {
         let mut bucket_owner: BTreeMap<&String, &String> = BTreeMap::new();
+        let mut subject_owner: BTreeMap<&str, &String> = BTreeMap::new();
         for (name, ds) in &self.data_sources {
             let key = format!("data_sources.{name}");
+            let remote = ds.remote();
+            if let Some(r) = remote {
+                if let Some(prev) = subject_owner.insert(&r.subject, name) {
+                    problems.push(Problem::new(
+                        format!("{key}.remote.subject"),
+                        format!(
+                            "`{}` is already the subject of data_sources.{prev}; each data \
+                             source is served on its own",
+                            r.subject
+                        ),
+                    ));
+                }
+                if role.uses_remote(true) {
+                    let found = fnmill_connector_nats::check(r);
+                    problems.extend(found.into_iter().map(|p| p.under(&format!("{key}.remote"))));
+                }
+            } else if role == Role::Io {
+                warnings.push(Problem::new(
+                    &key,
+                    "has no `remote` table: --role io does not serve it (compute processes keep \
+                     its pool in-process)",
+                ));
+            }
+            // A pool this role does not hold is not checked: a compute process need not have
+            // the secrets of a database its IO tier serves.
+            let holds_pool = role.holds_pool(remote.is_some());
             let found = match ds {
+                DataSourceConfig::Postgres(_) if !holds_pool => Vec::new(),
                 DataSourceConfig::Postgres(c) => c.check(),
                 DataSourceConfig::Redis(c) => {
                     for bucket in c.buckets.keys() {
@@ -270,15 +323,22 @@ impl Config {
                             ));
                         }
                     }
-                    c.check()
+                    if holds_pool { c.check() } else { Vec::new() }
                 }
             };
             problems.extend(found.into_iter().map(|p| p.under(&key)));
+        }
+        if role == Role::Io && subject_owner.is_empty() {
+            problems.push(Problem::new(
+                "data_sources",
+                "--role io serves the data sources that have a `remote` table, and none has one",
+            ));
         }
     }
 
     fn check_functions(
         &self,
+        role: Role,
         memory_budget: u64,
         problems: &mut Vec<Problem>,
         warnings: &mut Vec<Problem>,
@@ -289,7 +349,9 @@ impl Config {
             let mut problem = |k: &str, message: String| {
                 problems.push(Problem::new(format!("{key}.{k}"), message));
             };
+            // An IO process reads a function's grants only; it never loads its component.
             match std::fs::metadata(&f.component) {
+                _ if !role.runs_routes() => {}
                 Ok(m) if m.is_file() => {}
                 Ok(_) => problem(
                     "component",
@@ -607,6 +669,71 @@ mod tests {
             Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
             Err(e) => vec![e.to_string()],
         }
+    }
+
+    /// [`problems`] for a process of `role`.
+    fn problems_as(text: &str, role: super::Role) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let mut config = super::super::from_value(super::super::toml_value(text).unwrap()).unwrap();
+        config.base_dir = dir.path().to_path_buf();
+        match config.validate_as(role) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn each_role_checks_what_it_starts() {
+        use super::Role;
+        let remote = |subject: &str| {
+            format!(
+                r#"
+                [data_sources.db]
+                kind = "postgres"
+                url_env = "FNMILL_SURELY_UNSET_VAR"
+                remote = {{ url = "nats://127.0.0.1:4222", subject = "{subject}" }}
+                [data_sources.kv]
+                kind = "redis"
+                url = "redis://127.0.0.1:6379"
+                buckets = {{ b = {{ prefix = "p:" }} }}
+                remote = {{ url = "nats://127.0.0.1:4222", subject = "fnmill.ds.kv" }}
+                [functions.f]
+                component = "missing.wasm"
+                data_sources = ["db"]
+                "#
+            )
+        };
+        let text = remote("fnmill.ds.db");
+        // The pool's URL is the IO tier's business, the component the compute side's.
+        let compute = problems_as(&text, Role::Compute);
+        assert_eq!(compute.len(), 1, "{compute:?}");
+        assert!(
+            compute[0].starts_with("functions.f.component"),
+            "{compute:?}"
+        );
+        let io = problems_as(&text, Role::Io);
+        assert_eq!(io.len(), 1, "{io:?}");
+        assert!(io[0].starts_with("data_sources.db.url_env"), "{io:?}");
+        assert_eq!(problems_as(&text, Role::All).len(), 2);
+        // Two data sources on one subject, and a subject with a wildcard.
+        let shared = remote("fnmill.ds.kv");
+        let p = problems_as(&shared, Role::Compute);
+        assert!(
+            p.iter().any(|p| p.starts_with("data_sources.kv.remote.subject: `fnmill.ds.kv` is already")),
+            "{p:?}"
+        );
+        let p = problems_as(&remote("fnmill.ds.>"), Role::Compute);
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with("data_sources.db.remote.subject: ")),
+            "{p:?}"
+        );
+        // An IO process with nothing to serve.
+        let p = problems_as("[functions.f]\ncomponent = \"f.wasm\"\n", Role::Io);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("data_sources: --role io serves"), "{p:?}");
     }
 
     const BASE: &str = r#"

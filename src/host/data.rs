@@ -10,10 +10,16 @@
 //! A granted call is spawned onto the IO runtime and its `JoinHandle` awaited: the guest's fiber
 //! is suspended and the compute thread runs other instances meanwhile. How many connections
 //! exist is the pools' business, independent of how many instances wait for them.
+//!
+//! Each call is made for a [`Caller`]: the function, the event, the route (when the pipeline runs
+//! the function inside [`CallerScope::run`]) and the trace context (the call's span with tracing
+//! on, else the event's `traceparent`). A pool in this process ignores it; a remote IO tier
+//! names it in the request, checks the grant again and continues the trace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use fnmill_connector_api::capability::Caller;
 use fnmill_connector_api::capability::kv::{Bucket, KvError};
 use fnmill_connector_api::capability::sql::{SqlError, SqlSource, Value};
 use tokio::runtime::Handle;
@@ -103,6 +109,29 @@ pub(crate) struct FunctionData {
     other_buckets: BTreeSet<String>,
 }
 
+/// What the pipeline knows about a function call beyond the event: the route it runs for and
+/// the event's trace context. Set around a call with [`CallerScope::run`]; the data capabilities
+/// read it when they make a call for the instance (it is a task-local, so nothing between the
+/// pipeline and the host call has to carry it).
+#[derive(Clone, Debug)]
+pub struct CallerScope {
+    /// The route's name.
+    pub route: Arc<str>,
+    /// The event's W3C `traceparent` header, when it has one.
+    pub traceparent: Option<Arc<str>>,
+}
+
+tokio::task_local! {
+    static SCOPE: CallerScope;
+}
+
+impl CallerScope {
+    /// Runs `call` (a function's invocation) inside this scope.
+    pub async fn run<F: Future>(self, call: F) -> F::Output {
+        SCOPE.scope(self, call).await
+    }
+}
+
 /// An open bucket, as kept in the store's resource table.
 pub struct KvBucket {
     bucket: Arc<dyn Bucket>,
@@ -115,6 +144,25 @@ impl Ctx {
         self.function.data.io.clone()
     }
 
+    /// Who makes this instance's calls: the function, the event, and the route of the
+    /// pipeline's [`CallerScope`] when there is one. The trace context is the call's own span
+    /// (`span`, with tracing on), so the IO tier's work becomes its child; else the event's.
+    fn caller(&self, span: Option<&DataSpan>) -> Caller {
+        let (route, event_trace) = SCOPE
+            .try_with(|s| (Some(s.route.clone()), s.traceparent.clone()))
+            .unwrap_or_default();
+        let traceparent = match span {
+            Some(span) => Some(span.traceparent().into()),
+            None => event_trace,
+        };
+        Caller {
+            function: self.function.name.clone(),
+            route,
+            event: Some(self.event_id.clone()),
+            traceparent,
+        }
+    }
+
     fn refuse(&self, what: &str, name: &str) {
         tracing::warn!(
             function = %self.function.name,
@@ -124,10 +172,20 @@ impl Ctx {
         );
     }
 
-    /// The source named `source`, or the `not-granted` error (logged).
-    fn sql_source(&self, source: &str) -> Result<(Handle, Arc<dyn SqlSource>), sql::SqlError> {
+    /// The source named `source` as the call with `span` reaches it, or the `not-granted` error
+    /// (logged).
+    fn sql_source(
+        &self,
+        source: &str,
+        span: Option<&DataSpan>,
+    ) -> Result<(Handle, Arc<dyn SqlSource>), sql::SqlError> {
         match (self.io(), self.function.data.sql.get(source)) {
-            (Some(io), Some(s)) => Ok((io, s.clone())),
+            (Some(io), Some(s)) => {
+                let s = s
+                    .for_caller(&self.caller(span))
+                    .unwrap_or_else(|| s.clone());
+                Ok((io, s))
+            }
             _ => {
                 self.refuse("data source", source);
                 Err(sql::SqlError::NotGranted(format!(
@@ -188,6 +246,7 @@ fn from_sql_error(e: SqlError) -> sql::SqlError {
         }),
         SqlError::Unavailable(m) => sql::SqlError::Unavailable(m),
         SqlError::Invalid(m) => sql::SqlError::Invalid(m),
+        SqlError::NotGranted(m) => sql::SqlError::NotGranted(m),
     }
 }
 
@@ -252,7 +311,7 @@ impl sql::Host for Ctx {
         params: Vec<sql::Value>,
     ) -> Result<sql::Rows, sql::SqlError> {
         let span = self.sql_span(&source, &statement);
-        let result = match self.sql_source(&source) {
+        let result = match self.sql_source(&source, span.as_ref()) {
             Ok((io, s)) => query_on(io, s, statement, params).await,
             Err(e) => Err(e),
         };
@@ -267,7 +326,7 @@ impl sql::Host for Ctx {
         params: Vec<sql::Value>,
     ) -> Result<u64, sql::SqlError> {
         let span = self.sql_span(&source, &statement);
-        let result = match self.sql_source(&source) {
+        let result = match self.sql_source(&source, span.as_ref()) {
             Ok((io, s)) => {
                 let params: Vec<Value> = params.into_iter().map(to_value).collect();
                 on_io(&io, s.execute(statement, params))
@@ -286,6 +345,8 @@ fn from_kv_error(e: KvError) -> keyvalue::Error {
     match e {
         KvError::Unavailable(m) => keyvalue::Error::Unavailable(m),
         KvError::Other(m) => keyvalue::Error::Other(m),
+        // The guest's error has no text; whatever refused the call logged why.
+        KvError::AccessDenied(_) => keyvalue::Error::AccessDenied,
     }
 }
 
@@ -311,6 +372,9 @@ impl Ctx {
             .trace
             .as_ref()
             .map(|t| t.data_call("redis", operation.into(), &open.name, None));
+        let bucket = bucket
+            .for_caller(&self.caller(span.as_ref()))
+            .unwrap_or(bucket);
         let Some(io) = self.io() else {
             return Ok(Err(keyvalue::Error::AccessDenied));
         };

@@ -43,7 +43,7 @@ mod function;
 mod guest_log;
 
 pub use self::cache::default_cache_dir;
-pub use self::data::{DataSources, Grants, KvBucket};
+pub use self::data::{CallerScope, DataSources, Grants, KvBucket};
 pub use self::engine::{EPOCH_TICK, Host, HostConfig, MAX_GUEST_MEMORY, machine_memory};
 pub use self::failure::{EngineError, Failure, LoadError, MAX_MESSAGE, sanitize};
 pub use self::function::{CallStats, Function, FunctionSpec, Isolation, Limits, Output};

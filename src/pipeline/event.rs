@@ -13,7 +13,7 @@ use futures::FutureExt;
 use opentelemetry::context::FutureExt as _;
 
 use super::{DeadLetter, Destination, Lent, Route, dead_letter_record};
-use crate::host::{CallStats, Failure, Output};
+use crate::host::{CallStats, CallerScope, Failure, Output};
 use crate::telemetry::EventObs;
 
 /// What the shard does with the event's lane once [`Route::process`] returns.
@@ -109,8 +109,23 @@ impl Route {
         // telemetry: the call's span (tracing on) and its metrics.
         let started = self.stats.metrics.is_some().then(Instant::now);
         let scope = self.telemetry.start_call(obs, attempt);
-        let invoke = AssertUnwindSafe(self.function.invoke_observed(event, attempt, scope.clone()))
-            .catch_unwind();
+        // The route and the event's trace context, which a remote data-source tier is told for
+        // the function's calls (with tracing on, each call's own span replaces the latter).
+        let caller = CallerScope {
+            route: self.name.as_str().into(),
+            traceparent: event
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("traceparent"))
+                .and_then(|h| std::str::from_utf8(&h.value).ok())
+                .map(Arc::from),
+        };
+        let invoke = AssertUnwindSafe(caller.run(self.function.invoke_observed(
+            event,
+            attempt,
+            scope.clone(),
+        )))
+        .catch_unwind();
         let called = match &scope {
             Some(scope) => invoke.with_context(scope.cx.clone()).await,
             None => invoke.await,

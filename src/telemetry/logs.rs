@@ -25,7 +25,14 @@ use crate::config::{LogFormat, TelemetryConfig};
 pub const SECRET_SAFE_LEVEL: Level = Level::INFO;
 
 /// Log targets (module paths) of libraries that log credentials below [`SECRET_SAFE_LEVEL`].
-const SECRET_LOGGING_TARGETS: &[&str] = &["lapin", "amq_protocol", "tokio_postgres", "redis"];
+const SECRET_LOGGING_TARGETS: &[&str] = &[
+    "lapin",
+    "amq_protocol",
+    "tokio_postgres",
+    "redis",
+    // Its debug lines print the server address with the URL's user and password.
+    "async_nats",
+];
 
 /// Whether an event of `target` at `level` may be logged at all.
 fn safe(target: &str, level: &Level) -> bool {

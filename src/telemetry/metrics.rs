@@ -26,6 +26,7 @@ use fnmill_connector_kafka::ConsumerLag;
 
 use crate::host::{CallStats, Function};
 use crate::pipeline::RouteStats;
+use crate::tier::measured::{self, DataSourceStatus};
 
 /// Every `fnmill.error.kind` a dead letter can have, in a fixed order: one counter each.
 pub const ERROR_KINDS: [&str; 10] = [
@@ -254,6 +255,7 @@ pub struct Registry {
     functions: Vec<(String, Arc<Function>)>,
     sources: Vec<SourceEntry>,
     pools: Vec<PoolEntry>,
+    data_sources: Vec<DataSourceStatus>,
 }
 
 impl Registry {
@@ -294,6 +296,12 @@ impl Registry {
             system,
             pool,
         });
+    }
+
+    /// A data source's calls (through a pool of this process or its IO tier), its readiness
+    /// and an IO process's refusals.
+    pub fn data_source(&mut self, status: DataSourceStatus) {
+        self.data_sources.push(status);
     }
 
     /// Every metric, now.
@@ -629,7 +637,79 @@ impl Registry {
                 })
                 .collect(),
         });
+        self.collect_data_sources(&mut families);
         families
+    }
+
+    /// The data sources' calls, readiness and refusals.
+    fn collect_data_sources(&self, families: &mut Vec<Family>) {
+        families.push(Family {
+            otel: "fnmill.data_source.call.duration",
+            prom: "fnmill_data_source_call_duration_seconds",
+            help: "sql and keyvalue calls by outcome and how long they took: through a pool of \
+                   this process (via=\"pool\") or the data source's IO tier over NATS \
+                   (via=\"io-tier\").",
+            unit: "s",
+            kind: Kind::Histogram,
+            points: self
+                .data_sources
+                .iter()
+                .flat_map(|d| {
+                    measured::Outcome::ALL.iter().map(|outcome| Point {
+                        labels: vec![
+                            ("data_source", d.name.clone()),
+                            ("via", d.via.label().to_string()),
+                            ("outcome", outcome.label().to_string()),
+                        ],
+                        value: Value::Histogram(d.calls.snapshot(*outcome)),
+                    })
+                })
+                .collect(),
+        });
+        families.push(Family {
+            otel: "fnmill.data_source.ready",
+            prom: "fnmill_data_source_ready",
+            help: "Whether the data source's IO tier answers (compute), or this IO process \
+                   serves it (io): 1 or 0.",
+            unit: "1",
+            kind: Kind::Gauge,
+            points: self
+                .data_sources
+                .iter()
+                .filter_map(|d| {
+                    Some(Point {
+                        labels: vec![("data_source", d.name.clone())],
+                        value: Value::Int(i64::from(d.ready.as_ref()?.is_ready())),
+                    })
+                })
+                .collect(),
+        });
+        families.push(Family {
+            otel: "fnmill.data_source.refused",
+            prom: "fnmill_data_source_refused_total",
+            help: "Requests this IO process refused: not granted by its own config, or \
+                   unreadable (another protocol version).",
+            unit: "{request}",
+            kind: Kind::Counter,
+            points: self
+                .data_sources
+                .iter()
+                .filter_map(|d| Some((d, d.server.as_ref()?)))
+                .flat_map(|(d, stats)| {
+                    [
+                        ("not-granted", &stats.not_granted),
+                        ("bad-request", &stats.bad_requests),
+                    ]
+                    .map(|(reason, n)| Point {
+                        labels: vec![
+                            ("data_source", d.name.clone()),
+                            ("reason", reason.to_string()),
+                        ],
+                        value: Value::Int(n.load(Ordering::Relaxed) as i64),
+                    })
+                })
+                .collect(),
+        });
     }
 
     /// Every metric in the Prometheus text format (version 0.0.4).

@@ -157,6 +157,15 @@ impl Telemetry {
         self.metrics
     }
 
+    /// The spans of an IO process's requests for a data source of `system` (tracing on).
+    pub fn io_tier_tracer(
+        &self,
+        system: &'static str,
+    ) -> Option<Arc<dyn fnmill_connector_nats::Observer>> {
+        let tracing = self.tracing.as_ref()?;
+        Some(Arc::new(tracing.io_tier(system)))
+    }
+
     /// The counters of a new route whose function writes to `destinations`.
     pub fn route_stats(&self, destinations: impl IntoIterator<Item = String>) -> RouteStats {
         RouteStats {

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmill_connector_api::{Event, Outcome, Record, SinkError};
+use fnmill_connector_api::{Event, Header, Outcome, Record, SinkError};
+use fnmill_connector_nats::protocol::{Op, WireCaller, WireError};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
@@ -119,6 +120,16 @@ impl Tracing {
             tracer: self.tracer.clone(),
             propagator: self.propagator.clone(),
             info: Arc::new(route),
+        }
+    }
+
+    /// The spans of the requests an IO process serves for a data source of `system`
+    /// (`postgresql`, `redis`).
+    pub fn io_tier(&self, system: &'static str) -> IoTierTracer {
+        IoTierTracer {
+            tracer: self.tracer.clone(),
+            propagator: self.propagator.clone(),
+            system,
         }
     }
 
@@ -498,12 +509,94 @@ impl CallScope {
 pub struct DataSpan(Context);
 
 impl DataSpan {
+    /// The span's W3C `traceparent`, for a request that carries it to another process (the IO
+    /// tier), whose work then joins the trace under this span.
+    pub fn traceparent(&self) -> String {
+        let span = self.0.span();
+        let sc = span.span_context();
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    }
+
     /// Ends the span; `error` is the error's kind and message, when the call failed.
     pub fn end(self, error: Option<(&'static str, String)>) {
         let span = self.0.span();
         if let Some((kind, message)) = error {
             span.set_attribute(KeyValue::new("error.type", kind));
             span.set_status(Status::error(message));
+        }
+        span.end();
+    }
+}
+
+/// An IO process's spans: one server span per request it serves, a child of the `traceparent`
+/// the request carries (the compute process's span of the `sql` or `keyvalue` call), so the
+/// call's trace goes on through the IO tier.
+pub struct IoTierTracer {
+    tracer: SdkTracer,
+    propagator: Arc<Propagator>,
+    system: &'static str,
+}
+
+impl fnmill_connector_nats::Observer for IoTierTracer {
+    fn start(
+        &self,
+        data_source: &str,
+        caller: &WireCaller,
+        target: &str,
+        op: &Op,
+    ) -> Box<dyn fnmill_connector_nats::ObservedCall> {
+        let parent = match &caller.traceparent {
+            Some(tp) => self
+                .propagator
+                .extract(&[Header::new("traceparent", tp.clone().into_bytes())]),
+            None => Context::new(),
+        };
+        let mut attributes = vec![
+            KeyValue::new("db.system.name", self.system),
+            KeyValue::new("db.operation.name", op.name()),
+            KeyValue::new("fnmill.data_source", data_source.to_string()),
+            KeyValue::new("fnmill.function", caller.function.clone()),
+        ];
+        if !op.is_sql() {
+            attributes.push(KeyValue::new("fnmill.bucket", target.to_string()));
+        }
+        if let Some(route) = &caller.route {
+            attributes.push(KeyValue::new("fnmill.route", route.clone()));
+        }
+        if let Some(event) = &caller.event {
+            attributes.push(KeyValue::new("messaging.message.id", event.clone()));
+        }
+        let span = self
+            .tracer
+            .span_builder(format!("serve {} {target}", op.name()))
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        Box::new(ServedSpan(parent.with_span(span)))
+    }
+}
+
+/// The span of one request an IO process serves.
+struct ServedSpan(Context);
+
+impl fnmill_connector_nats::ObservedCall for ServedSpan {
+    fn end(self: Box<Self>, error: Option<&WireError>) {
+        let span = self.0.span();
+        if let Some(e) = error {
+            let kind = match e {
+                WireError::Database { .. } => "database",
+                WireError::Unavailable(_) => "unavailable",
+                WireError::Invalid(_) | WireError::Other(_) => "invalid",
+                WireError::NotGranted(_) => "not-granted",
+                WireError::BadRequest(_) => "bad-request",
+            };
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_status(Status::error(format!("{e:?}")));
         }
         span.end();
     }

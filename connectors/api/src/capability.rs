@@ -8,12 +8,33 @@
 //!
 //! Every method takes owned arguments and returns a `'static` future, so the host can run it on
 //! the IO runtime while the calling instance waits on the compute side.
+//!
+//! A call is made on behalf of a [`Caller`] (the function, its route, the event). An in-process
+//! pool serves every caller alike; a remote tier names the caller in each request, so the tier
+//! can check the grant again against its own config ([`sql::SqlSource::for_caller`]).
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+/// Who makes a capability call, as the host knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The function (`functions.<name>`) whose instance makes the call.
+    pub function: Arc<str>,
+    /// The route the event came through; `None` outside a route (`fnmill invoke`).
+    pub route: Option<Arc<str>>,
+    /// The event's id.
+    pub event: Option<Arc<str>>,
+    /// The event's W3C trace context (its `traceparent` header), when it carried one.
+    pub traceparent: Option<Arc<str>>,
+}
+
 /// SQL: statements with typed parameters, rows of typed values.
 pub mod sql {
-    use super::BoxFuture;
+    use std::sync::Arc;
+
+    use super::{BoxFuture, Caller};
 
     /// A value of a parameter or a column.
     #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +104,10 @@ pub mod sql {
         /// converted. The caller's mistake: retrying will not help.
         #[error("invalid: {0}")]
         Invalid(String),
+        /// Whatever serves the source refused the caller: a remote tier whose own config does
+        /// not grant the function this source. Retrying will not help.
+        #[error("not granted: {0}")]
+        NotGranted(String),
     }
 
     impl SqlError {
@@ -91,7 +116,7 @@ pub mod sql {
             match self {
                 SqlError::Database { retryable, .. } => *retryable,
                 SqlError::Unavailable(_) => true,
-                SqlError::Invalid(_) => false,
+                SqlError::Invalid(_) | SqlError::NotGranted(_) => false,
             }
         }
     }
@@ -111,12 +136,22 @@ pub mod sql {
             statement: String,
             params: Vec<Value>,
         ) -> BoxFuture<'static, Result<u64, SqlError>>;
+
+        /// This source as `caller` reaches it: `None` (the default) when it serves every caller
+        /// alike, as an in-process pool does; a remote tier returns a handle that names the
+        /// caller in each request.
+        fn for_caller(&self, caller: &Caller) -> Option<Arc<dyn SqlSource>> {
+            let _ = caller;
+            None
+        }
     }
 }
 
 /// Key-value buckets: string keys, byte values, an atomic increment.
 pub mod kv {
-    use super::BoxFuture;
+    use std::sync::Arc;
+
+    use super::{BoxFuture, Caller};
 
     /// Why a key-value operation failed.
     #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +163,10 @@ pub mod kv {
         /// Anything else, e.g. incrementing a value that is not an integer.
         #[error("{0}")]
         Other(String),
+        /// Whatever serves the bucket refused the caller: a remote tier whose own config does
+        /// not grant the function this bucket. Retrying will not help.
+        #[error("access denied: {0}")]
+        AccessDenied(String),
     }
 
     impl KvError {
@@ -156,5 +195,11 @@ pub mod kv {
         /// Adds `delta` to the integer at `key` (a missing key counts as 0), atomically, and
         /// returns the new value.
         fn increment(&self, key: String, delta: i64) -> BoxFuture<'static, Result<i64, KvError>>;
+
+        /// This bucket as `caller` reaches it; see [`SqlSource::for_caller`](super::sql::SqlSource::for_caller).
+        fn for_caller(&self, caller: &Caller) -> Option<Arc<dyn Bucket>> {
+            let _ = caller;
+            None
+        }
     }
 }

@@ -234,7 +234,8 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Declares a connector's config struct with the connection fields (`url`, `url_env`,
 /// `url_file`, `tls_ca_file`, `tls_cert_file`, `tls_key_file`) before its own, and implements
-/// [`Connected`] for it. The first line of the body documents the `url` key for this connector:
+/// [`Connected`] for it. The first line of the body documents the `url` key for this connector
+/// (attributes before it go on the `url` field, e.g. `#[serde(alias = "…")]`):
 ///
 /// ```
 /// use serde::Deserialize;
@@ -259,6 +260,7 @@ macro_rules! connection_config {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident {
+            $(#[$url_meta:meta])*
             url: $url_doc:literal,
             $(
                 $(#[$fmeta:meta])*
@@ -275,6 +277,7 @@ macro_rules! connection_config {
             /// Kubernetes secret; relative to the config file). It is read at start and never
             /// logged; errors that would quote it are redacted.
             #[serde(default)]
+            $(#[$url_meta])*
             pub url: ::std::option::Option<$crate::secret::Secret>,
             /// An environment variable that holds the URL.
             #[serde(default)]

@@ -25,11 +25,13 @@
 //!   traits that data-source connectors implement and the wasm host holds.
 //! - [`metrics`]: lock-free metric cells (duration histograms, gauges, pool status) that
 //!   connectors record into and fnmill reads when it reports metrics.
+//! - [`remote`]: a data source's `remote` table: the IO tier that serves it over NATS.
 //! - [`Problem`]: one config problem naming its key, what every config's `check` returns.
 
 pub mod capability;
 pub mod connection;
 pub mod metrics;
+pub mod remote;
 pub mod secret;
 pub mod settlement;
 

@@ -35,6 +35,12 @@ fnmill_connector_api::connection_config! {
         /// `application_name` of fnmill's connections, as seen in `pg_stat_activity`.
         #[serde(default = "default_application_name")]
         pub application_name: String,
+        /// The IO tier that serves this data source over NATS, e.g. `{ url = "nats://nats:4222",
+        /// subject = "fnmill.ds.orders_db" }`: with `fnmill run --role compute` calls go there
+        /// instead of to a pool of this process; `--role io` holds the pool and serves them;
+        /// `--role all` (the default) ignores it.
+        #[serde(default)]
+        pub remote: Option<fnmill_connector_api::remote::RemoteConfig>,
     }
 }
 
