@@ -437,10 +437,15 @@ fn the_stack_runs_the_example_routes_end_to_end() {
     };
     let valid = order(1, json!([{"sku": "BOOK-1", "qty": 2, "unit_price": 12.5}]));
     let invalid = order(2, json!([]));
+    // A JSON payload is its JSON text; a string that is not JSON goes as `payload_text`.
     let lines = |events: Vec<(String, Value)>| {
         events
             .into_iter()
-            .map(|(key, payload)| json!({"key": key, "payload": payload}).to_string() + "\n")
+            .map(|(key, payload)| match payload {
+                Value::String(text) => json!({"key": key, "payload_text": text}),
+                payload => json!({"key": key, "payload": payload}),
+            })
+            .map(|line| line.to_string() + "\n")
             .collect::<String>()
     };
     let orders = lines(vec![
