@@ -47,6 +47,9 @@ use crate::{AmqpError, Reconnect, Result, headers};
 /// burst does not keep new messages waiting.
 const SETTLE_BATCH: usize = 1024;
 
+/// How long closing a lost connection may take before the source reconnects anyway.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Which delivery a settlement is about: the connection it came on and its delivery tag there.
 #[derive(Clone, Copy, Debug)]
 struct Ticket {
@@ -175,13 +178,10 @@ impl AmqpSource {
                     return;
                 }
                 End::Lost(e) => {
-                    // Unacked messages of this session go back to the queue with the connection.
-                    let _ = session
-                        .connection
-                        .close(320, "fnmill reconnecting".into())
-                        .await;
                     reconnect.reset();
                     let wait = reconnect.delay();
+                    // Said as soon as it is known: closing what is left of the connection may
+                    // take a while when the broker is unreachable.
                     warn!(
                         source = %self.name,
                         error = %e,
@@ -189,6 +189,13 @@ impl AmqpSource {
                         wait_ms = wait.as_millis() as u64,
                         "Connection to the broker lost; reconnecting (unacked messages are redelivered)"
                     );
+                    // Unacked messages of this session go back to the queue with the connection.
+                    // A broker that does not answer the close does not hold the reconnect up.
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        session.connection.close(320, "fnmill reconnecting".into()),
+                    )
+                    .await;
                     if !sleep(&ctx, wait).await {
                         return;
                     }
