@@ -215,38 +215,22 @@ impl Function {
         let mut spent = match taken {
             Some(mut spent) => {
                 spent.store.data_mut().next_instance(&event_id, trace);
-                if self.engine_fuel {
-                    spent
-                        .store
-                        .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
-                        .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
-                }
                 spent
             }
             None => Spent {
-                store: self.store(&event_id, trace)?,
+                store: self.store(&event_id, trace),
                 memory: 0,
                 admissions: Vec::with_capacity(INSTANCES_PER_STORE as usize),
             },
         };
-        self.arm_deadline(&mut spent.store);
-        // Epoch interruption cannot stop a guest that is inside an awaited host call; the outer
-        // timeout catches that case, one tick later than the epoch would.
-        let outer = self.limits.timeout + EPOCH_TICK * 2;
-        let result = tokio::time::timeout(outer, async {
-            let instantiating = Instant::now();
-            let instance = match self.pre.instantiate_async(&mut spent.store).await {
-                Ok(instance) => instance,
-                Err(e) => {
-                    return Err(self.classify(e, spent.store.data(), Stage::Instantiation));
-                }
-            };
-            stats.instantiation = Some(instantiating.elapsed());
-            self.call(&instance, &mut spent.store, event, attempt, stats)
-                .await
-        })
-        .await
-        .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
+        self.ready_for_call(&mut spent.store)?;
+        let result = self
+            .within_timeout(async {
+                let instance = self.instantiate(&mut spent.store, stats).await?;
+                self.call(&instance, &mut spent.store, event, attempt, stats)
+                    .await
+            })
+            .await;
         // Any failure drops the store: whatever state the failure left it in is not trusted.
         if result.is_ok() {
             let grown = spent.store.data().limiter.size as u64;
@@ -279,14 +263,9 @@ impl Function {
             }
             None => {
                 let admission = self.admit().await?;
-                let mut store = self.store(&event_id, trace)?;
-                self.arm_deadline(&mut store);
-                let instantiating = Instant::now();
-                let instance = match self.pre.instantiate_async(&mut store).await {
-                    Ok(instance) => instance,
-                    Err(e) => return Err(self.classify(e, store.data(), Stage::Instantiation)),
-                };
-                stats.instantiation = Some(instantiating.elapsed());
+                let mut store = self.store(&event_id, trace);
+                self.ready_for_call(&mut store)?;
+                let instance = self.instantiate(&mut store, stats).await?;
                 Reusable {
                     store,
                     instance,
@@ -295,19 +274,10 @@ impl Function {
                 }
             }
         };
-        self.arm_deadline(&mut r.store);
-        if self.engine_fuel {
-            r.store
-                .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
-                .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
-        }
-        let outer = self.limits.timeout + EPOCH_TICK * 2;
-        let result = tokio::time::timeout(
-            outer,
-            self.call(&r.instance, &mut r.store, event, attempt, stats),
-        )
-        .await
-        .unwrap_or(Err(Failure::Timeout(self.limits.timeout)));
+        self.ready_for_call(&mut r.store)?;
+        let result = self
+            .within_timeout(self.call(&r.instance, &mut r.store, event, attempt, stats))
+            .await;
         r.uses += 1;
         // Any failure retires the instance: whatever state it was left in is not trusted.
         let keep = result.is_ok()
@@ -319,25 +289,56 @@ impl Function {
         result
     }
 
-    /// A store for one instance, with its limits set.
-    pub(super) fn store(
-        &self,
-        event_id: &Arc<str>,
-        trace: Option<CallScope>,
-    ) -> Result<Store<Ctx>, Failure> {
+    /// A store for instances of this function, with its memory limiter.
+    pub(super) fn store(&self, event_id: &Arc<str>, trace: Option<CallScope>) -> Store<Ctx> {
         let engine = self.pre.instance_pre().engine();
         let mut store = Store::new(
             engine,
             Ctx::new(&self.shared, event_id, self.limits.memory_bytes, trace),
         );
         store.limiter(|ctx| &mut ctx.limiter);
+        store
+    }
+
+    /// Readies `store` for the next instantiation or call: the wall-clock deadline armed and,
+    /// when the engine meters fuel, a full tank (fuel metering is engine-wide; a function
+    /// without a fuel limit gets all of it).
+    pub(super) fn ready_for_call(&self, store: &mut Store<Ctx>) -> Result<(), Failure> {
+        self.arm_deadline(store);
         if self.engine_fuel {
-            // Fuel metering is engine-wide; a function without a fuel limit gets all of it.
             store
                 .set_fuel(self.limits.fuel.unwrap_or(u64::MAX))
                 .map_err(|e| Failure::Host(format!("setting fuel: {e:#}")))?;
         }
-        Ok(store)
+        Ok(())
+    }
+
+    /// A new instance in `store`, its instantiation time in `stats`.
+    async fn instantiate(
+        &self,
+        store: &mut Store<Ctx>,
+        stats: &mut CallStats,
+    ) -> Result<bindings::EventFunction, Failure> {
+        let instantiating = Instant::now();
+        let instance = self
+            .pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|e| self.classify(e, store.data(), Stage::Instantiation))?;
+        stats.instantiation = Some(instantiating.elapsed());
+        Ok(instance)
+    }
+
+    /// Runs `work` (instantiation and call) within the function's timeout. Epoch interruption
+    /// cannot stop a guest that is inside an awaited host call; this outer timeout catches that
+    /// case, one tick later than the epoch would.
+    async fn within_timeout(
+        &self,
+        work: impl Future<Output = Result<Vec<Output>, Failure>>,
+    ) -> Result<Vec<Output>, Failure> {
+        tokio::time::timeout(self.limits.timeout + EPOCH_TICK * 2, work)
+            .await
+            .unwrap_or(Err(Failure::Timeout(self.limits.timeout)))
     }
 
     /// Arms the wall-clock limit of one call: the clock is checked on every epoch tick, and the
