@@ -492,43 +492,16 @@ async fn run_routes(
         None => None,
     };
 
-    let grace = config.runtime.shutdown_grace;
-    let mut failures = Vec::new();
-    let mut grace_deadline = None;
-    loop {
-        let next = async {
-            match grace_deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, tasks.join_next())
-                    .await
-                    .ok(),
-                None => Some(tasks.join_next().await),
-            }
-        };
-        tokio::select! {
-            joined = next => match joined {
-                None => {
-                    tracing::warn!(grace = ?grace, "Shutdown grace period over; abandoning in-flight events");
-                    tasks.abort_all();
-                    break;
-                }
-                Some(None) => break,
-                Some(Some(Ok(Ok(())))) => {}
-                Some(Some(Ok(Err(e)))) => {
-                    tracing::error!(error = format!("{e:#}"), "Stopping");
-                    failures.push(e);
-                    shutdown.cancel();
-                }
-                Some(Some(Err(e))) => {
-                    failures.push(anyhow::anyhow!("a task panicked: {e}"));
-                    shutdown.cancel();
-                }
-            },
-            _ = shutdown.cancelled(), if grace_deadline.is_none() => {
-                tracing::info!(grace = ?grace, "Shutting down: finishing in-flight events");
-                grace_deadline = Some(tokio::time::Instant::now() + grace);
-            }
-        }
-    }
+    let mut failures = crate::supervise::supervise(
+        tasks,
+        &shutdown,
+        config.runtime.shutdown_grace,
+        crate::supervise::Phases {
+            shutting_down: "Shutting down: finishing in-flight events",
+            grace_over: "Shutdown grace period over; abandoning in-flight events",
+        },
+    )
+    .await;
     if let Some(task) = admin_task {
         task.abort();
     }

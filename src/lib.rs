@@ -29,6 +29,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod host;
 pub mod pipeline;
+mod supervise;
 pub mod telemetry;
 pub mod tier;
 

@@ -12,7 +12,6 @@
 
 pub mod measured;
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,7 +136,6 @@ async fn serve(
     let metrics_on = telemetry.metrics_on();
     let mut readiness = Vec::new();
     let mut servers = tokio::task::JoinSet::new();
-    let mut names = BTreeMap::new();
     for (name, ds) in &config.data_sources {
         let Some(remote) = ds.remote() else {
             continue;
@@ -176,8 +174,14 @@ async fn serve(
                 server: Some(server.stats()),
             });
         }
-        let id = servers.spawn(server.run(shutdown.clone())).id();
-        names.insert(id, name.clone());
+        let token = shutdown.clone();
+        let key = name.clone();
+        servers.spawn(async move {
+            server
+                .run(token)
+                .await
+                .map_err(|e| anyhow::anyhow!("data_sources.{key}: {e}"))
+        });
     }
     let registry = Arc::new(registry);
     let pusher = if metrics_on {
@@ -198,54 +202,26 @@ async fn serve(
         None => None,
     };
     tracing::info!(
-        data_sources = names.len(),
+        data_sources = servers.len(),
         "IO tier started: serving data sources to compute processes"
     );
 
-    let grace = config.runtime.shutdown_grace;
-    let mut failure = None;
-    let mut deadline = None;
-    loop {
-        let next = async {
-            match deadline {
-                Some(at) => tokio::time::timeout_at(at, servers.join_next_with_id())
-                    .await
-                    .ok(),
-                None => Some(servers.join_next_with_id().await),
-            }
-        };
-        tokio::select! {
-            joined = next => match joined {
-                None => {
-                    tracing::warn!(grace = ?grace, "Shutdown grace period over; calls in flight are not answered (their callers retry)");
-                    servers.abort_all();
-                    break;
-                }
-                Some(None) => break,
-                Some(Some(Ok((_, Ok(()))))) => {}
-                Some(Some(Ok((id, Err(e))))) => {
-                    let name = names.get(&id).cloned().unwrap_or_default();
-                    tracing::error!(data_source = %name, error = %e, "Stopping");
-                    failure.get_or_insert(anyhow::anyhow!("data_sources.{name}: {e}"));
-                    shutdown.cancel();
-                }
-                Some(Some(Err(e))) => {
-                    failure.get_or_insert(anyhow::anyhow!("a server task panicked: {e}"));
-                    shutdown.cancel();
-                }
-            },
-            _ = shutdown.cancelled(), if deadline.is_none() => {
-                tracing::info!(grace = ?grace, "Shutting down: answering the calls already taken");
-                deadline = Some(tokio::time::Instant::now() + grace);
-            }
-        }
-    }
+    let failures = crate::supervise::supervise(
+        servers,
+        &shutdown,
+        config.runtime.shutdown_grace,
+        crate::supervise::Phases {
+            shutting_down: "Shutting down: answering the calls already taken",
+            grace_over: "Shutdown grace period over; calls in flight are not answered (their callers retry)",
+        },
+    )
+    .await;
     if let Some(task) = admin_task {
         task.abort();
     }
     telemetry.stop_metrics(pusher).await;
     tracing::info!("IO tier stopped");
-    match failure {
+    match failures.into_iter().next() {
         Some(e) => Err(e),
         None => Ok(()),
     }
