@@ -23,6 +23,8 @@
 # If FNMILL_TEST_JAEGER_QUERY_URL is already set, that Jaeger is used and nothing is started (set
 # the OTLP endpoints too for the tests that export to it).
 set -euo pipefail
+# shellcheck source=scripts/lib/process.sh
+. "$(dirname "$0")/lib/process.sh"
 
 JAEGER_VERSION=${FNMILL_JAEGER_VERSION:-1.76.0}
 CACHE=${FNMILL_JAEGER_CACHE:-$HOME/.cache/fnmill-jaeger}
@@ -73,14 +75,10 @@ build() {
   echo "jaeger: built $BIN" >&2
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # The usual port when nothing listens on it (connections left in TIME_WAIT do not count, as for
 # the server, which binds with SO_REUSEADDR), else a free one.
 port_or_free() {
-  if python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null; then
+  if port_free "$1"; then
     echo "$1"
   else
     free_port
@@ -188,16 +186,7 @@ env_() {
 }
 
 stop() {
-  if [ -f "$RUN/pid" ]; then
-    local pid
-    pid=$(cat "$RUN/pid")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/pid"
-  fi
+  stop_pidfile "$RUN/pid" 10
 }
 
 # One span per OTLP receiver, under a service name of its own, read back by the query API.

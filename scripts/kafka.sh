@@ -21,6 +21,8 @@
 # If FNMILL_TEST_KAFKA_BOOTSTRAP is already set, that broker is used and nothing is started
 # (set the TLS and SASL variables too for the tests that need them).
 set -euo pipefail
+# shellcheck source=scripts/lib/process.sh
+. "$(dirname "$0")/lib/process.sh"
 
 KAFKA_VERSION=${FNMILL_KAFKA_VERSION:-4.1.2}
 CACHE=${FNMILL_KAFKA_CACHE:-$HOME/.cache/fnmill-kafka}
@@ -61,10 +63,6 @@ POM
   mvn -q -B -f "$CACHE/$KAFKA_VERSION/pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$JARS" >&2
   touch "$JARS/.complete"
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 answers() {
@@ -222,16 +220,7 @@ env_() {
 }
 
 stop() {
-  if [ -f "$RUN/pid" ]; then
-    local pid
-    pid=$(cat "$RUN/pid")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/pid"
-  fi
+  stop_pidfile "$RUN/pid" 30
   rm -rf "$RUN/data"
 }
 

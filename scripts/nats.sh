@@ -18,6 +18,8 @@
 # If FNMILL_TEST_NATS_URL is already set, that server is used and nothing is started (and
 # `restart` refuses: it cannot restart a server it did not start).
 set -euo pipefail
+# shellcheck source=scripts/lib/process.sh
+. "$(dirname "$0")/lib/process.sh"
 
 NATS_VERSION=${FNMILL_NATS_VERSION:-2.15.2}
 CACHE=${FNMILL_NATS_CACHE:-$HOME/.cache/fnmill-nats}
@@ -54,14 +56,6 @@ build() {
   fi
   mv "$gobin/nats-server" "$BIN"
   rm -rf "$gobin"
-}
-
-port_free() {
-  python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 running() {
@@ -124,16 +118,7 @@ env_() {
 
 # Stops the server; its port stays recorded for the next start.
 stop() {
-  if [ -f "$RUN/pid" ]; then
-    local pid
-    pid=$(cat "$RUN/pid")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/pid"
-  fi
+  stop_pidfile "$RUN/pid" 5
 }
 
 restart() {
