@@ -21,16 +21,17 @@
 //!
 //! - [`config`]: the config structs of source and sink, and the topology they may declare.
 //! - [`source`]: [`AmqpSource`], consuming with `basic_qos` prefetch, reconnecting with backoff.
-//! - [`sink`]: [`AmqpSink`], publishing on pooled confirm channels (deadpool).
+//! - [`sink`]: [`AmqpSink`], publishing on `channels` confirm channels, each with many
+//!   publishes outstanding.
 //! - [`reader`]: [`QueueReader`], which takes what a queue holds with `basic_get` and acks only
 //!   on request (what `fnmill replay` reads dead-letter queues with).
 //! - `headers`: AMQP field tables to fnmill headers and back.
+//! - `batch`: queuing several methods on a channel in one hand-off to lapin's IO loop.
 //!
 //! [`SinkError::Permanent`]: fnmill_connector_api::SinkError::Permanent
 
-use std::time::Duration;
-
 use std::path::Path;
+use std::time::Duration;
 
 use fnmill_connector_api::connection::{SecretUrl, TlsFiles};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
@@ -39,11 +40,14 @@ use lapin::{Connection, ConnectionProperties};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+mod batch;
 pub mod config;
 mod headers;
 pub mod reader;
 pub mod sink;
 pub mod source;
+
+pub(crate) use batch::in_order;
 
 pub use config::{AmqpSinkConfig, AmqpSourceConfig, DeadLetterMode, OrderingKey, Topology};
 pub use reader::{QueueAcker, QueueMessage, QueueReader};

@@ -48,7 +48,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{AmqpSinkConfig, Broker as _, Topology};
-use crate::{AmqpError, Result, headers};
+use crate::{AmqpError, Result, headers, in_order};
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk (for classic queues; quorum
 /// queues always do).
@@ -268,6 +268,7 @@ impl Pipe {
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut closing: Option<oneshot::Sender<()>> = None;
+        let mut batch = Vec::new();
         loop {
             if closing.is_some() && self.outstanding.is_empty() {
                 break;
@@ -287,10 +288,29 @@ impl Pipe {
                     self.channel = None;
                 }
                 command = commands.recv(), if closing.is_none() && self.outstanding.len() < MAX_OUTSTANDING => {
-                    match command {
-                        Some(Command::Publish { records, confirm }) => self.publish(records, confirm).await,
-                        Some(Command::Close(done)) => closing = Some(done),
-                        None => break,
+                    let Some(command) = command else { break };
+                    // What else is queued already goes out with it, up to the outstanding cap:
+                    // one hand-off to lapin's IO loop, and one wake-up of this task, for the
+                    // lot instead of one per record.
+                    let mut room = MAX_OUTSTANDING - self.outstanding.len();
+                    let mut next = Some(command);
+                    while let Some(command) = next.take() {
+                        match command {
+                            Command::Publish { records, confirm } => {
+                                room = room.saturating_sub(records.len());
+                                batch.push((records, confirm));
+                            }
+                            Command::Close(done) => {
+                                closing = Some(done);
+                                break;
+                            }
+                        }
+                        if room > 0 {
+                            next = commands.try_recv().ok();
+                        }
+                    }
+                    if !batch.is_empty() {
+                        self.publish(&mut batch).await;
                     }
                 }
             }
@@ -300,9 +320,9 @@ impl Pipe {
         }
     }
 
-    async fn publish(&mut self, records: Vec<Record>, confirm: Confirm) {
-        let id = self.next_handover;
-        self.next_handover += 1;
+    /// Publishes the hand-overs of `batch` (and empties it) on the pipe's channel: every
+    /// record's frames are queued, in order, before any publish is awaited.
+    async fn publish(&mut self, batch: &mut Vec<(Vec<Record>, Confirm)>) {
         let channel = match &self.channel {
             Some(c) if c.status().connected() => c.clone(),
             _ => match self.shared.connector.channel().await {
@@ -311,9 +331,11 @@ impl Pipe {
                     c
                 }
                 Err(e) => {
-                    confirm(Err(SinkError::Retryable(format!(
-                        "no channel to the broker: {e}"
-                    ))));
+                    for (_, confirm) in batch.drain(..) {
+                        confirm(Err(SinkError::Retryable(format!(
+                            "no channel to the broker: {e}"
+                        ))));
+                    }
                     return;
                 }
             },
@@ -323,41 +345,54 @@ impl Pipe {
             immediate: false,
         };
         let deadline = Instant::now() + self.shared.confirm_timeout;
-        let mut handover = Handover {
-            id,
-            remaining: 0,
-            error: None,
-            confirm: Some(confirm),
-        };
-        for record in &records {
-            let routing_key = record
-                .target
-                .as_deref()
-                .unwrap_or(&self.shared.routing_key)
-                .to_string();
-            let properties = BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_headers(headers::to_table(&record.headers));
-            match channel
-                .basic_publish(
-                    self.shared.exchange.as_str().into(),
-                    routing_key.as_str().into(),
-                    options,
-                    &record.payload,
-                    properties,
-                )
-                .await
-            {
+        let mut sent = Vec::new();
+        let mut publishes = Vec::new();
+        for (records, confirm) in batch.drain(..) {
+            let id = self.next_handover;
+            self.next_handover += 1;
+            self.handovers.push_back(Handover {
+                id,
+                remaining: 0,
+                error: None,
+                confirm: Some(confirm),
+            });
+            for record in records {
+                let routing_key = record
+                    .target
+                    .unwrap_or_else(|| self.shared.routing_key.clone());
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(PERSISTENT)
+                    .with_headers(headers::to_table(&record.headers));
+                sent.push((id, routing_key, record.payload, properties));
+            }
+        }
+        for (_, routing_key, payload, properties) in &sent {
+            publishes.push(Box::pin(channel.basic_publish(
+                self.shared.exchange.as_str().into(),
+                routing_key.as_str().into(),
+                options,
+                payload,
+                properties.clone(),
+            )));
+        }
+        let results = in_order(publishes).await;
+        for ((handover, routing_key, payload, _), result) in sent.into_iter().zip(results) {
+            let h = self
+                .handovers
+                .iter_mut()
+                .find(|h| h.id == handover)
+                .expect("pushed above");
+            match result {
                 Ok(confirm) => {
-                    handover.remaining += 1;
+                    h.remaining += 1;
                     self.outstanding.push_back(Outstanding {
                         confirm: Some(confirm),
                         result: None,
                         routing_key,
-                        payload: record.payload.clone(),
+                        payload,
                         returned: None,
                         carried: Vec::new(),
-                        handover: id,
+                        handover,
                         deadline,
                     });
                 }
@@ -365,12 +400,11 @@ impl Pipe {
                     // The channel is broken: what is outstanding on it fails as its confirms
                     // are rejected; this hand-over fails now.
                     self.channel = None;
-                    handover.error = Some(SinkError::Retryable(format!("publishing: {e}")));
-                    break;
+                    h.error
+                        .get_or_insert(SinkError::Retryable(format!("publishing: {e}")));
                 }
             }
         }
-        self.handovers.push_back(handover);
         self.confirm_finished();
     }
 

@@ -29,8 +29,8 @@ use bytes::Bytes;
 use fnmill_connector_api::metrics::Gauge;
 use fnmill_connector_api::settlement::{self, Settled, Settlements, Settler, UnorderedWindow};
 use fnmill_connector_api::{Delivery, Event, Source, SourceContext, SourceError};
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions,
@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{AmqpSourceConfig, Broker as _, OrderingKey};
-use crate::{AmqpError, Reconnect, Result, headers};
+use crate::{AmqpError, Reconnect, Result, headers, in_order};
 
 /// Settlements handled per loop turn: enough to batch acks under load, small enough that a
 /// burst does not keep new messages waiting.
@@ -318,7 +318,9 @@ impl AmqpSource {
                 .map(|s| (s.ticket.tag, s.outcome)),
         );
         let channel = &session.channel;
-        for tag in plan.requeue {
+        // Queued together, in this order (requeues and rejects before the acks), and written
+        // by lapin's IO loop in one go.
+        let requeues = plan.requeue.iter().map(|&tag| {
             channel
                 .basic_nack(
                     tag,
@@ -327,22 +329,25 @@ impl AmqpSource {
                         requeue: true,
                     },
                 )
-                .await
-                .map_err(AmqpError::broker("requeueing a message"))?;
-        }
-        for tag in plan.reject {
+                .map(|r| r.map_err(AmqpError::broker("requeueing a message")))
+                .boxed()
+        });
+        let rejects = plan.reject.iter().map(|&tag| {
             channel
                 .basic_reject(tag, BasicRejectOptions { requeue: false })
-                .await
-                .map_err(AmqpError::broker("rejecting a message"))?;
-        }
-        for (tag, multiple) in plan.ack {
+                .map(|r| r.map_err(AmqpError::broker("rejecting a message")))
+                .boxed()
+        });
+        let acks = plan.ack.iter().map(|&(tag, multiple)| {
             channel
                 .basic_ack(tag, BasicAckOptions { multiple })
-                .await
-                .map_err(AmqpError::broker("acking messages"))?;
-        }
-        Ok(())
+                .map(|r| r.map_err(AmqpError::broker("acking messages")))
+                .boxed()
+        });
+        in_order(requeues.chain(rejects).chain(acks).collect())
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// On shutdown: stop the consumer, wait (within `drain_timeout`) for what is in the pipeline
