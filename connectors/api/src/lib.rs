@@ -267,10 +267,19 @@ impl From<secret::FieldError> for Problem {
 /// events in flight: when that is full, [`Outbox::try_send`] says so and [`Outbox::send`]
 /// waits, and the source stops pulling from its broker (that is the backpressure). Dropping every
 /// clone tells the route that no more events come.
+///
+/// A sender that finds the window full waits until a chunk of it is free
+/// ([`Outbox::REFILL_DIVISOR`]), not for each single place: a source behind a full window is
+/// then woken once per chunk of settled events rather than once per event. The places of the
+/// chunk beyond the first are kept for the next sends.
 #[derive(Clone)]
 pub struct Outbox {
     window: Arc<Semaphore>,
     deliver: Arc<Deliver>,
+    /// Places taken from a full window and not yet used.
+    spare: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    /// How many places a sender that found the window full waits for.
+    refill: u32,
 }
 
 /// How an [`Outbox`] hands over an admitted delivery; gives it back when the receiver is gone.
@@ -280,11 +289,18 @@ impl fmt::Debug for Outbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Outbox")
             .field("room", &self.window.available_permits())
+            .field("refill", &self.refill)
             .finish()
     }
 }
 
 impl Outbox {
+    /// A sender that finds the window full waits for this fraction of it (at most
+    /// [`Outbox::MAX_REFILL`] places, at least one).
+    pub const REFILL_DIVISOR: usize = 16;
+    /// The largest chunk a sender waits for.
+    pub const MAX_REFILL: usize = 64;
+
     /// An outbox with room for `window` deliveries at once. `deliver` receives each admitted
     /// delivery with its permit, which holds its place in the window until dropped (the
     /// pipeline drops it when the delivery settles); it gives the delivery back once the
@@ -296,7 +312,44 @@ impl Outbox {
         Self {
             window: Arc::new(Semaphore::new(window)),
             deliver: Arc::new(deliver),
+            spare: Arc::default(),
+            refill: (window / Self::REFILL_DIVISOR).clamp(1, Self::MAX_REFILL) as u32,
         }
+    }
+
+    /// One place from the spare ones, if any are kept.
+    fn spare(&self) -> Option<OwnedSemaphorePermit> {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let permits = spare.as_mut()?;
+        if permits.num_permits() > 1 {
+            permits.split(1)
+        } else {
+            spare.take()
+        }
+    }
+
+    /// A place in the window: a spare one, a free one, or — the window being full — the first
+    /// of a chunk of `refill` places once that many are free (the rest kept as spare).
+    async fn place(&self) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        if let Some(permit) = self.spare() {
+            return Ok(permit);
+        }
+        if let Ok(permit) = self.window.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        // Full (or closed, which the wait reports at once).
+        let mut chunk = self.window.clone().acquire_many_owned(self.refill).await?;
+        let Some(one) = chunk.split(1) else {
+            return Ok(chunk);
+        };
+        if chunk.num_permits() > 0 {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            match spare.as_mut() {
+                Some(kept) => kept.merge(chunk),
+                None => *spare = Some(chunk),
+            }
+        }
+        Ok(one)
     }
 
     /// An outbox that feeds a plain channel of `capacity`, for consumers that take deliveries
@@ -312,6 +365,9 @@ impl Outbox {
 
     /// Hands `delivery` over if the window has room.
     pub fn try_send(&self, delivery: Delivery) -> Result<(), TrySendError<Delivery>> {
+        if let Some(permit) = self.spare() {
+            return (self.deliver)(delivery, permit).map_err(TrySendError::Closed);
+        }
         match self.window.clone().try_acquire_owned() {
             Ok(permit) => (self.deliver)(delivery, permit).map_err(TrySendError::Closed),
             Err(TryAcquireError::NoPermits) => Err(TrySendError::Full(delivery)),
@@ -321,7 +377,7 @@ impl Outbox {
 
     /// Hands `delivery` over, waiting for room. Gives it back once the receiver is gone.
     pub async fn send(&self, delivery: Delivery) -> Result<(), Delivery> {
-        match self.window.clone().acquire_owned().await {
+        match self.place().await {
             Ok(permit) => (self.deliver)(delivery, permit),
             Err(_) => Err(delivery),
         }
@@ -329,7 +385,7 @@ impl Outbox {
 
     /// Waits for room for one delivery and holds it.
     pub async fn reserve(&self) -> Result<Reserved<'_>, Closed> {
-        match self.window.clone().acquire_owned().await {
+        match self.place().await {
             Ok(permit) => Ok(Reserved {
                 outbox: self,
                 permit,
@@ -341,6 +397,7 @@ impl Outbox {
     /// Closes the window: senders waiting for room, and every later send, find it closed.
     pub fn close(&self) {
         self.window.close();
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Whether [`Outbox::close`] was called.
@@ -521,6 +578,67 @@ mod tests {
 
     fn event() -> Event {
         Event::new("1", "s", Bytes::from_static(b"{}"))
+    }
+
+    /// A sender behind a full window is let through once a chunk of it is free, not at the
+    /// first freed place; the chunk's other places serve the next sends without waiting, and
+    /// the window never holds more than its size.
+    #[tokio::test]
+    async fn a_full_window_lets_a_sender_through_a_chunk_at_a_time() {
+        const WINDOW: usize = 64; // a chunk of 4
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let h = held.clone();
+        let outbox = Outbox::new(WINDOW, move |_, permit| {
+            h.lock().unwrap().push(permit);
+            Ok(())
+        });
+        let delivery = || Delivery::new(event(), None, |_| {});
+        for _ in 0..WINDOW {
+            outbox.try_send(delivery()).unwrap();
+        }
+        assert!(matches!(
+            outbox.try_send(delivery()),
+            Err(TrySendError::Full(_))
+        ));
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                outbox
+                    .send(Delivery::new(event(), None, |_| {}))
+                    .await
+                    .is_ok()
+            }
+        });
+        // One runtime thread: the sender runs until it waits on the full window.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let settle = |n: usize| {
+            let mut held = held.lock().unwrap();
+            let at = held.len() - n;
+            held.truncate(at);
+        };
+        for _ in 0..3 {
+            settle(1);
+            tokio::task::yield_now().await;
+            assert!(
+                !waiting.is_finished(),
+                "let through before a chunk was free"
+            );
+        }
+        settle(1);
+        assert!(
+            waiting.await.unwrap(),
+            "the fourth freed place lets it through"
+        );
+        // Three places of the chunk are kept: three sends go through at once, the next does not.
+        for _ in 0..3 {
+            outbox.try_send(delivery()).unwrap();
+        }
+        assert!(matches!(
+            outbox.try_send(delivery()),
+            Err(TrySendError::Full(_))
+        ));
+        assert_eq!(held.lock().unwrap().len(), WINDOW);
     }
 
     #[test]
