@@ -932,6 +932,7 @@ fn report(
                     .join(", ")
             );
         }
+        print_threads(processors, results);
         return;
     }
     let native = rates[0];
@@ -966,6 +967,12 @@ fn report(
             }
         }
     }
+    print_threads(processors, results);
+}
+
+/// CPU time and switches per event of each thread, first output to last, per processor (means
+/// of the rounds).
+fn print_threads(processors: &[Processor], results: &[Vec<Throughput>]) {
     for (p, runs) in processors.iter().zip(results) {
         let rows: Vec<Vec<cpu::PerEvent>> = runs.iter().map(|t| t.cpu.clone()).collect();
         cpu::print_per_event(

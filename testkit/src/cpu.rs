@@ -21,6 +21,8 @@ pub struct CpuTimes {
 struct Usage {
     secs: f64,
     switches: u64,
+    /// Of `switches`, the voluntary ones: the thread parked and was woken again.
+    parked: u64,
 }
 
 /// One name's share of each event.
@@ -31,6 +33,9 @@ pub struct PerEvent {
     pub us: f64,
     /// Context switches, voluntary (parked) and involuntary (preempted).
     pub switches: f64,
+    /// Of `switches`, the voluntary ones: wake-ups. The involuntary rest are preemptions, which
+    /// a thread busy on a shared core takes however it is written.
+    pub parked: f64,
 }
 
 impl CpuTimes {
@@ -62,7 +67,7 @@ impl CpuTimes {
     /// its process (under the process's label for a labelled one); its switches are lost.
     pub fn per_event_since(&self, earlier: &CpuTimes, events: usize) -> Vec<PerEvent> {
         let n = events as f64;
-        let mut rows: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+        let mut rows: BTreeMap<String, (f64, u64, u64)> = BTreeMap::new();
         let mut live: BTreeMap<u32, f64> = BTreeMap::new();
         for (&(pid, tid), (name, now)) in &self.threads {
             let before = earlier
@@ -75,6 +80,7 @@ impl CpuTimes {
             let row = rows.entry(name.clone()).or_default();
             row.0 += secs;
             row.1 += now.switches.saturating_sub(before.switches);
+            row.2 += now.parked.saturating_sub(before.parked);
         }
         for (pid, (name, total)) in &self.processes {
             let before = earlier.processes.get(pid).map_or(0.0, |(_, total)| *total);
@@ -82,10 +88,11 @@ impl CpuTimes {
             rows.entry(name.clone()).or_default().0 += exited.max(0.0);
         }
         rows.into_iter()
-            .map(|(name, (secs, switches))| PerEvent {
+            .map(|(name, (secs, switches, parked))| PerEvent {
                 name,
                 us: secs * 1e6 / n,
                 switches: switches as f64 / n,
+                parked: parked as f64 / n,
             })
             .filter(|row| row.us >= 0.05)
             .collect()
@@ -131,9 +138,11 @@ impl CpuTimes {
                 Some(Prefix(prefix)) => format!("{prefix}{}", comm()),
                 None => comm(),
             };
+            let (voluntary, involuntary) = switches(&entry.path().join("status"));
             let usage = Usage {
                 secs,
-                switches: switches(&entry.path().join("status")),
+                switches: voluntary + involuntary,
+                parked: voluntary,
             };
             self.threads.insert((pid, tid), (row, usage));
         }
@@ -143,35 +152,39 @@ impl CpuTimes {
 /// The mean per name of several `per_event_since` readings (a name missing from a reading
 /// counts as zero there).
 pub fn mean(readings: &[Vec<PerEvent>]) -> Vec<PerEvent> {
-    let mut sums: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut sums: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
     for row in readings.iter().flatten() {
         let sum = sums.entry(&row.name).or_default();
         sum.0 += row.us;
         sum.1 += row.switches;
+        sum.2 += row.parked;
     }
     let n = readings.len().max(1) as f64;
     sums.into_iter()
-        .map(|(name, (us, switches))| PerEvent {
+        .map(|(name, (us, switches, parked))| PerEvent {
             name: name.to_string(),
             us: us / n,
             switches: switches / n,
+            parked: parked / n,
         })
         .collect()
 }
 
-/// Prints `per_event_since` as one indented line per name, then the total.
+/// Prints `per_event_since` as one indented line per name, then the total: CPU, context
+/// switches, and of those the wake-ups (voluntary switches: the thread parked).
 pub fn print_per_event(title: &str, rows: &[PerEvent]) {
     println!("  CPU per event, {title}:");
     for row in rows {
         println!(
-            "    {:<22} {:>8.1} µs {:>7.2} switches",
-            row.name, row.us, row.switches
+            "    {:<22} {:>8.1} µs {:>7.2} switches ({:.2} wake-ups)",
+            row.name, row.us, row.switches, row.parked
         );
     }
     let total: f64 = rows.iter().map(|row| row.us).sum();
     let switches: f64 = rows.iter().map(|row| row.switches).sum();
+    let parked: f64 = rows.iter().map(|row| row.parked).sum();
     println!(
-        "    {:<22} {total:>8.1} µs {switches:>7.2} switches",
+        "    {:<22} {total:>8.1} µs {switches:>7.2} switches ({parked:.2} wake-ups)",
         "total"
     );
 }
@@ -202,16 +215,20 @@ fn parse_secs(stat: &str) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
-/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of a thread's `status` file.
-fn switches(status: &Path) -> u64 {
+/// `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` of a thread's `status` file.
+fn switches(status: &Path) -> (u64, u64) {
     let status = std::fs::read_to_string(status).unwrap_or_default();
-    status
-        .lines()
-        .filter(|l| {
-            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
-        })
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("voluntary_ctxt_switches"),
+        field("nonvoluntary_ctxt_switches"),
+    )
 }
 
 /// `(label, pid)` of every other process whose command line contains `needle` (e.g. the
