@@ -3,7 +3,8 @@
 //! persistent + mandatory with publisher confirms → ack after the confirm), in the same run
 //! against the same broker. Prints both and their ratio (goal ≥ 0.9, aim ≥ 1.0).
 //!
-//! `cargo bench --bench amqp` (add `-- --messages N` to change the count). Needs RabbitMQ at
+//! `cargo bench --bench amqp` (add `-- --messages N` to change the count, `--rounds R` for R
+//! rounds, the processor that runs first alternating, medians and each round printed). Needs RabbitMQ at
 //! `FNMILL_TEST_AMQP_URL` (default 127.0.0.1:5672, guest/guest).
 
 use fnmill_testkit::amqp_common;
@@ -129,7 +130,9 @@ async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> M
     Measured { rate, cpu }
 }
 
-async fn one_round(n: usize) -> (Measured, Measured) {
+/// One round: both processors on queues of their own holding the same `n` messages; the one
+/// that runs first alternates with `round`, so neither always gets the fresher broker.
+async fn one_round(n: usize, round: usize) -> (Measured, Measured) {
     let broker = Broker::new().await;
     let names: Vec<String> = ["n-in", "n-out", "f-in", "f-out"]
         .iter()
@@ -141,10 +144,23 @@ async fn one_round(n: usize) -> (Measured, Measured) {
     let messages = keyed_messages(n, KEYS);
     broker.publish(&names[0], messages.iter().map(copy)).await;
     broker.publish(&names[2], messages.iter().map(copy)).await;
-    let native = native_passthrough(&broker, &names[0], &names[1], n).await;
-    let fnmill = fnmill_route(&broker, &names[2], &names[3], n).await;
+    let (native, fnmill) = if round % 2 == 0 {
+        let native = native_passthrough(&broker, &names[0], &names[1], n).await;
+        (native, fnmill_route(&broker, &names[2], &names[3], n).await)
+    } else {
+        let fnmill = fnmill_route(&broker, &names[2], &names[3], n).await;
+        (
+            native_passthrough(&broker, &names[0], &names[1], n).await,
+            fnmill,
+        )
+    };
     broker.cleanup().await;
     (native, fnmill)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn copy(m: &amqp_common::Message) -> amqp_common::Message {
@@ -157,23 +173,60 @@ fn copy(m: &amqp_common::Message) -> amqp_common::Message {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::args()
-        .skip_while(|a| a != "--messages")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let n = arg("--messages").unwrap_or(50_000);
+    let rounds = arg("--rounds").unwrap_or(1).max(1);
     // Warm-up: fills the compiled-component cache and the broker's own caches.
-    one_round(2_000).await;
-    let (native, fnmill) = one_round(n).await;
+    one_round(2_000, 0).await;
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        if rounds > 1 {
+            eprintln!("amqp bench: round {}/{rounds}", round + 1);
+        }
+        runs.push(one_round(n, round).await);
+    }
     println!(
-        "RabbitMQ → echo → RabbitMQ, {n} messages ({KEYS} keys), prefetch {PREFETCH}, persistent, confirms"
+        "RabbitMQ → echo → RabbitMQ, {n} messages ({KEYS} keys), prefetch {PREFETCH}, persistent, confirms{}",
+        if rounds > 1 {
+            format!("; medians of {rounds} rounds, the first processor alternating")
+        } else {
+            String::new()
+        }
     );
-    println!("  native lapin passthrough : {:>9.0} msg/s", native.rate);
-    println!("  fnmill (echo guest)      : {:>9.0} msg/s", fnmill.rate);
+    let mut native: Vec<f64> = runs.iter().map(|(n, _)| n.rate).collect();
+    let mut fnmill: Vec<f64> = runs.iter().map(|(_, f)| f.rate).collect();
+    let mut ratios: Vec<f64> = runs.iter().map(|(n, f)| f.rate / n.rate).collect();
+    let each = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|x| format!("{x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (native_each, fnmill_each, ratio_each) =
+        (each(&native, 0), each(&fnmill, 0), each(&ratios, 2));
+    println!(
+        "  native lapin passthrough : {:>9.0} msg/s",
+        median(&mut native)
+    );
+    println!(
+        "  fnmill (echo guest)      : {:>9.0} msg/s",
+        median(&mut fnmill)
+    );
     println!(
         "  ratio                    : {:>9.2}   (goal ≥ 0.9, aim ≥ 1.0)",
-        fnmill.rate / native.rate
+        median(&mut ratios)
     );
-    cpu::print_per_event("native lapin passthrough", &native.cpu);
-    cpu::print_per_event("fnmill (echo guest)", &fnmill.cpu);
+    if rounds > 1 {
+        println!("  rounds: native {native_each}; fnmill {fnmill_each}; ratio {ratio_each}");
+    }
+    let native_cpu: Vec<_> = runs.iter().map(|(n, _)| n.cpu.clone()).collect();
+    let fnmill_cpu: Vec<_> = runs.iter().map(|(_, f)| f.cpu.clone()).collect();
+    cpu::print_per_event("native lapin passthrough", &cpu::mean(&native_cpu));
+    cpu::print_per_event("fnmill (echo guest)", &cpu::mean(&fnmill_cpu));
+}
+
+fn arg(name: &str) -> Option<usize> {
+    std::env::args()
+        .skip_while(|a| a != name)
+        .nth(1)
+        .and_then(|v| v.parse().ok())
 }
