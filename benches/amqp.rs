@@ -144,7 +144,7 @@ async fn one_round(n: usize, round: usize) -> (Measured, Measured) {
     let messages = keyed_messages(n, KEYS);
     broker.publish(&names[0], messages.iter().map(copy)).await;
     broker.publish(&names[2], messages.iter().map(copy)).await;
-    let (native, fnmill) = if round % 2 == 0 {
+    let (native, fnmill) = if round.is_multiple_of(2) {
         let native = native_passthrough(&broker, &names[0], &names[1], n).await;
         (native, fnmill_route(&broker, &names[2], &names[3], n).await)
     } else {
