@@ -400,27 +400,28 @@ impl Link {
             {
                 let why = format!("NATS request on `{}` failed: {e}", self.health.subject);
                 self.health.answered(false, &why);
-                self.fail(first, n, |_| Err(NoAnswer::Unavailable(why.clone())));
+                self.fail(first, n, || Err(NoAnswer::Unavailable(why.clone())));
             }
         }
     }
 
     /// Ends calls `first`.. (`n` of them) still waiting with `answer`.
-    fn fail(&mut self, first: u64, n: u64, answer: impl Fn(u64) -> Result<Reply, NoAnswer>) {
+    fn fail(&mut self, first: u64, n: u64, answer: impl Fn() -> Result<Reply, NoAnswer>) {
         for id in first..first.saturating_add(n) {
             if let Some(call) = self.pending.remove(&id) {
-                let _ = call.send(answer(id));
+                let _ = call.send(answer());
             }
         }
     }
 
     fn on_message(&mut self, message: Message) {
-        // `<first>.<n>` of a batch's own reply subject, if it is one.
+        // `<first>.<n>` of a batch's own reply subject, if it is one (no batch is larger).
         let batch = message
             .subject
             .strip_prefix(self.batches.as_str())
             .and_then(|rest| rest.split_once('.'))
-            .and_then(|(first, n)| Some((first.parse::<u64>().ok()?, n.parse::<u64>().ok()?)));
+            .and_then(|(first, n)| Some((first.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+            .map(|(first, n)| (first, n.min(MAX_BATCH_CALLS as u64)));
         if message.status == Some(StatusCode::NO_RESPONDERS) {
             let why = format!(
                 "no IO-tier process serves `{}` (no responders)",
@@ -428,7 +429,7 @@ impl Link {
             );
             self.health.answered(false, &why);
             if let Some((first, n)) = batch {
-                self.fail(first, n, |_| Err(NoAnswer::Unavailable(why.clone())));
+                self.fail(first, n, || Err(NoAnswer::Unavailable(why.clone())));
             }
             return;
         }
@@ -448,14 +449,14 @@ impl Link {
             Ok(Answers::Refused(e)) => {
                 self.health.answered(true, "");
                 if let Some((first, n)) = batch {
-                    self.fail(first, n, |_| Ok(Reply::Failed(e.clone())));
+                    self.fail(first, n, || Ok(Reply::Failed(e.clone())));
                 }
             }
             Err(e) => match batch {
                 // Another version's answer to a whole batch (its refusal, most likely).
                 Some((first, n)) => {
                     let why = format!("unreadable answer from the IO tier: {e}");
-                    self.fail(first, n, |_| Err(NoAnswer::Unavailable(why.clone())));
+                    self.fail(first, n, || Err(NoAnswer::Unavailable(why.clone())));
                 }
                 None => tracing::debug!(
                     subject = %message.subject,
