@@ -586,6 +586,7 @@ data_sources = ["db"]
         );
         let mut ratios = Vec::with_capacity(rounds);
         let (mut local_cpu, mut tier_cpu) = (Vec::new(), Vec::new());
+        let batching = client.batching();
         for round in 1..=rounds {
             let cpu0 = cpu::CpuTimes::now(&others);
             let start = Instant::now();
@@ -609,6 +610,19 @@ data_sources = ["db"]
         println!(
             "  ratio IO tier / in-process pool, median of {rounds}: {:.2} (goal >= 0.6)",
             ratios[rounds / 2]
+        );
+        let after = client.batching();
+        let per = |calls: u64, messages: u64| calls as f64 / messages.max(1) as f64;
+        println!(
+            "  calls per NATS message: {:.1} to the IO tier, {:.1} back",
+            per(
+                after.calls - batching.calls,
+                after.batches - batching.batches
+            ),
+            per(
+                after.answers - batching.answers,
+                after.answer_messages - batching.answer_messages
+            ),
         );
         cpu::print_per_event(
             "function, in-process pool (mean of the rounds)",

@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 
 use amqp_common::{Broker, Collector, Message, amqp_url, unique, wait_for};
 use common::{fnmill, guest, read_lines, root};
+use fnmill_connector_api::capability::Caller;
+use fnmill_connector_api::capability::sql::{SqlError, SqlSource, Value};
+use fnmill_connector_api::remote::RemoteConfig;
+use fnmill_connector_nats::client::MAX_BATCH_CALLS;
+use fnmill_connector_nats::{Endpoint, Nats, Remote};
 use fnmill_connector_postgres::tokio_postgres::{self, NoTls};
 use serde_json::json;
 
@@ -1116,6 +1121,186 @@ async fn the_nats_password_stays_out_of_a_trace_log() {
         }
     }
     io.stop();
+    data.drop_table().await;
+}
+
+/// The compute side of `data`'s `db`, as a compute process builds it, in this test process: the
+/// client of the IO tier on `data.subject`.db, ready once the tier answered a ping.
+async fn db_client(data: &Data, timeout: Duration) -> Arc<Remote> {
+    let remote: RemoteConfig = serde_json::from_value(
+        json!({ "url": data.nats, "subject": format!("{}.db", data.subject) }),
+    )
+    .unwrap();
+    let endpoint = Endpoint::from_config(&remote).unwrap();
+    let nats = Nats::connect(&endpoint, "fnmill iotier test")
+        .await
+        .unwrap();
+    assert!(nats.wait_connected(Duration::from_secs(30)).await);
+    let client = Remote::new(nats, "db", &remote.subject, timeout);
+    tokio::spawn(client.watch());
+    let ready = client.readiness();
+    wait_for(Duration::from_secs(60), "the IO tier to answer", || {
+        ready.is_ready()
+    })
+    .await;
+    client
+}
+
+/// `db` as function `function` sees it in event `e{i}`.
+fn db_for(client: &Arc<Remote>, function: &str, i: usize) -> Arc<dyn SqlSource> {
+    client
+        .sql("db")
+        .for_caller(&Caller {
+            function: function.into(),
+            route: Some("batch-test".into()),
+            event: Some(format!("e{i}").into()),
+            traceparent: None,
+        })
+        .unwrap()
+}
+
+/// Many calls at once through a real nats-server and a real IO process go in a few messages,
+/// and each gets its own answer: its own row, or its own refusal for a function the IO tier's
+/// config does not know, though refused and granted calls share the batches. An IO process that
+/// holds a batch and is killed fails every call of it as `unavailable` (and none of another
+/// batch); each is then retried, as a route would, and done by the other IO process.
+///
+/// The calls are made on this test's one thread, all before the link's task runs, so how they
+/// are batched is known: runs of up to `MAX_BATCH_CALLS` consecutive calls.
+#[tokio::test]
+async fn calls_in_flight_share_messages_and_each_gets_its_own_answer() {
+    let _heavy = HEAVY.lock().await;
+    let (nats, _server) = shared_nats();
+    let data = Data::new(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path(), &data, true, None);
+    let mut io = vec![Proc::start("io-0", "io", &config, &Data::secrets())];
+    io[0].ready(Duration::from_secs(60)).await;
+    let client = db_client(&data, Duration::from_secs(3)).await;
+    let statement = format!("select name from {} where id = $1", data.table);
+    let query = |function: &str, i: usize| {
+        db_for(&client, function, i).query(statement.clone(), vec![Value::Int(customer(i))])
+    };
+
+    // Every third call is by a function the IO tier grants nothing.
+    const N: usize = 600;
+    let before = client.batching();
+    let results = futures::future::join_all(
+        (0..N).map(|i| query(if i % 3 == 2 { "intruder" } else { "f" }, i)),
+    )
+    .await;
+    let after = client.batching();
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(rows) if i % 3 != 2 => assert_eq!(
+                rows.rows,
+                [[Value::Text(format!("customer {}", customer(i)))]],
+                "call {i} got another call's answer"
+            ),
+            Err(SqlError::NotGranted(m)) if i % 3 == 2 => {
+                assert!(m.contains("no function `intruder`"), "call {i}: {m}")
+            }
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    // A ping of the readiness watch may have joined them.
+    let (calls, batches) = (after.calls - before.calls, after.batches - before.batches);
+    eprintln!(
+        "{calls} calls in {batches} messages; {} answers in {} messages",
+        after.answers - before.answers,
+        after.answer_messages - before.answer_messages
+    );
+    assert!(calls >= N as u64, "{calls} calls sent");
+    assert!(
+        batches <= N.div_ceil(MAX_BATCH_CALLS) as u64 + 1,
+        "{calls} calls in {batches} messages: not batched"
+    );
+    let refused = metric(
+        &io[0].metrics(),
+        "fnmill_data_source_refused_total",
+        &["data_source=\"db\"", "reason=\"not-granted\""],
+    );
+    assert_eq!(refused, (N / 3) as f64, "refusals counted one by one");
+    assert!(
+        io[0].logged("function=intruder route=\"batch-test\" event=\"e2\""),
+        "each refusal is logged with its own caller:\n{}",
+        io[0].log_text()
+    );
+
+    // A second IO process; the first frozen, so the batches NATS hands it stay unanswered.
+    io.push(Proc::start("io-1", "io", &config, &Data::secrets()));
+    io[1].ready(Duration::from_secs(60)).await;
+    io[0].freeze();
+    const BATCH: usize = 100;
+    let mut failed: Vec<usize> = Vec::new();
+    let mut served_by_the_other = 0;
+    let mut round = 0;
+    while failed.is_empty() {
+        assert!(
+            round < 30,
+            "no batch reached the frozen IO process in 30 tries"
+        );
+        let from = N + round * BATCH;
+        let results = futures::future::join_all((from..from + BATCH).map(|i| query("f", i))).await;
+        let unavailable: Vec<usize> = results
+            .iter()
+            .zip(from..)
+            .filter(|(r, _)| matches!(r, Err(SqlError::Unavailable(_))))
+            .map(|(_, i)| i)
+            .collect();
+        for (r, i) in results.iter().zip(from..) {
+            match r {
+                Ok(rows) => assert_eq!(
+                    rows.rows,
+                    [[Value::Text(format!("customer {}", customer(i)))]],
+                    "call {i}"
+                ),
+                Err(SqlError::Unavailable(m)) => {
+                    assert!(m.contains("no IO-tier process answered"), "call {i}: {m}")
+                }
+                Err(e) => panic!("call {i}: {e:?}"),
+            }
+        }
+        // One batch, one IO process: all of it answered or none.
+        assert!(
+            unavailable.is_empty() || unavailable.len() == BATCH,
+            "{} of a batch of {BATCH} unavailable",
+            unavailable.len()
+        );
+        if unavailable.is_empty() {
+            served_by_the_other += 1;
+        }
+        failed = unavailable;
+        round += 1;
+    }
+    io[0].kill9();
+    // Each failed call again, with backoff, until done.
+    for &i in &failed {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match query("f", i).await {
+                Ok(rows) => {
+                    assert_eq!(
+                        rows.rows,
+                        [[Value::Text(format!("customer {}", customer(i)))]],
+                        "call {i} retried"
+                    );
+                    break;
+                }
+                Err(SqlError::Unavailable(m)) => {
+                    assert!(Instant::now() < deadline, "call {i} still unavailable: {m}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("call {i} retried: {e:?}"),
+            }
+        }
+    }
+    eprintln!(
+        "a batch of {BATCH} failed as unavailable with its frozen, then killed IO process after \
+         {served_by_the_other} served by the other; all retried and done"
+    );
+    drop(client);
+    io.pop().unwrap().stop();
     data.drop_table().await;
 }
 

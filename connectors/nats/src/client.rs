@@ -1,30 +1,40 @@
 //! The compute side: a data source served by the IO tier, behind the same capability traits an
 //! in-process pool implements ([`RemoteSql`], [`RemoteBucket`]).
 //!
-//! Each call is one NATS request on the data source's subject, answered by one IO-tier process
-//! of the queue group. Requests are pipelined: every call in flight shares the process's one
-//! connection, each waiting on its own reply inbox. A call that cannot be answered — NATS down,
-//! no IO-tier process subscribed, none answering within the timeout — fails as `unavailable`, so
-//! the route retries the event with backoff. A refusal by the IO tier (`not-granted`) is logged
-//! here too.
+//! Calls are pipelined and batched: every call in flight shares the process's one connection,
+//! and the calls to one subject queued while the link's task was busy leave together as one
+//! NATS message (a [`protocol::Batch`], up to [`MAX_BATCH_CALLS`] calls or [`MAX_BATCH_BYTES`]).
+//! The task sends as soon as it runs, so a lone call goes alone at once: batches form only from
+//! calls that would otherwise have queued behind each other. Answers come back to one inbox
+//! of this data source, several per message, each to its own call. Each call keeps its own
+//! deadline (the data source's timeout from when it was made), outcome and caller (trace
+//! context included).
+//!
+//! A call that cannot be answered — NATS down, no IO-tier process subscribed (every call of the
+//! batch), none answering within the timeout — fails as `unavailable`, so the route retries the
+//! event with backoff. A refusal by the IO tier (`not-granted`) is logged here too.
 //!
 //! [`Remote::readiness`] says whether the IO tier answers: every call's outcome updates it, and
 //! while no call comes a ping every few seconds does ([`Remote::watch`]).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_nats::client::RequestErrorKind;
-use async_nats::{Request as NatsRequest, Subject};
+use async_nats::{Message, StatusCode, Subject, Subscriber};
 use fnmill_connector_api::Readiness;
 use fnmill_connector_api::capability::Caller;
 use fnmill_connector_api::capability::kv::{Bucket, KvError};
 use fnmill_connector_api::capability::sql::{Rows, SqlError, SqlSource, Value};
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use crate::connection::Nats;
-use crate::protocol::{self, CallerRef, Op, Reply, RequestRef, WireError, WireValue};
+use crate::protocol::{
+    self, Answers, CallerRef, MessageWriter, Op, Reply, RequestRef, WireError, WireValue,
+};
 
 /// How often the IO tier is pinged while it answers, and while it does not.
 const PING_EVERY_READY: Duration = Duration::from_secs(5);
@@ -38,17 +48,64 @@ const SILENT: u8 = 2;
 /// Longest a readiness ping waits.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most calls in one message. Past a few dozen a larger batch saves little (the per-message
+/// cost is already shared) while one lost message would fail more calls at once.
+pub const MAX_BATCH_CALLS: usize = 128;
+
+/// A batch stops growing past this many bytes, far below NATS's default `max_payload` (1 MiB)
+/// so a batch of ordinary calls is never refused for its size; a larger call goes alone.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// How often the link forgets calls whose caller stopped waiting (timed out, cancelled) and
+/// whose answer never came.
+const FORGET_EVERY: Duration = Duration::from_secs(1);
+
 /// What every handle of one remote data source shares.
 pub struct Remote {
     nats: Nats,
+    health: Arc<Health>,
+    /// Longest one call waits for its answer.
+    timeout: Duration,
+    /// The task that batches this data source's calls and routes their answers, started by the
+    /// first call (on the runtime that makes calls).
+    link: OnceCell<mpsc::UnboundedSender<Queued>>,
+    stats: Arc<BatchStats>,
+}
+
+/// Whether the IO tier answers, shared by the calls and the link's task.
+struct Health {
     /// The data source's name, for logs.
     data_source: String,
     subject: Subject,
-    /// Longest one call waits for its answer.
-    timeout: Duration,
     readiness: Readiness,
     /// The last state logged (`UNKNOWN`, `ANSWERS`, `SILENT`), so each change is logged once.
     answered: AtomicU8,
+}
+
+/// Calls and the messages that carried them, both ways.
+#[derive(Debug, Default)]
+struct BatchStats {
+    calls: AtomicU64,
+    batches: AtomicU64,
+    answers: AtomicU64,
+    answer_messages: AtomicU64,
+}
+
+/// How much batching there was: calls sent, the messages they went in, answers received, the
+/// messages they came in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batching {
+    pub calls: u64,
+    pub batches: u64,
+    pub answers: u64,
+    pub answer_messages: u64,
+}
+
+/// A call waiting for the link's task to send it.
+struct Queued {
+    /// The request, encoded ([`protocol::encode_request`]).
+    request: Vec<u8>,
+    answer: oneshot::Sender<Result<Reply, NoAnswer>>,
 }
 
 /// Why a call got no answer.
@@ -63,17 +120,32 @@ impl Remote {
     pub fn new(nats: Nats, data_source: &str, subject: &str, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             nats,
-            data_source: data_source.to_string(),
-            subject: Subject::from(subject),
+            health: Arc::new(Health {
+                data_source: data_source.to_string(),
+                subject: Subject::from(subject),
+                readiness: Readiness::default(),
+                answered: AtomicU8::new(UNKNOWN),
+            }),
             timeout,
-            readiness: Readiness::default(),
-            answered: AtomicU8::new(UNKNOWN),
+            link: OnceCell::new(),
+            stats: Arc::default(),
         })
     }
 
     /// Whether the IO tier answers, for `/readyz`.
     pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
+        self.health.readiness.clone()
+    }
+
+    /// How much the calls were batched so far.
+    pub fn batching(&self) -> Batching {
+        let s = &self.stats;
+        Batching {
+            calls: s.calls.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            answers: s.answers.load(Ordering::Relaxed),
+            answer_messages: s.answer_messages.load(Ordering::Relaxed),
+        }
     }
 
     /// The data source's `sql` capability, for callers that [`SqlSource::for_caller`] names.
@@ -103,13 +175,13 @@ impl Remote {
                 let Some(remote) = weak.upgrade() else { return };
                 let ping = RequestRef {
                     caller: CallerRef::default(),
-                    target: &remote.data_source,
+                    target: &remote.health.data_source,
                     op: &Op::Ping,
                 };
                 let _ = remote
                     .request(&ping, PING_TIMEOUT.min(remote.timeout))
                     .await;
-                let wait = if remote.readiness.is_ready() {
+                let wait = if remote.health.readiness.is_ready() {
                     PING_EVERY_READY
                 } else {
                     PING_EVERY_NOT_READY
@@ -120,6 +192,121 @@ impl Remote {
         }
     }
 
+    /// The link's queue, starting its task on the first call.
+    async fn link(&self) -> Result<&mpsc::UnboundedSender<Queued>, NoAnswer> {
+        self.link
+            .get_or_try_init(|| async {
+                let client = self.nats.client();
+                let inbox = client.new_inbox();
+                let subscription = client.subscribe(format!("{inbox}.>")).await.map_err(|e| {
+                    NoAnswer::Unavailable(format!("cannot subscribe to the answers: {e}"))
+                })?;
+                let (queue, queued) = mpsc::unbounded_channel();
+                let link = Link {
+                    client: client.clone(),
+                    health: self.health.clone(),
+                    stats: self.stats.clone(),
+                    answers_to: format!("{inbox}.a"),
+                    batches: format!("{inbox}.b."),
+                    inbox,
+                    pending: HashMap::new(),
+                    next_id: 0,
+                };
+                tokio::spawn(link.run(subscription, queued));
+                Ok(queue)
+            })
+            .await
+    }
+
+    /// Sends `request` and waits up to `timeout` for the reply.
+    async fn request(
+        &self,
+        request: &RequestRef<'_>,
+        timeout: Duration,
+    ) -> Result<Reply, NoAnswer> {
+        if !self.nats.is_connected() {
+            let why = format!("NATS ({}) is not connected", self.nats.servers());
+            self.health.answered(false, &why);
+            return Err(NoAnswer::Unavailable(format!(
+                "{why}; the call was not sent"
+            )));
+        }
+        let call = async {
+            let queue = self.link().await?;
+            let (answer, answered) = oneshot::channel();
+            let queued = Queued {
+                request: protocol::encode_request(request),
+                answer,
+            };
+            queue.send(queued).map_err(|_| closed())?;
+            answered.await.map_err(|_| closed())?
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(answer) => answer,
+            // A slow answer is no sign the tier is gone: only silence on every call is.
+            Err(_) => Err(NoAnswer::Unavailable(format!(
+                "no IO-tier process answered on `{}` within {timeout:?}",
+                self.health.subject
+            ))),
+        }
+    }
+
+    /// Makes one call for `caller` and returns the reply, or why there was none.
+    async fn call(&self, caller: &Caller, target: &str, op: Op) -> Result<Reply, WireError> {
+        let name = op.name();
+        let request = RequestRef {
+            caller: CallerRef::from(caller),
+            target,
+            op: &op,
+        };
+        match self.request(&request, self.timeout).await {
+            Ok(Reply::Failed(WireError::NotGranted(message))) => {
+                tracing::warn!(
+                    data_source = %self.health.data_source,
+                    target,
+                    op = name,
+                    function = %caller.function,
+                    route = caller.route.as_deref().unwrap_or_default(),
+                    event = caller.event.as_deref().unwrap_or_default(),
+                    "The IO tier refused the call: {message}"
+                );
+                Err(WireError::NotGranted(message))
+            }
+            Ok(Reply::Failed(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(NoAnswer::Unavailable(why)) => Err(WireError::Unavailable(why)),
+        }
+    }
+}
+
+fn closed() -> NoAnswer {
+    NoAnswer::Unavailable("the link to the IO tier closed (the process is stopping)".into())
+}
+
+/// Adds to `taken` what the tasks that can run now queue, up to `cap`: yields first, so they run.
+///
+/// A task woken by another on the same worker runs right after it (tokio's LIFO slot), so
+/// without the yield the task draining a queue would always find one item: the call that woke
+/// it. The yield waits for nothing but the tasks already runnable; with none, it is back at
+/// once, and a lone call or answer goes alone.
+pub(crate) async fn more<T>(
+    queue: &mut mpsc::UnboundedReceiver<T>,
+    taken: &mut Vec<T>,
+    cap: usize,
+) {
+    if taken.len() >= cap {
+        return;
+    }
+    tokio::task::yield_now().await;
+    while taken.len() < cap {
+        match queue.try_recv() {
+            Ok(item) => taken.push(item),
+            Err(_) => break,
+        }
+    }
+}
+
+impl Health {
     /// Records whether the IO tier answered, logging each change once.
     fn answered(&self, yes: bool, why: &str) {
         self.readiness.set(yes);
@@ -141,79 +328,142 @@ impl Remote {
             }
         }
     }
+}
 
-    /// Sends `request` and waits up to `timeout` for the reply.
-    async fn request(
-        &self,
-        request: &RequestRef<'_>,
-        timeout: Duration,
-    ) -> Result<Reply, NoAnswer> {
-        if !self.nats.is_connected() {
-            let why = format!("NATS ({}) is not connected", self.nats.servers());
-            self.answered(false, &why);
-            return Err(NoAnswer::Unavailable(format!(
-                "{why}; the call was not sent"
-            )));
-        }
-        let body = protocol::encode(request);
-        let sent = self
-            .nats
-            .client()
-            .send_request(
-                self.subject.clone(),
-                NatsRequest::new().payload(body).timeout(Some(timeout)),
-            )
-            .await;
-        let message = match sent {
-            Ok(m) => m,
-            Err(e) => {
-                let why = match e.kind() {
-                    RequestErrorKind::NoResponders => format!(
-                        "no IO-tier process serves `{}` (no responders)",
-                        self.subject
-                    ),
-                    RequestErrorKind::TimedOut => format!(
-                        "no IO-tier process answered on `{}` within {timeout:?}",
-                        self.subject
-                    ),
-                    _ => format!("NATS request on `{}` failed: {e}", self.subject),
-                };
-                // A slow answer is no sign the tier is gone: only silence on every call is.
-                if e.kind() != RequestErrorKind::TimedOut {
-                    self.answered(false, &why);
+/// The task of one remote data source: sends the queued calls in batches and hands each answer
+/// to its call.
+///
+/// A batch's reply subject is `<inbox>.b.<first call>.<calls>`, its calls numbered one after
+/// another: NATS's "no responders" notice comes there, with no body, and fails exactly those
+/// calls. Answers come to `<inbox>.a` (the batches' `answers_to`), each naming its call.
+struct Link {
+    client: async_nats::Client,
+    health: Arc<Health>,
+    stats: Arc<BatchStats>,
+    inbox: String,
+    answers_to: String,
+    /// `<inbox>.b.`
+    batches: String,
+    /// The calls sent and not answered yet, by number.
+    pending: HashMap<u64, oneshot::Sender<Result<Reply, NoAnswer>>>,
+    next_id: u64,
+}
+
+impl Link {
+    async fn run(mut self, mut answers: Subscriber, mut queue: mpsc::UnboundedReceiver<Queued>) {
+        let mut taken = Vec::with_capacity(MAX_BATCH_CALLS);
+        let mut forget = tokio::time::interval(FORGET_EVERY);
+        forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Answers first: they free callers, and their calls' memory.
+                biased;
+                message = answers.next() => match message {
+                    Some(message) => self.on_message(message),
+                    None => break,
+                },
+                n = queue.recv_many(&mut taken, MAX_BATCH_CALLS) => {
+                    if n == 0 {
+                        break;
+                    }
+                    more(&mut queue, &mut taken, MAX_BATCH_CALLS).await;
+                    self.send(&mut taken).await;
                 }
-                return Err(NoAnswer::Unavailable(why));
+                _ = forget.tick() => self.pending.retain(|_, call| !call.is_closed()),
             }
-        };
-        self.answered(true, "");
-        protocol::decode::<Reply>(&message.payload)
-            .map_err(|e| NoAnswer::Unavailable(format!("unreadable answer from the IO tier: {e}")))
+        }
+        tracing::debug!(inbox = %self.inbox, "The IO tier link stopped");
     }
 
-    /// Makes one call for `caller` and returns the reply, or why there was none.
-    async fn call(&self, caller: &Caller, target: &str, op: Op) -> Result<Reply, WireError> {
-        let name = op.name();
-        let request = RequestRef {
-            caller: CallerRef::from(caller),
-            target,
-            op: &op,
-        };
-        match self.request(&request, self.timeout).await {
-            Ok(Reply::Failed(WireError::NotGranted(message))) => {
-                tracing::warn!(
-                    data_source = %self.data_source,
-                    target,
-                    op = name,
-                    function = %caller.function,
-                    route = caller.route.as_deref().unwrap_or_default(),
-                    event = caller.event.as_deref().unwrap_or_default(),
-                    "The IO tier refused the call: {message}"
-                );
-                Err(WireError::NotGranted(message))
+    /// Sends the calls in `taken` (emptying it) in as few batches as the size caps allow.
+    async fn send(&mut self, taken: &mut Vec<Queued>) {
+        let mut calls = taken.drain(..).filter(|q| !q.answer.is_closed()).peekable();
+        while calls.peek().is_some() {
+            let first = self.next_id;
+            let mut batch = MessageWriter::batch(&self.answers_to);
+            while let Some(call) = calls
+                .next_if(|c| batch.is_empty() || batch.size() + c.request.len() <= MAX_BATCH_BYTES)
+            {
+                let id = self.next_id;
+                self.next_id += 1;
+                batch.push(id, &call.request);
+                self.pending.insert(id, call.answer);
             }
-            Ok(Reply::Failed(e)) => Err(e),
-            Ok(reply) => Ok(reply),
-            Err(NoAnswer::Unavailable(why)) => Err(WireError::Unavailable(why)),
+            let n = batch.len() as u64;
+            self.stats.calls.fetch_add(n, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            let reply = format!("{}{first}.{n}", self.batches);
+            if let Err(e) = self
+                .client
+                .publish_with_reply(self.health.subject.clone(), reply, batch.finish())
+                .await
+            {
+                let why = format!("NATS request on `{}` failed: {e}", self.health.subject);
+                self.health.answered(false, &why);
+                self.fail(first, n, || Err(NoAnswer::Unavailable(why.clone())));
+            }
+        }
+    }
+
+    /// Ends calls `first`.. (`n` of them) still waiting with `answer`.
+    fn fail(&mut self, first: u64, n: u64, answer: impl Fn() -> Result<Reply, NoAnswer>) {
+        for id in first..first.saturating_add(n) {
+            if let Some(call) = self.pending.remove(&id) {
+                let _ = call.send(answer());
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: Message) {
+        // `<first>.<n>` of a batch's own reply subject, if it is one (no batch is larger).
+        let batch = message
+            .subject
+            .strip_prefix(self.batches.as_str())
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(first, n)| Some((first.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+            .map(|(first, n)| (first, n.min(MAX_BATCH_CALLS as u64)));
+        if message.status == Some(StatusCode::NO_RESPONDERS) {
+            let why = format!(
+                "no IO-tier process serves `{}` (no responders)",
+                self.health.subject
+            );
+            self.health.answered(false, &why);
+            if let Some((first, n)) = batch {
+                self.fail(first, n, || Err(NoAnswer::Unavailable(why.clone())));
+            }
+            return;
+        }
+        match protocol::decode::<Answers>(&message.payload) {
+            Ok(Answers::Replies(replies)) => {
+                self.health.answered(true, "");
+                self.stats
+                    .answers
+                    .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                self.stats.answer_messages.fetch_add(1, Ordering::Relaxed);
+                for (id, reply) in replies {
+                    if let Some(call) = self.pending.remove(&id) {
+                        let _ = call.send(Ok(reply));
+                    }
+                }
+            }
+            Ok(Answers::Refused(e)) => {
+                self.health.answered(true, "");
+                if let Some((first, n)) = batch {
+                    self.fail(first, n, || Ok(Reply::Failed(e.clone())));
+                }
+            }
+            Err(e) => match batch {
+                // Another version's answer to a whole batch (its refusal, most likely).
+                Some((first, n)) => {
+                    let why = format!("unreadable answer from the IO tier: {e}");
+                    self.fail(first, n, || Err(NoAnswer::Unavailable(why.clone())));
+                }
+                None => tracing::debug!(
+                    subject = %message.subject,
+                    error = %e,
+                    "An unreadable answer from the IO tier; its calls time out"
+                ),
+            },
         }
     }
 }

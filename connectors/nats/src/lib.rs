@@ -17,6 +17,6 @@ pub mod connection;
 pub mod protocol;
 pub mod server;
 
-pub use client::{Remote, RemoteBucket, RemoteSql};
+pub use client::{Batching, Remote, RemoteBucket, RemoteSql};
 pub use connection::{Endpoint, Nats, check};
 pub use server::{GrantTable, ObservedCall, Observer, QUEUE_GROUP, Served, Server, ServerStats};

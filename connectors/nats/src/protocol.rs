@@ -1,12 +1,19 @@
-//! The messages between a compute replica and the IO tier: one [`Request`] per capability call,
-//! one [`Reply`] to it, each a NATS message body of one version byte ([`VERSION`]) followed by
-//! the message in postcard (serde's data model, integers as varints, strings and byte strings
-//! length-prefixed). A `sql` call with one parameter is a few dozen bytes plus its statement.
+//! The messages between a compute replica and the IO tier, each a NATS message body of one
+//! version byte ([`VERSION`]) followed by the message in postcard (serde's data model, integers
+//! as varints, strings and byte strings length-prefixed). A `sql` call with one parameter is a
+//! few dozen bytes plus its statement.
+//!
+//! Calls travel in batches: a compute replica sends the calls it has queued for one subject as
+//! one [`Batch`] (a lone call is a batch of one, sent at once), each [`Call`] numbered; the IO
+//! tier sends the [`Answers`] that are ready together to the batch's `answers_to` subject, each
+//! naming its call's number, so answers to calls of several batches can share a message and no
+//! call waits for a slower one. A batch that cannot be read is refused as a whole
+//! ([`Answers::Refused`]) on the batch's own reply subject.
 //!
 //! Any change to these types that an older peer could not read takes a new [`VERSION`]: a peer
-//! answers a request of another version with [`WireError::BadRequest`], which the caller treats
+//! answers a message of another version with [`WireError::BadRequest`], which the caller treats
 //! as `unavailable`, so during a rolling upgrade a call is retried until it reaches a replica
-//! that speaks its version.
+//! that speaks its version. Version 1 had one request per message; version 2 batches them.
 
 use fnmill_connector_api::capability::Caller;
 use fnmill_connector_api::capability::kv::KvError;
@@ -14,7 +21,7 @@ use fnmill_connector_api::capability::sql::{Rows, SqlError, Value};
 use serde::{Deserialize, Serialize};
 
 /// The version byte that starts every message.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// A capability call: who makes it, what it reaches, what it does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +31,104 @@ pub struct Request {
     /// The data source (`sql`) or bucket (`keyvalue`) the call names.
     pub target: String,
     pub op: Op,
+}
+
+/// Calls to one subject, sent as one message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Where the answers go: a subject of the caller's own, shared by all its batches.
+    pub answers_to: String,
+    pub calls: Vec<Call>,
+}
+
+/// One call of a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// The caller's number for the call, unique among its calls in flight; its answer names it.
+    pub id: u64,
+    pub request: Request,
+}
+
+/// What the IO tier sends back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Answers {
+    /// Answers to calls, by call number, from one batch or several.
+    Replies(Vec<(u64, Reply)>),
+    /// The batch could not be read (another version, a corrupt message): every call in it
+    /// fails. Sent to the batch's reply subject, since its `answers_to` is unknown.
+    Refused(WireError),
+}
+
+/// Builds a [`Batch`] or [`Answers::Replies`] body from items encoded one at a time
+/// ([`encode_request`], [`encode_reply`]), without decoding or copying them again: postcard
+/// writes a struct or tuple as its fields one after another and a sequence as its length then
+/// its items, so the concatenation is the whole message's encoding.
+pub struct MessageWriter {
+    /// What comes before the items: the version byte and the fields before the sequence.
+    head: Vec<u8>,
+    /// Each item as its call number then its encoding.
+    items: Vec<u8>,
+    count: u64,
+}
+
+impl MessageWriter {
+    /// A [`Batch`] whose answers go to `answers_to`.
+    pub fn batch(answers_to: &str) -> Self {
+        let head = postcard::to_extend(&answers_to, vec![VERSION]).expect("encoding a string");
+        Self::with_head(head)
+    }
+
+    /// An [`Answers::Replies`] (variant 0, a varint).
+    pub fn answers() -> Self {
+        Self::with_head(vec![VERSION, 0])
+    }
+
+    fn with_head(head: Vec<u8>) -> Self {
+        Self {
+            head,
+            items: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Adds call `id`'s request ([`encode_request`]) or reply ([`encode_reply`]).
+    pub fn push(&mut self, id: u64, item: &[u8]) {
+        self.items =
+            postcard::to_extend(&id, std::mem::take(&mut self.items)).expect("encoding an integer");
+        self.items.extend_from_slice(item);
+        self.count += 1;
+    }
+
+    /// Items so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes the message would have now, at most.
+    pub fn size(&self) -> usize {
+        self.head.len() + 10 + self.items.len()
+    }
+
+    /// The message body.
+    pub fn finish(self) -> bytes::Bytes {
+        let mut body = postcard::to_extend(&self.count, self.head).expect("encoding an integer");
+        body.extend_from_slice(&self.items);
+        bytes::Bytes::from(body)
+    }
+}
+
+/// A request's encoding inside a [`Batch`] (no version byte: the batch has it).
+pub fn encode_request(request: &RequestRef<'_>) -> Vec<u8> {
+    postcard::to_stdvec(request).expect("encoding a protocol message")
+}
+
+/// A reply's encoding inside [`Answers::Replies`].
+pub fn encode_reply(reply: &Reply) -> Vec<u8> {
+    postcard::to_stdvec(reply).expect("encoding a protocol message")
 }
 
 /// A [`Request`] to encode, borrowing what the caller holds (same encoding).
@@ -403,9 +508,144 @@ mod tests {
         let e = decode::<Reply>(&body).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "protocol version 9; this fnmill speaks version 1"
+            "protocol version 9; this fnmill speaks version 2"
         );
         assert!(matches!(decode::<Reply>(&[]), Err(DecodeError::Empty)));
+    }
+
+    fn request(function: &str, id: i64) -> Request {
+        Request {
+            caller: WireCaller {
+                function: function.into(),
+                route: Some("orders".into()),
+                event: Some(format!("e{id}")),
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            },
+            target: "orders_db".into(),
+            op: Op::Query {
+                statement: "select name from customers where id = $1".into(),
+                params: vec![WireValue::Int(id)],
+            },
+        }
+    }
+
+    fn borrowed(r: &Request) -> Vec<u8> {
+        encode_request(&RequestRef {
+            caller: CallerRef {
+                function: &r.caller.function,
+                route: r.caller.route.as_deref(),
+                event: r.caller.event.as_deref(),
+                traceparent: r.caller.traceparent.as_deref(),
+            },
+            target: &r.target,
+            op: &r.op,
+        })
+    }
+
+    /// A batch written call by call reads back as the [`Batch`] of those calls, each with its
+    /// number and its own caller (trace context included).
+    #[test]
+    fn a_batch_reads_back_call_by_call() {
+        let calls: Vec<Call> = (0..5)
+            .map(|i| Call {
+                id: 1_000 + i as u64 * 300,
+                request: request(if i % 2 == 0 { "f" } else { "intruder" }, i),
+            })
+            .collect();
+        let mut writer = MessageWriter::batch("_INBOX.abc.a");
+        for c in &calls {
+            writer.push(c.id, &borrowed(&c.request));
+        }
+        assert_eq!(writer.len(), 5);
+        let size = writer.size();
+        let body = writer.finish();
+        assert!(body.len() <= size, "{} > {size}", body.len());
+        let batch: Batch = decode(&body).unwrap();
+        assert_eq!(
+            batch,
+            Batch {
+                answers_to: "_INBOX.abc.a".into(),
+                calls: calls.clone()
+            }
+        );
+        assert_eq!(encode(&batch), body, "the same bytes as encoding it whole");
+        // A batch of one is a batch too.
+        let mut one = MessageWriter::batch("x");
+        one.push(7, &borrowed(&calls[0].request));
+        let read: Batch = decode(&one.finish()).unwrap();
+        assert_eq!((read.calls.len(), read.calls[0].id), (1, 7));
+    }
+
+    #[test]
+    fn answers_read_back_by_call_number() {
+        let replies = vec![
+            (
+                3,
+                Reply::Rows {
+                    columns: vec!["name".into()],
+                    rows: vec![vec![WireValue::Text("customer 3".into())]],
+                },
+            ),
+            (u64::MAX, Reply::Failed(WireError::NotGranted("no".into()))),
+            (0, Reply::Pong),
+        ];
+        let mut writer = MessageWriter::answers();
+        for (id, reply) in &replies {
+            writer.push(*id, &encode_reply(reply));
+        }
+        assert!(!writer.is_empty());
+        let body = writer.finish();
+        assert_eq!(
+            decode::<Answers>(&body).unwrap(),
+            Answers::Replies(replies.clone())
+        );
+        assert_eq!(encode(&Answers::Replies(replies)), body);
+        let refused = Answers::Refused(WireError::BadRequest("version 9".into()));
+        assert_eq!(decode::<Answers>(&encode(&refused)).unwrap(), refused);
+        let empty = MessageWriter::answers();
+        assert!(empty.is_empty());
+        assert_eq!(
+            decode::<Answers>(&empty.finish()).unwrap(),
+            Answers::Replies(vec![])
+        );
+    }
+
+    /// A version-1 request (one call per message) is not read as a batch, and a batch is not
+    /// read by a peer of another version: both are named, so the peer can refuse it.
+    #[test]
+    fn a_batch_of_another_version_is_refused_by_name() {
+        let mut body = encode(&request("f", 1)).to_vec();
+        body[0] = 1;
+        let e = decode::<Batch>(&body).unwrap_err();
+        assert!(matches!(e, DecodeError::Version(1)), "{e}");
+        let mut writer = MessageWriter::batch("a");
+        writer.push(1, &borrowed(&request("f", 1)));
+        let mut body = writer.finish().to_vec();
+        body[0] = 3;
+        assert!(matches!(
+            decode::<Batch>(&body),
+            Err(DecodeError::Version(3))
+        ));
+    }
+
+    /// A batch cut short anywhere is an error, never a shorter batch read as if whole.
+    #[test]
+    fn a_truncated_batch_is_malformed() {
+        let mut writer = MessageWriter::batch("_INBOX.abc.a");
+        for i in 0..3 {
+            writer.push(i, &borrowed(&request("f", i as i64)));
+        }
+        let body = writer.finish();
+        for cut in 1..body.len() {
+            let e = decode::<Batch>(&body[..cut]).unwrap_err();
+            assert!(matches!(e, DecodeError::Malformed(_)), "cut at {cut}: {e}");
+        }
+        let mut answers = MessageWriter::answers();
+        answers.push(1, &encode_reply(&Reply::Counter(5)));
+        let body = answers.finish();
+        for cut in 1..body.len() {
+            assert!(decode::<Answers>(&body[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

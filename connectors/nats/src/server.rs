@@ -7,26 +7,33 @@
 //! request is checked against this process's own grants ([`GrantTable`]) before anything is
 //! touched: a compute replica's word is not enough to reach a data source.
 //!
-//! Requests are served concurrently, up to [`MAX_IN_FLIGHT`] per subscription; the pool's own
-//! bound (its size and `wait_timeout`) decides how many reach the database at once. At shutdown
-//! the subscription is drained: no new request is taken, those already taken are answered.
+//! Requests come in batches ([`protocol::Batch`]); every call of a batch is served on its own,
+//! concurrently, up to [`MAX_IN_FLIGHT`] per subscription, the pool's own bound (its size and
+//! `wait_timeout`) deciding how many reach the database at once. Each answer goes out as soon as
+//! its call is done, in one message with the other answers to the same caller that are ready
+//! at that moment ([`protocol::Answers`]): a call never waits for a slower one of its batch,
+//! and answers share a message only when they were ready together anyway. At shutdown the
+//! subscription is drained: no new request is taken, those already taken are answered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::Subject;
 use fnmill_connector_api::Readiness;
 use fnmill_connector_api::capability::kv::Bucket;
 use fnmill_connector_api::capability::sql::{SqlSource, Value};
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::connection::Nats;
-use crate::protocol::{self, Op, Reply, Request, WireCaller, WireError};
+use crate::protocol::{
+    self, Answers, Batch, MessageWriter, Op, Reply, Request, WireCaller, WireError,
+};
 
 /// The queue group every IO-tier process joins on a data source's subject.
 pub const QUEUE_GROUP: &str = "fnmill-io";
@@ -35,6 +42,11 @@ pub const QUEUE_GROUP: &str = "fnmill-io";
 /// Far above any pool's size, so the pool (not this) is what makes callers wait, while a flood
 /// cannot spawn without bound.
 pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// Most answers in one message, and the size past which a message of answers stops growing
+/// (far below NATS's default `max_payload` of 1 MiB; a larger answer goes alone).
+const MAX_ANSWERS: usize = 128;
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How often readiness follows the connection's state.
 const READINESS_EVERY: Duration = Duration::from_millis(250);
@@ -202,6 +214,8 @@ impl Server {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let tasks = TaskTracker::new();
+        let (answers, ready) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_answers(client.clone(), ready));
         let mut tick = tokio::time::interval(READINESS_EVERY);
         let mut draining = false;
         loop {
@@ -221,40 +235,55 @@ impl Server {
                     let Some(reply_to) = message.reply else {
                         continue;
                     };
-                    let permit = permits.clone().acquire_owned().await.expect("never closed");
-                    let this = this.clone();
-                    let client = client.clone();
-                    tasks.spawn(async move {
-                        let reply = this.serve(&message.payload).await;
-                        if let Err(e) = client.publish(reply_to, protocol::encode(&reply)).await {
-                            tracing::debug!(error = %e, "Could not send an answer; its caller times out and retries");
+                    let batch: Batch = match protocol::decode(&message.payload) {
+                        Ok(batch) => batch,
+                        Err(e) => {
+                            this.unreadable(&e);
+                            let refused = Answers::Refused(WireError::BadRequest(e.to_string()));
+                            if let Err(e) = client.publish(reply_to, protocol::encode(&refused)).await {
+                                tracing::debug!(error = %e, "Could not refuse a batch; its callers time out and retry");
+                            }
+                            continue;
                         }
-                        drop(permit);
-                    });
+                    };
+                    let to = Subject::from(batch.answers_to);
+                    for call in batch.calls {
+                        let permit = permits.clone().acquire_owned().await.expect("never closed");
+                        let this = this.clone();
+                        let (to, answers) = (to.clone(), answers.clone());
+                        tasks.spawn(async move {
+                            let reply = this.serve(call.request).await;
+                            let body = (call.id, protocol::encode_reply(&reply));
+                            // The writer outlives every call task.
+                            let _ = answers.send((to, body));
+                            drop(permit);
+                        });
+                    }
                 }
             }
         }
         this.readiness.set(false);
         tasks.close();
         tasks.wait().await;
+        drop(answers);
+        let _ = writer.await;
+        // Answers of the drained calls leave before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
         Ok(())
     }
 
-    /// The answer to one request.
-    async fn serve(&self, body: &[u8]) -> Reply {
-        let request: Request = match protocol::decode(body) {
-            Ok(r) => r,
-            Err(e) => {
-                self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    data_source = %self.data_source,
-                    subject = %self.subject,
-                    error = %e,
-                    "Refused a request that cannot be read"
-                );
-                return Reply::Failed(WireError::BadRequest(e.to_string()));
-            }
-        };
+    fn unreadable(&self, e: &protocol::DecodeError) {
+        self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            data_source = %self.data_source,
+            subject = %self.subject,
+            error = %e,
+            "Refused a request that cannot be read"
+        );
+    }
+
+    /// The answer to one call.
+    async fn serve(&self, request: Request) -> Reply {
         if request.op == Op::Ping {
             return Reply::Pong;
         }
@@ -359,6 +388,47 @@ impl Server {
             (Served::Sql { .. }, _) => not_here("data source"),
             (Served::Buckets(_), _) => not_here("data source"),
         }
+    }
+}
+
+/// Sends the answers handed to it (destination, call number, [`protocol::encode_reply`]): what is ready
+/// when it runs goes out at once, one message per destination (and per size cap). Never waits
+/// for more: a lone answer leaves alone.
+async fn write_answers(
+    client: async_nats::Client,
+    mut ready: mpsc::UnboundedReceiver<(Subject, (u64, Vec<u8>))>,
+) {
+    let mut taken = Vec::with_capacity(MAX_ANSWERS);
+    let mut messages: Vec<(Subject, MessageWriter)> = Vec::new();
+    while ready.recv_many(&mut taken, MAX_ANSWERS).await > 0 {
+        crate::client::more(&mut ready, &mut taken, MAX_ANSWERS).await;
+        for (to, (id, body)) in taken.drain(..) {
+            let at = match messages.iter().position(|(t, _)| *t == to) {
+                Some(at) => at,
+                None => {
+                    messages.push((to, MessageWriter::answers()));
+                    messages.len() - 1
+                }
+            };
+            let full = {
+                let writer = &messages[at].1;
+                !writer.is_empty() && writer.size() + body.len() > MAX_ANSWER_BYTES
+            };
+            if full {
+                let writer = std::mem::replace(&mut messages[at].1, MessageWriter::answers());
+                publish(&client, messages[at].0.clone(), writer).await;
+            }
+            messages[at].1.push(id, &body);
+        }
+        for (to, writer) in messages.drain(..) {
+            publish(&client, to, writer).await;
+        }
+    }
+}
+
+async fn publish(client: &async_nats::Client, to: Subject, answers: MessageWriter) {
+    if let Err(e) = client.publish(to, answers.finish()).await {
+        tracing::debug!(error = %e, "Could not send answers; their callers time out and retry");
     }
 }
 
