@@ -18,6 +18,8 @@ fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>) {
     kafka_support::produce_events(brokers, topic, ids, 20);
 }
 
+// The deadlines only bound a hang: a run takes about 9 s alone, and several times that on a
+// machine shared with other builds.
 #[test]
 fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     let mock = MockCluster::new(1).expect("mock cluster");
@@ -30,7 +32,7 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     produce(&brokers, &route.input, 0..2_000);
     let mut run = Running::start(&route.write("fnmill"), dir.path().join("run.log"));
     let output = || count(&brokers, &route.output);
-    wait_until(Duration::from_secs(60), "the first outputs", || {
+    wait_until(Duration::from_secs(120), "the first outputs", || {
         assert!(run.alive(), "fnmill exited: {}", run.log_text());
         output() >= 2_000
     });
@@ -38,14 +40,14 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     // 1. The broker goes away: fnmill notices (and says so), then resumes when it is back.
     mock.broker_down(-1).unwrap();
     wait_until(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "fnmill to report the broker down",
         || run.log_text().contains("brokers unreachable"),
     );
     mock.broker_up(-1).unwrap();
     produce(&brokers, &route.input, 2_000..4_000);
     wait_until(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "progress after the broker is back",
         || {
             assert!(run.alive(), "fnmill exited: {}", run.log_text());
@@ -61,7 +63,7 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8],
     );
     wait_until(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "progress after Produce errors",
         || {
             assert!(run.alive(), "fnmill exited: {}", run.log_text());
@@ -76,7 +78,7 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     );
     produce(&brokers, &route.input, 6_000..8_000);
     wait_until(
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         "progress after OffsetCommit errors",
         || {
             assert!(run.alive(), "fnmill exited: {}", run.log_text());
