@@ -196,7 +196,32 @@ impl Batch {
 }
 
 /// The producer's context: receives delivery reports on librdkafka's callback thread.
-struct SinkContext;
+#[derive(Clone)]
+struct SinkContext {
+    /// Which producer a log line is about, when sinks with different properties run one each.
+    producer: Arc<str>,
+}
+
+impl SinkContext {
+    /// Names the producer of `config` by its brokers and the names of the properties it sets
+    /// (never their values: a careless config may hold a secret in `properties`).
+    fn for_config(config: &KafkaSinkConfig) -> Self {
+        let names: Vec<&str> = config
+            .properties
+            .keys()
+            .chain(config.secret_properties.keys())
+            .map(String::as_str)
+            .collect();
+        let producer = if names.is_empty() {
+            config.brokers.clone()
+        } else {
+            format!("{} with {}", config.brokers, names.join(", "))
+        };
+        Self {
+            producer: producer.into(),
+        }
+    }
+}
 
 impl ClientContext for SinkContext {
     fn error(&self, error: RdKafkaError, reason: &str) {
@@ -204,9 +229,18 @@ impl ClientContext for SinkContext {
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown)
         ) {
-            warn!(error = %reason, "Kafka producer: brokers unreachable; retrying");
+            warn!(
+                producer = %self.producer,
+                error = %reason,
+                "Kafka producer: brokers unreachable; retrying"
+            );
         } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            error!(error = %error, reason, "Kafka producer: fatal error; it will be replaced");
+            error!(
+                producer = %self.producer,
+                error = %error,
+                reason,
+                "Kafka producer: fatal error; it will be replaced"
+            );
         }
     }
 }
@@ -254,16 +288,18 @@ type SharedProducer = ThreadedProducer<SinkContext>;
 /// The producer of one cluster config, replaced by a fresh one after a fatal error.
 struct ProducerSlot {
     config: ClientConfig,
+    context: SinkContext,
     current: RwLock<Arc<SharedProducer>>,
 }
 
 impl ProducerSlot {
-    fn new(config: ClientConfig) -> Result<Self, KafkaError> {
+    fn new(config: ClientConfig, context: SinkContext) -> Result<Self, KafkaError> {
         let producer = config
-            .create_with_context(SinkContext)
+            .create_with_context(context.clone())
             .map_err(KafkaError::Client)?;
         Ok(Self {
             config,
+            context,
             current: RwLock::new(Arc::new(producer)),
         })
     }
@@ -282,14 +318,23 @@ impl ProducerSlot {
         };
         let mut slot = self.current.write().unwrap_or_else(|p| p.into_inner());
         if Arc::ptr_eq(&slot, &current) {
-            match self.config.create_with_context(SinkContext) {
+            match self.config.create_with_context(self.context.clone()) {
                 Ok(fresh) => {
-                    warn!(error = ?code, reason, "Kafka producer: replaced after its fatal error");
+                    warn!(
+                        producer = %self.context.producer,
+                        error = ?code,
+                        reason,
+                        "Kafka producer: replaced after its fatal error"
+                    );
                     let old = std::mem::replace(&mut *slot, Arc::new(fresh));
                     // Dropping purges and flushes for up to half a second: not on this thread.
                     std::thread::spawn(move || drop(old));
                 }
-                Err(e) => error!(error = %e, "Kafka producer: could not create a replacement"),
+                Err(e) => error!(
+                    producer = %self.context.producer,
+                    error = %e,
+                    "Kafka producer: could not create a replacement"
+                ),
             }
         }
         slot.clone()
@@ -338,7 +383,7 @@ impl KafkaSink {
         let producer = match producers.get(&key).and_then(Weak::upgrade) {
             Some(p) => p,
             None => {
-                let p = Arc::new(ProducerSlot::new(client)?);
+                let p = Arc::new(ProducerSlot::new(client, SinkContext::for_config(&config))?);
                 producers.insert(key, Arc::downgrade(&p));
                 p
             }
@@ -449,6 +494,32 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A producer's log lines name its brokers and the properties it sets, never their values.
+    #[test]
+    fn a_producer_is_named_by_brokers_and_property_names_only() {
+        let mut c = KafkaSinkConfig::new("b1:9092,b2:9092", None);
+        assert_eq!(&*SinkContext::for_config(&c).producer, "b1:9092,b2:9092");
+        c.properties
+            .insert("linger.ms".into(), PropertyValue::Integer(20));
+        c.properties.insert(
+            "sasl.password".into(),
+            PropertyValue::Text("careless".into()),
+        );
+        c.secret_properties.insert(
+            "ssl.key.password".into(),
+            SecretProperty {
+                env: Some("PW".into()),
+                file: None,
+            },
+        );
+        let name = SinkContext::for_config(&c).producer;
+        assert_eq!(
+            &*name,
+            "b1:9092,b2:9092 with linger.ms, sasl.password, ssl.key.password"
+        );
+        assert!(!name.contains("careless") && !name.contains("20"));
+    }
 
     #[test]
     fn too_large_is_permanent_and_timeouts_are_retryable() {
