@@ -4,7 +4,8 @@
 //! against the same broker. Prints both and their ratio (goal ≥ 0.9, aim ≥ 1.0).
 //!
 //! `cargo bench --bench amqp` (add `-- --messages N` to change the count, `--rounds R` for R
-//! rounds, the processor that runs first alternating, medians and each round printed). Needs RabbitMQ at
+//! rounds, the processor that runs first alternating, medians and each round printed;
+//! `--sink-channels N` for the sink's `channels` instead of the default). Needs RabbitMQ at
 //! `FNMILL_TEST_AMQP_URL` (default 127.0.0.1:5672, guest/guest).
 
 use fnmill_testkit::amqp_common;
@@ -110,6 +111,9 @@ async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> M
     let dir = tempfile::tempdir().unwrap();
     let mut route = AmqpRoute::new(input, output, None, common::guest("echo"));
     route.prefetch = PREFETCH;
+    if let Some(channels) = arg("--sink-channels") {
+        route.out_sink_extra = format!("channels = {channels}");
+    }
     let config = fnmill::config::load(&route.write(dir.path())).unwrap();
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
