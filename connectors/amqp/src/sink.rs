@@ -57,6 +57,9 @@ const PERSISTENT: u8 = 2;
 /// Hand-overs a pipe's queue holds before `enqueue` waits (backpressure towards the pipeline).
 const PIPE_QUEUE: usize = 256;
 
+/// How long closing the connection may take at shutdown.
+const CLOSE_CONNECTION: Duration = Duration::from_secs(2);
+
 /// Records a pipe keeps outstanding before it waits for confirms: RabbitMQ's throughput grows
 /// with outstanding confirms up to a few hundred.
 const MAX_OUTSTANDING: usize = 1024;
@@ -203,22 +206,41 @@ impl Sink for AmqpSink {
         })
     }
 
+    /// Waits for the pipes to confirm what they hold, then closes the connection; bounded by
+    /// `confirm_timeout` (plus a moment for the connection), so a broker that stops answering
+    /// cannot hold the process at shutdown. What was not confirmed was not acknowledged at the
+    /// source either: it is delivered and published again.
     fn close(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let mut waits = Vec::new();
-            for pipe in &self.pipes {
-                let (tx, rx) = oneshot::channel();
-                if pipe.send(Command::Close(tx)).await.is_ok() {
-                    waits.push(rx);
+            let pipes = async {
+                let mut waits = Vec::new();
+                for pipe in &self.pipes {
+                    let (tx, rx) = oneshot::channel();
+                    if pipe.send(Command::Close(tx)).await.is_ok() {
+                        waits.push(rx);
+                    }
                 }
-            }
-            for wait in waits {
-                let _ = wait.await;
-            }
+                for wait in waits {
+                    let _ = wait.await;
+                }
+            };
+            let bound = self.shared.confirm_timeout;
+            let finished = tokio::time::timeout(bound, pipes).await.is_ok();
             if let Some(connection) = self.shared.connector.connection.lock().await.take() {
-                let _ = connection.close(200, "fnmill stopping".into()).await;
+                let _ = tokio::time::timeout(
+                    CLOSE_CONNECTION,
+                    connection.close(200, "fnmill stopping".into()),
+                )
+                .await;
             }
-            Ok(())
+            if finished {
+                Ok(())
+            } else {
+                Err(SinkError::Retryable(format!(
+                    "publishes still unconfirmed after {bound:?}; their events were not \
+                     acknowledged and will be delivered again"
+                )))
+            }
         })
     }
 }
@@ -375,7 +397,24 @@ impl Pipe {
                 properties.clone(),
             )));
         }
-        let results = in_order(publishes).await;
+        // lapin resolves a publish once its IO loop wrote the frames; a connection the broker
+        // blocked (a resource alarm) may hold them indefinitely, and this pipe with them.
+        let Ok(results) =
+            tokio::time::timeout(self.shared.confirm_timeout, in_order(publishes)).await
+        else {
+            self.channel = None;
+            let why = format!(
+                "the broker took no publish within {:?} (connection blocked?)",
+                self.shared.confirm_timeout
+            );
+            for (handover, ..) in &sent {
+                if let Some(h) = self.handovers.iter_mut().find(|h| h.id == *handover) {
+                    h.error.get_or_insert(SinkError::Retryable(why.clone()));
+                }
+            }
+            self.confirm_finished();
+            return;
+        };
         for ((handover, routing_key, payload, _), result) in sent.into_iter().zip(results) {
             let h = self
                 .handovers
