@@ -36,9 +36,10 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(15)
 }
 
-/// Publishes waiting for their confirms at once, one channel each. RabbitMQ's throughput grows
-/// with outstanding confirms up to about 200 (rabbitmq.com, 2020-05-14); a channel costs the
-/// broker one lightweight process.
+/// Confirm channels of a sink, each keeping up to 1,024 publishes outstanding. Fewer are faster
+/// (the `amqp` bench measured 2 channels at 1.11 of a native lapin loop, 128 at 0.77: RabbitMQ
+/// confirms more per ack on each), but 2 is not the default until a shutdown hang seen once
+/// with it is understood; see docs/performance.md.
 fn default_channels() -> usize {
     128
 }
@@ -118,8 +119,9 @@ fnmill_connector_api::connection_config! {
         /// is silently dropped by the broker and counts as published.
         #[serde(default = "default_true")]
         pub mandatory: bool,
-        /// Confirm channels: publishes awaiting their confirms at once. A key's outputs always go
-        /// on the same channel, in order. Default: 128.
+        /// Confirm channels, each with up to 1,024 publishes awaiting their confirms. A key's
+        /// outputs always go on the same channel, in order. Default: 128 (2 is faster; see
+        /// docs/performance.md).
         #[serde(default = "default_channels")]
         pub channels: usize,
         /// How long a publish waits for the broker's confirms before it fails as retryable.
