@@ -18,7 +18,8 @@
 //!
 //! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P --rounds R`,
 //! `-- --profile wasm` to run only the function side, e.g. under `perf record`, or
-//! `-- --io-tier` to race the IO tier too).
+//! `-- --io-tier` to race the IO tier too, `-- --io-tier-only` to race only the IO tier,
+//! `-- --linger-us N` for the IO tier's `remote.linger`, default 1000).
 
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
@@ -198,62 +199,65 @@ fn main() {
         return;
     }
 
-    // Interleaved rounds: the machine's load drifts (PostgreSQL, both runtimes and whatever
-    // else runs share two cores), so each ratio compares neighbours and the median is printed.
-    let mut ratios = Vec::with_capacity(rounds);
-    let (mut native_cpu, mut wasm_cpu) = (Vec::new(), Vec::new());
-    println!(
-        "one indexed SELECT per event, {events} events, {concurrency} in flight, pool of {pool_size}:"
-    );
-    for round in 1..=rounds {
-        let cpu0 = cpu::CpuTimes::now(&backends);
-        let start = Instant::now();
-        native(events);
-        let native_rate = events as f64 / start.elapsed().as_secs_f64();
-        let cpu1 = cpu::CpuTimes::now(&backends);
-        let start = Instant::now();
-        wasm(events);
-        let wasm_rate = events as f64 / start.elapsed().as_secs_f64();
-        let cpu2 = cpu::CpuTimes::now(&backends);
-        native_cpu.push(cpu1.per_event_since(&cpu0, events));
-        wasm_cpu.push(cpu2.per_event_since(&cpu1, events));
-        ratios.push(wasm_rate / native_rate);
+    // `--io-tier-only`: skip the race against the native loop.
+    let io_tier_only = std::env::args().any(|a| a == "--io-tier-only");
+    if !io_tier_only {
+        // Interleaved rounds: the machine's load drifts (PostgreSQL, both runtimes and whatever
+        // else runs share two cores), so each ratio compares neighbours and the median is printed.
+        let mut ratios = Vec::with_capacity(rounds);
+        let (mut native_cpu, mut wasm_cpu) = (Vec::new(), Vec::new());
         println!(
-            "  round {round}: native loop {native_rate:>7.0} events/s, function (fresh instance) \
+            "one indexed SELECT per event, {events} events, {concurrency} in flight, pool of {pool_size}:"
+        );
+        for round in 1..=rounds {
+            let cpu0 = cpu::CpuTimes::now(&backends);
+            let start = Instant::now();
+            native(events);
+            let native_rate = events as f64 / start.elapsed().as_secs_f64();
+            let cpu1 = cpu::CpuTimes::now(&backends);
+            let start = Instant::now();
+            wasm(events);
+            let wasm_rate = events as f64 / start.elapsed().as_secs_f64();
+            let cpu2 = cpu::CpuTimes::now(&backends);
+            native_cpu.push(cpu1.per_event_since(&cpu0, events));
+            wasm_cpu.push(cpu2.per_event_since(&cpu1, events));
+            ratios.push(wasm_rate / native_rate);
+            println!(
+                "  round {round}: native loop {native_rate:>7.0} events/s, function (fresh instance) \
              {wasm_rate:>7.0} events/s, ratio {:.2}",
-            wasm_rate / native_rate
+                wasm_rate / native_rate
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "  ratio function / native, median of {rounds}: {:.2} (goal >= 0.7)",
+            ratios[rounds / 2]
         );
-    }
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "  ratio function / native, median of {rounds}: {:.2} (goal >= 0.7)",
-        ratios[rounds / 2]
-    );
-    let native_rows = cpu::mean(&native_cpu);
-    let wasm_rows = cpu::mean(&wasm_cpu);
-    cpu::print_per_event("native loop (mean of the rounds)", &native_rows);
-    cpu::print_per_event("function (mean of the rounds)", &wasm_rows);
+        let native_rows = cpu::mean(&native_cpu);
+        let wasm_rows = cpu::mean(&wasm_cpu);
+        cpu::print_per_event("native loop (mean of the rounds)", &native_rows);
+        cpu::print_per_event("function (mean of the rounds)", &wasm_rows);
 
-    // The floor of the function side: the same component instantiated, called and dropped one
-    // at a time with no query (no `statement`: it fails before calling the host), on a compute
-    // thread of its own with nothing else in flight.
-    let floor = {
-        let bare = Arc::new(
-            host.load_with(
-                FunctionSpec {
-                    name: "sql-query-bare".into(),
-                    component: common::guest("sql-query"),
-                    limits: limits.clone(),
-                    config: Default::default(),
-                    isolation: fnmill::host::Isolation::Event,
-                },
-                &data,
-                &Grants::default(),
-            )
-            .unwrap(),
-        );
-        compute.block_on(async move {
-            tokio::spawn(async move {
+        // The floor of the function side: the same component instantiated, called and dropped one
+        // at a time with no query (no `statement`: it fails before calling the host), on a compute
+        // thread of its own with nothing else in flight.
+        let floor = {
+            let bare = Arc::new(
+                host.load_with(
+                    FunctionSpec {
+                        name: "sql-query-bare".into(),
+                        component: common::guest("sql-query"),
+                        limits: limits.clone(),
+                        config: Default::default(),
+                        isolation: fnmill::host::Isolation::Event,
+                    },
+                    &data,
+                    &Grants::default(),
+                )
+                .unwrap(),
+            );
+            compute.block_on(async move {
+                tokio::spawn(async move {
                 let event = Event {
                     id: "floor".into(),
                     source: "bench".into(),
@@ -279,48 +283,51 @@ fn main() {
             })
             .await
             .unwrap()
-        })
-    };
-    // What the function side adds per query besides the instance: the hand-off from the
-    // compute runtime to the IO runtime and back (`on_io`), here with no work at all, one at a
-    // time, so each side parks and is woken every time: its CPU on both threads per round trip.
-    let hop = {
-        let io = io.handle().clone();
-        let round_trips = 10_000;
-        let before = cpu::CpuTimes::now(&[]);
-        compute.block_on(async move {
-            tokio::spawn(async move {
-                for _ in 0..round_trips {
-                    io.spawn(async {}).await.unwrap();
-                }
             })
-            .await
-            .unwrap()
-        });
-        cpu::CpuTimes::now(&[])
-            .per_event_since(&before, round_trips)
-            .iter()
-            .filter(|r| r.name == "fnmill-compute" || r.name == "fnmill-io")
-            .map(|r| r.us)
-            .sum::<f64>()
-    };
-    let native_total: f64 = native_rows.iter().map(|r| r.us).sum();
-    let wasm_total: f64 = wasm_rows.iter().map(|r| r.us).sum();
-    let extra = wasm_total - native_total;
-    println!("  what the function side adds per event:");
-    println!("    CPU, function minus native (mean)           : {extra:>6.1} µs");
-    println!("    of which a fresh sql-query instance, alone  : {floor:>6.1} µs");
-    println!(
-        "    the rest: hand-offs and contention          : {:>6.1} µs",
-        extra - floor
-    );
-    println!("    one compute -> IO -> compute hand-off, both sides parked: {hop:.1} µs of CPU");
-    println!(
-        "    ratio if the instance were the only cost    : {:>6.2}",
-        native_total / (native_total + floor)
-    );
+        };
+        // What the function side adds per query besides the instance: the hand-off from the
+        // compute runtime to the IO runtime and back (`on_io`), here with no work at all, one at a
+        // time, so each side parks and is woken every time: its CPU on both threads per round trip.
+        let hop = {
+            let io = io.handle().clone();
+            let round_trips = 10_000;
+            let before = cpu::CpuTimes::now(&[]);
+            compute.block_on(async move {
+                tokio::spawn(async move {
+                    for _ in 0..round_trips {
+                        io.spawn(async {}).await.unwrap();
+                    }
+                })
+                .await
+                .unwrap()
+            });
+            cpu::CpuTimes::now(&[])
+                .per_event_since(&before, round_trips)
+                .iter()
+                .filter(|r| r.name == "fnmill-compute" || r.name == "fnmill-io")
+                .map(|r| r.us)
+                .sum::<f64>()
+        };
+        let native_total: f64 = native_rows.iter().map(|r| r.us).sum();
+        let wasm_total: f64 = wasm_rows.iter().map(|r| r.us).sum();
+        let extra = wasm_total - native_total;
+        println!("  what the function side adds per event:");
+        println!("    CPU, function minus native (mean)           : {extra:>6.1} µs");
+        println!("    of which a fresh sql-query instance, alone  : {floor:>6.1} µs");
+        println!(
+            "    the rest: hand-offs and contention          : {:>6.1} µs",
+            extra - floor
+        );
+        println!(
+            "    one compute -> IO -> compute hand-off, both sides parked: {hop:.1} µs of CPU"
+        );
+        println!(
+            "    ratio if the instance were the only cost    : {:>6.2}",
+            native_total / (native_total + floor)
+        );
+    }
 
-    if !std::env::args().any(|a| a == "--io-tier") {
+    if !io_tier_only && !std::env::args().any(|a| a == "--io-tier") {
         return;
     }
     io_tier::compare(io_tier::Setup {
@@ -333,6 +340,7 @@ fn main() {
         concurrency,
         pool_size,
         rounds,
+        linger_us: arg("--linger-us", 1_000),
         in_process: &wasm,
         backends: &backends,
         pool: &pool,
@@ -387,6 +395,8 @@ mod io_tier {
         pub concurrency: usize,
         pub pool_size: usize,
         pub rounds: usize,
+        /// `remote.linger` of both sides, in µs.
+        pub linger_us: usize,
         /// The function with the in-process pool, run over n events.
         pub in_process: &'a dyn Fn(usize),
         /// The in-process pool's PostgreSQL backends.
@@ -479,12 +489,13 @@ url_env = "FNMILL_BENCH_DB_URL"
 pool_size = {pool}
 wait_timeout = "10s"
 application_name = "fnmill-bench-io"
-remote = {{ url = "{nats_url}", subject = "{subject}" }}
+remote = {{ url = "{nats_url}", subject = "{subject}", linger = "{linger}us" }}
 [functions.sql-query]
 component = "{component}"
 data_sources = ["db"]
 "#,
                 pool = setup.pool_size,
+                linger = setup.linger_us,
                 component = common::guest("sql-query").display(),
             ),
         )
@@ -501,13 +512,22 @@ data_sources = ["db"]
         );
 
         // This process's side: the same function, its data source served by the IO tier.
-        let remote: RemoteConfig =
-            serde_json::from_value(serde_json::json!({ "url": nats_url, "subject": subject }))
-                .unwrap();
+        let remote: RemoteConfig = serde_json::from_value(serde_json::json!({
+            "url": nats_url,
+            "subject": subject,
+            "linger": format!("{}us", setup.linger_us),
+        }))
+        .unwrap();
         let endpoint = Endpoint::from_config(&remote).unwrap();
         let client = setup.io.block_on(async {
             let nats = Nats::connect(&endpoint, "fnmill bench").await.unwrap();
-            let client = Remote::new(nats, "db", &subject, Duration::from_secs(10));
+            let client = Remote::new(
+                nats,
+                "db",
+                &subject,
+                Duration::from_secs(10),
+                remote.linger(),
+            );
             tokio::spawn(client.watch());
             let deadline = Instant::now() + Duration::from_secs(60);
             while !client.readiness().is_ready() {
@@ -580,9 +600,9 @@ data_sources = ["db"]
         )));
         let (events, rounds) = (setup.events, setup.rounds);
         println!(
-            "the same SELECT through the IO tier (fnmill run --role io over NATS, pool of {}) \
-             against the in-process pool, {events} events, {concurrency} in flight:",
-            setup.pool_size
+            "the same SELECT through the IO tier (fnmill run --role io over NATS, pool of {}, \
+             linger {} µs) against the in-process pool, {events} events, {concurrency} in flight:",
+            setup.pool_size, setup.linger_us
         );
         let mut ratios = Vec::with_capacity(rounds);
         let (mut local_cpu, mut tier_cpu) = (Vec::new(), Vec::new());

@@ -29,7 +29,7 @@ use common::{fnmill, guest, read_lines, root};
 use fnmill_connector_api::capability::Caller;
 use fnmill_connector_api::capability::sql::{SqlError, SqlSource, Value};
 use fnmill_connector_api::remote::RemoteConfig;
-use fnmill_connector_nats::client::MAX_BATCH_CALLS;
+use fnmill_connector_nats::client::{HOLD_UNTIL, MAX_BATCH_CALLS};
 use fnmill_connector_nats::{Endpoint, Nats, Remote};
 use fnmill_connector_postgres::tokio_postgres::{self, NoTls};
 use serde_json::json;
@@ -1136,7 +1136,7 @@ async fn db_client(data: &Data, timeout: Duration) -> Arc<Remote> {
         .await
         .unwrap();
     assert!(nats.wait_connected(Duration::from_secs(30)).await);
-    let client = Remote::new(nats, "db", &remote.subject, timeout);
+    let client = Remote::new(nats, "db", &remote.subject, timeout, remote.linger());
     tokio::spawn(client.watch());
     let ready = client.readiness();
     wait_for(Duration::from_secs(60), "the IO tier to answer", || {
@@ -1302,6 +1302,128 @@ async fn calls_in_flight_share_messages_and_each_gets_its_own_answer() {
     drop(client);
     io.pop().unwrap().stop();
     data.drop_table().await;
+}
+
+/// A call made while others are in flight is held for company, and leaves with the calls made
+/// meanwhile once nothing else is in flight (or `HOLD_UNTIL` calls wait); a call made while
+/// none is in flight leaves at once. The link lingers 60 s here (far past the config's 100 ms
+/// cap, through the API) so that only those two rules can send a held call: the message counts
+/// below are exact. No readiness watch runs, so no ping joins in.
+#[tokio::test]
+async fn a_call_waits_for_company_only_while_others_are_in_flight() {
+    let _heavy = HEAVY.lock().await;
+    let (nats, _server) = shared_nats();
+    let data = Data::new(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = file_config(dir.path(), &data, true, None);
+    let io = Proc::start("io-0", "io", &config, &Data::secrets());
+    io.ready(Duration::from_secs(60)).await;
+    let remote: RemoteConfig = serde_json::from_value(
+        json!({ "url": data.nats, "subject": format!("{}.db", data.subject) }),
+    )
+    .unwrap();
+    let connection = Nats::connect(
+        &Endpoint::from_config(&remote).unwrap(),
+        "fnmill iotier test",
+    )
+    .await
+    .unwrap();
+    assert!(connection.wait_connected(Duration::from_secs(30)).await);
+    let linger = Duration::from_secs(60);
+    let client = Remote::new(
+        connection,
+        "db",
+        &remote.subject,
+        Duration::from_secs(120),
+        linger,
+    );
+    let statement = format!("select name from {} where id = $1", data.table);
+    let db = db_for(&client, "f", 0);
+    let lookup = |i: usize| {
+        let db = db.clone();
+        let statement = statement.clone();
+        async move {
+            let rows = db.query(statement, vec![Value::Int(customer(i))]).await;
+            assert_eq!(
+                rows.unwrap().rows,
+                [[Value::Text(format!("customer {}", customer(i)))]],
+                "call {i}"
+            );
+            Instant::now()
+        }
+    };
+    let sent = |client: &Arc<Remote>| client.batching().batches;
+
+    // Alone: leaves at once, in a message of its own.
+    let before = sent(&client);
+    let start = Instant::now();
+    lookup(1).await;
+    assert!(
+        start.elapsed() < linger,
+        "a lone call waited out the linger"
+    );
+    assert_eq!(sent(&client) - before, 1);
+
+    // A slow call in flight: ten calls made one by one, each after the link has run, all leave
+    // in one message when the slow call's answer comes, and are answered after it.
+    let slow = |seconds: u32| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.query(format!("select pg_sleep({seconds})::text"), vec![])
+                .await
+                .unwrap();
+            Instant::now()
+        })
+    };
+    let before = sent(&client);
+    let slow_call = slow(2);
+    wait_for(Duration::from_secs(30), "the slow call to leave", || {
+        sent(&client) > before
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..10 {
+        held.push(tokio::spawn(lookup(10 + i)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let slow_done = slow_call.await.unwrap();
+    for call in held {
+        assert!(
+            call.await.unwrap() >= slow_done,
+            "a held call left before the slow one's answer"
+        );
+    }
+    assert_eq!(
+        sent(&client) - before,
+        2,
+        "the slow call, then the ten held ones together"
+    );
+
+    // With a slow call in flight, the first HOLD_UNTIL calls held leave together at once; the
+    // rest wait for the slow call.
+    let extra = 8;
+    let before = sent(&client);
+    let slow_call = slow(3);
+    wait_for(Duration::from_secs(30), "the slow call to leave", || {
+        sent(&client) > before
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..HOLD_UNTIL + extra {
+        held.push(tokio::spawn(lookup(100 + i)));
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    slow_call.await.unwrap();
+    for call in held {
+        call.await.unwrap();
+    }
+    assert_eq!(
+        sent(&client) - before,
+        3,
+        "the slow call, {HOLD_UNTIL} held calls, then the {extra} made after them"
+    );
+    io.stop();
 }
 
 /// `fnmill check --role …` checks what that role starts: a compute process needs no database

@@ -71,7 +71,7 @@ pub fn remote_of(
     remote: &RemoteConfig,
 ) -> (Arc<Remote>, Pool) {
     let timeout = ds.remote_timeout().unwrap_or_default();
-    let client = Remote::new(nats, name, &remote.subject, timeout);
+    let client = Remote::new(nats, name, &remote.subject, timeout, remote.linger());
     let pool = match ds {
         DataSourceConfig::Postgres(_) => Pool::Sql(Arc::new(client.sql(name))),
         DataSourceConfig::Redis(c) => Pool::Buckets(
@@ -163,7 +163,8 @@ async fn serve(
             DataSourceConfig::Redis(_) => "redis",
         };
         let server = Server::new(nats, name, &remote.subject, served, grants.clone())
-            .observed_by(telemetry.io_tier_tracer(system));
+            .observed_by(telemetry.io_tier_tracer(system))
+            .lingering(remote.linger());
         readiness.push((name.clone(), server.readiness()));
         if let Some(calls) = calls {
             registry.data_source(DataSourceStatus {

@@ -39,10 +39,27 @@ crate::connection_config! {
         /// plus its `statement_timeout` (PostgreSQL, when set) or `command_timeout` (Redis).
         #[serde(default, with = "humantime_serde")]
         pub timeout: Option<Duration>,
+        /// Longest a call (at a compute replica) or an answer (at an IO-tier process) is held
+        /// for others to share its NATS message, and only while other calls are in flight:
+        /// a lone call never waits. Fewer, fuller messages cost NATS and both processes less
+        /// CPU per call; `"0s"` sends each as soon as possible. Default 1 ms; at most 100 ms.
+        #[serde(default, with = "humantime_serde")]
+        pub linger: Option<Duration>,
     }
 }
 
+/// `linger` when the config leaves it out.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+
+/// The longest `linger` taken: past it a call's wait would rival a query's own time.
+pub const MAX_LINGER: Duration = Duration::from_millis(100);
+
 impl RemoteConfig {
+    /// How long a call or an answer is held for company (`linger`, or [`DEFAULT_LINGER`]).
+    pub fn linger(&self) -> Duration {
+        self.linger.unwrap_or(DEFAULT_LINGER)
+    }
+
     /// Makes every file path absolute against `base_dir` (the config file's folder): the
     /// connection's and `credentials_file`. Idempotent.
     pub fn resolve_files(&mut self, base_dir: &Path) {
@@ -66,6 +83,12 @@ impl RemoteConfig {
             problems.push(Problem::new(
                 "timeout",
                 "must be greater than zero (leave it out for the default)",
+            ));
+        }
+        if self.linger.is_some_and(|l| l > MAX_LINGER) {
+            problems.push(Problem::new(
+                "linger",
+                format!("must be at most {MAX_LINGER:?} (`\"0s\"` sends every call at once)"),
             ));
         }
         if let Err(e) = self.connection().tls() {
@@ -113,6 +136,22 @@ mod tests {
     }
 
     #[test]
+    fn linger_is_bounded_and_zero_turns_it_off() {
+        let parse = |linger: &str| {
+            serde_json::from_str::<RemoteConfig>(&format!(
+                r#"{{"url": "nats://127.0.0.1:4222", "subject": "s", "linger": "{linger}"}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(parse("0s").linger(), Duration::ZERO);
+        assert!(parse("0s").check_fields().is_empty());
+        assert_eq!(parse("5ms").linger(), Duration::from_millis(5));
+        let problems = parse("1s").check_fields();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(format!("{problems:?}").contains("linger"), "{problems:?}");
+    }
+
+    #[test]
     fn nats_is_another_name_for_url_and_files_resolve_once() {
         let mut c: RemoteConfig = serde_json::from_str(
             r#"{"nats": "nats://127.0.0.1:4222", "subject": "s", "credentials_file": "a.creds",
@@ -124,6 +163,7 @@ mod tests {
             Some("nats://127.0.0.1:4222")
         );
         assert_eq!(c.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.linger(), DEFAULT_LINGER);
         c.resolve_files(Path::new("/cfg"));
         c.resolve_files(Path::new("/other"));
         assert_eq!(

@@ -4,9 +4,11 @@
 //! Calls are pipelined and batched: every call in flight shares the process's one connection,
 //! and the calls to one subject queued while the link's task was busy leave together as one
 //! NATS message (a [`protocol::Batch`], up to [`MAX_BATCH_CALLS`] calls or [`MAX_BATCH_BYTES`]).
-//! The task sends as soon as it runs, so a lone call goes alone at once: batches form only from
-//! calls that would otherwise have queued behind each other. Answers come back to one inbox
-//! of this data source, several per message, each to its own call. Each call keeps its own
+//! A call made while none is in flight leaves at once, alone. While others are in flight (their
+//! answers on the way), a new call is held up to the data source's `linger` (default 1 ms) for
+//! company: what the functions call meanwhile joins its message, which leaves early once it has
+//! [`HOLD_UNTIL`] calls or nothing is in flight any more. Answers come back to one inbox of
+//! this data source, several per message, each to its own call. Each call keeps its own
 //! deadline (the data source's timeout from when it was made), outcome and caller (trace
 //! context included).
 //!
@@ -18,6 +20,7 @@
 //! while no call comes a ping every few seconds does ([`Remote::watch`]).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -52,6 +55,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// cost is already shared) while one lost message would fail more calls at once.
 pub const MAX_BATCH_CALLS: usize = 128;
 
+/// A held batch leaves once it has this many calls, without waiting out the linger: enough to
+/// share the per-message cost, measured in the `data_sources` bench (16 calls per message
+/// instead of 2–4 took the IO tier from 0.57 to 0.65 of the in-process pool).
+pub const HOLD_UNTIL: usize = 32;
+
 /// A batch stops growing past this many bytes, far below NATS's default `max_payload` (1 MiB)
 /// so a batch of ordinary calls is never refused for its size; a larger call goes alone.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -66,6 +74,8 @@ pub struct Remote {
     health: Arc<Health>,
     /// Longest one call waits for its answer.
     timeout: Duration,
+    /// Longest a call waits for others to share its message.
+    linger: Duration,
     /// The task that batches this data source's calls and routes their answers, started by the
     /// first call (on the runtime that makes calls).
     link: OnceCell<mpsc::UnboundedSender<Queued>>,
@@ -117,7 +127,18 @@ enum NoAnswer {
 impl Remote {
     /// The data source `data_source`, served by the IO tier on `subject` through `nats`; a
     /// call gets `unavailable` when no answer came within `timeout`.
-    pub fn new(nats: Nats, data_source: &str, subject: &str, timeout: Duration) -> Arc<Self> {
+    ///
+    /// While calls are in flight, a new one is held up to `linger` so that those made in the
+    /// meantime share its message (it leaves sooner once [`HOLD_UNTIL`] calls wait, or once
+    /// no call is in flight); a call made while none is in flight leaves at once. Zero sends
+    /// every call as soon as the link's task runs.
+    pub fn new(
+        nats: Nats,
+        data_source: &str,
+        subject: &str,
+        timeout: Duration,
+        linger: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             nats,
             health: Arc::new(Health {
@@ -127,6 +148,7 @@ impl Remote {
                 answered: AtomicU8::new(UNKNOWN),
             }),
             timeout,
+            linger,
             link: OnceCell::new(),
             stats: Arc::default(),
         })
@@ -211,6 +233,7 @@ impl Remote {
                     inbox,
                     pending: HashMap::new(),
                     next_id: 0,
+                    linger: self.linger,
                 };
                 tokio::spawn(link.run(subscription, queued));
                 Ok(queue)
@@ -306,6 +329,51 @@ pub(crate) async fn more<T>(
     }
 }
 
+/// Holds calls (or answers) for company: up to `linger` from the first one held, while others
+/// are in flight, until [`HOLD_UNTIL`] wait. Shared by the link and the IO tier's answer writer.
+pub(crate) struct Hold {
+    linger: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl Hold {
+    pub(crate) fn new(linger: Duration) -> Self {
+        Self {
+            linger,
+            deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: false,
+        }
+    }
+
+    /// Whether `held` items, with others in flight or not, are kept for company (arming the
+    /// deadline at the first); if not, they leave now and the deadline is off.
+    pub(crate) fn keeps(&mut self, held: usize, others_in_flight: bool) -> bool {
+        let keep = others_in_flight && !self.linger.is_zero() && held < HOLD_UNTIL;
+        if !keep {
+            self.armed = false;
+        } else if !self.armed {
+            self.armed = true;
+            let at = tokio::time::Instant::now() + self.linger;
+            self.deadline.as_mut().reset(at);
+        }
+        keep
+    }
+
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Ready once the armed deadline passed (poll only while armed).
+    pub(crate) async fn expired(&mut self) {
+        self.deadline.as_mut().await
+    }
+}
+
 impl Health {
     /// Records whether the IO tier answered, logging each change once.
     fn answered(&self, yes: bool, why: &str) {
@@ -347,6 +415,8 @@ struct Link {
     /// The calls sent and not answered yet, by number.
     pending: HashMap<u64, oneshot::Sender<Result<Reply, NoAnswer>>>,
     next_id: u64,
+    /// Longest a call is held for company while others are in flight ([`Remote::new`]).
+    linger: Duration,
 }
 
 impl Link {
@@ -354,24 +424,41 @@ impl Link {
         let mut taken = Vec::with_capacity(MAX_BATCH_CALLS);
         let mut forget = tokio::time::interval(FORGET_EVERY);
         forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hold = Hold::new(self.linger);
         loop {
+            let room = MAX_BATCH_CALLS - taken.len();
             tokio::select! {
                 // Answers first: they free callers, and their calls' memory.
                 biased;
                 message = answers.next() => match message {
-                    Some(message) => self.on_message(message),
+                    Some(message) => {
+                        self.on_message(message);
+                        // Nothing left to wait with: the held calls go now.
+                        if hold.is_armed() && self.pending.is_empty() {
+                            hold.disarm();
+                            self.send(&mut taken).await;
+                        }
+                    }
                     None => break,
                 },
-                n = queue.recv_many(&mut taken, MAX_BATCH_CALLS) => {
+                n = queue.recv_many(&mut taken, room) => {
                     if n == 0 {
                         break;
                     }
                     more(&mut queue, &mut taken, MAX_BATCH_CALLS).await;
+                    if !hold.keeps(taken.len(), !self.pending.is_empty()) {
+                        self.send(&mut taken).await;
+                    }
+                }
+                _ = hold.expired(), if hold.is_armed() => {
+                    hold.disarm();
                     self.send(&mut taken).await;
                 }
                 _ = forget.tick() => self.pending.retain(|_, call| !call.is_closed()),
             }
         }
+        // Calls still held when the process stops get their answers or fail as usual.
+        self.send(&mut taken).await;
         tracing::debug!(inbox = %self.inbox, "The IO tier link stopped");
     }
 

@@ -339,6 +339,7 @@ mod tests {
             subject: "fnmill.ds.db".into(),
             credentials_file: None,
             timeout: None,
+            linger: None,
         }
     }
 

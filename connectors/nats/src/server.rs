@@ -9,10 +9,11 @@
 //!
 //! Requests come in batches ([`protocol::Batch`]); every call of a batch is served on its own,
 //! concurrently, up to [`MAX_IN_FLIGHT`] per subscription, the pool's own bound (its size and
-//! `wait_timeout`) deciding how many reach the database at once. Each answer goes out as soon as
-//! its call is done, in one message with the other answers to the same caller that are ready
-//! at that moment ([`protocol::Answers`]): a call never waits for a slower one of its batch,
-//! and answers share a message only when they were ready together anyway. At shutdown the
+//! `wait_timeout`) deciding how many reach the database at once. Answers to the same caller
+//! share a message ([`protocol::Answers`]): an answer ready while other calls are still being
+//! served is held up to the data source's `linger` (default 1 ms) for the answers that get
+//! ready meanwhile, and leaves early once [`HOLD_UNTIL`](crate::client::HOLD_UNTIL) answers wait or no call is left in
+//! progress. A call never waits longer than that for a slower one of its batch. At shutdown the
 //! subscription is drained: no new request is taken, those already taken are answered.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::client::Hold;
 use crate::connection::Nats;
 use crate::protocol::{
     self, Answers, Batch, MessageWriter, Op, Reply, Request, WireCaller, WireError,
@@ -148,6 +150,8 @@ pub struct Server {
     readiness: Readiness,
     stats: Arc<ServerStats>,
     observer: Option<Arc<dyn Observer>>,
+    /// Longest a ready answer waits for others to share its message.
+    linger: Duration,
 }
 
 /// Why a server could not start.
@@ -175,7 +179,16 @@ impl Server {
             readiness: Readiness::default(),
             stats: Arc::default(),
             observer: None,
+            linger: Duration::ZERO,
         }
+    }
+
+    /// Holds a ready answer up to `linger` while other calls are still being served, so the
+    /// answers ready meanwhile share its message (zero, the default here: each leaves as soon as
+    /// the writer runs).
+    pub fn lingering(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
     }
 
     /// Has `observer` (when given) watch every request but pings.
@@ -215,7 +228,12 @@ impl Server {
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let tasks = TaskTracker::new();
         let (answers, ready) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_answers(client.clone(), ready));
+        let writer = tokio::spawn(write_answers(
+            client.clone(),
+            ready,
+            permits.clone(),
+            this.linger,
+        ));
         let mut tick = tokio::time::interval(READINESS_EVERY);
         let mut draining = false;
         loop {
@@ -254,9 +272,10 @@ impl Server {
                         tasks.spawn(async move {
                             let reply = this.serve(call.request).await;
                             let body = (call.id, protocol::encode_reply(&reply));
+                            // Not in flight any more once its answer is handed over.
+                            drop(permit);
                             // The writer outlives every call task.
                             let _ = answers.send((to, body));
-                            drop(permit);
                         });
                     }
                 }
@@ -391,38 +410,66 @@ impl Server {
     }
 }
 
-/// Sends the answers handed to it (destination, call number, [`protocol::encode_reply`]): what is ready
-/// when it runs goes out at once, one message per destination (and per size cap). Never waits
-/// for more: a lone answer leaves alone.
+/// Sends the answers handed to it (destination, call number, [`protocol::encode_reply`]), one
+/// message per destination (and per size cap). What is ready when it runs goes out at once when
+/// no other call is in progress (none of `permits` taken) or [`HOLD_UNTIL`](crate::client::HOLD_UNTIL) answers wait;
+/// otherwise it is held up to `linger` for company.
 async fn write_answers(
     client: async_nats::Client,
     mut ready: mpsc::UnboundedReceiver<(Subject, (u64, Vec<u8>))>,
+    permits: Arc<Semaphore>,
+    linger: Duration,
 ) {
     let mut taken = Vec::with_capacity(MAX_ANSWERS);
     let mut messages: Vec<(Subject, MessageWriter)> = Vec::new();
-    while ready.recv_many(&mut taken, MAX_ANSWERS).await > 0 {
-        crate::client::more(&mut ready, &mut taken, MAX_ANSWERS).await;
-        for (to, (id, body)) in taken.drain(..) {
-            let at = match messages.iter().position(|(t, _)| *t == to) {
-                Some(at) => at,
-                None => {
-                    messages.push((to, MessageWriter::answers()));
-                    messages.len() - 1
+    let mut hold = Hold::new(linger);
+    loop {
+        let room = MAX_ANSWERS - taken.len();
+        tokio::select! {
+            biased;
+            n = ready.recv_many(&mut taken, room) => {
+                if n == 0 {
+                    break;
                 }
-            };
-            let full = {
-                let writer = &messages[at].1;
-                !writer.is_empty() && writer.size() + body.len() > MAX_ANSWER_BYTES
-            };
-            if full {
-                let writer = std::mem::replace(&mut messages[at].1, MessageWriter::answers());
-                publish(&client, messages[at].0.clone(), writer).await;
+                crate::client::more(&mut ready, &mut taken, MAX_ANSWERS).await;
+                let in_progress = permits.available_permits() < MAX_IN_FLIGHT;
+                if hold.keeps(taken.len(), in_progress) {
+                    continue;
+                }
             }
-            messages[at].1.push(id, &body);
+            _ = hold.expired(), if hold.is_armed() => hold.disarm(),
         }
-        for (to, writer) in messages.drain(..) {
-            publish(&client, to, writer).await;
+        write(&client, &mut taken, &mut messages).await;
+    }
+    write(&client, &mut taken, &mut messages).await;
+}
+
+/// Sends `taken` (emptying it), grouped into `messages` by destination.
+async fn write(
+    client: &async_nats::Client,
+    taken: &mut Vec<(Subject, (u64, Vec<u8>))>,
+    messages: &mut Vec<(Subject, MessageWriter)>,
+) {
+    for (to, (id, body)) in taken.drain(..) {
+        let at = match messages.iter().position(|(t, _)| *t == to) {
+            Some(at) => at,
+            None => {
+                messages.push((to, MessageWriter::answers()));
+                messages.len() - 1
+            }
+        };
+        let full = {
+            let writer = &messages[at].1;
+            !writer.is_empty() && writer.size() + body.len() > MAX_ANSWER_BYTES
+        };
+        if full {
+            let writer = std::mem::replace(&mut messages[at].1, MessageWriter::answers());
+            publish(client, messages[at].0.clone(), writer).await;
         }
+        messages[at].1.push(id, &body);
+    }
+    for (to, writer) in messages.drain(..) {
+        publish(client, to, writer).await;
     }
 }
 
