@@ -38,10 +38,9 @@ fn default_drain_timeout() -> Duration {
 
 /// Confirm channels of a sink, each keeping up to 1,024 publishes outstanding. Fewer are faster
 /// (the `amqp` bench measured 2 channels at 1.11 of a native lapin loop, 128 at 0.77: RabbitMQ
-/// confirms more per ack on each), but 2 is not the default until a shutdown hang seen once
-/// with it is understood; see docs/performance.md.
+/// confirms more per ack on each).
 fn default_channels() -> usize {
-    128
+    2
 }
 
 /// A broker that has not confirmed in this long is treated as gone; the publish is retried.
@@ -120,7 +119,8 @@ fnmill_connector_api::connection_config! {
         #[serde(default = "default_true")]
         pub mandatory: bool,
         /// Confirm channels, each with up to 1,024 publishes awaiting their confirms. A key's
-        /// outputs always go on the same channel, in order. Default: 128 (2 is faster; see
+        /// outputs always go on the same channel, in order. Default: 2 (more spread the
+        /// outstanding publishes thinner and RabbitMQ confirms fewer per ack; see
         /// docs/performance.md).
         #[serde(default = "default_channels")]
         pub channels: usize,
