@@ -6,7 +6,8 @@
 //! the ratios, measured in the same run.
 //!
 //! `cargo bench --bench host` (add `-- --events N` to change the count for the Rust guest,
-//! `--interpreter-events N` for the JavaScript and Python ones). The JavaScript and Python
+//! `--interpreter-events N` for the JavaScript and Python ones, `--only rust|javascript|python` for
+//! one row of the per-language table, e.g. under a profiler). The JavaScript and Python
 //! echo functions are built with `fnmill build`, after `scripts/polyglot-tools.sh` installed
 //! the tools.
 
@@ -172,13 +173,21 @@ fn main() {
     println!("  fresh / reused           : {:>8.2}×", f / r);
     println!("  fresh / native           : {:>8.0}×", f / nat);
     println!("  goals: fresh ≤ 8 µs/event (aim ≤ 5), ≤ 3× reused");
+    // `--only LANGUAGE`: that row of the table alone, e.g. to run under a profiler.
+    let only = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|l| l.to_lowercase());
 
     // The same echo function in each language.
     let rust = common::guest("echo");
     let mut rows = vec![("Rust", rust, n)];
     for (language, guest) in [("JavaScript", "js-echo"), ("Python", "python-echo")] {
-        rows.push((language, common::polyglot_guest(guest), n_interpreted));
+        if only.as_deref().is_none_or(|l| l == language.to_lowercase()) {
+            rows.push((language, common::polyglot_guest(guest), n_interpreted));
+        }
     }
+    rows.retain(|(language, ..)| only.as_deref().is_none_or(|l| l == language.to_lowercase()));
     println!();
     println!("echo function per language, one thread");
     println!("  (µs per event: wall-clock, and CPU of the thread in brackets)");
