@@ -19,28 +19,35 @@ cd "$(dirname "$0")/.."
 # keeps their progress visible.
 ./scripts/polyglot-tools.sh || exit 1
 
+# Services this run starts are stopped when it ends; one already running (or pointed at by
+# FNMILL_TEST_*) is used and left alone, so a second run or a developer's own broker keeps its.
+started=()
+stop_started() {
+  local s
+  for s in "${started[@]}"; do ./scripts/"$s".sh stop; done
+}
+trap stop_started EXIT
+# Starts scripts/$1.sh's service unless it answers already, and loads its environment.
+service() {
+  local before
+  before=$(./scripts/"$1".sh env)
+  ./scripts/"$1".sh start || exit 1
+  [ -n "$before" ] || started+=("$1")
+  eval "$(./scripts/"$1".sh env)"
+}
+
 # Apache Kafka (jars from Maven Central, KRaft, no Docker), unless FNMILL_TEST_KAFKA_BOOTSTRAP
-# points elsewhere; stopped when the tests end.
-./scripts/kafka.sh start || exit 1
-trap './scripts/kafka.sh stop' EXIT
-eval "$(./scripts/kafka.sh env)"
+# points elsewhere.
+service kafka
 
 # NATS for the IO tier's tests (nats-server built once from the Go module proxy, cached in
-# ~/.cache/fnmill-nats), unless FNMILL_TEST_NATS_URL points elsewhere; stopped when the tests
-# end. The tests that stop NATS on purpose run servers of their own from the same binary.
-./scripts/nats.sh start || exit 1
-trap './scripts/kafka.sh stop; ./scripts/nats.sh stop' EXIT
-eval "$(./scripts/nats.sh env)"
+# ~/.cache/fnmill-nats), unless FNMILL_TEST_NATS_URL points elsewhere. The tests that stop
+# NATS on purpose run servers of their own from the same binary.
+service nats
 
 # Jaeger (v1.76.0, built once from the Go module proxy and cached in ~/.cache/fnmill-jaeger)
-# for the tracing tests: one already running (or pointed at by FNMILL_TEST_JAEGER_*) is used
-# and left alone; one started here is stopped at the end.
-jaeger_before=$(./scripts/jaeger.sh env)
-./scripts/jaeger.sh start || exit 1
-if [ -z "$jaeger_before" ]; then
-  trap './scripts/kafka.sh stop; ./scripts/nats.sh stop; ./scripts/jaeger.sh stop' EXIT
-fi
-eval "$(./scripts/jaeger.sh env)"
+# for the tracing tests, unless FNMILL_TEST_JAEGER_* point elsewhere.
+service jaeger
 
 # Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs. If the
 # engine cannot start here, the stack test prints why (one line) and the rest still runs.
