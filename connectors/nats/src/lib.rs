@@ -12,6 +12,7 @@
 //! The crate knows nothing about wasm or fnmill's config file: the wiring builds clients and
 //! servers from the config and hands them the pools and grants.
 
+mod batch;
 pub mod client;
 pub mod connection;
 pub mod protocol;

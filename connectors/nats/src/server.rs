@@ -12,8 +12,8 @@
 //! `wait_timeout`) deciding how many reach the database at once. Answers to the same caller
 //! share a message ([`protocol::Answers`]): an answer ready while other calls are still being
 //! served is held up to the data source's `linger` (default 1 ms) for the answers that get
-//! ready meanwhile, and leaves early once [`HOLD_UNTIL`](crate::client::HOLD_UNTIL) answers wait or no call is left in
-//! progress. A call never waits longer than that for a slower one of its batch. At shutdown the
+//! ready meanwhile, and leaves early once [`HOLD_UNTIL`](crate::client::HOLD_UNTIL) answers
+//! wait or no call is left in progress. A call never waits longer than that for a slower one of its batch. At shutdown the
 //! subscription is drained: no new request is taken, those already taken are answered.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::client::Hold;
+use crate::batch::{Hold, MAX_BATCH_BYTES, MAX_BATCH_CALLS, more};
 use crate::connection::Nats;
 use crate::protocol::{
     self, Answers, Batch, MessageWriter, Op, Reply, Request, WireCaller, WireError,
@@ -44,11 +44,6 @@ pub const QUEUE_GROUP: &str = "fnmill-io";
 /// Far above any pool's size, so the pool (not this) is what makes callers wait, while a flood
 /// cannot spawn without bound.
 pub const MAX_IN_FLIGHT: usize = 4096;
-
-/// Most answers in one message, and the size past which a message of answers stops growing
-/// (far below NATS's default `max_payload` of 1 MiB; a larger answer goes alone).
-const MAX_ANSWERS: usize = 128;
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How often readiness follows the connection's state.
 const READINESS_EVERY: Duration = Duration::from_millis(250);
@@ -412,26 +407,27 @@ impl Server {
 
 /// Sends the answers handed to it (destination, call number, [`protocol::encode_reply`]), one
 /// message per destination (and per size cap). What is ready when it runs goes out at once when
-/// no other call is in progress (none of `permits` taken) or [`HOLD_UNTIL`](crate::client::HOLD_UNTIL) answers wait;
-/// otherwise it is held up to `linger` for company.
+/// no other call is in progress (none of `permits` taken) or
+/// [`HOLD_UNTIL`](crate::client::HOLD_UNTIL) answers wait; otherwise it is held up to `linger`
+/// for company.
 async fn write_answers(
     client: async_nats::Client,
     mut ready: mpsc::UnboundedReceiver<(Subject, (u64, Vec<u8>))>,
     permits: Arc<Semaphore>,
     linger: Duration,
 ) {
-    let mut taken = Vec::with_capacity(MAX_ANSWERS);
+    let mut taken = Vec::with_capacity(MAX_BATCH_CALLS);
     let mut messages: Vec<(Subject, MessageWriter)> = Vec::new();
     let mut hold = Hold::new(linger);
     loop {
-        let room = MAX_ANSWERS - taken.len();
+        let room = MAX_BATCH_CALLS - taken.len();
         tokio::select! {
             biased;
             n = ready.recv_many(&mut taken, room) => {
                 if n == 0 {
                     break;
                 }
-                crate::client::more(&mut ready, &mut taken, MAX_ANSWERS).await;
+                more(&mut ready, &mut taken, MAX_BATCH_CALLS).await;
                 let in_progress = permits.available_permits() < MAX_IN_FLIGHT;
                 if hold.keeps(taken.len(), in_progress) {
                     continue;
@@ -460,7 +456,7 @@ async fn write(
         };
         let full = {
             let writer = &messages[at].1;
-            !writer.is_empty() && writer.size() + body.len() > MAX_ANSWER_BYTES
+            !writer.is_empty() && writer.size() + body.len() > MAX_BATCH_BYTES
         };
         if full {
             let writer = std::mem::replace(&mut messages[at].1, MessageWriter::answers());
