@@ -229,6 +229,11 @@ impl Received {
 #[derive(Clone)]
 pub struct Collector {
     pub messages: Arc<Mutex<Vec<Received>>>,
+    /// Kept so the channel outlives its consumer: lapin (4.12) closes a channel when its last
+    /// handle goes, and a channel closing while its connection closes (the consumer ends as the
+    /// test deletes its queue and closes the connection) leaves that connection's close
+    /// unanswered forever. Dropped with the collector, after the test's clean-up.
+    _channel: Channel,
 }
 
 impl Collector {
@@ -253,7 +258,6 @@ impl Collector {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let sink = messages.clone();
         tokio::spawn(async move {
-            let _channel = channel;
             while let Some(Ok(d)) = consumer.next().await {
                 let headers = d
                     .properties
@@ -274,7 +278,10 @@ impl Collector {
                 });
             }
         });
-        Self { messages }
+        Self {
+            messages,
+            _channel: channel,
+        }
     }
 
     /// Messages received so far.

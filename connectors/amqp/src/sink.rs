@@ -48,7 +48,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{AmqpSinkConfig, Broker as _, Topology};
-use crate::{AmqpError, Result, headers, in_order};
+use crate::{AmqpError, Result, close_in_order, headers, in_order};
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk (for classic queues; quorum
 /// queues always do).
@@ -57,7 +57,7 @@ const PERSISTENT: u8 = 2;
 /// Hand-overs a pipe's queue holds before `enqueue` waits (backpressure towards the pipeline).
 const PIPE_QUEUE: usize = 256;
 
-/// How long closing the connection may take at shutdown.
+/// How long closing a channel or the connection may take at shutdown.
 const CLOSE_CONNECTION: Duration = Duration::from_secs(2);
 
 /// Records a pipe keeps outstanding before it waits for confirms: RabbitMQ's throughput grows
@@ -227,11 +227,7 @@ impl Sink for AmqpSink {
             let bound = self.shared.confirm_timeout;
             let finished = tokio::time::timeout(bound, pipes).await.is_ok();
             if let Some(connection) = self.shared.connector.connection.lock().await.take() {
-                let _ = tokio::time::timeout(
-                    CLOSE_CONNECTION,
-                    connection.close(200, "fnmill stopping".into()),
-                )
-                .await;
+                close_in_order(&connection, None, 200, "fnmill stopping", CLOSE_CONNECTION).await;
             }
             if finished {
                 Ok(())
@@ -338,6 +334,14 @@ impl Pipe {
             }
         }
         if let Some(done) = closing {
+            // Closed here, before the sink closes the connection: see `close_in_order`.
+            if let Some(channel) = self.channel.take() {
+                let _ = tokio::time::timeout(
+                    CLOSE_CONNECTION,
+                    channel.close(200, "fnmill stopping".into()),
+                )
+                .await;
+            }
             let _ = done.send(());
         }
     }

@@ -41,13 +41,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{AmqpSourceConfig, Broker as _, OrderingKey};
-use crate::{AmqpError, Reconnect, Result, headers, in_order};
+use crate::{AmqpError, Reconnect, Result, close_in_order, headers, in_order};
 
 /// Settlements handled per loop turn: enough to batch acks under load, small enough that a
 /// burst does not keep new messages waiting.
 const SETTLE_BATCH: usize = 1024;
 
-/// How long closing a lost connection may take before the source reconnects anyway.
+/// How long closing a channel or connection may take: a broker that does not answer holds neither
+/// a reconnect nor the shutdown up longer.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Which delivery a settlement is about: the connection it came on and its delivery tag there.
@@ -170,10 +171,14 @@ impl AmqpSource {
             }
             match end {
                 End::Shutdown | End::PipelineGone => {
-                    let _ = session
-                        .connection
-                        .close(200, "fnmill stopping".into())
-                        .await;
+                    close_in_order(
+                        &session.connection,
+                        Some(&session.channel),
+                        200,
+                        "fnmill stopping",
+                        CLOSE_TIMEOUT,
+                    )
+                    .await;
                     info!(source = %self.name, "Stopped consuming");
                     return;
                 }
@@ -191,9 +196,12 @@ impl AmqpSource {
                     );
                     // Unacked messages of this session go back to the queue with the connection.
                     // A broker that does not answer the close does not hold the reconnect up.
-                    let _ = tokio::time::timeout(
+                    close_in_order(
+                        &session.connection,
+                        Some(&session.channel),
+                        320,
+                        "fnmill reconnecting",
                         CLOSE_TIMEOUT,
-                        session.connection.close(320, "fnmill reconnecting".into()),
                     )
                     .await;
                     if !sleep(&ctx, wait).await {
@@ -253,7 +261,7 @@ impl AmqpSource {
                 consumer,
             )),
             Err(e) => {
-                let _ = connection.close(200, "setup failed".into()).await;
+                close_in_order(&connection, None, 200, "setup failed", CLOSE_TIMEOUT).await;
                 Err(e)
             }
         }
