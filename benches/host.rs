@@ -180,14 +180,20 @@ fn main() {
         .map(|l| l.to_lowercase());
 
     // The same echo function in each language.
-    let rust = common::guest("echo");
-    let mut rows = vec![("Rust", rust, n)];
+    // Rust as `fnmill build` makes it (WASI-free), and as `fnmill build --wasi` does.
+    let mut rows = vec![
+        ("Rust", common::guest("echo"), n),
+        ("Rust --wasi", common::wasi_guest("echo"), n),
+    ];
     for (language, guest) in [("JavaScript", "js-echo"), ("Python", "python-echo")] {
         if only.as_deref().is_none_or(|l| l == language.to_lowercase()) {
             rows.push((language, common::polyglot_guest(guest), n_interpreted));
         }
     }
-    rows.retain(|(language, ..)| only.as_deref().is_none_or(|l| l == language.to_lowercase()));
+    rows.retain(|(language, ..)| {
+        only.as_deref()
+            .is_none_or(|l| language.to_lowercase().starts_with(l))
+    });
     println!();
     println!("echo function per language, one thread");
     println!("  (µs per event: wall-clock, and CPU of the thread in brackets)");

@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod build;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

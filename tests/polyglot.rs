@@ -63,8 +63,9 @@ fn expected_greeting() -> Value {
 }
 
 /// `fnmill new` → the template's unit tests → `fnmill build` → `fnmill invoke` (the component
-/// file, then the function of fnmill.toml) → `fnmill run` on events.jsonl.
-fn template_round_trip(language: &str, unit_tests: &[&[&str]]) {
+/// file, then the function of fnmill.toml) → `fnmill run` on events.jsonl. Returns the work
+/// directory and the project in it.
+fn template_round_trip(language: &str, unit_tests: &[&[&str]]) -> (tempfile::TempDir, PathBuf) {
     let work = tempfile::tempdir().unwrap();
     let name = format!("hello-{language}");
     let out = fnmill_in(work.path(), &["new", language, &name]);
@@ -105,8 +106,27 @@ fn template_round_trip(language: &str, unit_tests: &[&[&str]]) {
         fnmill_in(&project, &["build"])
     };
     assert_ok(&out, "fnmill build");
+    assert!(
+        !stderr(&out).contains("without fnmill-sdk"),
+        "{}",
+        stderr(&out)
+    );
     let component = project.join("dist").join(format!("{name}.wasm"));
     assert!(component.is_file(), "no {}", component.display());
+    if language == "rust" {
+        // Built for wasm32-unknown-unknown: only the fnmill interfaces it calls, no WASI.
+        let imports = component_imports(&component);
+        assert!(
+            imports.iter().all(|i| i.starts_with("fnmill:")),
+            "{imports:?}"
+        );
+        assert!(
+            imports
+                .iter()
+                .any(|i| i.starts_with("fnmill:function/config")),
+            "{imports:?}"
+        );
+    }
 
     let cache = work.path().join("cache");
     let invoke = |target: &str| {
@@ -144,6 +164,62 @@ fn template_round_trip(language: &str, unit_tests: &[&[&str]]) {
         headers(&dead[0])["fnmill.error.message"],
         "payload has no string `name`"
     );
+    (work, project)
+}
+
+/// A Rust function written with wit-bindgen alone (the quickstart's) builds too, WASI-free, and
+/// `fnmill build` says that it runs on the standard library's allocator and what to do about it.
+#[test]
+fn a_rust_function_without_the_sdk_builds_with_a_note_about_its_allocator() {
+    let work = tempfile::tempdir().unwrap();
+    let component = work.path().join("quickstart.wasm");
+    let out = fnmill()
+        .arg("build")
+        .arg(root().join("examples").join("quickstart").join("function"))
+        .arg("--out")
+        .arg(&component)
+        .output()
+        .unwrap();
+    assert_ok(&out, "fnmill build examples/quickstart/function");
+    assert!(
+        stderr(&out).contains("without fnmill-sdk"),
+        "{}",
+        stderr(&out)
+    );
+    let imports = component_imports(&component);
+    assert!(
+        imports.iter().all(|i| i.starts_with("fnmill:")),
+        "{imports:?}"
+    );
+    let event = json!({
+        "id": "e1",
+        "key": "c-7",
+        "payload": {"order_id": "o-1", "customer_id": "c-7", "currency": "EUR",
+                    "items": [{"sku": "BOOK-1", "qty": 2, "unit_price": 12.5}]},
+    });
+    std::fs::write(work.path().join("event.json"), event.to_string()).unwrap();
+    let out = fnmill()
+        .arg("invoke")
+        .arg(&component)
+        .args(["--event", "event.json"])
+        .current_dir(work.path())
+        .env("XDG_CACHE_HOME", work.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_ok(&out, "fnmill invoke");
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["payload"]["order_id"], "o-1", "{line}");
+}
+
+/// The names a component imports.
+fn component_imports(component: &Path) -> Vec<String> {
+    let engine = wasmtime::Engine::default();
+    let component = wasmtime::component::Component::from_file(&engine, component).unwrap();
+    component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 /// Where `scripts/polyglot-tools.sh` installs (its default, unless `FNMILL_TOOLS_DIR` says).
@@ -159,7 +235,47 @@ fn polyglot_tools_dir() -> String {
 
 #[test]
 fn rust_template() {
-    template_round_trip("rust", &[&["cargo", "test", "--quiet"]]);
+    let (work, project) = template_round_trip("rust", &[&["cargo", "test", "--quiet"]]);
+
+    // `--wasi`: the same function for wasm32-wasip2 imports WASI and answers the same.
+    let out = tool(env!("CARGO_BIN_EXE_fnmill"), &project)
+        .args(["build", "--wasi", "--out", "dist/wasi.wasm"])
+        .env(
+            "CARGO_TARGET_DIR",
+            root().join("target").join("polyglot-rust-template"),
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out, "fnmill build --wasi");
+    let component = project.join("dist").join("wasi.wasm");
+    let imports = component_imports(&component);
+    assert!(
+        imports.iter().any(|i| i.starts_with("wasi:")),
+        "{imports:?}"
+    );
+    let out = fnmill()
+        .args(["invoke", "dist/wasi.wasm", "--event", "event.json"])
+        .current_dir(&project)
+        .env("XDG_CACHE_HOME", work.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_ok(&out, "fnmill invoke dist/wasi.wasm");
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line, expected_greeting());
+
+    // --wasi is Rust's: elsewhere it is a usage error that says so.
+    let js = work.path().join("js");
+    assert_ok(
+        &fnmill_in(work.path(), &["new", "js", "js"]),
+        "fnmill new js",
+    );
+    let out = fnmill_in(&js, &["build", "--wasi"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--wasi is for Rust"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

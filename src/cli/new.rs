@@ -94,6 +94,7 @@ const RUST: &[File] = &[
     template!("README.md", "templates/rust/README.md"),
     copy!("fnmill-sdk/Cargo.toml", "sdk/rust/Cargo.toml"),
     copy!("fnmill-sdk/src/lib.rs", "sdk/rust/src/lib.rs"),
+    copy!("fnmill-sdk/src/heap.rs", "sdk/rust/src/heap.rs"),
 ];
 
 const JS: &[File] = &[

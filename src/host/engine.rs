@@ -198,9 +198,12 @@ fn compile_error(e: &wasmtime::Error) -> String {
     let root = e.root_cause().to_string();
     let first = root.lines().next().unwrap_or_default().trim();
     if first.contains("magic header") || first.contains("unknown binary version") {
-        "not a WebAssembly file (build it for wasm32-wasip2, or as a component)".to_string()
+        "not a WebAssembly file (build the function with `fnmill build`)".to_string()
     } else if first.contains("expected a component") || first.contains("is a core module") {
-        format!("{first} (a core module, not a component: build it for wasm32-wasip2)")
+        format!(
+            "{first} (a core module, not a component: build the function with `fnmill build`, \
+             or with cargo for wasm32-wasip2)"
+        )
     } else {
         first.to_string()
     }

@@ -48,11 +48,19 @@ pub fn fnmill() -> Command {
     cmd
 }
 
-/// Builds a wasm32-wasip2 cargo workspace once per test process (cargo's own lock makes
-/// concurrent test binaries wait for each other) and returns its release output directory.
-fn build_workspace(dir: &Path) -> PathBuf {
+/// The test guests that exercise WASI itself (stdio, the WASI clocks, the filesystem and sockets
+/// a function is denied): built for `wasm32-wasip2`. The others are built the way `fnmill build`
+/// builds a Rust function: for `wasm32-unknown-unknown`, then made a component that imports only
+/// the fnmill interfaces it calls.
+const WASI_GUESTS: [&str; 3] = ["capability", "chatty", "sleeper"];
+
+/// Runs `cargo build --release --target <target> <packages>` in the cargo workspace `dir` and
+/// returns its release output directory. Once per test process per target (cargo's own lock
+/// makes concurrent test binaries wait for each other).
+fn build_workspace(dir: &Path, target: &str, packages: &[&str]) -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .args(["build", "--release", "--quiet", "--target", target])
+        .args(packages)
         .current_dir(dir)
         // Not the outer build's target dir and flags: these are separate workspaces.
         .env_remove("CARGO_TARGET_DIR")
@@ -62,17 +70,89 @@ fn build_workspace(dir: &Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("running cargo for {}: {e}", dir.display()));
     assert!(
         status.success(),
-        "building the guests in {} failed",
+        "building the guests in {} for {target} failed",
         dir.display()
     );
-    dir.join("target").join("wasm32-wasip2").join("release")
+    dir.join("target").join(target).join("release")
+}
+
+/// Makes a component of every core module in `modules` (what `fnmill build` does after cargo)
+/// into `out`, redoing only those whose module changed. Written to a temporary file and renamed,
+/// so a test binary running at the same time never reads half a component.
+fn componentize_all(modules: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    for entry in std::fs::read_dir(modules).unwrap() {
+        let module = entry.unwrap().path();
+        if module.extension() != Some(std::ffi::OsStr::new("wasm")) {
+            continue;
+        }
+        let component = out.join(module.file_name().unwrap());
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if modified(&component) >= modified(&module) {
+            continue;
+        }
+        let bytes = std::fs::read(&module).unwrap();
+        let encoded = fnmill::build::componentize(&bytes)
+            .unwrap_or_else(|e| panic!("making a component of {}: {e:#}", module.display()));
+        let partial = out.join(format!(
+            ".{}.{}",
+            module.file_name().unwrap().to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::write(&partial, encoded).unwrap();
+        std::fs::rename(&partial, &component).unwrap();
+    }
 }
 
 /// Path of a test guest component, built from `tests/guests/<name>` for this run.
 pub fn guest(name: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| build_workspace(&root().join("tests").join("guests")));
+    static PLAIN: OnceLock<PathBuf> = OnceLock::new();
+    let workspace = root().join("tests").join("guests");
+    let dir = if WASI_GUESTS.contains(&name) {
+        wasi_guests()
+    } else {
+        PLAIN.get_or_init(|| {
+            let mut packages = vec!["--workspace"];
+            packages.extend(WASI_GUESTS.iter().flat_map(|g| ["--exclude", g]));
+            let modules = build_workspace(&workspace, "wasm32-unknown-unknown", &packages);
+            let components = workspace.join("target").join("components");
+            componentize_all(&modules, &components);
+            components
+        })
+    };
     let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.is_file(), "no guest at {}", path.display());
+    path
+}
+
+/// The `echo` guest built for `wasm32-wasip2` as well, for the `host` bench to compare.
+const WASI_TOO: [&str; 1] = ["echo"];
+
+/// Builds the `wasm32-wasip2` guests (once per process) and returns their directory.
+fn wasi_guests() -> &'static Path {
+    static WASI: OnceLock<PathBuf> = OnceLock::new();
+    WASI.get_or_init(|| {
+        let packages: Vec<&str> = WASI_GUESTS
+            .iter()
+            .chain(&WASI_TOO)
+            .flat_map(|g| ["-p", g])
+            .collect();
+        build_workspace(
+            &root().join("tests").join("guests"),
+            "wasm32-wasip2",
+            &packages,
+        )
+    })
+}
+
+/// A test guest as `fnmill build --wasi` would build it: for `wasm32-wasip2` (the WASI guests,
+/// and `echo`).
+pub fn wasi_guest(name: &str) -> PathBuf {
+    assert!(
+        WASI_GUESTS.contains(&name) || WASI_TOO.contains(&name),
+        "guest {name} is not built for wasm32-wasip2"
+    );
+    let path = wasi_guests().join(format!("{}.wasm", name.replace('-', "_")));
     assert!(path.is_file(), "no guest at {}", path.display());
     path
 }
@@ -137,7 +217,7 @@ pub fn quickstart_component() -> PathBuf {
 /// Path of a Rust example function's component (`examples/`, built once per test process).
 pub fn examples_component(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| build_workspace(&root().join("examples")));
+    let dir = DIR.get_or_init(|| build_workspace(&root().join("examples"), "wasm32-wasip2", &[]));
     dir.join(format!("{name}.wasm"))
 }
 

@@ -31,6 +31,9 @@ wit_bindgen::generate!({
     default_bindings_module: "fnmill_sdk",
 });
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+pub mod heap;
+
 use std::fmt;
 
 use serde::Serialize;

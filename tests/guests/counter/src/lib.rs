@@ -3,6 +3,9 @@
 //! `retryable("failing on purpose")`, `trap` panics, `loop` loops forever, `grow` keeps
 //! `grow_mib` MiB (config, default 8) allocated in the instance — each after counting the call.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

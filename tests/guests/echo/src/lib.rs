@@ -1,5 +1,8 @@
 //! Contract: returns exactly one output to `out` with the event's key, payload and headers unchanged (no config, no logging).
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: always fails with `error::fatal` whose message contains "always fatal".
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: returns `count` outputs (config, default 1000) to `out`, each with a payload of `size` bytes (config, default 16).
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -3,6 +3,9 @@
 //! like `echo`; otherwise fails with `error::fatal` ("not JSON: …"), so the event is
 //! dead-lettered. The Kafka benchmark's fnmill side of the job its Kafka Streams peer does.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: opens bucket config `bucket` (default `cache`); with key = event id: set(payload), get, exists, increment(`n:`+id) by 2 twice, list-keys (all pages), delete, exists; one output to `out` with `{"got_back":bool,"exists":bool,"counter":n,"listed":bool,"exists_after_delete":bool}`; `unavailable` → `retryable`; any other error → `fatal("<error kind>: ...")`.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: payload `{"customer": <int>}`; queries config `statement` (default `select name from customers where id = $1`) on data source config `source` (default `db`) with the customer id, then increments `seen:<event id>` by 1 in bucket config `bucket` (default `counts`); one output to `out` with `{"id": <event id>, "name": <first column of the first row, or null>, "count": <the incremented value>}`; `unavailable` → `retryable`; a refusal → `fatal("not-granted: ..." | "access-denied")`; any other error → `fatal`.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: never returns; spins in an infinite loop that the optimiser cannot remove (tests epoch/fuel interruption).
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: allocates and touches memory in 1 MiB chunks until allocation fails (abort → trap); with config `mib = N` it allocates only N MiB and then echoes to `out`.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -2,6 +2,9 @@
 //! `poison`; otherwise returns exactly one output to `out` with the event's key, payload and
 //! headers unchanged, like `echo`.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: fails with `error::retryable` while `attempt < succeed_on_attempt` (config, default 3), then echoes to `out` with header `attempt`.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

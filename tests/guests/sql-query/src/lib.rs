@@ -1,5 +1,8 @@
 //! Contract: runs config `statement` (`mode` = `query` | `execute`, default query) on data source config `source` (default `db`) with params from the payload (a JSON array: null/bool/int/float/string); one output to `out` with `{"columns":[..],"rows":[[..]]}` or `{"affected":n}`; `unavailable` or a retryable database error → `retryable`; any other error → `fatal("sqlstate=<code>: ..." | "not-granted: ..." | "invalid: ...")`.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

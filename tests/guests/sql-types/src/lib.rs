@@ -1,5 +1,8 @@
 //! Contract: inserts one row of every value type (and one row of nulls) into config `table` (columns id text, b bool, i8 int8, i4 int4, i2 int2, f8 float8, f4 float4, t text, v varchar, by bytea, j json, jb jsonb, ts timestamp, tz timestamptz) on data source `db`, reads both back and compares (JSON by value); checks a text param for an int8 and 70000 for an int2 are `invalid`; one output to `out` with `{"checked":n}`, or `fatal("mismatch: ...")`.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",

@@ -1,5 +1,8 @@
 //! Contract: panics with "guest panicked on purpose"; with `panic = "abort"` this is a WebAssembly trap.
 
+// Linked for its allocator, which takes the initial memory before growing it.
+use fnmill_sdk as _;
+
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "event-function",
