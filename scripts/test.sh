@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the build dependencies (OpenSSL
-# headers, pkg-config, the wasm32-wasip2 target, the JavaScript and Python function tools),
+# headers, pkg-config, the wasm32-unknown-unknown and wasm32-wasip2 targets, the JavaScript and Python function tools),
 # checks formatting (cargo fmt) and lints (cargo clippy, warnings denied), then runs every test
 # of the workspace (unit and integration; the integration tests build their wasm guests from
 # source), the example functions' and the Rust SDK's own unit tests, and prints one summary line

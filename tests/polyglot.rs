@@ -263,6 +263,38 @@ fn rust_template() {
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line, expected_greeting());
 
+    // A panic traps the instance, and its message reaches the log through `logging` (the
+    // WASI-free component has no stderr).
+    let lib = project.join("src").join("lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap().replace(
+        "let request: Value = event.json()?;",
+        "let request: Value = event.json()?;\n        assert!(request.get(\"name\") != Some(&json!(\"Ada\")), \"no Ada here\");",
+    );
+    std::fs::write(&lib, source).unwrap();
+    let out = tool(env!("CARGO_BIN_EXE_fnmill"), &project)
+        .arg("build")
+        .env(
+            "CARGO_TARGET_DIR",
+            root().join("target").join("polyglot-rust-template"),
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out, "fnmill build (panicking)");
+    let out = fnmill()
+        .args([
+            "invoke",
+            &format!("dist/{}.wasm", "hello-rust"),
+            "--event",
+            "event.json",
+        ])
+        .current_dir(&project)
+        .env("XDG_CACHE_HOME", work.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no Ada here"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("trap"), "{}", stderr(&out));
+
     // --wasi is Rust's: elsewhere it is a usage error that says so.
     let js = work.path().join("js");
     assert_ok(

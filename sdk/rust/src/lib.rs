@@ -18,9 +18,13 @@
 //! fnmill_sdk::export!(Echo);
 //! ```
 //!
-//! Build with `fnmill build` (or `cargo build --release --target wasm32-wasip2`). The crate also
-//! compiles for the host, so a function's logic can be unit-tested with `cargo test`; calling an
-//! import (`config`, `logging`, `sql`, `keyvalue`) outside WebAssembly panics.
+//! Build with `fnmill build`: cargo for `wasm32-unknown-unknown`, then a component that imports
+//! only the fnmill interfaces the function calls (no WASI), with this crate's allocator (`heap`)
+//! and a panic hook that logs a panic's message ([`export!`]). `fnmill build --wasi` (cargo for
+//! `wasm32-wasip2`) is for a function that needs the standard library's clocks, randomness or
+//! stdio. The crate also compiles for the host, so a function's logic can be unit-tested with
+//! `cargo test`; calling an import (`config`, `logging`, `sql`, `keyvalue`) outside WebAssembly
+//! panics.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -29,7 +33,51 @@ wit_bindgen::generate!({
     // through this crate instead of expecting them in the caller.
     pub_export_macro: true,
     default_bindings_module: "fnmill_sdk",
+    // Wrapped by this crate's own `export!`, which adds the panic hook.
+    export_macro_name: "export_bindings",
 });
+
+/// Registers `$function` (a type implementing [`Guest`]) as the function of this component.
+///
+/// Besides the bindings' export, the first event an instance handles installs a panic hook that
+/// logs a panic's message and place through the `logging` capability at error level before the
+/// instance traps: a function built by `fnmill build` has no stderr to print it to.
+#[macro_export]
+macro_rules! export {
+    ($function:ident) => {
+        const _: () = {
+            struct PanicsLogged;
+
+            impl $crate::Guest for PanicsLogged {
+                fn handle(
+                    event: $crate::Event,
+                ) -> ::std::result::Result<::std::vec::Vec<$crate::Output>, $crate::Error> {
+                    $crate::log_panics();
+                    <$function as $crate::Guest>::handle(event)
+                }
+            }
+
+            $crate::export_bindings!(PanicsLogged);
+        };
+    };
+}
+
+/// Installs (once per instance) the panic hook of [`export!`].
+#[doc(hidden)]
+pub fn log_panics() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                fnmill::function::logging::log(
+                    fnmill::function::logging::Level::Error,
+                    &format!("function {info}"),
+                );
+            }));
+        });
+    }
+}
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 pub mod heap;
