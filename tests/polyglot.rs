@@ -126,6 +126,21 @@ fn template_round_trip(language: &str, unit_tests: &[&[&str]]) -> (tempfile::Tem
                 .any(|i| i.starts_with("fnmill:function/config")),
             "{imports:?}"
         );
+        // The SDK's allocator serves the event from the initial memory (two pages with the
+        // template's 64 KiB stack): with the limit at exactly that, nothing may grow.
+        let out = fnmill()
+            .args([
+                "invoke",
+                &format!("dist/{name}.wasm"),
+                "--event",
+                "event.json",
+            ])
+            .args(["--memory", "128KiB"])
+            .current_dir(&project)
+            .env("XDG_CACHE_HOME", work.path().join("cache"))
+            .output()
+            .unwrap();
+        assert_ok(&out, "fnmill invoke --memory 128KiB");
     }
 
     let cache = work.path().join("cache");
@@ -209,6 +224,19 @@ fn a_rust_function_without_the_sdk_builds_with_a_note_about_its_allocator() {
     assert_ok(&out, "fnmill invoke");
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["payload"]["order_id"], "o-1", "{line}");
+
+    // Why the note: the standard library's allocator grows the memory for its first allocation,
+    // so with the limit at the module's initial memory (17 pages: this crate keeps the default
+    // 1 MiB stack for wasm32-unknown-unknown) the event fails with a memory error (status 15).
+    let out = fnmill()
+        .arg("invoke")
+        .arg(&component)
+        .args(["--event", "event.json", "--memory", "1088KiB"])
+        .current_dir(work.path())
+        .env("XDG_CACHE_HOME", work.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
 }
 
 /// The names a component imports.

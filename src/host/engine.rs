@@ -199,7 +199,10 @@ fn compile_error(e: &wasmtime::Error) -> String {
     let first = root.lines().next().unwrap_or_default().trim();
     if first.contains("magic header") || first.contains("unknown binary version") {
         "not a WebAssembly file (build the function with `fnmill build`)".to_string()
-    } else if first.contains("expected a component") || first.contains("is a core module") {
+    } else if first.contains("expected a component")
+        || first.contains("is a core module")
+        || first.contains("wasm module with a component parser")
+    {
         format!(
             "{first} (a core module, not a component: build the function with `fnmill build`, \
              or with cargo for wasm32-wasip2)"
@@ -274,5 +277,25 @@ pub fn machine_memory() -> Option<u64> {
     match (cgroup, physical) {
         (Some(c), Some(p)) => Some(c.min(p)),
         (c, p) => c.or(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn why_not(bytes: &[u8]) -> String {
+        let engine = Engine::default();
+        let error = Component::new(&engine, bytes).unwrap_err();
+        compile_error(&error)
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_component_says_what_to_build_it_with() {
+        assert!(why_not(b"not wasm at all").contains("not a WebAssembly file"));
+        // A core module, as cargo writes for wasm32-unknown-unknown before `fnmill build`.
+        let core = why_not(b"\0asm\x01\0\0\0");
+        assert!(core.contains("a core module, not a component"), "{core}");
+        assert!(core.contains("fnmill build"), "{core}");
     }
 }
