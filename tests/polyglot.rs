@@ -323,6 +323,35 @@ fn rust_template() {
     assert!(stderr(&out).contains("no Ada here"), "{}", stderr(&out));
     assert!(stderr(&out).contains("trap"), "{}", stderr(&out));
 
+    // A project made before WASI-free builds carries an SDK copy without the allocator:
+    // `fnmill build` still builds it, and says what it costs and how to update it.
+    let sdk = project.join("fnmill-sdk").join("src");
+    std::fs::remove_file(sdk.join("heap.rs")).unwrap();
+    let lib = std::fs::read_to_string(sdk.join("lib.rs")).unwrap();
+    let old = lib.replace(
+        "#[cfg(all(target_arch = \"wasm32\", target_os = \"unknown\"))]\npub mod heap;\n",
+        "",
+    );
+    assert_ne!(
+        old, lib,
+        "the SDK's lib.rs no longer declares `heap` that way"
+    );
+    std::fs::write(sdk.join("lib.rs"), old).unwrap();
+    let out = tool(env!("CARGO_BIN_EXE_fnmill"), &project)
+        .arg("build")
+        .env(
+            "CARGO_TARGET_DIR",
+            root().join("target").join("polyglot-rust-template"),
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out, "fnmill build (an old SDK copy)");
+    assert!(
+        stderr(&out).contains("predates WASI-free builds"),
+        "{}",
+        stderr(&out)
+    );
+
     // --wasi is Rust's: elsewhere it is a usage error that says so.
     let js = work.path().join("js");
     assert_ok(

@@ -381,12 +381,20 @@ fn build_rust(project: &Project, out: &Path, wasi: bool) -> Result<bool> {
             .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
         return Ok(true);
     }
-    if !uses_the_sdk(&project.dir)? {
-        eprintln!(
+    match sdk_copy(&project.dir)? {
+        Sdk::Absent => eprintln!(
             "note: without fnmill-sdk this function has the standard library's allocator, which \
              grows the memory of every fresh instance (about 5 µs per event); depend on \
              fnmill-sdk and add `use fnmill_sdk as _;` for its allocator, or build with --wasi"
-        );
+        ),
+        Sdk::WithoutHeap(dir) => eprintln!(
+            "note: the fnmill-sdk in {} predates WASI-free builds (it has no src/heap.rs), so \
+             this function has the standard library's allocator, which grows the memory of \
+             every fresh instance (about 5 µs per event) and drops panic messages; replace it \
+             with the fnmill-sdk/ of a new `fnmill new rust` project, or build with --wasi",
+            dir.display()
+        ),
+        Sdk::Current => {}
     }
     eprintln!("==> component: the module with only the fnmill interfaces it calls as imports");
     let module = std::fs::read(built).with_context(|| format!("reading {}", built.display()))?;
@@ -396,13 +404,34 @@ fn build_rust(project: &Project, out: &Path, wasi: bool) -> Result<bool> {
     Ok(true)
 }
 
-/// Whether the package at `dir` depends on fnmill-sdk (and so links its allocator).
-fn uses_the_sdk(dir: &Path) -> Result<bool> {
+/// What the package at `dir` has of fnmill-sdk, which brings the allocator and panic hook a
+/// WASI-free build needs.
+enum Sdk {
+    /// No dependency on it.
+    Absent,
+    /// A path dependency on a copy made before the SDK had them (no `src/heap.rs`).
+    WithoutHeap(PathBuf),
+    /// A current copy, or one cargo fetches (not checked).
+    Current,
+}
+
+fn sdk_copy(dir: &Path) -> Result<Sdk> {
     let manifest = read_toml(&dir.join("Cargo.toml"))?;
-    Ok(manifest
+    let Some(sdk) = manifest
         .get("dependencies")
         .and_then(|d| d.as_table())
-        .is_some_and(|d| d.contains_key("fnmill-sdk")))
+        .and_then(|d| d.get("fnmill-sdk"))
+    else {
+        return Ok(Sdk::Absent);
+    };
+    let copy = sdk
+        .get("path")
+        .and_then(|p| p.as_str())
+        .map(|p| dir.join(p));
+    Ok(match copy {
+        Some(copy) if !copy.join("src").join("heap.rs").is_file() => Sdk::WithoutHeap(copy),
+        _ => Sdk::Current,
+    })
 }
 
 /// Cargo's own error for a missing target is a page about `core`; say what to do instead.
