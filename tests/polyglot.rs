@@ -85,23 +85,17 @@ fn template_round_trip(language: &str, unit_tests: &[&[&str]]) -> (tempfile::Tem
             .join("node_modules");
         std::os::unix::fs::symlink(modules, project.join("node_modules")).unwrap();
     }
-    // Rust: one target directory for every run, so a rerun does not compile wit-bindgen again.
-    let rust_target = root().join("target").join("polyglot-rust-template");
     for command in unit_tests {
         let mut cmd = tool(command[0], &project);
         if language == "rust" {
-            cmd.env("CARGO_TARGET_DIR", &rust_target);
+            cmd.env("CARGO_TARGET_DIR", rust_template_target());
         }
         let out = cmd.args(&command[1..]).output().unwrap();
         assert_ok(&out, &format!("{command:?} in the {language} template"));
     }
 
     let out = if language == "rust" {
-        let mut cmd = tool(env!("CARGO_BIN_EXE_fnmill"), &project);
-        cmd.arg("build")
-            .env("CARGO_TARGET_DIR", &rust_target)
-            .output()
-            .unwrap()
+        build_rust_project(&project, &[])
     } else {
         fnmill_in(&project, &["build"])
     };
@@ -261,32 +255,45 @@ fn polyglot_tools_dir() -> String {
     })
 }
 
+/// `fnmill build ARGS` in the Rust `project`, with the template runs' shared target directory.
+fn build_rust_project(project: &Path, args: &[&str]) -> Output {
+    tool(env!("CARGO_BIN_EXE_fnmill"), project)
+        .arg("build")
+        .args(args)
+        .env("CARGO_TARGET_DIR", rust_template_target())
+        .output()
+        .unwrap()
+}
+
+/// `fnmill invoke COMPONENT --event event.json` in `project`, with a cache under `work`.
+fn invoke_in(project: &Path, work: &Path, component: &str) -> Output {
+    fnmill()
+        .args(["invoke", component, "--event", "event.json"])
+        .current_dir(project)
+        .env("XDG_CACHE_HOME", work.join("cache"))
+        .output()
+        .unwrap()
+}
+
+/// One cargo target directory for every Rust template run, so a rerun does not compile
+/// wit-bindgen again.
+fn rust_template_target() -> PathBuf {
+    root().join("target").join("polyglot-rust-template")
+}
+
 #[test]
 fn rust_template() {
     let (work, project) = template_round_trip("rust", &[&["cargo", "test", "--quiet"]]);
 
     // `--wasi`: the same function for wasm32-wasip2 imports WASI and answers the same.
-    let out = tool(env!("CARGO_BIN_EXE_fnmill"), &project)
-        .args(["build", "--wasi", "--out", "dist/wasi.wasm"])
-        .env(
-            "CARGO_TARGET_DIR",
-            root().join("target").join("polyglot-rust-template"),
-        )
-        .output()
-        .unwrap();
+    let out = build_rust_project(&project, &["--wasi", "--out", "dist/wasi.wasm"]);
     assert_ok(&out, "fnmill build --wasi");
-    let component = project.join("dist").join("wasi.wasm");
-    let imports = component_imports(&component);
+    let imports = component_imports(&project.join("dist").join("wasi.wasm"));
     assert!(
         imports.iter().any(|i| i.starts_with("wasi:")),
         "{imports:?}"
     );
-    let out = fnmill()
-        .args(["invoke", "dist/wasi.wasm", "--event", "event.json"])
-        .current_dir(&project)
-        .env("XDG_CACHE_HOME", work.path().join("cache"))
-        .output()
-        .unwrap();
+    let out = invoke_in(&project, work.path(), "dist/wasi.wasm");
     assert_ok(&out, "fnmill invoke dist/wasi.wasm");
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line, expected_greeting());
@@ -299,26 +306,11 @@ fn rust_template() {
         "let request: Value = event.json()?;\n        assert!(request.get(\"name\") != Some(&json!(\"Ada\")), \"no Ada here\");",
     );
     std::fs::write(&lib, source).unwrap();
-    let out = tool(env!("CARGO_BIN_EXE_fnmill"), &project)
-        .arg("build")
-        .env(
-            "CARGO_TARGET_DIR",
-            root().join("target").join("polyglot-rust-template"),
-        )
-        .output()
-        .unwrap();
-    assert_ok(&out, "fnmill build (panicking)");
-    let out = fnmill()
-        .args([
-            "invoke",
-            &format!("dist/{}.wasm", "hello-rust"),
-            "--event",
-            "event.json",
-        ])
-        .current_dir(&project)
-        .env("XDG_CACHE_HOME", work.path().join("cache"))
-        .output()
-        .unwrap();
+    assert_ok(
+        &build_rust_project(&project, &[]),
+        "fnmill build (panicking)",
+    );
+    let out = invoke_in(&project, work.path(), "dist/hello-rust.wasm");
     assert!(!out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("no Ada here"), "{}", stderr(&out));
     assert!(stderr(&out).contains("trap"), "{}", stderr(&out));
@@ -337,14 +329,7 @@ fn rust_template() {
         "the SDK's lib.rs no longer declares `heap` that way"
     );
     std::fs::write(sdk.join("lib.rs"), old).unwrap();
-    let out = tool(env!("CARGO_BIN_EXE_fnmill"), &project)
-        .arg("build")
-        .env(
-            "CARGO_TARGET_DIR",
-            root().join("target").join("polyglot-rust-template"),
-        )
-        .output()
-        .unwrap();
+    let out = build_rust_project(&project, &[]);
     assert_ok(&out, "fnmill build (an old SDK copy)");
     assert!(
         stderr(&out).contains("predates WASI-free builds"),
