@@ -2,8 +2,9 @@
 //!
 //! The language comes from the project's build file: `Cargo.toml` (Rust: cargo for
 //! `wasm32-unknown-unknown`, then the module made a component that imports only fnmill's
-//! interfaces; with `--wasi`, cargo for `wasm32-wasip2`), `package.json` (JavaScript, or TypeScript when its entry is a `.ts` file:
-//! tsc type-checks, rolldown bundles, componentize-js makes the component), `pyproject.toml`
+//! interfaces; with `--wasi`, cargo for `wasm32-wasip2`), `package.json` (JavaScript, or
+//! TypeScript when its entry is a `.ts` file: tsc type-checks, rolldown bundles, componentize-js
+//! makes the component), `pyproject.toml`
 //! (Python: componentize-py). The component is written to `dist/<name>.wasm`, `<name>` being the
 //! package's name. Tools are looked up in the project first (`node_modules/.bin`, `.venv/bin`),
 //! then on `PATH`; a missing one is a usage error (exit status 2) that says what to install. A
@@ -383,15 +384,13 @@ fn build_rust(project: &Project, out: &Path, wasi: bool) -> Result<bool> {
     }
     match sdk_copy(&project.dir)? {
         Sdk::Absent => eprintln!(
-            "note: without fnmill-sdk this function has the standard library's allocator, which \
-             grows the memory of every fresh instance (about 5 µs per event); depend on \
-             fnmill-sdk and add `use fnmill_sdk as _;` for its allocator, or build with --wasi"
+            "note: without fnmill-sdk this function has {STD_ALLOCATOR}; depend on fnmill-sdk \
+             and add `use fnmill_sdk as _;` for its allocator, or build with --wasi"
         ),
         Sdk::WithoutHeap(dir) => eprintln!(
             "note: the fnmill-sdk in {} predates WASI-free builds (it has no src/heap.rs), so \
-             this function has the standard library's allocator, which grows the memory of \
-             every fresh instance (about 5 µs per event) and drops panic messages; replace it \
-             with the fnmill-sdk/ of a new `fnmill new rust` project, or build with --wasi",
+             this function has {STD_ALLOCATOR} and drops panic messages; replace it with the \
+             fnmill-sdk/ of a new `fnmill new rust` project, or build with --wasi",
             dir.display()
         ),
         Sdk::Current => {}
@@ -403,6 +402,10 @@ fn build_rust(project: &Project, out: &Path, wasi: bool) -> Result<bool> {
     std::fs::write(out, component).with_context(|| format!("writing {}", out.display()))?;
     Ok(true)
 }
+
+/// What a Rust function without the SDK's allocator runs on, for `fnmill build`'s notes.
+const STD_ALLOCATOR: &str = "the standard library's allocator, which grows the memory of every \
+                             fresh instance (about 5 µs per event)";
 
 /// What the package at `dir` has of fnmill-sdk, which brings the allocator and panic hook a
 /// WASI-free build needs.

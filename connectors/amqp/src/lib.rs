@@ -247,9 +247,20 @@ pub(crate) async fn close_in_order(
     bound: Duration,
 ) {
     if let Some(channel) = channel {
-        let _ = tokio::time::timeout(bound, channel.close(reply_code, reply_text.into())).await;
+        close_channel(channel, reply_code, reply_text, bound).await;
     }
     let _ = tokio::time::timeout(bound, connection.close(reply_code, reply_text.into())).await;
+}
+
+/// Closes `channel`, waiting at most `bound` for the broker (see [`close_in_order`] for why a
+/// channel is closed explicitly).
+pub(crate) async fn close_channel(
+    channel: &Channel,
+    reply_code: u16,
+    reply_text: &str,
+    bound: Duration,
+) {
+    let _ = tokio::time::timeout(bound, channel.close(reply_code, reply_text.into())).await;
 }
 
 /// Exponential backoff with jitter for reconnecting: from 100 ms (a broker restart or a cut

@@ -48,7 +48,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{AmqpSinkConfig, Broker as _, Topology};
-use crate::{AmqpError, Result, close_in_order, headers, in_order};
+use crate::{AmqpError, Result, close_channel, close_in_order, headers, in_order};
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk (for classic queues; quorum
 /// queues always do).
@@ -336,11 +336,7 @@ impl Pipe {
         if let Some(done) = closing {
             // Closed here, before the sink closes the connection: see `close_in_order`.
             if let Some(channel) = self.channel.take() {
-                let _ = tokio::time::timeout(
-                    CLOSE_CONNECTION,
-                    channel.close(200, "fnmill stopping".into()),
-                )
-                .await;
+                close_channel(&channel, 200, "fnmill stopping", CLOSE_CONNECTION).await;
             }
             let _ = done.send(());
         }
