@@ -43,3 +43,12 @@ pub fn io_error(e: &std::io::Error) -> String {
         None => text,
     }
 }
+
+/// The process allocator: mimalloc instead of glibc's malloc. Every event allocates on a compute
+/// thread (the record, its outputs, the instance's store) and frees much of it on another (the
+/// producer's delivery-report thread settles it); glibc takes the owning arena's lock for each
+/// such free, and consolidates its fast bins when a larger block is asked for. A profile of the
+/// Kafka bench had malloc and free at 13% of the compute thread and 40% of the delivery-report
+/// thread. Declared in the library, so the binary, the benches and the tests all run on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
