@@ -126,9 +126,11 @@ tokio::task_local! {
 }
 
 impl CallerScope {
-    /// Runs `call` (a function's invocation) inside this scope.
-    pub async fn run<F: Future>(self, call: F) -> F::Output {
-        SCOPE.scope(self, call).await
+    /// Runs `call` (a function's invocation) inside this scope. A plain function, not an
+    /// `async fn`: one of those would hold `call` twice (as its argument and as the future it
+    /// awaits), and a function call's future is large.
+    pub fn run<F: Future>(self, call: F) -> impl Future<Output = F::Output> {
+        SCOPE.scope(self, call)
     }
 }
 

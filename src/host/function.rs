@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnmill_connector_api::{Event, Header};
+use futures::FutureExt;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::admission::{Admission, Admissions, Kept, lock};
@@ -332,13 +333,15 @@ impl Function {
     /// Runs `work` (instantiation and call) within the function's timeout. Epoch interruption
     /// cannot stop a guest that is inside an awaited host call; this outer timeout catches that
     /// case, one tick later than the epoch would.
-    async fn within_timeout(
+    ///
+    /// A plain function, not an `async fn`, which would hold `work` twice.
+    fn within_timeout(
         &self,
         work: impl Future<Output = Result<Vec<Output>, Failure>>,
-    ) -> Result<Vec<Output>, Failure> {
-        tokio::time::timeout(self.limits.timeout + EPOCH_TICK * 2, work)
-            .await
-            .unwrap_or(Err(Failure::Timeout(self.limits.timeout)))
+    ) -> impl Future<Output = Result<Vec<Output>, Failure>> {
+        let limit = self.limits.timeout;
+        tokio::time::timeout(limit + EPOCH_TICK * 2, work)
+            .map(move |r| r.unwrap_or(Err(Failure::Timeout(limit))))
     }
 
     /// Arms the wall-clock limit of one call: the clock is checked on every epoch tick, and the

@@ -120,12 +120,16 @@ impl Route {
                 .and_then(|h| std::str::from_utf8(&h.value).ok())
                 .map(Arc::from),
         };
-        let invoke = AssertUnwindSafe(caller.run(self.function.invoke_observed(
-            event,
-            attempt,
-            scope.clone(),
-        )))
-        .catch_unwind();
+        // Boxed once here: the call's future is the largest part of an event's, and unboxed it
+        // is moved (copied) with every future that holds it, up to the shard's.
+        let invoke = Box::pin(
+            AssertUnwindSafe(caller.run(self.function.invoke_observed(
+                event,
+                attempt,
+                scope.clone(),
+            )))
+            .catch_unwind(),
+        );
         let called = match &scope {
             Some(scope) => invoke.with_context(scope.cx.clone()).await,
             None => invoke.await,
