@@ -431,16 +431,19 @@ impl KafkaSink {
                 )));
                 continue;
             };
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for h in &record.headers {
-                headers = headers.insert(KafkaHeader {
-                    key: &h.name,
-                    value: Some(h.value.as_ref()),
-                });
+            let mut base =
+                BaseRecord::with_opaque_to(topic, batch.clone()).payload(record.payload.as_ref());
+            // librdkafka allocates a header list even for none.
+            if !record.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                for h in &record.headers {
+                    headers = headers.insert(KafkaHeader {
+                        key: &h.name,
+                        value: Some(h.value.as_ref()),
+                    });
+                }
+                base = base.headers(headers);
             }
-            let mut base = BaseRecord::with_opaque_to(topic, batch.clone())
-                .payload(record.payload.as_ref())
-                .headers(headers);
             if let Some(key) = &record.key {
                 base = base.key(key.as_ref());
             }

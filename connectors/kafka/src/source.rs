@@ -12,7 +12,7 @@
 //! partitions resume once the held messages are handed over. (librdkafka resumes a paused
 //! partition at the position after the last message it returned, so nothing is skipped.)
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -338,7 +338,7 @@ impl PartitionState {
 /// The consumer thread's bookkeeping, reachable from the rebalance callbacks.
 #[derive(Default)]
 struct State {
-    partitions: HashMap<PartitionId, PartitionState>,
+    partitions: foldhash::HashMap<PartitionId, PartitionState>,
     next_epoch: u64,
     /// Deliveries the pipeline had no room for; while any is held, partitions are paused.
     held: VecDeque<(PartitionId, Delivery)>,
