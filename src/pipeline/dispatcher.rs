@@ -14,11 +14,10 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use fnmill_connector_api::{Delivery, Outbox};
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -29,11 +28,14 @@ use super::{Lent, Route};
 /// back, few enough that lanes keep moving in between.
 const INBOX_BATCH: usize = 128;
 
-/// What a shard receives: a delivery and its place in the route's window.
-type Inbound = (Delivery, OwnedSemaphorePermit);
+/// What a shard receives: a delivery, its place in the route's window, and the lane of its
+/// ordering key (`None`: the event has no key).
+type Inbound = (Delivery, OwnedSemaphorePermit, Option<u64>);
 
-/// The hash of an ordering key: picks the shard, and is the lane a sink keeps in order. Fixed
-/// seed: only this process compares them.
+/// The hash of an ordering key: picks the shard, names the key's lane in the shard, and is the
+/// lane a sink keeps in order. Computed once per event, when the outbox takes it. Two keys
+/// whose hashes collide share a lane: their events run one after another in delivery order,
+/// which is more order than asked for, never less. Fixed seed: only this process compares them.
 pub(super) fn lane_of(key: &[u8]) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6e6d_696c_6c5f_6c6e).hash_one(key)
 }
@@ -56,12 +58,15 @@ impl Route {
         }
         let next = AtomicUsize::new(0);
         let outbox = Outbox::new(self.max_in_flight, move |delivery, permit| {
-            let shard = match delivery.ordering_key() {
-                Some(key) => (lane_of(key) % n as u64) as usize,
+            let lane = delivery.ordering_key().map(|key| lane_of(key));
+            let shard = match lane {
+                Some(lane) => (lane % n as u64) as usize,
                 // Unordered events spread over the shards.
                 None => next.fetch_add(1, Ordering::Relaxed) % n,
             };
-            senders[shard].send((delivery, permit)).map_err(|e| e.0.0)
+            senders[shard]
+                .send((delivery, permit, lane))
+                .map_err(|e| e.0.0)
         });
         let done = async move {
             for shard in shards {
@@ -74,10 +79,11 @@ impl Route {
     /// One shard: its lanes and running events, until its inbox closed and every event let go
     /// of its lane.
     async fn shard(self: Arc<Self>, mut inbox: mpsc::UnboundedReceiver<Inbound>) {
-        // Queued events per busy key. A key is present exactly while one of its events runs.
-        let mut lanes: foldhash::HashMap<Bytes, VecDeque<Lent>> = Default::default();
-        // Each running event resolves to its ordering key, so its lane can move on.
-        let mut running: FuturesUnordered<BoxFuture<'static, (Option<Bytes>, Next)>> =
+        // Queued events per busy lane (the hash of a key). A lane is present exactly while one
+        // of its events runs.
+        let mut lanes: foldhash::HashMap<u64, VecDeque<Lent>> = Default::default();
+        // Each running event resolves to its lane, so the lane can move on.
+        let mut running: FuturesUnordered<BoxFuture<'static, (Option<u64>, Next)>> =
             FuturesUnordered::new();
         let mut batch = Vec::with_capacity(INBOX_BATCH);
         let mut open = true;
@@ -85,12 +91,12 @@ impl Route {
             tokio::select! {
                 // Let lanes move before taking more: keeps memory bounded and order cheap.
                 biased;
-                Some((key, next)) = running.next(), if !running.is_empty() => {
-                    let Some(key) = key else { continue };
+                Some((keyed, next)) = running.next(), if !running.is_empty() => {
+                    let Some(key) = keyed else { continue };
                     let Entry::Occupied(mut lane) = lanes.entry(key) else { continue };
                     match next {
                         Next::Continue => match lane.get_mut().pop_front() {
-                            Some(lent) => running.push(self.clone().run(lent)),
+                            Some(lent) => running.push(self.clone().run(lent, keyed)),
                             None => {
                                 lane.remove();
                             }
@@ -114,17 +120,16 @@ impl Route {
                         open = false;
                         continue;
                     }
-                    for (delivery, permit) in batch.drain(..) {
-                        let key = delivery.ordering_key().cloned();
+                    for (delivery, permit, keyed) in batch.drain(..) {
                         let lent =
                             Lent::new(delivery, permit, self.stats.clone(), &self.telemetry);
-                        match key {
-                            None => running.push(self.clone().run(lent)),
+                        match keyed {
+                            None => running.push(self.clone().run(lent, None)),
                             Some(key) => match lanes.entry(key) {
                                 Entry::Occupied(mut lane) => lane.get_mut().push_back(lent),
                                 Entry::Vacant(lane) => {
                                     lane.insert(VecDeque::new());
-                                    running.push(self.clone().run(lent));
+                                    running.push(self.clone().run(lent, keyed));
                                 }
                             },
                         }
@@ -136,24 +141,25 @@ impl Route {
         debug_assert!(lanes.is_empty());
     }
 
-    fn run(self: Arc<Self>, lent: Lent) -> BoxFuture<'static, (Option<Bytes>, Next)> {
-        Box::pin(async move {
-            let key = lent.ordering_key();
-            // Keyless events have no order to keep: spread them over the sinks' pipes.
-            let lane = match &key {
-                Some(key) => lane_of(key),
-                None => lane_of(lent.event().id.as_bytes()),
-            };
-            // Tracing on: log lines of the event carry its trace and span ids.
-            let cx = lent.obs.context().cloned();
-            let next = match cx {
-                Some(cx) => {
-                    use opentelemetry::context::FutureExt as _;
-                    self.process(lent, lane).with_context(cx).await
-                }
-                None => self.process(lent, lane).await,
-            };
-            (key, next)
-        })
+    /// One event, resolving to its lane (`keyed`, `None` for an event without a key) once the
+    /// key's next event may start. Not an `async` block around [`Route::process`], which would
+    /// hold (and copy) its future once more.
+    fn run(
+        self: Arc<Self>,
+        lent: Lent,
+        keyed: Option<u64>,
+    ) -> BoxFuture<'static, (Option<u64>, Next)> {
+        // Keyless events have no order to keep: spread them over the sinks' pipes.
+        let lane = keyed.unwrap_or_else(|| lane_of(lent.event().id.as_bytes()));
+        // Tracing on: log lines of the event carry its trace and span ids.
+        let cx = lent.obs.context().cloned();
+        let process = self.process(lent, lane).map(move |next| (keyed, next));
+        match cx {
+            Some(cx) => {
+                use opentelemetry::context::FutureExt as _;
+                Box::pin(process.with_context(cx))
+            }
+            None => Box::pin(process),
+        }
     }
 }

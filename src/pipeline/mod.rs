@@ -168,14 +168,6 @@ impl Lent {
         self.delivery.as_ref().expect("unsettled").event()
     }
 
-    fn ordering_key(&self) -> Option<bytes::Bytes> {
-        self.delivery
-            .as_ref()
-            .expect("unsettled")
-            .ordering_key()
-            .cloned()
-    }
-
     fn settle(mut self, outcome: Outcome) {
         let counter = match outcome {
             Outcome::Done => &self.stats.done,

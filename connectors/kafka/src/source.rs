@@ -685,6 +685,9 @@ impl KafkaSource {
         let cx = consumer.context();
         let mut last_probe = Instant::now();
         let mut last_store = Instant::now();
+        // The partition of the previous message: a fetch hands over a run of one partition's
+        // messages, which then share one topic name instead of allocating one each.
+        let mut last_partition: Option<PartitionId> = None;
         while !shutdown.is_cancelled() {
             let timeout = {
                 let mut state = cx.state();
@@ -726,7 +729,14 @@ impl KafkaSource {
                 None => {}
                 Some(Ok(m)) => {
                     cx.ready.set(true);
-                    let id: PartitionId = (Arc::from(m.topic()), m.partition());
+                    let id: PartitionId = match &last_partition {
+                        Some(id) if id.1 == m.partition() && &*id.0 == m.topic() => id.clone(),
+                        _ => {
+                            let id = (Arc::from(m.topic()), m.partition());
+                            last_partition = Some(id.clone());
+                            id
+                        }
+                    };
                     let mut state = cx.state();
                     let State {
                         partitions,
