@@ -397,9 +397,9 @@ async fn run_routes(
         sinks.insert(name.clone(), build_sink(name, sink).map_err(StartError)?);
     }
     let destination = |d: &DestinationConfig| Destination {
-        sink_name: d.sink().to_string(),
+        sink_name: d.sink().into(),
         sink: sinks[d.sink()].clone(),
-        target: d.target().map(str::to_string),
+        target: d.target().map(Arc::from),
     };
 
     // Every source is built (a file source takes its lock) before any route starts.

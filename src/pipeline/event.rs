@@ -174,7 +174,7 @@ impl Route {
                 m.output(&output.destination, crate::telemetry::output_size(&output));
             }
             let record = Record {
-                target: dest.target.clone(),
+                target: dest.target.as_deref().map(str::to_owned),
                 key: output.key,
                 payload: output.payload,
                 headers: output.headers,
@@ -214,16 +214,16 @@ impl Route {
             &mut batches,
             outcome != Outcome::Done,
         );
-        let pending = Pending::new(self.clone(), lent, batches.len(), attempt, outcome);
-        for (i, (dest, records)) in batches.into_iter().enumerate() {
+        let pending = Pending::new(self.clone(), lent, batches, attempt, outcome);
+        for (i, (dest, records)) in pending.batches.iter().enumerate() {
             let mut tries = 1;
             loop {
                 let span = spans.as_mut().and_then(|s| s[i].take());
-                let confirm = pending.confirm(dest.clone(), records.clone(), span);
+                let confirm = pending.confirm(i, span);
                 match dest.sink.enqueue(records.clone(), lane, confirm).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() => {
-                        if !self.sink_backoff(&dest, &e, tries).await {
+                        if !self.sink_backoff(dest, &e, tries).await {
                             pending.give_up(None, self.shutdown_failure());
                             return Err(NotHandedOver::Abandoned);
                         }
@@ -274,7 +274,7 @@ impl Route {
                 );
                 let record = dead_letter_record(
                     &event,
-                    dest.target.clone(),
+                    dest.target.as_deref().map(str::to_owned),
                     &failure,
                     self.function.name(),
                     &self.name,
@@ -470,6 +470,8 @@ struct Failed {
 /// runtime to be recovered.
 struct Pending {
     route: Arc<Route>,
+    /// What was handed over, kept to publish again what a sink failed to confirm.
+    batches: Vec<Batch>,
     state: Mutex<PendingState>,
     attempt: u32,
     /// How the event settles once everything is confirmed.
@@ -480,7 +482,8 @@ struct PendingState {
     lent: Option<Lent>,
     /// Confirmations still expected, plus one held until every batch is handed over.
     remaining: usize,
-    failed: Vec<Failed>,
+    /// The batches whose confirmation failed: their index and the error.
+    failed: Vec<(usize, SinkError)>,
     /// Set when a later batch could not be handed over: the event then fails with it.
     gave_up: Option<Failure>,
 }
@@ -489,7 +492,7 @@ impl Pending {
     fn new(
         route: Arc<Route>,
         lent: Lent,
-        batches: usize,
+        batches: Vec<Batch>,
         attempt: u32,
         outcome: Outcome,
     ) -> Arc<Self> {
@@ -497,10 +500,11 @@ impl Pending {
             route,
             state: Mutex::new(PendingState {
                 lent: Some(lent),
-                remaining: batches + 1,
+                remaining: batches.len() + 1,
                 failed: Vec::new(),
                 gave_up: None,
             }),
+            batches,
             attempt,
             outcome,
         })
@@ -510,11 +514,10 @@ impl Pending {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The callback for one batch; it ends the batch's producer spans.
+    /// The callback for batch `i`; it ends the batch's producer spans.
     fn confirm(
         self: &Arc<Self>,
-        dest: Destination,
-        records: Vec<Record>,
+        i: usize,
         spans: Option<crate::telemetry::ProducerSpans>,
     ) -> Confirm {
         let pending = self.clone();
@@ -523,11 +526,7 @@ impl Pending {
                 spans.end(&result);
             }
             if let Err(error) = result {
-                pending.state().failed.push(Failed {
-                    dest,
-                    records,
-                    error,
-                });
+                pending.state().failed.push((i, error));
             }
             pending.one_done();
         })
@@ -566,7 +565,14 @@ impl Pending {
         let Some(lent) = state.lent.take() else {
             return;
         };
-        let failed = std::mem::take(&mut state.failed);
+        let failed: Vec<Failed> = std::mem::take(&mut state.failed)
+            .into_iter()
+            .map(|(i, error)| Failed {
+                dest: self.batches[i].0.clone(),
+                records: self.batches[i].1.clone(),
+                error,
+            })
+            .collect();
         let gave_up = state.gave_up.take();
         drop(state);
         let route = &self.route;

@@ -51,12 +51,13 @@ use crate::host::Function;
 pub use dead_letter::{HEADER_PREFIX, dead_letter_record};
 pub use retry::Backoff;
 
-/// A resolved destination: a sink and an optional target inside it.
+/// A resolved destination: a sink and an optional target inside it. Cheap to clone (the
+/// pipeline does, per output).
 #[derive(Clone)]
 pub struct Destination {
-    pub sink_name: String,
+    pub sink_name: Arc<str>,
     pub sink: Arc<dyn Sink>,
-    pub target: Option<String>,
+    pub target: Option<Arc<str>>,
 }
 
 /// Where an event that failed for good goes.
