@@ -15,6 +15,7 @@ wasmtime::component::bindgen!({
     },
     // The export is called asynchronously so that a compute thread is never blocked by a guest.
     exports: { default: async },
+    ownership: Borrowing { duplicate_if_necessary: true },
     with: {
         "fnmill:function/keyvalue.bucket": crate::host::data::KvBucket,
     },
@@ -23,5 +24,5 @@ wasmtime::component::bindgen!({
 pub use self::fnmill::function::keyvalue;
 pub use self::fnmill::function::logging::Level;
 pub use self::fnmill::function::sql;
-pub use self::fnmill::function::types::{Error as GuestError, Header};
+pub use self::fnmill::function::types::{Error as GuestError, HeaderParam};
 pub use exports::fnmill::function::handler::{Event, Output};

@@ -368,10 +368,11 @@ impl Function {
         attempt: u32,
         stats: &mut CallStats,
     ) -> Result<Vec<Output>, Failure> {
-        let wit_event = to_wit(event, attempt);
+        let headers = wit_headers(event);
+        let wit_event = to_wit(event, &headers, attempt);
         let result = instance
             .fnmill_function_handler()
-            .call_handle(&mut *store, &wit_event)
+            .call_handle(&mut *store, wit_event)
             .await;
         // What the call cost: read now, whatever its outcome.
         stats.memory = store.data().limiter.size as u64;
@@ -471,24 +472,35 @@ impl Function {
     }
 }
 
-/// The event as the guest sees it. The one place host types become generated types.
-fn to_wit(event: &Event, attempt: u32) -> bindings::Event {
+/// The event as the guest sees it, borrowed: it is lowered into the guest's memory straight from
+/// the event, its headers from `headers` ([`wit_headers`]). The one place host types become
+/// generated types.
+fn to_wit<'a>(
+    event: &'a Event,
+    headers: &'a [bindings::HeaderParam<'a>],
+    attempt: u32,
+) -> bindings::Event<'a> {
     bindings::Event {
-        id: event.id.clone(),
-        source: event.source.clone(),
-        key: event.key.as_ref().map(|k| k.to_vec()),
-        payload: event.payload.to_vec(),
-        headers: event
-            .headers
-            .iter()
-            .map(|h| bindings::Header {
-                name: h.name.clone(),
-                value: h.value.to_vec(),
-            })
-            .collect(),
+        id: &event.id,
+        source: &event.source,
+        key: event.key.as_deref(),
+        payload: &event.payload,
+        headers,
         timestamp_ms: event.timestamp_ms,
         attempt,
     }
+}
+
+/// The event's headers, borrowed, for [`to_wit`].
+fn wit_headers(event: &Event) -> Vec<bindings::HeaderParam<'_>> {
+    event
+        .headers
+        .iter()
+        .map(|h| bindings::HeaderParam {
+            name: &h.name,
+            value: &h.value,
+        })
+        .collect()
 }
 
 fn trap_code(trap: Trap) -> &'static str {
