@@ -177,15 +177,57 @@ fn invoke_reports_the_failure_class_and_exit_status() {
 }
 
 /// Peak resident memory of a finished `fnmill invoke` child, in bytes.
+/// The environment variable that turns `peak_rss_probe` on: the fnmill arguments, as JSON.
+const PROBE_ARGS: &str = "FNMILL_TEST_PEAK_RSS_OF";
+/// The prefix of the line in which the probe reports `<exit code> <peak RSS bytes>`.
+const PROBE_REPORT: &str = "peak-rss-report:";
+
+/// Runs `fnmill invoke` and returns its exit code and peak resident set size.
+///
+/// The peak is measured by a fresh copy of this test binary (`peak_rss_probe`), not by this
+/// process: Linux's `ru_maxrss` of a child includes the resident size of the process that spawned
+/// it (kept across `exec`), and this process grows by tens of MiB while the other tests compile
+/// and run components in it. The probe is small, so what it reports is fnmill's own peak.
+fn invoke_peak_rss(component: &Path, event: &Path, extra: &[&str]) -> (i32, u64) {
+    let mut args = vec![
+        "invoke".to_string(),
+        component.display().to_string(),
+        "--event".to_string(),
+        event.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["peak_rss_probe", "--exact", "--ignored", "--nocapture"])
+        .env(PROBE_ARGS, serde_json::to_string(&args).unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(PROBE_REPORT))
+        .unwrap_or_else(|| {
+            panic!(
+                "the probe reported nothing: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let mut fields = report.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+    let (code, rss) = (fields.next().unwrap(), fields.next().unwrap());
+    (code as i32, rss)
+}
+
+/// The measuring half of `invoke_peak_rss`, run only in the child process that function starts.
 // The child is reaped with `wait4` (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
-fn invoke_peak_rss(component: &Path, event: &Path, extra: &[&str]) -> (i32, u64) {
+#[test]
+#[ignore = "a helper that memory_hog_stays_within_its_limit runs in a process of its own"]
+fn peak_rss_probe() {
+    let args: Vec<String> = serde_json::from_str(
+        &std::env::var(PROBE_ARGS).expect("run by invoke_peak_rss, which sets the arguments"),
+    )
+    .unwrap();
     let child = fnmill()
-        .arg("invoke")
-        .arg(component)
-        .arg("--event")
-        .arg(event)
-        .args(extra)
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -196,7 +238,11 @@ fn invoke_peak_rss(component: &Path, event: &Path, extra: &[&str]) -> (i32, u64)
     // SAFETY: as above.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
-    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
+    println!(
+        "{PROBE_REPORT} {} {}",
+        libc::WEXITSTATUS(status),
+        usage.ru_maxrss as u64 * 1024
+    );
 }
 
 /// A guest that allocates without end, under a 32 MiB limit, grows the process by no more than
