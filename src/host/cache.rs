@@ -8,15 +8,27 @@
 //! belongs to the user fnmill runs as and nobody else can write to it. There is no fallback to
 //! a shared temporary folder: without `$XDG_CACHE_HOME` or `$HOME` (and no `cache_dir`), nothing
 //! is cached.
+//!
+//! Every rebuilt component is a new file, so the cache is bounded: once its compiled files add
+//! up to more than [`MAX_CACHE_BYTES`], the least recently used go (a load counts as a use), and
+//! so do temporary files a crash left behind.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::LoadError;
+
+/// What the compiled files in the cache may add up to before the least recently used are
+/// removed: dozens of Python or JavaScript builds (tens of MiB each), thousands of Rust ones.
+pub const MAX_CACHE_BYTES: u64 = 2 << 30;
+
+/// A temporary file older than this is a crashed writer's, and is removed.
+const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 
 /// `$XDG_CACHE_HOME/fnmill`, else `$HOME/.cache/fnmill`; `None` (no cache) when neither is set.
 pub fn default_cache_dir() -> Option<PathBuf> {
@@ -47,7 +59,11 @@ pub(super) fn load_or_compile(
             // write to, and is owned by this user and writable by no one else (checked just
             // above); wasmtime checks the header and version again on load.
             Ok(()) => match unsafe { Component::deserialize_file(engine, &file) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    // The eviction order: least recently loaded first.
+                    touch(&file);
+                    return Ok(component);
+                }
                 Err(e) => tracing::warn!(
                     file = %file.display(),
                     error = %format!("{e:#}"),
@@ -57,11 +73,76 @@ pub(super) fn load_or_compile(
         }
     }
     let component = compile(bytes)?;
-    if let Err(e) = store(&component, dir, &file) {
+    match store(&component, dir, &file) {
+        Ok(()) => prune(dir, &file, MAX_CACHE_BYTES),
         // The cache is an optimisation: a read-only or full disk must not stop fnmill.
-        tracing::warn!(dir = %dir.display(), error = %e, "Cannot write the component cache");
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "Cannot write the component cache")
+        }
     }
     Ok(component)
+}
+
+/// Marks `file` as used now. Best effort: a file that cannot be touched is evicted sooner.
+fn touch(file: &Path) {
+    if let Ok(f) = std::fs::File::options().write(true).open(file) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+/// Removes the least recently used compiled files of `dir` until they add up to `max_bytes` at
+/// most, never `keep` (the file just written), and temporary files older than an hour. Other
+/// fnmill processes may prune at the same time: a file already gone is skipped.
+fn prune(dir: &Path, keep: &Path, max_bytes: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    let mut compiled = Vec::new();
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().unwrap_or(now);
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            if now.duration_since(modified).unwrap_or_default() > STALE_TEMPORARY {
+                let _ = std::fs::remove_file(&path);
+            }
+        } else if name.ends_with(".cwasm") {
+            total += meta.len();
+            if path != keep {
+                compiled.push((modified, meta.len(), path));
+            }
+        }
+    }
+    if total <= max_bytes {
+        return;
+    }
+    compiled.sort();
+    let (mut removed, mut freed) = (0usize, 0u64);
+    for (_, len, path) in compiled {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+            freed += len;
+        }
+        // Gone either way: removed here or by another process.
+        total -= len;
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        removed,
+        freed_mib = freed >> 20,
+        limit_mib = max_bytes >> 20,
+        "Component cache over its size limit: removed the least recently used files"
+    );
 }
 
 /// Whether `path` is this user's and writable by no one else; the reason when not.
@@ -145,6 +226,50 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// Writes `name` with `len` bytes, last modified `age_s` seconds ago.
+    fn file(dir: &Path, name: &str, len: usize, age_s: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_until_under_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let oldest = file(d, "a.cwasm", 400, 400);
+        let old = file(d, "b.cwasm", 400, 300);
+        let recent = file(d, "c.cwasm", 400, 200);
+        // Just written, yet older than all of them by its time stamp: never removed.
+        let written = file(d, "d.cwasm", 400, 1000);
+        let other = file(d, "notes.txt", 5000, 5000);
+        let stale_tmp = file(d, ".e.cwasm.1.tmp", 10, 7200);
+        let fresh_tmp = file(d, ".f.cwasm.2.tmp", 10, 10);
+        prune(d, &written, 1000);
+        assert!(!oldest.exists() && !old.exists(), "the two oldest go");
+        assert!(recent.exists() && written.exists());
+        assert!(other.exists(), "only compiled files count and go");
+        assert!(!stale_tmp.exists() && fresh_tmp.exists());
+        // Under the limit: nothing more goes.
+        prune(d, &written, 1000);
+        assert!(recent.exists());
+    }
+
+    #[test]
+    fn a_load_makes_a_file_the_most_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let loaded = file(d, "a.cwasm", 400, 400);
+        let idle = file(d, "b.cwasm", 400, 300);
+        let written = file(d, "c.cwasm", 400, 0);
+        touch(&loaded);
+        prune(d, &written, 800);
+        assert!(loaded.exists() && !idle.exists());
+    }
 
     #[test]
     fn only_this_users_private_files_are_trusted() {
