@@ -45,9 +45,9 @@ pub fn dead_letter_record(
     add("route", route.to_string());
     add("attempts", attempts.to_string());
     add("event.id", event.id.clone());
-    add("source", event.source.clone());
+    add("source", event.source.to_string());
     for (name, value) in &event.origin {
-        add(&format!("origin.{name}"), value.clone());
+        add(&format!("origin.{name}"), value.to_string());
     }
     Record {
         target,

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fnmill_connector_api::{Event, Header, Outcome, Record, SinkError};
+use fnmill_connector_api::{Event, Header, OriginValue, Outcome, Record, SinkError};
 use fnmill_connector_nats::protocol::{Op, WireCaller, WireError};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
@@ -236,12 +236,12 @@ impl EventTrace {
 }
 
 /// The origin pair named `name` of an event.
-fn origin<'a>(event: &'a Event, name: &str) -> Option<&'a str> {
+fn origin<'a>(event: &'a Event, name: &str) -> Option<&'a OriginValue> {
     event
         .origin
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v)
 }
 
 impl RouteTracer {
@@ -251,6 +251,7 @@ impl RouteTracer {
         let info = &self.info;
         let destination = origin(event, "topic")
             .or_else(|| origin(event, "queue"))
+            .and_then(OriginValue::as_text)
             .unwrap_or(&info.source.destination);
         let mut attributes = Vec::with_capacity(14);
         attributes.extend([
@@ -276,7 +277,7 @@ impl RouteTracer {
                 p.to_string(),
             ));
         }
-        if let Some(o) = origin(event, "offset").and_then(|o| o.parse::<i64>().ok()) {
+        if let Some(o) = origin(event, "offset").and_then(OriginValue::as_number) {
             attributes.push(KeyValue::new("messaging.kafka.offset", o));
         }
         if info.source.system == "kafka"
@@ -287,13 +288,13 @@ impl RouteTracer {
                 key.to_string(),
             ));
         }
-        if let Some(tag) = origin(event, "delivery_tag").and_then(|t| t.parse::<i64>().ok()) {
+        if let Some(tag) = origin(event, "delivery_tag").and_then(OriginValue::as_number) {
             attributes.push(KeyValue::new(
                 "messaging.rabbitmq.message.delivery_tag",
                 tag,
             ));
         }
-        if let Some(line) = origin(event, "line").and_then(|l| l.parse::<i64>().ok()) {
+        if let Some(line) = origin(event, "line").and_then(OriginValue::as_number) {
             attributes.push(KeyValue::new("fnmill.file.line", line));
         }
         if !parent.span().span_context().is_valid()

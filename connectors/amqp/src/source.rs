@@ -25,10 +25,12 @@
 //! queue's own dead-letter exchange) are `basic_reject`ed without requeue; those go out before the
 //! acks of the same batch. The bookkeeping is `connectors/api`'s [`UnorderedWindow`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use fnmill_connector_api::metrics::Gauge;
 use fnmill_connector_api::settlement::{self, Settled, Settlements, Settler, UnorderedWindow};
-use fnmill_connector_api::{Delivery, Event, Source, SourceContext, SourceError};
+use fnmill_connector_api::{Delivery, Event, OriginValue, Source, SourceContext, SourceError};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
@@ -61,7 +63,10 @@ struct Ticket {
 /// Consumes a RabbitMQ queue. See the module docs.
 #[derive(Debug)]
 pub struct AmqpSource {
-    name: String,
+    /// Shared with every event it delivers.
+    name: Arc<str>,
+    /// `config.queue`, shared with every event's origin.
+    queue: Arc<str>,
     config: AmqpSourceConfig,
     endpoint: crate::Endpoint,
     /// Messages delivered to fnmill and not yet acked, nacked or rejected, when someone reads it.
@@ -70,13 +75,14 @@ pub struct AmqpSource {
 
 impl AmqpSource {
     /// Checks the config; `name` becomes [`Event::source`]. Nothing is connected yet.
-    pub fn new(name: impl Into<String>, config: AmqpSourceConfig) -> Result<Self> {
+    pub fn new(name: impl Into<Arc<str>>, config: AmqpSourceConfig) -> Result<Self> {
         if let Some(p) = config.check().into_iter().next() {
             return Err(AmqpError::Problem(p));
         }
         let endpoint = config.endpoint()?;
         Ok(Self {
             name: name.into(),
+            queue: config.queue.as_str().into(),
             config,
             endpoint,
             unacked: None,
@@ -415,12 +421,21 @@ impl AmqpSource {
             OrderingKey::Header(name) => headers::find(&headers, name).cloned(),
         };
         let mut origin = vec![
-            ("queue", self.config.queue.clone()),
-            ("delivery_tag", tag.to_string()),
-            ("redelivered", message.redelivered.to_string()),
+            ("queue", OriginValue::Text(self.queue.clone())),
+            (
+                "delivery_tag",
+                match i64::try_from(tag) {
+                    Ok(n) => OriginValue::Number(n),
+                    Err(_) => tag.to_string().into(),
+                },
+            ),
+            ("redelivered", message.redelivered.to_string().into()),
         ];
         if let Some(count) = headers::find(&headers, "x-delivery-count") {
-            origin.push(("delivery_count", String::from_utf8_lossy(count).into()));
+            origin.push((
+                "delivery_count",
+                String::from_utf8_lossy(count).as_ref().into(),
+            ));
         }
         let id = match properties.message_id() {
             Some(id) => id.as_str().to_string(),

@@ -67,8 +67,9 @@ impl Header {
 pub struct Event {
     /// Unique within the source: `topic/partition/offset`, an AMQP message id, a JSON `id`.
     pub id: String,
-    /// The `sources.<name>` key of the source that produced it.
-    pub source: String,
+    /// The `sources.<name>` key of the source that produced it (shared: one per source, not
+    /// one per event).
+    pub source: Arc<str>,
     /// Message key, if any.
     pub key: Option<Bytes>,
     pub payload: Bytes,
@@ -77,7 +78,7 @@ pub struct Event {
     pub timestamp_ms: Option<i64>,
     /// Where the event came from, as `(name, value)` pairs the dead-letter headers repeat
     /// (`topic`, `partition`, `offset`; `queue`, `delivery_tag`; `file`, `line`).
-    pub origin: Vec<(&'static str, String)>,
+    pub origin: Vec<(&'static str, OriginValue)>,
     /// Set when the source could not decode what it received into an event (a line that is not
     /// JSON Lines): `payload` then holds the raw bytes, and the pipeline dead-letters the event
     /// (kind `decode`) without running the function.
@@ -88,7 +89,7 @@ impl Event {
     /// An event with `id`, `source` and `payload`, and nothing else set.
     pub fn new(
         id: impl Into<String>,
-        source: impl Into<String>,
+        source: impl Into<Arc<str>>,
         payload: impl Into<Bytes>,
     ) -> Self {
         Self {
@@ -97,6 +98,66 @@ impl Event {
             payload: payload.into(),
             ..Self::default()
         }
+    }
+}
+
+/// One value of an event's [`Event::origin`]: a shared text (a topic, a queue, a file name,
+/// usually the same for many events) or a number (a partition, an offset, a line), so a source
+/// builds an event's origin without formatting a string per value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginValue {
+    Text(Arc<str>),
+    Number(i64),
+}
+
+impl OriginValue {
+    /// The text, for a text value.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            OriginValue::Text(t) => Some(t),
+            OriginValue::Number(_) => None,
+        }
+    }
+
+    /// The number, for a number value or a text that is one.
+    pub fn as_number(&self) -> Option<i64> {
+        match self {
+            OriginValue::Text(t) => t.parse().ok(),
+            OriginValue::Number(n) => Some(*n),
+        }
+    }
+}
+
+impl fmt::Display for OriginValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OriginValue::Text(t) => f.write_str(t),
+            OriginValue::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl From<&str> for OriginValue {
+    fn from(text: &str) -> Self {
+        OriginValue::Text(text.into())
+    }
+}
+
+impl From<String> for OriginValue {
+    fn from(text: String) -> Self {
+        OriginValue::Text(text.into())
+    }
+}
+
+impl From<Arc<str>> for OriginValue {
+    fn from(text: Arc<str>) -> Self {
+        OriginValue::Text(text)
+    }
+}
+
+impl From<i64> for OriginValue {
+    fn from(n: i64) -> Self {
+        OriginValue::Number(n)
     }
 }
 
@@ -575,6 +636,18 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    /// An origin value reads the same in a dead-letter header whether a source kept it as a
+    /// number or as text, and a number is one either way.
+    #[test]
+    fn origin_values_print_as_their_text() {
+        assert_eq!(OriginValue::Number(-42).to_string(), "-42");
+        assert_eq!(OriginValue::from("orders").to_string(), "orders");
+        assert_eq!(OriginValue::from("17").as_number(), Some(17));
+        assert_eq!(OriginValue::Number(17).as_number(), Some(17));
+        assert_eq!(OriginValue::from("orders").as_number(), None);
+        assert_eq!(OriginValue::Number(17).as_text(), None);
+    }
 
     fn event() -> Event {
         Event::new("1", "s", Bytes::from_static(b"{}"))

@@ -26,11 +26,12 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
-use fnmill_connector_api::{Event, Header, Record};
+use fnmill_connector_api::{Event, Header, OriginValue, Record};
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -84,9 +85,9 @@ impl EventLine {
     /// Builds the event. `default_id` is called only when the line has no `id`.
     pub fn into_event(
         self,
-        source: impl Into<String>,
+        source: impl Into<Arc<str>>,
         default_id: impl FnOnce() -> String,
-        origin: Vec<(&'static str, String)>,
+        origin: Vec<(&'static str, OriginValue)>,
     ) -> Event {
         Event {
             id: self.id.unwrap_or_else(default_id),

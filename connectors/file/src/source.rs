@@ -37,7 +37,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fnmill_connector_api::settlement::{self, OrderedWindow, Seq, Settled, Settler};
-use fnmill_connector_api::{Event, Outbox, Problem, Readiness, Source, SourceContext, SourceError};
+use fnmill_connector_api::{
+    Event, OriginValue, Outbox, Problem, Readiness, Source, SourceContext, SourceError,
+};
 use futures::future::{BoxFuture, OptionFuture};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncSeekExt, BufReader};
@@ -372,7 +374,7 @@ impl FileSource {
         });
         let (settler, mut settlements) = settlement::channel::<Seq>();
         let reader = LineReader {
-            source: self.name.clone(),
+            source: self.name.as_str().into(),
             label: label.clone(),
             follow: self.follow,
             last_line: self.last_line,
@@ -578,7 +580,7 @@ enum Change {
 
 /// The reading half: lines in, deliveries out.
 struct LineReader<'a> {
-    source: String,
+    source: Arc<str>,
     label: String,
     follow: bool,
     last_line: UnterminatedLastLine,
@@ -993,21 +995,27 @@ impl LineReader<'_> {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
-        let origin = vec![("file", file.to_owned()), ("line", line.to_string())];
+        let origin = vec![
+            ("file", file.into()),
+            (
+                "line",
+                OriginValue::Number(line.try_into().unwrap_or(i64::MAX)),
+            ),
+        ];
         let name = Path::new(file)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| file.to_owned());
         let default_id = || format!("{name}:{line}");
         Some(match jsonl::parse_event(raw) {
-            Ok(parsed) => parsed.into_event(self.source.as_str(), default_id, origin),
+            Ok(parsed) => parsed.into_event(self.source.clone(), default_id, origin),
             Err(err) => {
                 warn!(file = %file, line, error = %err, "Malformed line; it goes to the dead-letter destination");
                 let text = raw.strip_suffix(b"\n").unwrap_or(raw);
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
                 let mut event = Event::new(
                     default_id(),
-                    self.source.as_str(),
+                    self.source.clone(),
                     Bytes::copy_from_slice(text),
                 );
                 event.origin = origin;
@@ -1213,13 +1221,13 @@ mod tests {
         }
     }
 
-    fn origin_line(d: &Delivery) -> &str {
-        &d.event()
+    fn origin_line(d: &Delivery) -> i64 {
+        d.event()
             .origin
             .iter()
             .find(|(k, _)| *k == "line")
+            .and_then(|(_, v)| v.as_number())
             .unwrap()
-            .1
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1235,13 +1243,16 @@ mod tests {
         }
         let first = all[0].event();
         assert_eq!(first.id, "e1");
-        assert_eq!(first.source, "files");
+        assert_eq!(&*first.source, "files");
         assert_eq!(first.key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(all[0].ordering_key(), first.key.as_ref());
         assert_eq!(&first.payload[..], br#"{"i":1}"#);
         assert_eq!(
             first.origin,
-            vec![("file", path.display().to_string()), ("line", "1".into())]
+            vec![
+                ("file", path.display().to_string().into()),
+                ("line", OriginValue::Number(1))
+            ]
         );
         run.expect_closed().await;
 
@@ -1280,7 +1291,7 @@ mod tests {
         let again = run.take(6).await;
         let ids: Vec<_> = again.iter().map(|d| d.event().id.clone()).collect();
         assert_eq!(ids, ["e5", "e6", "e7", "e8", "e9", "e10"]);
-        assert_eq!(origin_line(&again[0]), "5");
+        assert_eq!(origin_line(&again[0]), 5);
         run.expect_closed().await;
         again.into_iter().for_each(|d| d.settle(Outcome::Done));
         run.finish().await.unwrap();
@@ -1314,7 +1325,7 @@ mod tests {
         let got = run.take(2).await;
         run.expect_closed().await;
         assert_eq!(got[0].event().id, "in.jsonl:5");
-        assert_eq!(origin_line(&got[0]), "5");
+        assert_eq!(origin_line(&got[0]), 5);
         assert_eq!(&got[0].event().payload[..], b"5");
         assert_eq!(got[1].event().id, "in.jsonl:6");
         assert_eq!(&got[1].event().payload[..], b"6");
@@ -1406,7 +1417,7 @@ mod tests {
         let late = run.next().await;
         assert_eq!(late.event().id, "late");
         assert_eq!(&late.event().payload[..], b"[3]");
-        assert_eq!(origin_line(&late), "3");
+        assert_eq!(origin_line(&late), 3);
         late.settle(Outcome::Done);
 
         let len = fs::metadata(&path).unwrap().len();

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use fnmill_connector_api::settlement::{self, OrderedWindow, Seq, Settled, Settlements, Settler};
 use fnmill_connector_api::{
-    Delivery, Event, Header, Outbox, Problem, Readiness, Source, SourceContext, SourceError,
+    Delivery, Event, Header, OriginValue, Outbox, Problem, Readiness, Source, SourceContext,
+    SourceError,
 };
 use futures::future::BoxFuture;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -179,7 +180,8 @@ const SOURCE_FIXED: &[Fixed] = &[Fixed {
 
 /// Consumes Kafka topics as a consumer-group member and lends each message out.
 pub struct KafkaSource {
-    name: String,
+    /// Shared with every event it delivers.
+    name: Arc<str>,
     config: rdkafka::ClientConfig,
     /// Where the consumer lag of each assigned partition goes, when someone reads it.
     lag: Option<Arc<ConsumerLag>>,
@@ -201,7 +203,7 @@ impl std::fmt::Debug for KafkaSource {
 
 impl KafkaSource {
     /// Checks the config; `name` becomes [`Event::source`]. Nothing connects yet.
-    pub fn new(name: impl Into<String>, config: KafkaSourceConfig) -> Result<Self, KafkaError> {
+    pub fn new(name: impl Into<Arc<str>>, config: KafkaSourceConfig) -> Result<Self, KafkaError> {
         if let Some(p) = config.check().into_iter().next() {
             return Err(KafkaError::Invalid(p));
         }
@@ -349,7 +351,7 @@ struct State {
 
 /// The consumer's context: librdkafka calls it (on the consumer thread) for rebalances and errors.
 struct SourceContextImpl {
-    name: String,
+    name: Arc<str>,
     brokers: String,
     ready: Readiness,
     state: Mutex<State>,
@@ -596,8 +598,8 @@ fn ordering_key(topic: &str, partition: i32, key: Option<&[u8]>) -> Bytes {
     b.freeze()
 }
 
-fn event(source: &str, m: &BorrowedMessage<'_>) -> Event {
-    let topic = m.topic();
+/// The event of `m`, from `topic` (`m`'s topic, shared by its partition's events).
+fn event(source: &Arc<str>, topic: &Arc<str>, m: &BorrowedMessage<'_>) -> Event {
     let headers = m
         .headers()
         .map(|hs| {
@@ -608,15 +610,15 @@ fn event(source: &str, m: &BorrowedMessage<'_>) -> Event {
         .unwrap_or_default();
     Event {
         id: format!("{topic}/{}/{}", m.partition(), m.offset()),
-        source: source.to_string(),
+        source: source.clone(),
         key: m.key().map(Bytes::copy_from_slice),
         payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         headers,
         timestamp_ms: m.timestamp().to_millis(),
         origin: vec![
-            ("topic", topic.to_string()),
-            ("partition", m.partition().to_string()),
-            ("offset", m.offset().to_string()),
+            ("topic", OriginValue::Text(topic.clone())),
+            ("partition", OriginValue::Number(m.partition().into())),
+            ("offset", OriginValue::Number(m.offset())),
         ],
         decode_error: None,
     }
@@ -765,7 +767,7 @@ impl KafkaSource {
                         p.stored = Some(offset);
                     }
                     let delivery = settler.delivery(
-                        event(&self.name, &m),
+                        event(&self.name, &id.0, &m),
                         Some(ordering_key(m.topic(), m.partition(), m.key())),
                         ticket,
                     );
