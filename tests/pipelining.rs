@@ -56,12 +56,12 @@ impl Sink for HeldSink {
         Box::pin(async { Ok(()) })
     }
 
-    fn enqueue(
-        &self,
-        records: Vec<Record>,
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
         _lane: u64,
         confirm: Confirm,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         let payload = records[0].payload.clone();
         self.enqueued.lock().unwrap().push(payload.clone());
         self.pending.lock().unwrap().insert(payload, confirm);
@@ -78,12 +78,12 @@ struct GatedSink {
 }
 
 impl Sink for GatedSink {
-    fn enqueue(
-        &self,
-        records: Vec<Record>,
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
         _lane: u64,
         confirm: Confirm,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         let (tx, rx) = oneshot::channel();
         let payload = records[0].payload.clone();
         self.started.lock().unwrap().push(payload.clone());
@@ -112,13 +112,13 @@ impl Collect {
 }
 
 impl Sink for Collect {
-    fn enqueue(
-        &self,
-        records: Vec<Record>,
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
         _lane: u64,
         confirm: Confirm,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
-        self.0.lock().unwrap().extend(records);
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.0.lock().unwrap().extend_from_slice(records);
         confirm(Ok(()));
         Box::pin(async { Ok(()) })
     }

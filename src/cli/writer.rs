@@ -83,7 +83,7 @@ async fn enqueue(sink: &dyn Sink, record: Record, lane: u64) -> Confirm {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let handed = sink
         .enqueue(
-            vec![record],
+            std::slice::from_ref(&record),
             lane,
             Box::new(move |r| {
                 let _ = tx.send(r);

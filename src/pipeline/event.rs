@@ -220,7 +220,7 @@ impl Route {
             loop {
                 let span = spans.as_mut().and_then(|s| s[i].take());
                 let confirm = pending.confirm(i, span);
-                match dest.sink.enqueue(records.clone(), lane, confirm).await {
+                match dest.sink.enqueue(records, lane, confirm).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() => {
                         if !self.sink_backoff(dest, &e, tries).await {

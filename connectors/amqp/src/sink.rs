@@ -188,17 +188,18 @@ impl AmqpSink {
 impl Sink for AmqpSink {
     /// Queues the records on the lane's pipe: ordered once queued; confirmed when the broker
     /// acknowledged all of them.
-    fn enqueue(
-        &self,
-        records: Vec<Record>,
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
         lane: u64,
         confirm: Confirm,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             if records.is_empty() {
                 confirm(Ok(()));
                 return Ok(());
             }
+            let records = records.to_vec();
             let pipe = &self.pipes[(lane % self.pipes.len() as u64) as usize];
             pipe.send(Command::Publish { records, confirm })
                 .await

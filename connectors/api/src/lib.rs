@@ -601,12 +601,17 @@ pub trait Sink: Send + Sync {
     /// `lane` identifies the caller's ordering key (a hash); a sink with several independent
     /// pipes (AMQP channels) keeps one lane on one pipe. The pipeline starts a key's next event
     /// as soon as this resolves, and settles the event in `confirm`.
-    fn enqueue(
-        &self,
-        records: Vec<Record>,
+    ///
+    /// `records` are lent, not given: the caller keeps them to publish again should the outcome
+    /// be a retryable failure, and a sink that copies them into its client's buffer anyway (a
+    /// Kafka producer) does not have to clone them first. A sink that queues them for a task of
+    /// its own clones them.
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
         lane: u64,
         confirm: Confirm,
-    ) -> BoxFuture<'_, Result<(), SinkError>>;
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Publishes `records` and resolves once every one of them is confirmed, or with the first
     /// failure: [`Sink::enqueue`] and a wait for its confirmation.
@@ -616,7 +621,7 @@ pub trait Sink: Send + Sync {
             let confirm: Confirm = Box::new(move |result| {
                 let _ = tx.send(result);
             });
-            self.enqueue(records, 0, confirm).await?;
+            self.enqueue(&records, 0, confirm).await?;
             rx.await.unwrap_or_else(|_| {
                 Err(SinkError::Retryable(
                     "the sink dropped the confirmation".into(),

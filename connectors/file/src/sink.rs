@@ -208,17 +208,18 @@ fn closed() -> SinkError {
 impl Sink for FileSink {
     /// One writer takes the queue in order, so what is queued first is written first, whatever
     /// the lane.
-    fn enqueue(
-        &self,
-        records: Vec<Record>,
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
         _lane: u64,
         confirm: Confirm,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             if records.is_empty() {
                 confirm(Ok(()));
                 return Ok(());
             }
+            let records = records.to_vec();
             self.commands
                 .send(Command::Write { records, confirm })
                 .await

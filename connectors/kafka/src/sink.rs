@@ -127,7 +127,23 @@ pub struct Located {
 type BatchResult = Result<Option<Located>, SinkError>;
 
 /// Told a batch's outcome, once.
-type OnDone = Box<dyn FnOnce(BatchResult) + Send>;
+enum OnDone {
+    /// The pipeline's confirmation (a [`Sink::enqueue`] call): whether all were delivered.
+    Confirm(Confirm),
+    /// Where the record landed ([`KafkaSink::enqueue_located`]).
+    Located(tokio::sync::oneshot::Sender<BatchResult>),
+}
+
+impl OnDone {
+    fn call(self, result: BatchResult) {
+        match self {
+            OnDone::Confirm(confirm) => confirm(result.map(drop)),
+            OnDone::Located(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
 
 /// Counts down one `enqueue` call's delivery reports and confirms it with the first error.
 struct Batch {
@@ -190,7 +206,7 @@ impl Batch {
         };
         // Outside the lock: the pipeline settles the event in it.
         if let Some((done, result)) = done {
-            done(result);
+            done.call(result);
         }
     }
 }
@@ -402,13 +418,8 @@ impl KafkaSink {
         record: &Record,
     ) -> BoxFuture<'static, Result<Located, SinkError>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue_all(
-            std::slice::from_ref(record),
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        )
-        .await;
+        self.enqueue_all(std::slice::from_ref(record), OnDone::Located(tx))
+            .await;
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(SinkError::Retryable("the producer was dropped".into())))?
@@ -470,15 +481,14 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     /// One producer queue keeps the order records were handed over in, per partition, whatever
     /// the lane, and the idempotent producer keeps it through librdkafka's retries.
-    fn enqueue(
-        &self,
-        records: Vec<Record>,
+    fn enqueue<'a>(
+        &'a self,
+        records: &'a [Record],
         _lane: u64,
         confirm: Confirm,
-    ) -> BoxFuture<'_, Result<(), SinkError>> {
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            self.enqueue_all(&records, Box::new(move |result| confirm(result.map(drop))))
-                .await;
+            self.enqueue_all(records, OnDone::Confirm(confirm)).await;
             Ok(())
         })
     }
