@@ -246,7 +246,8 @@ fn peak_rss_probe() {
 }
 
 /// A guest that allocates without end, under a 32 MiB limit, grows the process by no more than
-/// that limit (compared with the echo guest in the same kind of process).
+/// that limit plus a small host allowance (compared with the echo guest in the same kind of
+/// process).
 #[test]
 fn memory_hog_stays_within_its_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,14 +262,21 @@ fn memory_hog_stays_within_its_limit() {
     let (code, baseline) = invoke_peak_rss(&guest("echo"), &event, &["--memory", "32MiB"]);
     assert_eq!(code, 0);
     let mib = 1024 * 1024;
+    // The limit bounds the guest's linear memory; the host's side of a failing call (the
+    // trap, its backtrace, the allocator's slack on the threads that handled it) is not
+    // guest memory and varies by a MiB or so between machines, so it gets an allowance well
+    // below the 96 MiB the check further down tells apart.
+    let host_allowance = 8 * mib;
     assert!(
-        hog <= baseline + 32 * mib,
-        "memhog peak RSS {hog} exceeds echo's {baseline} by more than the 32 MiB limit"
+        hog <= baseline + 32 * mib + host_allowance,
+        "memhog peak RSS {hog} exceeds echo's {baseline} by more than the 32 MiB limit \
+         and the {host_allowance}-byte host allowance"
     );
     // The measurement does see guest memory: with a 128 MiB limit the same hog peaks far
     // higher, so the bound above is the limit at work.
     let (code, big) = invoke_peak_rss(&guest("memhog"), &event, &["--memory", "128MiB"]);
     assert_eq!(code, 15);
+    println!("peak RSS: echo {baseline}, 32 MiB hog {hog}, 128 MiB hog {big}");
     assert!(
         big >= hog + 64 * mib,
         "128 MiB hog peak {big} vs 32 MiB hog peak {hog}"
