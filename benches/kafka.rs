@@ -448,6 +448,9 @@ fn native_passthrough(brokers: &str, topics: &Topics, stop: &CancellationToken) 
         .set("group.id", unique("native"))
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        // As fnmill's source sets it: librdkafka's default (1 s) stalls a consumer of small
+        // records once 100,000 are queued, and the limit would then be librdkafka's pause.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     consumer.subscribe(&[&topics.input]).unwrap();

@@ -170,7 +170,10 @@ impl KafkaReader {
                 "must not be empty",
             )));
         }
-        let defaults: &[(&str, &str)] = &[("auto.offset.reset", "earliest")];
+        let defaults: &[(&str, &str)] = &[
+            ("auto.offset.reset", "earliest"),
+            properties::FETCH_QUEUE_BACKOFF,
+        ];
         let mut client = properties::client_config(
             &config.brokers,
             defaults,
