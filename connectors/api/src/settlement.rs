@@ -16,7 +16,8 @@
 //! whose settle callback sends `(ticket, outcome)` on it, and the source drains the
 //! [`Settlements`] in batches, on its own task or thread, and applies them to its window. The
 //! callback runs on whatever thread finished the event and only sends a message, so it never
-//! blocks and never touches the window itself. (Vector's `OrderedFinalizer` /
+//! blocks and never touches the window itself. The message carries the delivery's event too, so
+//! the source's thread, which allocated it, is the one that frees it. (Vector's `OrderedFinalizer` /
 //! `UnorderedFinalizer` do the same job with a future per entry; one channel and a window are
 //! cheaper per event.)
 
@@ -25,13 +26,16 @@ use std::collections::{BTreeSet, VecDeque};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::{Delivery, Event, Outcome};
+use crate::{Delivery, Event, Outcome, Remains, Settle};
 
 /// One settled delivery: the source's ticket for it and how it ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Settled<T> {
     pub ticket: T,
     pub outcome: Outcome,
+    /// The delivery's event, freed where the source drops this settlement: on the thread that
+    /// allocated it, not on the one that happened to settle it.
+    pub remains: Remains,
 }
 
 /// A settle channel: the [`Settler`] makes deliveries, the [`Settlements`] receive their outcomes.
@@ -61,12 +65,37 @@ impl<T: Send + 'static> Settler<T> {
     /// Lends `event` out; its outcome arrives on the channel with `ticket`. Dropped unsettled, it
     /// arrives as [`Outcome::Abandoned`] (see [`Delivery`]).
     pub fn delivery(&self, event: Event, ordering_key: Option<Bytes>, ticket: T) -> Delivery {
-        let tx = self.tx.clone();
-        Delivery::new(event, ordering_key, move |outcome| {
-            // The receiver is gone only once the source stopped caring (its drain ended): the
-            // broker redelivers whatever was not acknowledged.
-            let _ = tx.send(Settled { ticket, outcome });
-        })
+        Delivery::new(
+            event,
+            ordering_key,
+            ToChannel {
+                tx: self.tx.clone(),
+                ticket,
+            },
+        )
+    }
+}
+
+/// A delivery's settle callback: sends the outcome, with the event, to the source.
+struct ToChannel<T> {
+    tx: mpsc::UnboundedSender<Settled<T>>,
+    ticket: T,
+}
+
+impl<T: Send + 'static> Settle for ToChannel<T> {
+    fn settle(self: Box<Self>, outcome: Outcome) {
+        self.settle_with(outcome, Remains::default());
+    }
+
+    fn settle_with(self: Box<Self>, outcome: Outcome, remains: Remains) {
+        let ToChannel { tx, ticket } = *self;
+        // The receiver is gone only once the source stopped caring (its drain ended): the
+        // broker redelivers whatever was not acknowledged.
+        let _ = tx.send(Settled {
+            ticket,
+            outcome,
+            remains,
+        });
     }
 }
 
@@ -347,6 +376,7 @@ fn ack_plan(mut acks: Vec<u64>, oldest_unsettled: Option<u64>) -> Vec<(u64, bool
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use proptest::prelude::*;
 
@@ -420,19 +450,35 @@ mod tests {
         drop(settler);
         let mut batch = Vec::new();
         while settlements.recv_many(&mut batch, 16).await > 0 {}
-        assert_eq!(
-            batch,
-            vec![
-                Settled {
-                    ticket: 1,
-                    outcome: Outcome::Done
-                },
-                Settled {
-                    ticket: 2,
-                    outcome: Outcome::Abandoned
-                },
-            ]
+        let settled: Vec<_> = batch.iter().map(|s| (s.ticket, s.outcome)).collect();
+        assert_eq!(settled, vec![(1, Outcome::Done), (2, Outcome::Abandoned)]);
+    }
+
+    #[tokio::test]
+    async fn the_event_is_freed_where_its_settlement_is_dropped() {
+        let (settler, mut settlements) = channel::<u64>();
+        let settled = settler.delivery(event(1), Some(Bytes::from_static(b"k")), 1);
+        let abandoned = settler.delivery(event(2), None, 2);
+        let events = [
+            Arc::downgrade(settled.event()),
+            Arc::downgrade(abandoned.event()),
+        ];
+        // Settled on another thread, as a sink's delivery report does.
+        std::thread::spawn(move || {
+            settled.settle(Outcome::Done);
+            drop(abandoned);
+        })
+        .join()
+        .unwrap();
+        assert!(
+            events.iter().all(|e| e.upgrade().is_some()),
+            "the settling thread freed an event"
         );
+        let mut batch = Vec::new();
+        settlements.try_recv_many(&mut batch, 16);
+        assert_eq!(batch.len(), 2);
+        drop(batch);
+        assert!(events.iter().all(|e| e.upgrade().is_none()));
     }
 
     /// How each lent entry ends in a property test.

@@ -399,7 +399,10 @@ impl FileSource {
         let apply = |batch: &mut Vec<Settled<Seq>>, draining: bool| {
             let mut s = lock(&shared);
             let mut released = 0;
-            for Settled { ticket, outcome } in batch.drain(..) {
+            for Settled {
+                ticket, outcome, ..
+            } in batch.drain(..)
+            {
                 let change = s.window.settle(ticket, outcome);
                 released += change.released;
                 if change.stuck {

@@ -391,7 +391,7 @@ impl SourceContextImpl {
             }
             rx.try_recv_many(&mut batch, usize::MAX);
         }
-        for Settled { ticket, outcome } in batch {
+        for Settled { ticket, outcome, .. } in batch {
             if let Some(p) = state.partitions.get_mut(&ticket.partition)
                 && p.epoch == ticket.epoch
                 && let Some(window) = &mut p.window
