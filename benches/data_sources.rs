@@ -19,7 +19,8 @@
 //! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P --rounds R`,
 //! `-- --profile wasm` to run only the function side, e.g. under `perf record`, or
 //! `-- --io-tier` to race the IO tier too, `-- --io-tier-only` to race only the IO tier,
-//! `-- --linger-us N` for the IO tier's `remote.linger`, default 1000).
+//! `-- --linger-us N` for the IO tier's `remote.linger`, default 1000, `-- --max-instances N`
+//! for the host's instance slots, default 1000 as `runtime.max_instances`).
 
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
@@ -50,6 +51,9 @@ fn main() {
     let concurrency = arg("--concurrency", 64);
     let pool_size = arg("--pool", 8);
     let rounds = arg("--rounds", 3).max(1);
+    // fnmill's default `runtime.max_instances`. With as many slots as events in flight, no
+    // store could keep its spent instances' slots for more (see `Admissions::slots_to_spare`).
+    let max_instances = arg("--max-instances", 1000).max(concurrency);
     let url = std::env::var("FNMILL_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
 
@@ -100,7 +104,7 @@ fn main() {
     });
 
     let host = Host::new(&HostConfig {
-        max_instances: concurrency as u32,
+        max_instances: max_instances as u32,
         max_memory_bytes: 32 * 1024 * 1024,
         memory_budget: concurrency as u64 * 32 * 1024 * 1024,
         fuel: false,
@@ -207,7 +211,7 @@ fn main() {
         let mut ratios = Vec::with_capacity(rounds);
         let (mut native_cpu, mut wasm_cpu) = (Vec::new(), Vec::new());
         println!(
-            "one indexed SELECT per event, {events} events, {concurrency} in flight, pool of {pool_size}:"
+            "one indexed SELECT per event, {events} events, {concurrency} in flight, pool of {pool_size}, {max_instances} instance slots:"
         );
         for round in 1..=rounds {
             let cpu0 = cpu::CpuTimes::now(&backends);

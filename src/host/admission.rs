@@ -14,6 +14,8 @@ use super::function::{FunctionShared, Reusable, Spent};
 pub(super) struct Admissions {
     /// One permit per pooled instance slot, so instantiation never fails for lack of one.
     permits: Arc<Semaphore>,
+    /// How many slots there are.
+    slots: usize,
     /// The memory budget, one permit per page.
     budget: Arc<Semaphore>,
     /// Admissions waiting for a slot or memory now. While there are any, nothing admitted is
@@ -85,6 +87,7 @@ impl Admissions {
     pub(super) fn new(slots: usize, pages: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(slots)),
+            slots,
             budget: Arc::new(Semaphore::new(pages)),
             waiting: AtomicUsize::new(0),
             keepers: Mutex::new(Vec::new()),
@@ -145,6 +148,14 @@ impl Admissions {
         Ok((slot, memory))
     }
 
+    /// Whether a store whose instances are spent may be kept for more: only while at least a
+    /// quarter of the slots are free. A kept store holds the slots of its spent instances until
+    /// it is dropped; near the limit, keeping it would make the next admission wait, which
+    /// gives back everything kept (so every store would be kept only to be dropped in a heap).
+    pub(super) fn slots_to_spare(&self) -> bool {
+        self.permits.available_permits() * 4 >= self.slots
+    }
+
     /// Keeps `item` in `list` for a later event, unless an admission is waiting for what it
     /// holds.
     pub(super) fn keep<T>(&self, list: &Mutex<Vec<T>>, item: T) {
@@ -195,6 +206,22 @@ mod tests {
         assert_eq!(admissions.budget.available_permits(), 7, "never grows");
         drop(a);
         assert_eq!(admissions.budget.available_permits(), 10);
+    }
+
+    #[tokio::test]
+    async fn stores_are_kept_only_while_a_quarter_of_the_slots_is_free() {
+        let admissions = Admissions::new(8, 100);
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            assert!(admissions.slots_to_spare());
+            held.push(admissions.admit(1, None).await.unwrap());
+        }
+        // 2 of 8 free.
+        assert!(admissions.slots_to_spare());
+        held.push(admissions.admit(1, None).await.unwrap());
+        assert!(!admissions.slots_to_spare(), "1 of 8 free");
+        held.pop();
+        assert!(admissions.slots_to_spare());
     }
 
     #[tokio::test]

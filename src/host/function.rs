@@ -238,7 +238,9 @@ impl Function {
             admission.spend(grown.div_ceil(PAGE) as u32);
             spent.memory += grown;
             spent.admissions.push(admission);
-            if spent.admissions.len() < INSTANCES_PER_STORE as usize && spent.memory <= STORE_MEMORY
+            if spent.admissions.len() < INSTANCES_PER_STORE as usize
+                && spent.memory <= STORE_MEMORY
+                && self.admissions.slots_to_spare()
             {
                 self.admissions.keep(&self.kept.spent, spent);
             }
