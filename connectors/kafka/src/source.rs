@@ -167,6 +167,10 @@ impl KafkaSourceConfig {
     }
 }
 
+/// How long the last commit before the consumer leaves keeps trying while the coordinator
+/// recovers: inside the default `runtime.shutdown_grace` (20 s) after a full `drain_timeout`.
+const FINAL_COMMIT_PATIENCE: Duration = Duration::from_secs(3);
+
 const SOURCE_DEFAULTS: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
     ("auto.offset.reset", "earliest"),
@@ -457,14 +461,59 @@ impl SourceContextImpl {
 
     /// Commits `tpl` synchronously, logging the outcome.
     fn commit(&self, consumer: &BaseConsumer<SourceContextImpl>, tpl: &TopicPartitionList) {
+        self.commit_within(consumer, tpl, Duration::ZERO);
+    }
+
+    /// Commits `tpl` synchronously, trying again while the error is one a coordinator recovers
+    /// from (it is loading, moving, or did not answer in time) and `patience` lasts; logs the
+    /// outcome. The last commit before the consumer leaves uses it: whatever it fails to cover
+    /// is delivered again to the next member.
+    fn commit_within(
+        &self,
+        consumer: &BaseConsumer<SourceContextImpl>,
+        tpl: &TopicPartitionList,
+        patience: Duration,
+    ) {
         if tpl.count() == 0 {
             return;
         }
-        match consumer.commit(tpl, CommitMode::Sync) {
-            Ok(()) => debug!(source = %self.name, partitions = tpl.count(), "Committed offsets"),
-            Err(e) => warn!(source = %self.name, error = %e, "Committing offsets failed"),
+        let deadline = Instant::now() + patience;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match consumer.commit(tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    debug!(source = %self.name, partitions = tpl.count(), "Committed offsets");
+                    return;
+                }
+                Err(e) if commit_retriable(&e) && Instant::now() + backoff < deadline => {
+                    debug!(source = %self.name, error = %e, "Committing offsets failed; trying again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    warn!(source = %self.name, error = %e, "Committing offsets failed");
+                    return;
+                }
+            }
         }
     }
+}
+
+/// Whether a failed commit may succeed if tried again soon: the group coordinator is loading,
+/// moving or unreachable for a moment, or the request timed out.
+fn commit_retriable(e: &RdKafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+        )
+    )
 }
 
 impl ClientContext for SourceContextImpl {
@@ -704,7 +753,7 @@ impl KafkaSource {
         state.held.clear();
         let left = cx.drain(&mut state, None, self.drain_timeout);
         let tpl = cx.store(&consumer, &mut state, None);
-        cx.commit(&consumer, &tpl);
+        cx.commit_within(&consumer, &tpl, FINAL_COMMIT_PATIENCE);
         state.closing = true;
         info!(
             source = %self.name,
@@ -872,6 +921,21 @@ mod tests {
             ordering_key("t", 0, Some(b"b"))
         );
         assert_eq!(ordering_key("t", 0, None), ordering_key("t", 0, Some(b"")));
+    }
+
+    #[test]
+    fn a_commit_is_tried_again_only_while_the_coordinator_may_recover() {
+        let failed = |code| RdKafkaError::ConsumerCommit(code);
+        assert!(commit_retriable(&failed(
+            RDKafkaErrorCode::CoordinatorLoadInProgress
+        )));
+        assert!(commit_retriable(&failed(RDKafkaErrorCode::NotCoordinator)));
+        assert!(!commit_retriable(&failed(
+            RDKafkaErrorCode::RebalanceInProgress
+        )));
+        assert!(!commit_retriable(&failed(
+            RDKafkaErrorCode::UnknownMemberId
+        )));
     }
 
     #[test]
