@@ -31,8 +31,9 @@ type Batch = (Destination, Vec<Record>);
 
 /// Why a hand-over did not happen.
 enum NotHandedOver {
-    /// Nothing was handed over and it never will be: the event fails with this.
-    Failed(Lent, Failure),
+    /// Nothing was handed over and it never will be: the event fails with this. Boxed: the
+    /// rare case should not make every hand-over's result larger.
+    Failed(Box<Lent>, Failure),
     /// Shutdown came while waiting for a sink: the event was abandoned.
     Abandoned,
 }
@@ -57,7 +58,7 @@ impl Route {
                         Ok(()) => return Next::Continue,
                         Err(NotHandedOver::Abandoned) => return Next::AbandonLane,
                         Err(NotHandedOver::Failed(back, failure)) => {
-                            lent = back;
+                            lent = *back;
                             failure
                         }
                     },
@@ -233,7 +234,7 @@ impl Route {
                         let failure = sink_failure(&e, outcome);
                         if i == 0 {
                             return match pending.take_back() {
-                                Some(lent) => Err(NotHandedOver::Failed(lent, failure)),
+                                Some(lent) => Err(NotHandedOver::Failed(Box::new(lent), failure)),
                                 None => Err(NotHandedOver::Abandoned),
                             };
                         }

@@ -226,8 +226,9 @@ impl<F: FnOnce(Outcome) + Send + 'static> Settle for F {
 /// Dropping a `Delivery` without calling [`Delivery::settle`] settles it as
 /// [`Outcome::Abandoned`].
 pub struct Delivery {
-    /// Shared, so the pipeline hands it to the compute side without copying it.
-    event: Arc<Event>,
+    /// Shared, so the pipeline hands it to the compute side without copying it. Taken only
+    /// when the delivery settles (consuming or dropping it), so present whenever it can be read.
+    event: Option<Arc<Event>>,
     ordering_key: Option<Bytes>,
     /// `None` once settled.
     settle: Option<Box<dyn Settle>>,
@@ -238,14 +239,16 @@ impl Delivery {
     /// `None` means the event may run concurrently with any other.
     pub fn new(event: Event, ordering_key: Option<Bytes>, settle: impl Settle) -> Self {
         Self {
-            event: Arc::new(event),
+            event: Some(Arc::new(event)),
             ordering_key,
             settle: Some(Box::new(settle)),
         }
     }
 
     pub fn event(&self) -> &Arc<Event> {
-        &self.event
+        self.event
+            .as_ref()
+            .expect("a delivery holds its event until it settles")
     }
 
     pub fn ordering_key(&self) -> Option<&Bytes> {
@@ -260,33 +263,13 @@ impl Delivery {
     /// Hands the outcome and the event to the settler, once.
     fn settle_once(&mut self, outcome: Outcome) {
         if let Some(settle) = self.settle.take() {
-            // The event's place is taken by an empty one, shared by all settled deliveries.
             let remains = Remains {
-                _event: Some(std::mem::replace(&mut self.event, settled_event())),
+                _event: self.event.take(),
                 _ordering_key: self.ordering_key.take(),
             };
             settle.settle_with(outcome, remains);
         }
     }
-}
-
-/// The event a settled delivery holds in place of its own, which went to its settler.
-fn settled_event() -> Arc<Event> {
-    static SETTLED: std::sync::OnceLock<Arc<Event>> = std::sync::OnceLock::new();
-    SETTLED
-        .get_or_init(|| {
-            Arc::new(Event {
-                id: String::new(),
-                source: Arc::from(""),
-                key: None,
-                payload: Bytes::new(),
-                headers: Vec::new(),
-                timestamp_ms: None,
-                origin: Vec::new(),
-                decode_error: None,
-            })
-        })
-        .clone()
 }
 
 impl Drop for Delivery {
@@ -298,7 +281,7 @@ impl Drop for Delivery {
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
-            .field("event", &self.event.id)
+            .field("event", &self.event.as_ref().map(|e| &e.id))
             .field("ordering_key", &self.ordering_key)
             .field("settled", &self.settle.is_none())
             .finish()
