@@ -25,7 +25,16 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     let mock = MockCluster::new(1).expect("mock cluster");
     let brokers = mock.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let route = KafkaRoute::new(dir.path(), &brokers, guest("echo"));
+    let mut route = KafkaRoute::new(dir.path(), &brokers, guest("echo"));
+    // The mock cluster checks an idempotent producer's sequence numbers only when the producer
+    // is transactional. With requests pipelined, it appends a batch sent after one that failed
+    // (a real broker refuses it with OUT_OF_ORDER_SEQUENCE_NUMBER), and librdkafka then reports
+    // the failed batch delivered, implicitly acknowledged by the later success, though the mock
+    // never wrote it. A plain idempotent producer shows the same against the mock without
+    // fnmill: 3–4 of 2,200 records acknowledged but missing in 4 of 10 runs with step 2's
+    // errors, none with one request in flight. So the sink keeps one request in flight here,
+    // and step 2 tests fnmill's recovery rather than the mock's missing sequence check.
+    route.sink_properties = r#""max.in.flight.requests.per.connection" = 1"#.into();
     for (topic, partitions) in [(&route.input, 4), (&route.output, 4), (&route.dead, 1)] {
         mock.create_topic(topic, partitions, 1).unwrap();
     }
