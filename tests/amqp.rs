@@ -214,7 +214,7 @@ async fn cut_connections_reconnect_and_lose_nothing() {
     route.url = proxy.url();
     let run = Running::start(fnmill(), &route.write(dir.path()));
     for (i, at) in [2_000, 5_000].into_iter().enumerate() {
-        wait_for(Duration::from_secs(60), "progress before the cut", || {
+        run.wait_for(Duration::from_secs(60), "progress before the cut", || {
             out.len() >= at
         })
         .await;
@@ -222,19 +222,19 @@ async fn cut_connections_reconnect_and_lose_nothing() {
         assert!(cut >= 2, "source and sink connections cut, got {cut}");
         let at_cut = out.len();
         assert!(at_cut < TOTAL, "cut {i} must land mid-stream");
-        wait_for(Duration::from_secs(30), "the loss logged", || {
+        run.wait_for(Duration::from_secs(30), "the loss logged", || {
             run.logged("Connection to the broker lost")
         })
         .await;
-        wait_for(
+        run.wait_for(
             Duration::from_secs(60),
-            "progress after reconnecting",
+            &format!("progress after cut {i} ({at_cut} outputs then)"),
             || out.len() > at_cut + 500,
         )
         .await;
     }
     let expected = ids(&messages);
-    wait_for(Duration::from_secs(120), "every id out", || {
+    run.wait_for(Duration::from_secs(120), "every id out", || {
         out.len() >= TOTAL && tally(&expected, &out.snapshot(), &[]).lost.is_empty()
     })
     .await;

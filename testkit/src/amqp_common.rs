@@ -308,15 +308,23 @@ fn text(v: &AMQPValue) -> String {
 }
 
 /// Polls `condition` every 20 ms until it holds; panics after `timeout`, naming `what`.
-pub async fn wait_for(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub async fn wait_for(timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
+    assert!(
+        holds_within(timeout, condition).await,
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
+async fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    true
 }
 
 /// Every expected id classified by what the outputs and dead letters show.
@@ -568,6 +576,17 @@ impl Running {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// [`wait_for`], with fnmill's log in the panic message when `condition` never holds: a
+    /// timeout in CI then says what fnmill was doing.
+    pub async fn wait_for(&self, timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
+        if !holds_within(timeout, condition).await {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; fnmill's log:\n{}",
+                self.log_text()
+            );
+        }
     }
 
     pub fn kill9(&mut self) {
