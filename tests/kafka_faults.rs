@@ -103,6 +103,11 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     for (partition, committed, high) in
         kafka_support::committed(&brokers, &route.group, &route.input)
     {
-        assert_eq!(committed, high, "partition {partition} not fully committed");
+        assert_eq!(
+            committed,
+            high,
+            "partition {partition} not fully committed; fnmill's log:\n{}",
+            run.log_text()
+        );
     }
 }

@@ -4,11 +4,14 @@
 //!
 //! # At-least-once, the librdkafka way
 //!
-//! The source runs with `enable.auto.offset.store=false` and `enable.auto.commit=true`: it
+//! The source runs with `enable.auto.offset.store=false` and `enable.auto.commit=false`: it
 //! *stores* a partition's offset only once every event before it settled as done or
-//! dead-lettered (the contiguous watermark), and librdkafka commits stored offsets in the
-//! background. On partition revoke and on shutdown it stops reading, waits (within a bound) for
-//! the partitions' in-flight events, stores and commits synchronously, and only then lets go.
+//! dead-lettered (the contiguous watermark), and its consumer thread commits what moved every
+//! `auto.commit.interval.ms` (5 s by default), synchronously. Every commit is made from that
+//! thread, one at a time: librdkafka sends a failed commit request again unchanged, and a
+//! background commit sent again after a newer one succeeded would move the group's offset back.
+//! On partition revoke and on shutdown it stops reading, waits (within a bound) for the
+//! partitions' in-flight events, stores and commits synchronously, and only then lets go.
 //! A `kill -9` at any moment loses nothing: the committed offset is never past an unfinished event.
 //!
 //! # Layout

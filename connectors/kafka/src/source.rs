@@ -83,10 +83,11 @@ pub struct KafkaSourceConfig {
     /// `{ "session.timeout.ms" = 6000, "auto.offset.reset" = "latest" }`. fnmill's defaults:
     /// `partition.assignment.strategy = "cooperative-sticky"` (a rebalance moves only the
     /// partitions that must move), `auto.offset.reset = "earliest"` (a new group processes what
-    /// the topic holds), `enable.auto.commit = true`, `fetch.queue.backoff.ms = 10`
-    /// (librdkafka's 1 s caps a consumer of small records near 150k a second).
-    /// `enable.auto.offset.store` is always `false`: fnmill stores an offset only after the
-    /// events before it finished.
+    /// the topic holds), `fetch.queue.backoff.ms = 10` (librdkafka's 1 s caps a consumer of
+    /// small records near 150k a second). `enable.auto.offset.store` is always `false`: fnmill
+    /// stores an offset only after the events before it finished. `enable.auto.commit` is
+    /// always `false`: fnmill commits what it stored itself, every `auto.commit.interval.ms`
+    /// (default 5 s), one commit at a time.
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
     /// Properties whose values are secrets, read from the environment or a file when the
@@ -148,12 +149,13 @@ impl KafkaSourceConfig {
         if self.drain_timeout.is_zero() {
             problems.push(Problem::new("drain_timeout", "must be greater than zero"));
         }
-        if let Err(e) = properties::millis(
-            &self.properties,
-            "session.timeout.ms",
-            DEFAULT_SESSION_TIMEOUT_MS,
-        ) {
-            problems.push(e.into());
+        for (name, default) in [
+            ("session.timeout.ms", DEFAULT_SESSION_TIMEOUT_MS),
+            ("auto.commit.interval.ms", DEFAULT_COMMIT_INTERVAL_MS),
+        ] {
+            if let Err(e) = properties::millis(&self.properties, name, default) {
+                problems.push(e.into());
+            }
         }
         let mut client = properties::check(
             &self.brokers,
@@ -174,16 +176,28 @@ const FINAL_COMMIT_PATIENCE: Duration = Duration::from_secs(3);
 const SOURCE_DEFAULTS: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
     ("auto.offset.reset", "earliest"),
-    ("enable.auto.commit", "true"),
     ("enable.partition.eof", "false"),
     properties::FETCH_QUEUE_BACKOFF,
 ];
 
-const SOURCE_FIXED: &[Fixed] = &[Fixed {
-    name: "enable.auto.offset.store",
-    value: "false",
-    reason: "an offset is stored only after the events before it finished (at-least-once)",
-}];
+const SOURCE_FIXED: &[Fixed] = &[
+    Fixed {
+        name: "enable.auto.offset.store",
+        value: "false",
+        reason: "an offset is stored only after the events before it finished (at-least-once)",
+    },
+    Fixed {
+        name: "enable.auto.commit",
+        value: "false",
+        reason: "fnmill commits stored offsets itself every `auto.commit.interval.ms`, one \
+                 commit at a time, so that a commit librdkafka sends again after an error never \
+                 lands after a newer one and moves the group's offset back",
+    },
+];
+
+/// How often the source commits what it stored, unless `auto.commit.interval.ms` says
+/// otherwise: librdkafka's default for its own background commits.
+const DEFAULT_COMMIT_INTERVAL_MS: u64 = 5_000;
 
 /// Consumes Kafka topics as a consumer-group member and lends each message out.
 pub struct KafkaSource {
@@ -196,6 +210,8 @@ pub struct KafkaSource {
     brokers: String,
     drain_timeout: Duration,
     revoke_timeout: Duration,
+    /// How often the consumer thread commits the offsets it stored.
+    commit_interval: Duration,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -227,6 +243,11 @@ impl KafkaSource {
             SOURCE_FIXED,
         )?;
         client.set("group.id", &config.group);
+        let commit_interval = properties::millis(
+            &config.properties,
+            "auto.commit.interval.ms",
+            DEFAULT_COMMIT_INTERVAL_MS,
+        )?;
         Ok(Self {
             name: name.into(),
             config: client,
@@ -237,6 +258,7 @@ impl KafkaSource {
             revoke_timeout: config
                 .drain_timeout
                 .min(Duration::from_millis(session * 2 / 3)),
+            commit_interval: Duration::from_millis(commit_interval),
         })
     }
 }
@@ -323,6 +345,8 @@ struct PartitionState {
     window: Option<OrderedWindow<i64>>,
     /// What was last stored with librdkafka.
     stored: Option<i64>,
+    /// What was last committed by the periodic commit.
+    committed: Option<i64>,
 }
 
 impl PartitionState {
@@ -331,6 +355,7 @@ impl PartitionState {
             epoch,
             window: None,
             stored: None,
+            committed: None,
         }
     }
 
@@ -464,18 +489,43 @@ impl SourceContextImpl {
         self.commit_within(consumer, tpl, Duration::ZERO);
     }
 
+    /// Commits, synchronously, what was stored for every partition whose stored offset moved
+    /// since its last commit. All commits are synchronous and made from the consumer thread,
+    /// so one is in flight at a time: librdkafka sends a failed commit request again unchanged,
+    /// and one sent in the background could land after a newer commit and move the group back.
+    fn commit_moved(&self, consumer: &BaseConsumer<SourceContextImpl>, state: &mut State) {
+        let mut tpl = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        for (id, p) in &state.partitions {
+            if let Some(stored) = p.stored
+                && p.committed != Some(stored)
+            {
+                let _ = tpl.add_partition_offset(&id.0, id.1, Offset::Offset(stored));
+                moved.push((id.clone(), stored));
+            }
+        }
+        if self.commit_within(consumer, &tpl, Duration::ZERO) {
+            for (id, offset) in moved {
+                if let Some(p) = state.partitions.get_mut(&id) {
+                    p.committed = Some(offset);
+                }
+            }
+        }
+    }
+
     /// Commits `tpl` synchronously, trying again while the error is one a coordinator recovers
     /// from (it is loading, moving, or did not answer in time) and `patience` lasts; logs the
     /// outcome. The last commit before the consumer leaves uses it: whatever it fails to cover
     /// is delivered again to the next member.
+    /// Returns whether the commit succeeded (true for nothing to commit).
     fn commit_within(
         &self,
         consumer: &BaseConsumer<SourceContextImpl>,
         tpl: &TopicPartitionList,
         patience: Duration,
-    ) {
+    ) -> bool {
         if tpl.count() == 0 {
-            return;
+            return true;
         }
         let deadline = Instant::now() + patience;
         let mut backoff = Duration::from_millis(50);
@@ -483,7 +533,7 @@ impl SourceContextImpl {
             match consumer.commit(tpl, CommitMode::Sync) {
                 Ok(()) => {
                     debug!(source = %self.name, partitions = tpl.count(), "Committed offsets");
-                    return;
+                    return true;
                 }
                 Err(e) if commit_retriable(&e) && Instant::now() + backoff < deadline => {
                     debug!(source = %self.name, error = %e, "Committing offsets failed; trying again");
@@ -492,7 +542,7 @@ impl SourceContextImpl {
                 }
                 Err(e) => {
                     warn!(source = %self.name, error = %e, "Committing offsets failed");
-                    return;
+                    return false;
                 }
             }
         }
@@ -753,14 +803,24 @@ impl KafkaSource {
         state.held.clear();
         let left = cx.drain(&mut state, None, self.drain_timeout);
         let tpl = cx.store(&consumer, &mut state, None);
-        cx.commit_within(&consumer, &tpl, FINAL_COMMIT_PATIENCE);
+        let committed = cx.commit_within(&consumer, &tpl, FINAL_COMMIT_PATIENCE);
         state.closing = true;
-        info!(
-            source = %self.name,
-            partitions = tpl.count(),
-            abandoned = left,
-            "Kafka source stopped: offsets committed"
-        );
+        if committed {
+            info!(
+                source = %self.name,
+                partitions = tpl.count(),
+                abandoned = left,
+                "Kafka source stopped: offsets committed"
+            );
+        } else {
+            warn!(
+                source = %self.name,
+                partitions = tpl.count(),
+                abandoned = left,
+                "Kafka source stopped without its last commit: what finished since the last \
+                 commit is delivered again to the next member"
+            );
+        }
         drop(state);
         // Leaves the group; the revoke callback runs once more and finds nothing in flight.
         drop(consumer);
@@ -779,6 +839,7 @@ impl KafkaSource {
         let cx = consumer.context();
         let mut last_probe = Instant::now();
         let mut last_store = Instant::now();
+        let mut last_commit = Instant::now();
         // The partition of the previous message: a fetch hands over a run of one partition's
         // messages, which then share one topic name instead of allocating one each.
         let mut last_partition: Option<PartitionId> = None;
@@ -790,6 +851,11 @@ impl KafkaSource {
                 if last_store.elapsed() >= Duration::from_millis(5) {
                     cx.store(consumer, &mut state, None);
                     last_store = Instant::now();
+                }
+                if last_commit.elapsed() >= self.commit_interval {
+                    cx.store(consumer, &mut state, None);
+                    cx.commit_moved(consumer, &mut state);
+                    last_commit = Instant::now();
                 }
                 while let Some((id, d)) = state.held.pop_front() {
                     match out.try_send(d) {
@@ -936,6 +1002,47 @@ mod tests {
         assert!(!commit_retriable(&failed(
             RDKafkaErrorCode::UnknownMemberId
         )));
+    }
+
+    #[test]
+    fn the_source_commits_itself_at_the_interval_it_is_given() {
+        let config = |name: &str, value: PropertyValue| {
+            let mut c = KafkaSourceConfig::new("127.0.0.1:9092", "g", vec!["t".into()]);
+            c.properties.insert(name.into(), value);
+            c
+        };
+        // librdkafka's background commits stay off, whatever the config says.
+        let problems = config("enable.auto.commit", PropertyValue::Bool(true)).check();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key.contains("enable.auto.commit")),
+            "{problems:?}"
+        );
+        let problems = config(
+            "auto.commit.interval.ms",
+            PropertyValue::Text("soon".into()),
+        )
+        .check();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key.contains("auto.commit.interval.ms")),
+            "{problems:?}"
+        );
+        let source = KafkaSource::new(
+            "in",
+            config("auto.commit.interval.ms", PropertyValue::Integer(250)),
+        )
+        .unwrap();
+        assert_eq!(source.commit_interval, Duration::from_millis(250));
+        assert_eq!(source.config.get("enable.auto.commit"), Some("false"));
+        let source = KafkaSource::new(
+            "in",
+            KafkaSourceConfig::new("b:9092", "g", vec!["t".into()]),
+        )
+        .unwrap();
+        assert_eq!(source.commit_interval, Duration::from_secs(5));
     }
 
     #[test]
