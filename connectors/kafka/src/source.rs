@@ -847,13 +847,14 @@ impl KafkaSource {
             let timeout = {
                 let mut state = cx.state();
                 cx.apply_settlements(&mut state, Duration::ZERO);
-                // Storing is cheap but not free: at most every few milliseconds.
-                if last_store.elapsed() >= Duration::from_millis(5) {
+                // Storing is cheap but not free: at most every few milliseconds, and always
+                // right before a commit, so that the commit covers what finished.
+                let commit_due = last_commit.elapsed() >= self.commit_interval;
+                if commit_due || last_store.elapsed() >= Duration::from_millis(5) {
                     cx.store(consumer, &mut state, None);
                     last_store = Instant::now();
                 }
-                if last_commit.elapsed() >= self.commit_interval {
-                    cx.store(consumer, &mut state, None);
+                if commit_due {
                     cx.commit_moved(consumer, &mut state);
                     last_commit = Instant::now();
                 }
