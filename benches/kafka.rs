@@ -28,13 +28,19 @@
 //! `scripts/kafka.sh start && eval "$(scripts/kafka.sh env)" && cargo bench --bench kafka`
 //!
 //! Options after `--`: `--events N`, `--bad-every N` (0: every record is JSON),
-//! `--bad-keys one|spread`, `--rounds R` (all processors R times, alternating; medians
-//! printed), `--no-latency`, `--fnmill-variant 'LABEL=TOML'` (one more fnmill row, TOML added to
-//! the function's section, e.g. `'fnmill reuse=isolation = "reuse"'`; repeatable; the section is
-//! the file's last, so the TOML may open tables of its own, e.g. `$'metrics=[admin]\nlisten =
-//! "127.0.0.1:0"'`), `--no-peers` (only the fnmill rows, each against the first: telemetry on
-//! against off), `--profile LABEL` (only that processor's throughput phase, e.g. under
-//! `perf record`).
+//! `--bad-keys one|spread`, `--rounds R` (all processors R times, alternating, each round
+//! starting one processor later; medians printed), `--warm N` (records each processor first
+//! runs untimed, default 2,000), `--no-latency`, `--fnmill-variant 'LABEL=TOML'` (one more
+//! fnmill row, TOML added to the function's section, e.g. `'fnmill reuse=isolation =
+//! "reuse"'`; repeatable; the section is the file's last, so the TOML may open tables of its
+//! own, e.g. `$'metrics=[admin]\nlisten = "127.0.0.1:0"'`), `--no-peers` (only the fnmill rows,
+//! each against the first: telemetry on against off), `--profile LABEL` (only that processor's
+//! throughput phase, e.g. under `perf record`).
+//!
+//! The first run after the broker starts is not comparable with later ones: the broker's JVM
+//! is still compiling its request paths, and charged the first fnmill row 8–11 µs of CPU per
+//! event against 2.5–4.7 µs a run later, whatever the warm-up's size (tried up to 300,000
+//! records). Run the bench twice on a fresh broker and keep the second.
 
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
@@ -791,7 +797,7 @@ fn main() {
     let warm_input = unique("bench-warm");
     create_topic(&bench.brokers, &warm_input, PARTITIONS, false);
     let warm = Workload {
-        events: 2_000,
+        events: number("--warm", 2_000).max(1),
         ..work
     };
     produce(&bench.brokers, &warm_input, &warm, 0..warm.events);
@@ -817,14 +823,18 @@ fn main() {
         return;
     }
 
-    // Rounds alternate the processors, so drift in the machine's load touches all of them.
+    // Rounds alternate the processors, so drift in the machine's load touches all of them, and
+    // each round starts one processor later, so none always follows the same one.
     let mut results: Vec<Vec<Throughput>> = processors.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
-        for (p, runs) in processors.iter().zip(&mut results) {
+        let n = processors.len();
+        for i in (0..n).map(|i| (i + round - 1) % n) {
+            let (p, runs) = (&processors[i], &mut results[i]);
             eprintln!("kafka bench: round {round}/{rounds}: {}", p.label());
             let t = throughput(&bench, p, &input, &work);
+            let (us, _, broker) = split_cpu(&t.cpu);
             eprintln!(
-                "  {:.0} events/s ({:.0} with start)",
+                "  {:.0} events/s ({:.0} with start); CPU per event {us:.1} µs, broker {broker:.1} µs",
                 t.rate, t.rate_with_start
             );
             runs.push(t);
