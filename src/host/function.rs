@@ -323,9 +323,10 @@ impl Function {
         stats: &mut CallStats,
     ) -> Result<bindings::EventFunction, Failure> {
         let instantiating = Instant::now();
-        let instance = self
-            .pre
-            .instantiate_async(&mut *store)
+        // Boxed, as the call below: wasmtime's futures are the bulk of an invocation's, and
+        // inline they were copied into every enclosing future as each was created (1.8 KiB at
+        // `invoke_observed`, 0.7 KiB boxed; future moves 3.5% → 2.1% of the compute threads).
+        let instance = Box::pin(self.pre.instantiate_async(&mut *store))
             .await
             .map_err(|e| self.classify(e, store.data(), Stage::Instantiation))?;
         stats.instantiation = Some(instantiating.elapsed());
@@ -372,10 +373,12 @@ impl Function {
     ) -> Result<Vec<Output>, Failure> {
         let headers = wit_headers(event);
         let wit_event = to_wit(event, &headers, attempt);
-        let result = instance
-            .fnmill_function_handler()
-            .call_handle(&mut *store, wit_event)
-            .await;
+        let result = Box::pin(
+            instance
+                .fnmill_function_handler()
+                .call_handle(&mut *store, wit_event),
+        )
+        .await;
         // What the call cost: read now, whatever its outcome.
         stats.memory = store.data().limiter.size as u64;
         // Read first: in the steady state the peak does not move, and a read shares the cache

@@ -43,9 +43,9 @@ impl Route {
     pub(super) async fn process(self: Arc<Self>, mut lent: Lent, lane: u64) -> Next {
         let event = lent.event().clone();
         if let Some(error) = &event.decode_error {
-            return self
-                .fail(lent, Failure::Decode(error.clone()), 0, lane)
-                .await;
+            // Boxed, here and below: the rare path should not make every event's future larger
+            // (each level of a nested future is moved when it is created).
+            return Box::pin(self.fail(lent, Failure::Decode(error.clone()), 0, lane)).await;
         }
         let mut attempt = 1;
         loop {
@@ -95,7 +95,7 @@ impl Route {
                 attempt += 1;
                 continue;
             }
-            return self.fail(lent, failure, attempt, lane).await;
+            return Box::pin(self.fail(lent, failure, attempt, lane)).await;
         }
     }
 
