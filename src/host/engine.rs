@@ -142,6 +142,10 @@ impl Host {
         };
         let pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = EventFunctionPre::new(pre).map_err(world)?;
+        let handle = handler_export(&component).ok_or_else(|| LoadError::World {
+            path: spec.component.clone(),
+            message: format!("no `handle` function exported in `{HANDLER}`"),
+        })?;
         let pages = spec
             .limits
             .memory_bytes
@@ -161,6 +165,8 @@ impl Host {
             }),
             limits: spec.limits,
             pre,
+            handle,
+            handle_checked: Default::default(),
             admissions: self.admissions.clone(),
             budget_pages: pages as u32,
             engine_fuel: self.fuel,
@@ -185,6 +191,16 @@ impl Host {
             None => compile(&bytes),
         }
     }
+}
+
+/// The interface every function exports, as its component names it.
+const HANDLER: &str = "fnmill:function/handler@0.1.0";
+
+/// Where a component exports the handler's `handle` function.
+fn handler_export(component: &Component) -> Option<wasmtime::component::ComponentExportIndex> {
+    let (_, interface) = component.get_export(None, HANDLER)?;
+    let (_, handle) = component.get_export(Some(&interface), "handle")?;
+    Some(handle)
 }
 
 /// A wasmtime error's chain on one line.

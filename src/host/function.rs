@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnmill_connector_api::{Event, Header};
 use futures::FutureExt;
+use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::admission::{Admission, Admissions, Kept, lock};
@@ -116,6 +117,11 @@ pub struct Function {
     pub(super) shared: Arc<FunctionShared>,
     pub(super) limits: Limits,
     pub(super) pre: EventFunctionPre<Ctx>,
+    /// The `handle` export, found once at load.
+    pub(super) handle: ComponentExportIndex,
+    /// Whether `handle` was checked against the type fnmill calls it with, which wasmtime does
+    /// on the first instance; every later instance of the component has the same type.
+    pub(super) handle_checked: AtomicBool,
     /// Instance slots and the memory budget, shared by every function of the host.
     pub(super) admissions: Arc<Admissions>,
     /// What this function's instance holds of the memory budget, in pages.
@@ -131,10 +137,27 @@ pub struct Function {
 /// An instance kept for more events (`isolation = "reuse"`).
 pub(crate) struct Reusable {
     store: Store<Ctx>,
-    instance: bindings::EventFunction,
+    instance: Handler,
     /// Events served so far.
     uses: u32,
     _admission: Admission,
+}
+
+/// The parameters and result of the guest's `handle`, as fnmill lowers and lifts them.
+type HandleParams<'a> = (bindings::Event<'a>,);
+type HandleResult = (Result<Vec<bindings::Output>, GuestError>,);
+
+/// The `handle` export of one instance.
+#[derive(Clone, Copy)]
+pub(crate) struct Handler(Func);
+
+impl Handler {
+    fn typed<'a>(&self) -> TypedFunc<HandleParams<'a>, HandleResult> {
+        // SAFETY: the function's type was checked against these types on the first instance
+        // of its component (`Function::instantiate`), and every instance of one component
+        // exports `handle` with the same type.
+        unsafe { TypedFunc::new_unchecked(self.0) }
+    }
 }
 
 /// A store whose instances each ran one event, kept to run more (`isolation = "event"`).
@@ -321,16 +344,26 @@ impl Function {
         &self,
         store: &mut Store<Ctx>,
         stats: &mut CallStats,
-    ) -> Result<bindings::EventFunction, Failure> {
+    ) -> Result<Handler, Failure> {
         let instantiating = Instant::now();
         // Boxed, as the call below: wasmtime's futures are the bulk of an invocation's, and
         // inline they were copied into every enclosing future as each was created (1.8 KiB at
         // `invoke_observed`, 0.7 KiB boxed; future moves 3.5% → 2.1% of the compute threads).
-        let instance = Box::pin(self.pre.instantiate_async(&mut *store))
+        let instance = Box::pin(self.pre.instance_pre().instantiate_async(&mut *store))
             .await
             .map_err(|e| self.classify(e, store.data(), Stage::Instantiation))?;
+        let func = instance
+            .get_func(&mut *store, self.handle)
+            .ok_or_else(|| Failure::Host("the instance has no `handle` export".into()))?;
+        // The type check walks the event and output types (2% of a fresh instance's CPU), so
+        // it is made on the first instance only, where the generated bindings made it on each.
+        if !self.handle_checked.load(Ordering::Relaxed) {
+            func.typed::<HandleParams<'_>, HandleResult>(&*store)
+                .map_err(|e| self.classify(e, store.data(), Stage::Instantiation))?;
+            self.handle_checked.store(true, Ordering::Relaxed);
+        }
         stats.instantiation = Some(instantiating.elapsed());
-        Ok(instance)
+        Ok(Handler(func))
     }
 
     /// Runs `work` (instantiation and call) within the function's timeout. Epoch interruption
@@ -365,7 +398,7 @@ impl Function {
     /// Calls the handler of `instance` with `event`.
     pub(super) async fn call(
         &self,
-        instance: &bindings::EventFunction,
+        instance: &Handler,
         store: &mut Store<Ctx>,
         event: &Event,
         attempt: u32,
@@ -373,12 +406,9 @@ impl Function {
     ) -> Result<Vec<Output>, Failure> {
         let headers = wit_headers(event);
         let wit_event = to_wit(event, &headers, attempt);
-        let result = Box::pin(
-            instance
-                .fnmill_function_handler()
-                .call_handle(&mut *store, wit_event),
-        )
-        .await;
+        let result = Box::pin(instance.typed().call_async(&mut *store, (wit_event,)))
+            .await
+            .map(|(result,)| result);
         // What the call cost: read now, whatever its outcome.
         stats.memory = store.data().limiter.size as u64;
         // Read first: in the steady state the peak does not move, and a read shares the cache
