@@ -193,7 +193,8 @@ impl Host {
     }
 }
 
-/// The interface every function exports, as its component names it.
+/// The interface every function exports, as its component names it (the package and version of
+/// `wit/function.wit`; a unit test keeps the two in step).
 const HANDLER: &str = "fnmill:function/handler@0.1.0";
 
 /// Where a component exports the handler's `handle` function.
@@ -304,6 +305,20 @@ mod tests {
         let engine = Engine::default();
         let error = Component::new(&engine, bytes).unwrap_err();
         compile_error(&error)
+    }
+
+    #[test]
+    fn the_handler_interface_is_named_as_the_wit_package_versions_it() {
+        let wit =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("wit/function.wit"))
+                .unwrap();
+        let package = wit
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package "))
+            .map(|p| p.trim_end_matches(';'))
+            .unwrap();
+        let (name, version) = package.split_once('@').unwrap();
+        assert_eq!(HANDLER, format!("{name}/handler@{version}"));
     }
 
     #[test]
