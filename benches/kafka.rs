@@ -580,6 +580,9 @@ struct Throughput {
     cpu_with_start: Vec<cpu::PerEvent>,
 }
 
+/// A broker younger than this is likely still warming up its JIT.
+const FRESH_BROKER: Duration = Duration::from_secs(600);
+
 /// The broker's row in the CPU readings; every other row is the processor's (for fnmill and
 /// the native loop that includes the watcher's small Kafka client).
 const BROKER: &str = "kafka broker";
@@ -791,6 +794,20 @@ fn main() {
         dir: tempfile::tempdir().unwrap(),
         peer: peer_dir.join("run.sh"),
     };
+
+    // A broker that started minutes ago is still compiling its request paths (see the doc
+    // comment): say so, rather than let its warm-up pass for fnmill's cost.
+    for (_, pid) in &bench.broker {
+        if let Some(age) = cpu::process_age(*pid)
+            && age < FRESH_BROKER
+        {
+            eprintln!(
+                "note: the broker started {}s ago; its JIT charges the first processors more CPU \
+                 per event than a later run sees (run the bench twice and keep the second)",
+                age.as_secs()
+            );
+        }
+    }
 
     // Warm up each processor on a small input: the compiled-component cache, the peer's jar
     // in the page cache, the broker.

@@ -215,6 +215,19 @@ fn parse_secs(stat: &str) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
+/// How long ago process `pid` started, from its `stat` and `/proc/uptime`.
+pub fn process_age(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // Field 22 of stat (starttime, clock ticks after boot) is 19 after the comm.
+    let started: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_secs_f64(
+        (uptime - started / 100.0).max(0.0),
+    ))
+}
+
 /// `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` of a thread's `status` file.
 fn switches(status: &Path) -> (u64, u64) {
     let status = std::fs::read_to_string(status).unwrap_or_default();
@@ -249,4 +262,25 @@ pub fn processes_matching(label: &str, needle: &str) -> Vec<(String, u32)> {
         })
         .map(|pid| (label.to_string(), pid))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_process_just_started_is_seconds_old() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let age = process_age(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let age = age.expect("the child's age");
+        assert!(age < Duration::from_secs(60), "{age:?}");
+        // Init started before the child did.
+        assert!(process_age(1).expect("init's age") >= age);
+    }
 }
