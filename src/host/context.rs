@@ -31,6 +31,8 @@ pub(crate) struct Ctx {
     pub(super) log: Arc<LogBudget>,
     /// The span of the call (tracing on): `sql` and `keyvalue` calls are its children.
     pub(super) trace: Option<CallScope>,
+    /// When the current call's wall-clock limit runs out, checked on every epoch tick.
+    pub(super) deadline: std::time::Instant,
 }
 
 impl Ctx {
@@ -68,6 +70,8 @@ impl Ctx {
             current,
             log,
             trace,
+            // Armed before every instantiation and call (`Function::arm_deadline`).
+            deadline: std::time::Instant::now(),
         }
     }
 

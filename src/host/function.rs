@@ -323,6 +323,14 @@ impl Function {
             Ctx::new(&self.shared, event_id, self.limits.memory_bytes, trace),
         );
         store.limiter(|ctx| &mut ctx.limiter);
+        // Set once per store; each call arms its own deadline (`arm_deadline`).
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
         store
     }
 
@@ -384,14 +392,7 @@ impl Function {
     /// guest yields to the executor meanwhile, so a long guest neither overruns its timeout nor
     /// monopolises a compute thread.
     pub(super) fn arm_deadline(&self, store: &mut Store<Ctx>) {
-        let deadline = Instant::now() + self.limits.timeout;
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Err(Trap::Interrupt.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        store.data_mut().deadline = Instant::now() + self.limits.timeout;
         store.set_epoch_deadline(1);
     }
 
