@@ -38,9 +38,10 @@
 //! throughput phase, e.g. under `perf record`).
 //!
 //! The first run after the broker starts is not comparable with later ones: the broker's JVM
-//! is still compiling its request paths, and charged the first fnmill row 8–11 µs of CPU per
-//! event against 2.5–4.7 µs a run later, whatever the warm-up's size (tried up to 300,000
-//! records). Run the bench twice on a fresh broker and keep the second.
+//! is most likely still compiling its request paths, and charged the first fnmill row 8–11 µs
+//! of CPU per event against 2.5–4.7 µs a run later, whatever the warm-up's size (tried up to
+//! 300,000 records), once even 18 minutes and a test suite after the start. Run the bench twice
+//! on a fresh broker and keep the second.
 
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
