@@ -203,28 +203,31 @@ fn stat_secs(path: &Path) -> Option<f64> {
     parse_secs(&std::fs::read_to_string(path).ok()?)
 }
 
-fn parse_secs(stat: &str) -> Option<f64> {
-    // Clock ticks per second: 100 on every Linux this runs on (USER_HZ).
-    const TICKS: f64 = 100.0;
-    // `pid (comm) state ...`: comm may hold spaces, so split after the last ')'.
+/// Clock ticks per second of `stat` files: 100 on every Linux this runs on (USER_HZ).
+const TICKS: f64 = 100.0;
+
+/// Field `n` (counted from 1, as in proc(5)) of a `stat` file, as ticks.
+fn stat_field(stat: &str, n: usize) -> Option<f64> {
+    // `pid (comm) state ...`: comm may hold spaces, so split after the last ')', where field
+    // 3 (state) starts.
     let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the comm.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS)
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+fn parse_secs(stat: &str) -> Option<f64> {
+    // Fields 14 and 15: utime and stime.
+    Some((stat_field(stat, 14)? + stat_field(stat, 15)?) / TICKS)
 }
 
 /// How long ago process `pid` started, from its `stat` and `/proc/uptime`.
 pub fn process_age(pid: u32) -> Option<std::time::Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // Field 22 of stat (starttime, clock ticks after boot) is 19 after the comm.
-    let started: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    // Field 22: starttime, in ticks after boot.
+    let started = stat_field(&stat, 22)? / TICKS;
     let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
     let uptime: f64 = uptime.split_whitespace().next()?.parse().ok()?;
     Some(std::time::Duration::from_secs_f64(
-        (uptime - started / 100.0).max(0.0),
+        (uptime - started).max(0.0),
     ))
 }
 
@@ -282,5 +285,13 @@ mod tests {
         assert!(age < Duration::from_secs(60), "{age:?}");
         // Init started before the child did.
         assert!(process_age(1).expect("init's age") >= age);
+    }
+
+    #[test]
+    fn a_stat_file_gives_cpu_seconds() {
+        let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 1 0 12345 0";
+        assert_eq!(parse_secs(stat), Some(4.0));
+        assert_eq!(stat_field(stat, 22), Some(12345.0));
+        assert!(stat_secs(Path::new("/proc/self/stat")).is_some());
     }
 }
