@@ -963,6 +963,7 @@ fn report(
                     .join(", ")
             );
         }
+        print_latencies(processors, latencies);
         print_threads(processors, results);
         return;
     }
@@ -990,6 +991,12 @@ fn report(
         }
     }
     println!("  (medians: native {native:.0}, kafka streams {streams:.0} events/s)");
+    print_latencies(processors, latencies);
+    print_threads(processors, results);
+}
+
+/// Each processor's end-to-end latency at the steady rate, unless `--no-latency`.
+fn print_latencies(processors: &[Processor], latencies: &[Option<(i64, i64)>]) {
     if latencies.iter().any(Option::is_some) {
         println!("  latency at {LATENCY_RATE} events/s (p50 / p99):");
         for (p, l) in processors.iter().zip(latencies) {
@@ -998,7 +1005,6 @@ fn report(
             }
         }
     }
-    print_threads(processors, results);
 }
 
 /// CPU time and switches per event of each thread, first output to last, per processor (means
