@@ -1,10 +1,12 @@
 //! Events/s of a function doing one indexed SELECT per event (the `sql-query` test guest, a
 //! fresh instance per event, the query served by the pool on the IO runtime) against a native
 //! Rust loop doing the same SELECTs through the same pool, with the same concurrency, in one
-//! run. Prints both and the ratio (the goal is ≥ 0.7).
+//! run. Prints both and the ratio (the goal is ≥ 0.7). A third row runs the same function with
+//! `isolation = "reuse"` (opt-in: an instance serves up to 1,000 events in turn), to show what
+//! the fresh instance costs an IO-bound function; the goal is the default's row.
 //!
 //! Needs PostgreSQL (`FNMILL_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
-//! The two sides alternate for `--rounds` rounds (default 3) and the median ratio is the result.
+//! The sides alternate for `--rounds` rounds (default 3) and the median ratio is the result.
 //! Then where the difference goes: the CPU per event of each thread and of the PostgreSQL
 //! backends, the cost of the same component with no query (one instance at a time), and of one
 //! compute → IO → compute hand-off with nothing else running.
@@ -17,7 +19,7 @@
 //! CPU is counted and no other test shares it.
 //!
 //! `cargo bench --bench data_sources` (add `-- --events N --concurrency C --pool P --rounds R`,
-//! `-- --profile wasm` to run only the function side, e.g. under `perf record`, or
+//! `-- --profile wasm|reuse|native` to run only that side, e.g. under `perf record`, or
 //! `-- --io-tier` to race the IO tier too, `-- --io-tier-only` to race only the IO tier,
 //! `-- --linger-us N` for the IO tier's `remote.linger`, default 1000, `-- --max-instances N`
 //! for the host's instance slots, default 1000 as `runtime.max_instances`).
@@ -29,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fnmill::host::{DataSources, Failure, FunctionSpec, Grants, Host, HostConfig, Limits};
+use fnmill::host::{
+    DataSources, Failure, Function, FunctionSpec, Grants, Host, HostConfig, Isolation, Limits,
+};
 use fnmill_connector_api::Event;
 use fnmill_connector_postgres::{PgPool, PgPoolConfig, Value};
 use futures::StreamExt;
@@ -122,23 +126,32 @@ fn main() {
     };
     let mut data = DataSources::new(io.handle().clone());
     data.add_sql("db", Arc::new(pool.clone()));
-    let function = Arc::new(
-        host.load_with(
-            FunctionSpec {
-                name: "sql-query".into(),
-                component: common::guest("sql-query"),
-                limits: limits.clone(),
-                config: [("statement".to_string(), QUERY.to_string())].into(),
-                isolation: fnmill::host::Isolation::Event,
-            },
-            &data,
-            &Grants {
-                data_sources: ["db".to_string()].into(),
-                buckets: Default::default(),
-            },
+    let load = |isolation| {
+        Arc::new(
+            host.load_with(
+                FunctionSpec {
+                    name: "sql-query".into(),
+                    component: common::guest("sql-query"),
+                    limits: limits.clone(),
+                    config: [("statement".to_string(), QUERY.to_string())].into(),
+                    isolation,
+                },
+                &data,
+                &Grants {
+                    data_sources: ["db".to_string()].into(),
+                    buckets: Default::default(),
+                },
+            )
+            .unwrap(),
         )
-        .unwrap(),
-    );
+    };
+    // The default: a fresh instance per event.
+    let function = load(Isolation::Event);
+    // The opt-in reuse mode, with `fnmill run`'s defaults (1,000 events, half the memory).
+    let reusing = load(Isolation::Reuse {
+        max_uses: 1_000,
+        max_memory: limits.memory_bytes / 2,
+    });
     let id = |i: usize| (i as i64 % ROWS) + 1;
 
     // Warm up both paths: connections open, statements prepared, instances paged in.
@@ -158,7 +171,7 @@ fn main() {
                 .await
         })
     };
-    let wasm = |n: usize| {
+    let run = |function: &Arc<Function>, n: usize| {
         let function = function.clone();
         compute.block_on(async move {
             futures::stream::iter(0..n)
@@ -184,17 +197,20 @@ fn main() {
                 .await
         })
     };
+    let wasm = |n: usize| run(&function, n);
+    let reuse = |n: usize| run(&reusing, n);
     native(2_000);
     wasm(2_000);
+    reuse(2_000);
     // The PostgreSQL backends serving the pool, to count their CPU too.
     let backends = io.block_on(backends_of(&pool, "fnmill-bench", "postgres backends"));
-    // `--profile wasm|native`: only that side, to run under a profiler.
+    // `--profile wasm|reuse|native`: only that side, to run under a profiler.
     if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
         let start = Instant::now();
-        if only == "native" {
-            native(events)
-        } else {
-            wasm(events)
+        match only.as_str() {
+            "native" => native(events),
+            "reuse" => reuse(events),
+            _ => wasm(events),
         }
         println!(
             "{only}: {:.0} events/s",
@@ -209,7 +225,8 @@ fn main() {
         // Interleaved rounds: the machine's load drifts (PostgreSQL, both runtimes and whatever
         // else runs share two cores), so each ratio compares neighbours and the median is printed.
         let mut ratios = Vec::with_capacity(rounds);
-        let (mut native_cpu, mut wasm_cpu) = (Vec::new(), Vec::new());
+        let mut reuse_ratios = Vec::with_capacity(rounds);
+        let (mut native_cpu, mut wasm_cpu, mut reuse_cpu) = (Vec::new(), Vec::new(), Vec::new());
         println!(
             "one indexed SELECT per event, {events} events, {concurrency} in flight, pool of {pool_size}, {max_instances} instance slots:"
         );
@@ -223,24 +240,41 @@ fn main() {
             wasm(events);
             let wasm_rate = events as f64 / start.elapsed().as_secs_f64();
             let cpu2 = cpu::CpuTimes::now(&backends);
+            let start = Instant::now();
+            reuse(events);
+            let reuse_rate = events as f64 / start.elapsed().as_secs_f64();
+            let cpu3 = cpu::CpuTimes::now(&backends);
             native_cpu.push(cpu1.per_event_since(&cpu0, events));
             wasm_cpu.push(cpu2.per_event_since(&cpu1, events));
+            reuse_cpu.push(cpu3.per_event_since(&cpu2, events));
             ratios.push(wasm_rate / native_rate);
+            reuse_ratios.push(reuse_rate / native_rate);
             println!(
                 "  round {round}: native loop {native_rate:>7.0} events/s, function (fresh instance) \
-             {wasm_rate:>7.0} events/s, ratio {:.2}",
-                wasm_rate / native_rate
+             {wasm_rate:>7.0} events/s, ratio {:.2}; isolation = \"reuse\" {reuse_rate:>7.0} \
+             events/s, ratio {:.2}",
+                wasm_rate / native_rate,
+                reuse_rate / native_rate
             );
         }
         ratios.sort_by(f64::total_cmp);
+        reuse_ratios.sort_by(f64::total_cmp);
         println!(
             "  ratio function / native, median of {rounds}: {:.2} (goal >= 0.7)",
             ratios[rounds / 2]
+        );
+        println!(
+            "  the same with isolation = \"reuse\" (opt-in), median of {rounds}: {:.2}",
+            reuse_ratios[rounds / 2]
         );
         let native_rows = cpu::mean(&native_cpu);
         let wasm_rows = cpu::mean(&wasm_cpu);
         cpu::print_per_event("native loop (mean of the rounds)", &native_rows);
         cpu::print_per_event("function (mean of the rounds)", &wasm_rows);
+        cpu::print_per_event(
+            "function, isolation = \"reuse\" (mean of the rounds)",
+            &cpu::mean(&reuse_cpu),
+        );
 
         // The floor of the function side: the same component instantiated, called and dropped one
         // at a time with no query (no `statement`: it fails before calling the host), on a compute
@@ -253,7 +287,7 @@ fn main() {
                         component: common::guest("sql-query"),
                         limits: limits.clone(),
                         config: Default::default(),
-                        isolation: fnmill::host::Isolation::Event,
+                        isolation: Isolation::Event,
                     },
                     &data,
                     &Grants::default(),
