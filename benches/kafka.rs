@@ -29,7 +29,8 @@
 //!
 //! Options after `--`: `--events N`, `--bad-every N` (0: every record is JSON),
 //! `--bad-keys one|spread`, `--rounds R` (all processors R times, alternating, each round
-//! starting one processor later; medians printed), `--warm N` (records each processor first
+//! starting one processor later; medians printed; default 3: rates on a shared 2-core machine
+//! move ±40% from one round to the next, so one round decides nothing), `--warm N` (records each processor first
 //! runs untimed, default 2,000), `--no-latency`, `--fnmill-variant 'LABEL=TOML'` (one more
 //! fnmill row, TOML added to the function's section, e.g. `'fnmill reuse=isolation =
 //! "reuse"'`; repeatable; the section is the file's last, so the TOML may open tables of its
@@ -761,7 +762,7 @@ fn main() {
             other => usage(&format!("--bad-keys is one or spread, not {other:?}")),
         },
     };
-    let rounds = number("--rounds", 1).max(1) as usize;
+    let rounds = number("--rounds", 3).max(1) as usize;
     let mut processors = processors();
     // `--profile LABEL`: only that processor's throughput phase, to run under a profiler.
     let profile = arg("--profile");
