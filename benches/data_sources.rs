@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fnmill::config::{FunctionConfig, IsolationConfig};
 use fnmill::host::{
     DataSources, Failure, Function, FunctionSpec, Grants, Host, HostConfig, Isolation, Limits,
 };
@@ -147,10 +148,12 @@ fn main() {
     };
     // The default: a fresh instance per event.
     let function = load(Isolation::Event);
-    // The opt-in reuse mode, with `fnmill run`'s defaults (1,000 events, half the memory).
-    let reusing = load(Isolation::Reuse {
-        max_uses: 1_000,
-        max_memory: limits.memory_bytes / 2,
+    // The opt-in reuse mode as `isolation = "reuse"` sets it, with the other keys' defaults.
+    let reusing = load({
+        let mut config = FunctionConfig::new(common::guest("sql-query"));
+        config.memory = limits.memory_bytes;
+        config.isolation = IsolationConfig::Reuse;
+        config.isolation()
     });
     let id = |i: usize| (i as i64 % ROWS) + 1;
 
