@@ -195,6 +195,65 @@ fn file_source_trace_through_function_sql_and_outputs() {
     assert_eq!(failed[0]["span_id"], consumer_span_of(&bad), "{stderr}");
 }
 
+/// `sample_ratio = 0`: an event whose trace is not sampled is processed as any other and passes
+/// its trace on — its output's `traceparent` names the incoming trace, or a new one, flagged not
+/// sampled — and nothing of it reaches Jaeger; an event arriving in a sampled trace is still
+/// recorded whole (the sampler follows the parent).
+#[test]
+fn an_unsampled_trace_is_passed_on_and_not_recorded() {
+    let service = format!("fnmill-test-{}", hex_id(8));
+    let (sampled, sampled_root) = (hex_id(32), hex_id(16));
+    let (unsampled, unsampled_root) = (hex_id(32), hex_id(16));
+    send_root_span("test-producer", &sampled, &sampled_root);
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = format!(
+        "{}sample_ratio = 0.0\n",
+        telemetry(&service, "http/protobuf", "text")
+    );
+    run_file_route(
+        dir.path(),
+        &telemetry,
+        &[
+            json!({"id": "sampled", "key": "a", "payload": [1], "headers": {"traceparent": traceparent(&sampled, &sampled_root)}}),
+            json!({"id": "unsampled", "key": "b", "payload": [2], "headers": {"traceparent": format!("00-{unsampled}-{unsampled_root}-00")}}),
+            json!({"id": "no-trace", "key": "c", "payload": [3]}),
+        ],
+    );
+
+    let out = read_lines(&dir.path().join("out.jsonl"));
+    assert_eq!(out.len(), 3, "{out:?}");
+    let traceparent_of = |n: i64| -> String {
+        let line = out
+            .iter()
+            .find(|l| l["payload"]["rows"][0][0] == n)
+            .unwrap_or_else(|| panic!("no output for {n}: {out:?}"));
+        headers(line)
+            .remove("traceparent")
+            .unwrap_or_else(|| panic!("no traceparent on the output of {n}: {line}"))
+    };
+    let flags = |tp: &str| tp.rsplit('-').next().unwrap().to_string();
+    // The sampled event is recorded whole: root, consumer, call, SQL, producer.
+    let sampled_out = traceparent_of(1);
+    assert_eq!(parse_traceparent(&sampled_out).0, sampled);
+    assert_eq!(flags(&sampled_out), "01");
+    let spans = trace(&sampled, 5);
+    assert!(spans.iter().any(|s| s.name == "call f"), "{spans:#?}");
+
+    // The unsampled ones pass their trace on, flagged so.
+    let unsampled_out = traceparent_of(2);
+    assert_eq!(parse_traceparent(&unsampled_out).0, unsampled);
+    assert_eq!(flags(&unsampled_out), "00");
+    let (new_trace, _) = parse_traceparent(&traceparent_of(3));
+    assert_ne!(new_trace, "0".repeat(32));
+    assert_eq!(flags(&traceparent_of(3)), "00");
+    // fnmill flushed its spans before it exited and Jaeger has stored the sampled trace's, so
+    // any span of the others would be there too.
+    for id in [&unsampled, &new_trace] {
+        let spans = trace(id, 0);
+        assert!(spans.is_empty(), "trace {id} was not sampled: {spans:#?}");
+    }
+}
+
 /// `keyvalue` calls through a Redis bucket, from a JSON Lines file with no `traceparent`: the
 /// trace starts at fnmill; each call is a client span under the function's span, named after
 /// the operation and the bucket, and no span of the call says the key or the value. With fuel

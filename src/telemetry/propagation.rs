@@ -39,6 +39,10 @@ impl Propagator {
     /// The remote parent and baggage that `headers` carry (an empty context if none, or if the
     /// `traceparent` is malformed).
     pub fn extract(&self, headers: &[Header]) -> Context {
+        if !headers.iter().any(|h| is_trace_header(&h.name)) {
+            // Most events of a trace that starts at fnmill: nothing to parse.
+            return Context::new();
+        }
         // OpenTelemetry's parser is lenient (it takes a short trace id); W3C is not. A
         // traceparent that fails the W3C rules is ignored, and its tracestate with it.
         let valid = Headers {
@@ -184,6 +188,20 @@ mod tests {
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         assert_eq!(sc.trace_state().header(), "vendor=1");
         use opentelemetry::baggage::BaggageExt;
+        assert_eq!(
+            cx.baggage().get("tenant").map(|v| v.as_str().to_string()),
+            Some("acme".into())
+        );
+    }
+
+    #[test]
+    fn headers_without_trace_context_give_an_empty_context_and_baggage_alone_is_read() {
+        let cx = Propagator::default().extract(&headers(&[("x", "y"), ("key", "k")]));
+        assert!(!cx.span().span_context().is_valid());
+        use opentelemetry::baggage::BaggageExt;
+        assert_eq!(cx.baggage().len(), 0);
+        let cx = Propagator::default().extract(&headers(&[("Baggage", "tenant=acme")]));
+        assert!(!cx.span().span_context().is_valid());
         assert_eq!(
             cx.baggage().get("tenant").map(|v| v.as_str().to_string()),
             Some("acme".into())
