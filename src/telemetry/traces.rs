@@ -3,6 +3,8 @@
 //! named and tagged after the OpenTelemetry semantic conventions for messaging and databases.
 //! The event's span is a child of the `traceparent` the event carries; each output's and dead
 //! letter's headers get the context of its producer span, so the trace continues downstream.
+//! Under an event whose trace is not sampled nothing would be recorded, so no call or producer
+//! span is made: its outputs carry the event's context, and no span's attributes are built.
 //!
 //! With tracing off ([`Tracing::start`] returns `None`) nothing here runs: no span is made and
 //! no header is parsed; an incoming `traceparent` is only copied onto outputs that have none
