@@ -740,15 +740,22 @@ mod tests {
             vec![KeyValue::new("fnmill.route", "r")]
         };
 
+        let root_of = |tracer: &SdkTracer| {
+            start_span(
+                tracer,
+                "root",
+                SpanKind::Consumer,
+                &Context::new(),
+                attributes,
+            )
+        };
+        let child_of = |tracer: &SdkTracer, parent: &Context| {
+            start_span(tracer, "child", SpanKind::Producer, parent, attributes)
+        };
+
         let dropped = tracer_sampling(0.0);
-        let root = start_span(
-            &dropped,
-            "root",
-            SpanKind::Consumer,
-            &Context::new(),
-            attributes,
-        );
-        let child = start_span(&dropped, "child", SpanKind::Producer, &root, attributes);
+        let root = root_of(&dropped);
+        let child = child_of(&dropped, &root);
         assert!(!root.span().is_recording() && !child.span().is_recording());
         assert!(!sampled(&root) && !sampled(&child));
         assert_eq!(built.get(), 0, "no attributes for spans that are dropped");
@@ -761,27 +768,14 @@ mod tests {
         assert!(!child.span().span_context().is_sampled());
 
         let kept = tracer_sampling(1.0);
-        let root = start_span(
-            &kept,
-            "root",
-            SpanKind::Consumer,
-            &Context::new(),
-            attributes,
-        );
-        let child = start_span(&kept, "child", SpanKind::Producer, &root, attributes);
+        let root = root_of(&kept);
+        let child = child_of(&kept, &root);
         assert!(root.span().is_recording() && child.span().is_recording());
         assert!(sampled(&root) && sampled(&child));
         assert_eq!(built.get(), 2, "attributes for every span that records");
 
         // An unsampled parent keeps its children unsampled, whatever the ratio.
-        let unsampled = start_span(
-            &dropped,
-            "root",
-            SpanKind::Consumer,
-            &Context::new(),
-            attributes,
-        );
-        let child = start_span(&kept, "child", SpanKind::Producer, &unsampled, attributes);
+        let child = child_of(&kept, &root_of(&dropped));
         assert!(!child.span().is_recording());
         assert_eq!(built.get(), 2);
     }
