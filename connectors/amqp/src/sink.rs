@@ -101,17 +101,30 @@ impl Connector {
         Ok(connection)
     }
 
-    async fn channel(&self) -> Result<Channel> {
+    /// A channel with publisher confirms, opened within `within`: lapin awaits the broker's
+    /// answers without a bound, and a pipe waiting here holds every hand-over queued on it
+    /// with no error to retry on.
+    async fn channel(&self, within: Duration) -> Result<Channel> {
         let connection = self.connection().await?;
-        let channel = connection
-            .create_channel()
+        let open = async {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(AmqpError::broker("opening a channel"))?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(AmqpError::broker("enabling publisher confirms"))?;
+            Ok(channel)
+        };
+        tokio::time::timeout(within, open)
             .await
-            .map_err(AmqpError::broker("opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(AmqpError::broker("enabling publisher confirms"))?;
-        Ok(channel)
+            .unwrap_or_else(|_| {
+                Err(AmqpError::Timeout {
+                    what: "opening a channel with publisher confirms".into(),
+                    after: within,
+                })
+            })
     }
 }
 
@@ -348,7 +361,12 @@ impl Pipe {
     async fn publish(&mut self, batch: &mut Vec<(Vec<Record>, Confirm)>) {
         let channel = match &self.channel {
             Some(c) if c.status().connected() => c.clone(),
-            _ => match self.shared.connector.channel().await {
+            _ => match self
+                .shared
+                .connector
+                .channel(self.shared.confirm_timeout)
+                .await
+            {
                 Ok(c) => {
                     self.channel = Some(c.clone());
                     c
