@@ -44,7 +44,12 @@ pub fn fnmill() -> Command {
     let mut cmd = Command::new(fnmill_binary());
     // One compiled-component cache for the whole test run, so each component compiles once.
     cmd.env("XDG_CACHE_HOME", root().join("target").join("test-cache"));
-    cmd.env("RUST_LOG", "info");
+    // `FNMILL_TEST_LOG` widens what a failing test prints of fnmill's log, e.g.
+    // `info,lapin=debug` to chase a broker client's state.
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("FNMILL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     cmd
 }
 
