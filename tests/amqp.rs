@@ -20,6 +20,49 @@ fn ids(messages: &[Message]) -> Vec<String> {
     messages.iter().map(|m| m.id.clone()).collect()
 }
 
+/// An input queue holding `total` messages over `keys` ordering keys, and an output queue read
+/// by a collector: what the resilience tests run a route over.
+struct Backlog {
+    broker: Broker,
+    input: String,
+    output: String,
+    messages: Vec<Message>,
+    out: Collector,
+}
+
+impl Backlog {
+    async fn new(prefix: &str, total: usize, keys: usize) -> Self {
+        let broker = Broker::new().await;
+        let (input, output) = broker.queue_pair(prefix).await;
+        let messages = keyed_messages(total, keys);
+        broker
+            .publish(&input, messages.iter().map(clone_message))
+            .await;
+        let out = Collector::start(&broker.connection, &output).await;
+        Self {
+            broker,
+            input,
+            output,
+            messages,
+            out,
+        }
+    }
+
+    /// Waits until every id came out, stops fnmill and returns its log and the tally.
+    async fn every_id_out(&self, run: Running) -> (String, amqp_common::Tally) {
+        let expected = ids(&self.messages);
+        run.wait_for(Duration::from_secs(120), "every id out", || {
+            self.out.len() >= self.messages.len()
+                && tally(&expected, &self.out.snapshot(), &[]).lost.is_empty()
+        })
+        .await;
+        let log = run.stop();
+        let t = tally(&expected, &self.out.snapshot(), &[]);
+        assert!(t.lost.is_empty() && t.ok == self.messages.len(), "{t:?}");
+        (log, t)
+    }
+}
+
 /// 20,000 messages over 100 ordering keys: every id comes out exactly once, each key's messages
 /// in the order they were published, and the input queue is left empty (everything acked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,29 +241,21 @@ async fn kill_9_five_times_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_connections_reconnect_and_lose_nothing() {
     const TOTAL: usize = 10_000;
-    let broker = Broker::new().await;
-    let (input, output) = (unique("c-in"), unique("c-out"));
-    broker.queue(&input).await;
-    broker.queue(&output).await;
-    let messages = keyed_messages(TOTAL, 50);
-    broker
-        .publish(&input, messages.iter().map(clone_message))
-        .await;
-    let out = Collector::start(&broker.connection, &output).await;
+    let b = Backlog::new("c", TOTAL, 50).await;
     let proxy = Proxy::start().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut route = AmqpRoute::new(&input, &output, None, guest("echo"));
+    let mut route = AmqpRoute::new(&b.input, &b.output, None, guest("echo"));
     route.url = proxy.url();
     let run = Running::start(fnmill(), &route.write(dir.path()));
     for (i, at) in [2_000, 5_000].into_iter().enumerate() {
         run.wait_for(Duration::from_secs(60), "progress before the cut", || {
-            out.len() >= at
+            b.out.len() >= at
         })
         .await;
         let cut = proxy.cut();
         assert!(cut >= 2, "source and sink connections cut, got {cut}");
-        let at_cut = out.len();
+        let at_cut = b.out.len();
         assert!(at_cut < TOTAL, "cut {i} must land mid-stream");
         run.wait_for(Duration::from_secs(30), "the loss logged", || {
             run.logged("Connection to the broker lost")
@@ -229,25 +264,53 @@ async fn cut_connections_reconnect_and_lose_nothing() {
         run.wait_for(
             Duration::from_secs(60),
             &format!("progress after cut {i} ({at_cut} outputs then)"),
-            || out.len() > at_cut + 500,
+            || b.out.len() > at_cut + 500,
         )
         .await;
     }
-    let expected = ids(&messages);
-    run.wait_for(Duration::from_secs(120), "every id out", || {
-        out.len() >= TOTAL && tally(&expected, &out.snapshot(), &[]).lost.is_empty()
-    })
-    .await;
-    let log = run.stop();
+    let (log, t) = b.every_id_out(run).await;
     assert!(log.contains("Consuming"), "{log}");
-    let t = tally(&expected, &out.snapshot(), &[]);
-    assert!(t.lost.is_empty() && t.ok == TOTAL, "{t:?}");
     // Per cut, up to a prefetch window of unacked messages comes back from the broker, and the
     // same events — still in the pipeline when the sink's connection went too — may republish
     // an output whose confirm was lost: at most two copies per in-flight event.
     assert!(t.duplicates <= 2 * 2 * route.prefetch as usize, "{t:?}");
-    assert_eq!(broker.ready(&input).await, 0);
-    broker.cleanup().await;
+    assert_eq!(b.broker.ready(&b.input).await, 0);
+    b.broker.cleanup().await;
+}
+
+/// The sink's connection goes silent without a reset (a frozen network path; heartbeats far too
+/// slow to notice): its confirms time out, the channel it then asks for on the same connection
+/// times out too, and the sink gives that connection up and connects again. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_connection_that_stops_answering_is_replaced() {
+    const TOTAL: usize = 10_000;
+    let b = Backlog::new("f", TOTAL, 50).await;
+    let proxy = Proxy::start().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = AmqpRoute::new(&b.input, &b.output, None, guest("echo"));
+    route.sink_url = Some(proxy.url());
+    // The broker caps the heartbeat at its own 60 s: noticed that way after about two minutes.
+    route.out_sink_extra = "confirm_timeout = \"2s\"\nheartbeat = \"600s\"\n".into();
+    let run = Running::start(fnmill(), &route.write(dir.path()));
+    run.wait_for(
+        Duration::from_secs(60),
+        "progress before the freeze",
+        || b.out.len() >= 2_000,
+    )
+    .await;
+    proxy.freeze();
+    assert!(b.out.len() < TOTAL, "the freeze must land mid-stream");
+    run.wait_for(
+        Duration::from_secs(30),
+        "the silent connection given up",
+        || run.logged("does not answer on this connection"),
+    )
+    .await;
+    let (log, _) = b.every_id_out(run).await;
+    assert!(log.contains("no publisher confirm within 2s"), "{log}");
+    assert_eq!(b.broker.ready(&b.input).await, 0);
+    b.broker.cleanup().await;
 }
 
 /// Outputs to an exchange with no binding come back (`mandatory`): each event is dead-lettered

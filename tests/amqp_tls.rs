@@ -101,12 +101,7 @@ async fn a_client_certificate_the_broker_does_not_trust_is_refused() {
 /// input messages are still queued. Returns the log.
 async fn refused_and_retried(prefix: &str, source_extra: String, sink_extra: String) -> String {
     let broker = Broker::new().await;
-    let (input, output) = (
-        unique(&format!("{prefix}-in")),
-        unique(&format!("{prefix}-out")),
-    );
-    broker.queue(&input).await;
-    broker.queue(&output).await;
+    let (input, output) = broker.queue_pair(prefix).await;
     broker.publish(&input, keyed_messages(10, 1)).await;
 
     let dir = tempfile::tempdir().unwrap();

@@ -82,6 +82,17 @@ impl Broker {
         self.queue_with(name, FieldTable::default()).await
     }
 
+    /// Declares a fresh input and output queue, `<prefix>-in-…` and `<prefix>-out-…`.
+    pub async fn queue_pair(&self, prefix: &str) -> (String, String) {
+        let (input, output) = (
+            unique(&format!("{prefix}-in")),
+            unique(&format!("{prefix}-out")),
+        );
+        self.queue(&input).await;
+        self.queue(&output).await;
+        (input, output)
+    }
+
     pub async fn queue_with(&self, name: &str, args: FieldTable) {
         within(
             &format!("declaring {name}"),
@@ -380,6 +391,7 @@ pub struct Proxy {
     pub port: u16,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
+    freeze: Arc<tokio::sync::Notify>,
 }
 
 impl Proxy {
@@ -389,13 +401,24 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let freeze = Arc::new(tokio::sync::Notify::new());
         let list = conns.clone();
+        let frozen = freeze.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let upstream = upstream.clone();
+                let frozen = frozen.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let froze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        () = frozen.notified() => true,
+                    };
+                    if froze {
+                        // Both sockets stay open, and nothing passes, until `cut` or drop.
+                        std::future::pending::<()>().await;
                     }
                 });
                 list.lock().unwrap().push(task);
@@ -405,7 +428,14 @@ impl Proxy {
             port,
             conns,
             accept,
+            freeze,
         }
+    }
+
+    /// Stops forwarding on every proxied connection, both ways, and keeps their sockets open: a
+    /// network path that went silent without a reset. Connections opened afterwards pass.
+    pub fn freeze(&self) {
+        self.freeze.notify_waiters();
     }
 
     /// The broker URL through the proxy.
@@ -447,6 +477,8 @@ fn urlencode(vhost: &str) -> String {
 /// What an AMQP route's `fnmill.toml` says.
 pub struct AmqpRoute {
     pub url: String,
+    /// When set, the `out` sink connects here instead of `url` (e.g. through its own proxy).
+    pub sink_url: Option<String>,
     /// When set, every client reads its URL from this file (`url_file`) instead of `url`.
     pub url_file: Option<String>,
     pub input: String,
@@ -465,6 +497,7 @@ impl AmqpRoute {
     pub fn new(input: &str, output: &str, dead: Option<&str>, component: PathBuf) -> Self {
         Self {
             url: amqp_url(),
+            sink_url: None,
             url_file: None,
             input: input.into(),
             output: output.into(),
@@ -512,7 +545,7 @@ ordering_key = {{ header = "k" }}
 
 [sinks.out]
 kind = "amqp"
-{url}
+{sink_url}
 {out_sink_extra}
 
 {dead_sink}
@@ -527,6 +560,10 @@ destinations = {{ out = {{ sink = "out", target = "{output}" }} }}
 {dead_route}{route_extra}
 "#,
             url = self.url_line(),
+            sink_url = match &self.sink_url {
+                Some(url) => format!("url = \"{url}\""),
+                None => self.url_line(),
+            },
             input = self.input,
             output = self.output,
             prefetch = self.prefetch,

@@ -110,6 +110,28 @@ pub type Result<T, E = AmqpError> = std::result::Result<T, E>;
 /// How long opening a connection may take before it counts as failed (and is retried).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the broker may take to answer a connection's set-up (declaring the topology,
+/// opening a channel, `basic.qos`, `basic.consume`) or to take a batch of acks: lapin awaits
+/// each without a bound, and a connection whose socket is open but whose broker (or network)
+/// stopped answering would hold a source or a sink's pipe there for good.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Awaits `step` for at most `within`; a step that does not finish fails as
+/// [`AmqpError::Timeout`] naming `what`.
+pub(crate) async fn bounded<T>(
+    what: &str,
+    within: Duration,
+    step: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(within, step).await {
+        Ok(result) => result,
+        Err(_) => Err(AmqpError::Timeout {
+            what: what.into(),
+            after: within,
+        }),
+    }
+}
+
 /// Parses `url` and sets the heartbeat interval, unless the URL sets its own.
 pub(crate) fn parse_url(url: &SecretUrl, heartbeat: Duration) -> Result<AMQPUri> {
     let mut uri: AMQPUri = url

@@ -28,7 +28,9 @@
 //! dead-lettered, not acked as done. A nack, a lost connection or channel, or a confirm that
 //! does not come within `confirm_timeout` is [`SinkError::Retryable`]; the pipeline publishes
 //! again with backoff (so a record may be published twice — at-least-once). A broken channel or
-//! connection is replaced on the next hand-over.
+//! connection is replaced on the next hand-over, and so is a connection that looks up but on
+//! which a channel does not open within `confirm_timeout` (nothing answers on it): waiting for
+//! heartbeats to notice would hold every hand-over of the sink for minutes.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -48,7 +50,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{AmqpSinkConfig, Broker as _, Topology};
-use crate::{AmqpError, Result, close_channel, close_in_order, headers, in_order};
+use crate::{
+    ANSWER_TIMEOUT, AmqpError, Result, bounded, close_channel, close_in_order, headers, in_order,
+};
 
 /// AMQP `delivery_mode` 2: the broker writes the message to disk (for classic queues; quorum
 /// queues always do).
@@ -88,12 +92,20 @@ impl Connector {
             .connect(&format!("fnmill sink {}", self.name))
             .await?;
         if !self.declare.is_empty() {
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(AmqpError::broker("opening a channel"))?;
-            self.declare.declare(&channel).await?;
-            let _ = channel.close(200, "declared".into()).await;
+            let declared = bounded("declaring the sink's topology", ANSWER_TIMEOUT, async {
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(AmqpError::broker("opening a channel"))?;
+                self.declare.declare(&channel).await?;
+                let _ = channel.close(200, "declared".into()).await;
+                Ok(())
+            })
+            .await;
+            if let Err(e) = declared {
+                close_in_order(&connection, None, 200, "setup failed", CLOSE_CONNECTION).await;
+                return Err(e);
+            }
         }
         info!(sink = %self.name, "Connected");
         let connection = Arc::new(connection);
@@ -103,10 +115,11 @@ impl Connector {
 
     /// A channel with publisher confirms, opened within `within`: lapin awaits the broker's
     /// answers without a bound, and a pipe waiting here holds every hand-over queued on it
-    /// with no error to retry on.
+    /// with no error to retry on. A connection that took no channel in time is discarded, so the
+    /// next attempt connects again instead of waiting on it once more.
     async fn channel(&self, within: Duration) -> Result<Channel> {
         let connection = self.connection().await?;
-        let open = async {
+        let opened = bounded("opening a channel with publisher confirms", within, async {
             let channel = connection
                 .create_channel()
                 .await
@@ -116,15 +129,28 @@ impl Connector {
                 .await
                 .map_err(AmqpError::broker("enabling publisher confirms"))?;
             Ok(channel)
-        };
-        tokio::time::timeout(within, open)
-            .await
-            .unwrap_or_else(|_| {
-                Err(AmqpError::Timeout {
-                    what: "opening a channel with publisher confirms".into(),
-                    after: within,
-                })
-            })
+        })
+        .await;
+        if let Err(AmqpError::Timeout { .. }) = &opened {
+            self.discard(&connection).await;
+        }
+        opened
+    }
+
+    /// Forgets `broken` if it is still the shared connection (another pipe may have replaced it
+    /// already), and closes it in the background within a bound: its socket may be open while
+    /// nothing answers on it. The pipes' channels on it stop counting as connected.
+    async fn discard(&self, broken: &Arc<Connection>) {
+        let mut current = self.connection.lock().await;
+        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            return;
+        }
+        current.take();
+        warn!(sink = %self.name, "The broker does not answer on this connection; reconnecting");
+        let broken = broken.clone();
+        tokio::spawn(async move {
+            close_in_order(&broken, None, 320, "not answering", CLOSE_CONNECTION).await;
+        });
     }
 }
 

@@ -12,7 +12,8 @@
 //! session is ignored: the broker already requeued that message when the old connection died
 //! (it is delivered again — a duplicate, never a loss). On a lost connection or channel the
 //! source marks itself not ready, reconnects with exponential backoff and jitter, redeclares its
-//! topology, and consumes again.
+//! topology, and consumes again. A set-up step or a batch of acks the broker does not take within
+//! 30 s counts as a lost connection too.
 //!
 //! # Acks
 //!
@@ -43,7 +44,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{AmqpSourceConfig, Broker as _, OrderingKey};
-use crate::{AmqpError, Reconnect, Result, close_in_order, headers, in_order};
+use crate::{
+    ANSWER_TIMEOUT, AmqpError, Reconnect, Result, bounded, close_in_order, headers, in_order,
+};
 
 /// Settlements handled per loop turn: enough to batch acks under load, small enough that a
 /// burst does not keep new messages waiting.
@@ -224,7 +227,9 @@ impl AmqpSource {
             .endpoint
             .connect(&format!("fnmill source {}", self.name))
             .await?;
-        let result = async {
+        // Each step awaits the broker's answer; a connection that stops answering midway is
+        // closed and opened again.
+        let result = bounded("setting up the consumer", ANSWER_TIMEOUT, async {
             if !self.config.declare.is_empty() {
                 let channel = connection
                     .create_channel()
@@ -254,7 +259,7 @@ impl AmqpSource {
                     self.config.queue
                 )))?;
             Ok((channel, consumer))
-        }
+        })
         .await;
         match result {
             Ok((channel, consumer)) => Ok((
@@ -358,10 +363,13 @@ impl AmqpSource {
                 .map(|r| r.map_err(AmqpError::broker("acking messages")))
                 .boxed()
         });
-        in_order(requeues.chain(rejects).chain(acks).collect())
-            .await
-            .into_iter()
-            .collect()
+        // lapin resolves each once its IO loop wrote it: a connection that takes none in this
+        // long is treated as lost (its unacked messages go back to the queue when it closes).
+        let written = in_order(requeues.chain(rejects).chain(acks).collect());
+        bounded("acking messages", ANSWER_TIMEOUT, async {
+            written.await.into_iter().collect()
+        })
+        .await
     }
 
     /// On shutdown: stop the consumer, wait (within `drain_timeout`) for what is in the pipeline
@@ -373,10 +381,13 @@ impl AmqpSource {
         consumer: Consumer,
         settlements: &mut Settlements<Ticket>,
     ) -> End {
-        let _ = session
-            .channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await;
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            session
+                .channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await;
         drop(consumer);
         info!(source = %self.name, in_flight = session.unsettled.outstanding(), "Draining");
         let deadline = Instant::now() + self.config.drain_timeout;
