@@ -292,6 +292,7 @@ async fn a_sink_connection_that_stops_answering_is_replaced() {
     route.sink_url = Some(proxy.url());
     // The broker caps the heartbeat at its own 60 s: noticed that way after about two minutes.
     route.out_sink_extra = "confirm_timeout = \"2s\"\nheartbeat = \"600s\"\n".into();
+    let started = std::time::Instant::now();
     let run = Running::start(fnmill(), &route.write(dir.path()));
     run.wait_for(
         Duration::from_secs(60),
@@ -309,6 +310,25 @@ async fn a_sink_connection_that_stops_answering_is_replaced() {
     .await;
     let (log, _) = b.every_id_out(run).await;
     assert!(log.contains("no publisher confirm within 2s"), "{log}");
+    // Every event in flight fails, most of them more than once; the warnings about it are let
+    // through once a second each and say how many they withheld.
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    for line in [
+        "Outputs not confirmed; publishing them again",
+        "Sink failed; retrying",
+    ] {
+        let warned: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+        assert!(
+            !warned.is_empty() && warned.len() <= seconds,
+            "{} `{line}` warnings in {seconds} s:\n{log}",
+            warned.len()
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("withheld=") && !l.contains("withheld=0 ")),
+        "{log}"
+    );
     assert_eq!(b.broker.ready(&b.input).await, 0);
     b.broker.cleanup().await;
 }

@@ -37,6 +37,7 @@ const DOCUMENTED: &[(&str, &str, &[&str])] = &[
         &["route", "error_type"],
     ),
     ("fnmill_retries_total", "counter", &["route"]),
+    ("fnmill_sink_retries_total", "counter", &["route"]),
     ("fnmill_events_abandoned_total", "counter", &["route"]),
     ("fnmill_events_in_flight", "gauge", &["route"]),
     ("fnmill_event_duration_seconds", "histogram", &["route"]),
@@ -218,6 +219,7 @@ fn metrics_have_their_types_labels_and_counts() {
     );
     assert_eq!(value(&m, "fnmill_events_done_total", &route_l), Some(10.0));
     assert_eq!(value(&m, "fnmill_retries_total", &route_l), Some(0.0));
+    assert_eq!(value(&m, "fnmill_sink_retries_total", &route_l), Some(0.0));
     assert_eq!(
         value(&m, "fnmill_events_abandoned_total", &route_l),
         Some(0.0)

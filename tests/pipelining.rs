@@ -162,6 +162,7 @@ fn route_of(guest: &str, out: Arc<dyn Sink>, dead_letter: DeadLetter) -> Arc<Rou
         stats: Arc::new(RouteStats::default()),
         telemetry: Default::default(),
         fatal: OnceLock::new(),
+        outage_logs: Default::default(),
     })
 }
 
@@ -274,6 +275,14 @@ async fn failed_confirmations_publish_again_or_dead_letter() {
         *sink.republished.lock().unwrap(),
         [Bytes::from_static(b"retry-me")],
         "the retryable failure is published again, the permanent one is not"
+    );
+    assert_eq!(
+        route
+            .stats
+            .sink_retries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one publish tried again"
     );
     let dead = dead.0.lock().unwrap().clone();
     assert_eq!(dead.len(), 1);

@@ -3,6 +3,7 @@
 //! settlement when the sinks confirm.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use opentelemetry::context::FutureExt as _;
 use super::{DeadLetter, Destination, Lent, Route, dead_letter_record};
 use crate::host::{CallStats, CallerScope, Failure, Output};
 use crate::telemetry::EventObs;
+use crate::telemetry::logs::warn_throttled;
 
 /// What the shard does with the event's lane once [`Route::process`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,9 +78,7 @@ impl Route {
                 );
             }
             if failure.is_retryable() && attempt < self.max_attempts {
-                self.stats
-                    .retries
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 let wait = self.backoff.delay(attempt);
                 tracing::debug!(
                     route = %self.name,
@@ -333,7 +333,9 @@ impl Route {
     /// Logs a retryable sink error and waits before the next try; false on shutdown.
     async fn sink_backoff(&self, dest: &Destination, error: &SinkError, attempt: u32) -> bool {
         let wait = self.backoff.delay(attempt);
-        tracing::warn!(
+        self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
+        warn_throttled!(
+            self.outage_logs.sink_retry,
             route = %self.name,
             sink = %dest.sink_name,
             error = %error,
@@ -392,7 +394,9 @@ impl Route {
         {
             let result = match error {
                 e if e.is_retryable() => {
-                    tracing::warn!(
+                    self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
+                    warn_throttled!(
+                        self.outage_logs.unconfirmed,
                         route = %self.name,
                         sink = %dest.sink_name,
                         event = %event.id,

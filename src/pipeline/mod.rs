@@ -85,6 +85,9 @@ pub struct RouteStats {
     pub dead_lettered: AtomicU64,
     /// Retries of retryable failures.
     pub retries: AtomicU64,
+    /// Publishes of an event's outputs tried again after a sink failed retryably (a refused
+    /// hand-over, a missing confirm).
+    pub sink_retries: AtomicU64,
     /// Events settled as not done, to be delivered again: shutdown, a held lane, a drop.
     pub abandoned: AtomicU64,
     /// Histograms and per-kind counters, when metrics are on (see [`crate::telemetry`]).
@@ -126,6 +129,18 @@ pub struct Route {
     pub telemetry: crate::telemetry::RouteTelemetry,
     /// Set when the route cannot go on (a sink is gone for good); the process stops with it.
     pub fatal: OnceLock<String>,
+    /// Throttles the warnings a sink outage repeats for every event in flight.
+    pub outage_logs: OutageLogs,
+}
+
+/// The warnings a sink outage repeats once per event in flight and retry, each let through
+/// once a second (with how many were withheld); the rest go out at `debug`.
+#[derive(Debug, Default)]
+pub struct OutageLogs {
+    /// `Sink failed; retrying`.
+    pub sink_retry: crate::telemetry::logs::Throttle,
+    /// `Outputs not confirmed; publishing them again`.
+    pub unconfirmed: crate::telemetry::logs::Throttle,
 }
 
 impl Route {

@@ -360,6 +360,13 @@ impl Registry {
             |s| s.retries.load(Ordering::Relaxed),
         ));
         families.push(route_counter(
+            "fnmill.sink.retries",
+            "fnmill_sink_retries_total",
+            "Publishes of outputs tried again after a sink failed retryably (an outage logs a \
+             throttled warning; this counts every one).",
+            |s| s.sink_retries.load(Ordering::Relaxed),
+        ));
+        families.push(route_counter(
             "fnmill.events.abandoned",
             "fnmill_events_abandoned_total",
             "Events settled as not done, to be delivered again (shutdown, a held lane).",
