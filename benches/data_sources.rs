@@ -84,6 +84,7 @@ fn main() {
         wait_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(5),
         statement_timeout: None,
+        answer_timeout: Duration::from_secs(30),
         application_name: "fnmill-bench".into(),
         tls: Default::default(),
     })

@@ -378,6 +378,13 @@ fn check_and_run_refuse_the_same_configs_before_anything_starts() {
             "data_sources.db.wait_timeout: must be greater than zero",
         ),
         (
+            "an answer_timeout within statement_timeout",
+            with(
+                "[data_sources.db]\nkind = \"postgres\"\nurl = \"postgres://127.0.0.1/db\"\nstatement_timeout = \"30s\"\nanswer_timeout = \"10s\"\n",
+            ),
+            "data_sources.db.answer_timeout: must be longer than statement_timeout (30s)",
+        ),
+        (
             "an invalid log filter",
             with("[telemetry]\nlog = \"info,[=\"\n"),
             "telemetry.log: ",

@@ -7,10 +7,10 @@
 //! `redis://127.0.0.1:6379`); `scripts/services.sh` starts both.
 
 use fnmill_testkit::common;
+use fnmill_testkit::proxy::TcpProxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -66,19 +66,23 @@ fn pg_pool(app: &str, size: usize) -> PgPool {
 }
 
 fn pool_at(url: String, app: &str, size: usize, tls_ca_file: Option<PathBuf>) -> PgPool {
-    PgPool::new(&PgPoolConfig {
+    PgPool::new(&pool_config(url, app, size, tls_ca_file)).unwrap()
+}
+
+fn pool_config(url: String, app: &str, size: usize, tls_ca_file: Option<PathBuf>) -> PgPoolConfig {
+    PgPoolConfig {
         url: SecretUrl::new(url),
         pool_size: size,
         wait_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
         statement_timeout: None,
+        answer_timeout: Duration::from_secs(30),
         application_name: app.into(),
         tls: fnmill_connector_postgres::Tls {
             ca_file: tls_ca_file,
             client: None,
         },
-    })
-    .unwrap()
+    }
 }
 
 fn redis_pool(url: &str) -> RedisPool {
@@ -560,63 +564,8 @@ async fn bad_sql_is_dead_lettered_with_its_sqlstate() {
     );
 }
 
-/// A TCP proxy in front of Redis that the test can cut and restore.
-struct Proxy {
-    addr: SocketAddr,
-    upstream: String,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut proxy = Self {
-            addr,
-            upstream,
-            task: None,
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let upstream = self.upstream.clone();
-        self.task = Some(tokio::spawn(async move {
-            // Dropped (and so every connection closed) when the task is aborted.
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut down, _)) = listener.accept().await else {
-                    return;
-                };
-                let upstream = upstream.clone();
-                conns.spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Closes the listener and every connection: Redis is unreachable.
-    async fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    async fn restore(&mut self) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(self.addr).unwrap();
-        self.serve(socket.listen(64).unwrap());
-    }
-}
-
-/// host:port of a `redis://` URL.
-fn redis_host_port(url: &str) -> (String, String) {
+/// The user part (with its `@`) and the `host:port` of a `redis://` or `postgres://` URL.
+fn host_port(url: &str) -> (String, String) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let (auth, hostport) = match rest.rsplit_once('@') {
         Some((a, h)) => (format!("{a}@"), h),
@@ -630,16 +579,7 @@ fn redis_host_port(url: &str) -> (String, String) {
 /// calls are `unavailable` → `retryable`; once Redis is back, calls succeed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_unreachable_is_retryable_and_recovers() {
-    let (auth, upstream) = redis_host_port(&redis_url());
-    let mut proxy = Proxy::start(upstream).await;
-    let mut data = DataSources::new(tokio::runtime::Handle::current());
-    let pool = redis_pool(&format!("redis://{auth}{}", proxy.addr));
-    data.add_bucket(
-        "cache",
-        Arc::new(pool.bucket(format!("{}:", unique("proxied")))),
-    );
-    let host = host();
-    let f = load(&host, &data, "kv-probe", &[], &[], &["cache"]);
+    let (mut proxy, f) = kv_probe_through_a_proxy().await;
     f.invoke(&event("before", "x"), 1).await.unwrap();
 
     proxy.cut().await;
@@ -653,10 +593,30 @@ async fn redis_unreachable_is_retryable_and_recovers() {
     assert_eq!(failure.kind(), "retryable", "{failure:?}");
 
     proxy.restore().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    recovers_within(&f, Duration::from_secs(15)).await;
+}
+
+/// The `kv-probe` function with a bucket of a Redis pool (2 connections, 500 ms timeouts) that
+/// connects through a proxy.
+async fn kv_probe_through_a_proxy() -> (TcpProxy, Function) {
+    let (auth, upstream) = host_port(&redis_url());
+    let proxy = TcpProxy::start(upstream).await;
+    let mut data = DataSources::new(tokio::runtime::Handle::current());
+    let pool = redis_pool(&format!("redis://{auth}{}", proxy.addr));
+    data.add_bucket(
+        "cache",
+        Arc::new(pool.bucket(format!("{}:", unique("proxied")))),
+    );
+    let f = load(&host(), &data, "kv-probe", &[], &[], &["cache"]);
+    (proxy, f)
+}
+
+/// Invokes `f` until it succeeds; each failure until then must be retryable.
+async fn recovers_within(f: &Function, within: Duration) {
+    let deadline = Instant::now() + within;
     loop {
         match f.invoke(&event("after", "x"), 1).await {
-            Ok(_) => break,
+            Ok(_) => return,
             Err(e) => {
                 assert!(Instant::now() < deadline, "not recovered: {e:?}");
                 assert_eq!(e.kind(), "retryable", "{e:?}");
@@ -664,6 +624,68 @@ async fn redis_unreachable_is_retryable_and_recovers() {
             }
         }
     }
+}
+
+/// Redis connections whose network path goes silent (the proxy stops forwarding, sockets still
+/// open): calls fail `unavailable` within `command_timeout`, and the pool replaces the silent
+/// connections, so calls succeed again through new ones without anything being restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_connection_that_stops_answering_is_replaced() {
+    let (proxy, f) = kv_probe_through_a_proxy().await;
+    f.invoke(&event("before", "x"), 1).await.unwrap();
+
+    proxy.freeze();
+    let failure = f.invoke(&event("during", "x"), 1).await.unwrap_err();
+    assert!(
+        matches!(&failure, Failure::Retryable(m) if m.contains("did not answer")),
+        "{failure:?}"
+    );
+    recovers_within(&f, Duration::from_secs(15)).await;
+}
+
+/// A PostgreSQL connection whose network path goes silent (the proxy stops forwarding and
+/// keeps its sockets open): the statement on it fails `unavailable` after `answer_timeout`, and
+/// that connection is closed rather than put back in the pool, so the next statement opens a
+/// new one and succeeds, though the pool has room for a single connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_connection_that_stops_answering_is_closed_not_reused() {
+    let url = pg_url();
+    let (_, upstream) = host_port(&url);
+    let proxy = TcpProxy::start(upstream.clone()).await;
+    let proxied = url.replacen(&upstream, &proxy.addr.to_string(), 1);
+    let mut config = pool_config(proxied, "fnmill_silent", 1, None);
+    config.answer_timeout = Duration::from_secs(1);
+    let pool = PgPool::new(&config).unwrap();
+    // Bounded here too: without the fix the second statement waits on the silent socket.
+    let select = async || {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            pool.query("select 1::int8 as one", &[]),
+        )
+        .await
+        .expect("an answer or an error within 20 s")
+    };
+    select().await.unwrap();
+
+    proxy.freeze();
+    let started = Instant::now();
+    let err = select().await.unwrap_err();
+    assert!(
+        matches!(&err, fnmill_connector_postgres::SqlError::Unavailable(m) if m.contains("did not answer within 1s")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let rows = select().await.expect("a new connection through the proxy");
+    assert_eq!(rows.rows.len(), 1);
+    assert_eq!(
+        pool.status().open,
+        1,
+        "the silent connection is not counted"
+    );
 }
 
 /// `fnmill invoke <function> --config` serves the function's granted data sources as

@@ -389,53 +389,19 @@ pub fn tally(expected: &[String], outputs: &[Received], dead: &[Received]) -> Ta
 /// A TCP proxy in front of the broker whose connections the test can cut at will.
 pub struct Proxy {
     pub port: u16,
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accept: tokio::task::JoinHandle<()>,
-    freeze: Arc<tokio::sync::Notify>,
+    inner: crate::proxy::TcpProxy,
 }
 
 impl Proxy {
     pub async fn start() -> Self {
         let uri: lapin::uri::AMQPUri = amqp_url().parse().unwrap();
-        let upstream = format!("{}:{}", uri.authority.host, uri.authority.port);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let freeze = Arc::new(tokio::sync::Notify::new());
-        let list = conns.clone();
-        let frozen = freeze.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                let frozen = frozen.clone();
-                let task = tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let froze = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
-                        () = frozen.notified() => true,
-                    };
-                    if froze {
-                        // Both sockets stay open, and nothing passes, until `cut` or drop.
-                        std::future::pending::<()>().await;
-                    }
-                });
-                list.lock().unwrap().push(task);
-            }
-        });
+        let inner =
+            crate::proxy::TcpProxy::start(format!("{}:{}", uri.authority.host, uri.authority.port))
+                .await;
         Self {
-            port,
-            conns,
-            accept,
-            freeze,
+            port: inner.addr.port(),
+            inner,
         }
-    }
-
-    /// Stops forwarding on every proxied connection, both ways, and keeps their sockets open: a
-    /// network path that went silent without a reset. Connections opened afterwards pass.
-    pub fn freeze(&self) {
-        self.freeze.notify_waiters();
     }
 
     /// The broker URL through the proxy.
@@ -454,19 +420,13 @@ impl Proxy {
 
     /// Drops every proxied connection (both sides see the socket close). Returns how many.
     pub fn cut(&self) -> usize {
-        let mut conns = self.conns.lock().unwrap();
-        let n = conns.iter().filter(|t| !t.is_finished()).count();
-        for t in conns.drain(..) {
-            t.abort();
-        }
-        n
+        self.inner.cut_connections()
     }
-}
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.cut();
+    /// Stops forwarding on every proxied connection, both ways, and keeps their sockets open: a
+    /// network path that went silent without a reset. Connections opened afterwards pass.
+    pub fn freeze(&self) {
+        self.inner.freeze();
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`amqp_common`]: the test RabbitMQ, publishing, collecting, every operation with a deadline.
 //! - [`observe_support`]: the test run's Jaeger (spans sent, traces read back) and `/metrics`
 //!   scraped and parsed as Prometheus does.
+//! - [`proxy`]: a TCP proxy in front of a test service that cuts, drops or freezes its
+//!   connections on demand.
 //! - [`cpu`]: CPU time and context switches per thread and per process, from `/proc`, for the
 //!   benchmarks' "where did each event's CPU go" tables.
 
@@ -15,3 +17,4 @@ pub mod common;
 pub mod cpu;
 pub mod kafka_support;
 pub mod observe_support;
+pub mod proxy;

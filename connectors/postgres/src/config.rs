@@ -32,6 +32,12 @@ fnmill_connector_api::connection_config! {
         /// server's setting.
         #[serde(default, with = "humantime_serde")]
         pub statement_timeout: Option<Duration>,
+        /// Longest a statement may go unanswered from fnmill's side (preparing it included),
+        /// e.g. when the connection's network path went silent: the call then fails
+        /// `unavailable` (retryable) and that connection is closed, never reused. Longer than
+        /// `statement_timeout` when both are set, so the server's limit fires first.
+        #[serde(default = "default_answer_timeout", with = "humantime_serde")]
+        pub answer_timeout: Duration,
         /// `application_name` of fnmill's connections, as seen in `pg_stat_activity`.
         #[serde(default = "default_application_name")]
         pub application_name: String,
@@ -60,6 +66,12 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+/// Far beyond a function's default 5 s timeout: only a connection that stopped answering
+/// reaches it.
+fn default_answer_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_application_name() -> String {
     "fnmill".into()
 }
@@ -74,6 +86,7 @@ impl PostgresConfig {
         for (key, d) in [
             ("wait_timeout", self.wait_timeout),
             ("connect_timeout", self.connect_timeout),
+            ("answer_timeout", self.answer_timeout),
         ] {
             if d.is_zero() {
                 return Err(Problem::new(key, "must be greater than zero"));
@@ -85,6 +98,17 @@ impl PostgresConfig {
                 "must be greater than zero (leave it out for the server's setting)",
             ));
         }
+        if let Some(statement) = self.statement_timeout
+            && statement >= self.answer_timeout
+        {
+            return Err(Problem::new(
+                "answer_timeout",
+                format!(
+                    "must be longer than statement_timeout ({statement:?}), so that the server \
+                     ends a slow statement before fnmill gives up on its connection"
+                ),
+            ));
+        }
         let connection = self.connection();
         let url = connection.url(None)?;
         let tls = connection.tls()?;
@@ -94,6 +118,7 @@ impl PostgresConfig {
             wait_timeout: self.wait_timeout,
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
+            answer_timeout: self.answer_timeout,
             application_name: self.application_name.clone(),
             tls: Tls {
                 ca_file: tls.ca.map(Into::into),

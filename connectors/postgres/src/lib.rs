@@ -3,7 +3,10 @@
 //! A [`PgPool`] is a bounded pool of connections (deadpool-postgres) to one database, sized for
 //! the database and not for the number of callers: thousands of concurrent callers wait for one
 //! of `pool_size` connections, at most `wait_timeout` each. Every statement is prepared once per
-//! connection and then served from that connection's statement cache.
+//! connection and then served from that connection's statement cache. A statement unanswered
+//! for `answer_timeout` (its preparation included) fails as unavailable and takes its
+//! connection out of the pool: the pool's cheap recycling checks only for a closed socket, so a
+//! connection whose network path went silent would otherwise go to the next caller.
 //!
 //! Values cross this crate's edge as [`Value`]s, a small closed set of types (null, bool, int,
 //! float, text, bytes, json, timestamp) converted to and from the PostgreSQL type of each
@@ -200,6 +203,9 @@ pub struct PgPoolConfig {
     pub connect_timeout: Duration,
     /// Server-side limit on each statement (`statement_timeout`); `None` = the server's.
     pub statement_timeout: Option<Duration>,
+    /// Longest a statement (its preparation included) may go unanswered; then the call fails
+    /// [`SqlError::Unavailable`] and its connection is closed, not returned to the pool.
+    pub answer_timeout: Duration,
     /// `application_name` of every connection, so they can be told apart in
     /// `pg_stat_activity`.
     pub application_name: String,
@@ -215,6 +221,7 @@ impl fmt::Debug for PgPoolConfig {
             .field("wait_timeout", &self.wait_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("answer_timeout", &self.answer_timeout)
             .field("application_name", &self.application_name)
             .field("tls", &self.tls)
             .finish()
@@ -228,6 +235,7 @@ pub struct PgPool {
     /// How long getting a connection took (`db.client.connection.wait_time`).
     wait_time: Arc<Histogram>,
     wait_timeout: Duration,
+    answer_timeout: Duration,
     url: Arc<SecretUrl>,
 }
 
@@ -372,17 +380,18 @@ impl PgPool {
             pool,
             wait_time: Arc::default(),
             wait_timeout: config.wait_timeout,
+            answer_timeout: config.answer_timeout,
             url: Arc::new(url),
         })
     }
 
     /// Runs a statement that returns rows.
     pub async fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, SqlError> {
-        let (client, prepared) = self.prepare(statement, params).await?;
-        let rows = client
-            .query(&prepared, &as_refs(&as_params(params)))
-            .await
-            .map_err(|e| self.error(e))?;
+        let (prepared, rows) = self
+            .answered(statement, params, async |client, prepared| {
+                client.query(prepared, &as_refs(&as_params(params))).await
+            })
+            .await?;
         let columns: Vec<String> = prepared
             .columns()
             .iter()
@@ -404,11 +413,53 @@ impl PgPool {
 
     /// Runs a statement and returns the number of rows it affected.
     pub async fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, SqlError> {
-        let (client, prepared) = self.prepare(statement, params).await?;
-        client
-            .execute(&prepared, &as_refs(&as_params(params)))
-            .await
-            .map_err(|e| self.error(e))
+        let (_, affected) = self
+            .answered(statement, params, async |client, prepared| {
+                client.execute(prepared, &as_refs(&as_params(params))).await
+            })
+            .await?;
+        Ok(affected)
+    }
+
+    /// Takes a connection, prepares `statement` on it (cached per connection), checks `params`
+    /// against it and runs `run`, all within `answer_timeout`. A connection that does not answer
+    /// in time is taken out of the pool and closed: its socket may be open while nothing comes
+    /// back, and the next caller would wait on it again.
+    async fn answered<T>(
+        &self,
+        statement: &str,
+        params: &[Value],
+        run: impl AsyncFnOnce(
+            &deadpool_postgres::Object,
+            &tokio_postgres::Statement,
+        ) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<(tokio_postgres::Statement, T), SqlError> {
+        let client = self.client().await?;
+        let answer = tokio::time::timeout(self.answer_timeout, async {
+            let prepared = client
+                .prepare_cached(statement)
+                .await
+                .map_err(|e| self.error(e))?;
+            check_params(prepared.params(), params)?;
+            let value = run(&client, &prepared).await.map_err(|e| self.error(e))?;
+            Ok((prepared, value))
+        })
+        .await;
+        match answer {
+            Ok(result) => result,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                tracing::warn!(
+                    after = ?self.answer_timeout,
+                    "A database connection did not answer; closed it"
+                );
+                Err(SqlError::Unavailable(format!(
+                    "the database did not answer within {:?} (`answer_timeout`); the connection \
+                     was closed",
+                    self.answer_timeout
+                )))
+            }
+        }
     }
 
     /// How many connections are open, idle and awaited.
@@ -424,20 +475,6 @@ impl PgPool {
 
     /// A pooled connection and `statement` prepared on it (once per connection, then cached),
     /// with `params` checked against the statement's parameter types.
-    async fn prepare(
-        &self,
-        statement: &str,
-        params: &[Value],
-    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), SqlError> {
-        let client = self.client().await?;
-        let prepared = client
-            .prepare_cached(statement)
-            .await
-            .map_err(|e| self.error(e))?;
-        check_params(prepared.params(), params)?;
-        Ok((client, prepared))
-    }
-
     async fn client(&self) -> Result<deadpool_postgres::Object, SqlError> {
         let asked = Instant::now();
         let got = self.pool.get().await;
@@ -583,6 +620,7 @@ mod tests {
             wait_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             statement_timeout: None,
+            answer_timeout: Duration::from_secs(30),
             application_name: "t".into(),
             tls: Tls::default(),
         }
