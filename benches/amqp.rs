@@ -9,11 +9,12 @@
 //! `FNMILL_TEST_AMQP_URL` (default 127.0.0.1:5672, guest/guest).
 
 use fnmill_testkit::amqp_common;
+use fnmill_testkit::bench_args::{Args, Opt};
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use amqp_common::{AmqpRoute, Broker, Collector, keyed_messages, unique, wait_for};
@@ -111,7 +112,7 @@ async fn fnmill_route(broker: &Broker, input: &str, output: &str, n: usize) -> M
     let dir = tempfile::tempdir().unwrap();
     let mut route = AmqpRoute::new(input, output, None, common::guest("echo"));
     route.prefetch = PREFETCH;
-    if let Some(channels) = arg("--sink-channels") {
+    if let Some(channels) = ARGS.number_if_given::<usize>("--sink-channels") {
         route.out_sink_extra = format!("channels = {channels}");
     }
     let config = fnmill::config::load(&route.write(dir.path())).unwrap();
@@ -177,8 +178,8 @@ fn copy(m: &amqp_common::Message) -> amqp_common::Message {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n = arg("--messages").unwrap_or(50_000);
-    let rounds = arg("--rounds").unwrap_or(1).max(1);
+    let n = ARGS.number("--messages", 50_000);
+    let rounds = ARGS.number("--rounds", 1).max(1);
     // Warm-up: fills the compiled-component cache and the broker's own caches.
     one_round(2_000, 0).await;
     let mut runs = Vec::new();
@@ -228,9 +229,14 @@ async fn main() {
     cpu::print_per_event("fnmill (echo guest)", &cpu::mean(&fnmill_cpu));
 }
 
-fn arg(name: &str) -> Option<usize> {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-}
+static ARGS: LazyLock<Args> = LazyLock::new(|| {
+    Args::parse(
+        "amqp",
+        "cargo bench --bench amqp [-- --messages N] [--rounds R] [--sink-channels N]",
+        &[
+            Opt::Value("--messages"),
+            Opt::Value("--rounds"),
+            Opt::Value("--sink-channels"),
+        ],
+    )
+});

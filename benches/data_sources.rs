@@ -24,10 +24,11 @@
 //! `-- --linger-us N` for the IO tier's `remote.linger`, default 1000, `-- --max-instances N`
 //! for the host's instance slots, default 1000 as `runtime.max_instances`).
 
+use fnmill_testkit::bench_args::{Args, Opt};
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,22 +44,34 @@ const TABLE: &str = "fnmill_bench_customers";
 const ROWS: i64 = 10_000;
 const QUERY: &str = "select name from fnmill_bench_customers where id = $1";
 
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+static ARGS: LazyLock<Args> = LazyLock::new(|| {
+    Args::parse(
+        "data_sources",
+        "cargo bench --bench data_sources [-- --events N] [--concurrency C] [--pool P] \
+         [--rounds R] [--max-instances N] [--profile wasm|reuse|native] [--io-tier | \
+         --io-tier-only] [--linger-us N]",
+        &[
+            Opt::Value("--events"),
+            Opt::Value("--concurrency"),
+            Opt::Value("--pool"),
+            Opt::Value("--rounds"),
+            Opt::Value("--max-instances"),
+            Opt::Value("--profile"),
+            Opt::Switch("--io-tier"),
+            Opt::Switch("--io-tier-only"),
+            Opt::Value("--linger-us"),
+        ],
+    )
+});
 
 fn main() {
-    let events = arg("--events", 20_000);
-    let concurrency = arg("--concurrency", 64);
-    let pool_size = arg("--pool", 8);
-    let rounds = arg("--rounds", 3).max(1);
+    let events = ARGS.number("--events", 20_000);
+    let concurrency = ARGS.number("--concurrency", 64);
+    let pool_size = ARGS.number("--pool", 8);
+    let rounds = ARGS.number("--rounds", 3).max(1);
     // fnmill's default `runtime.max_instances`. With as many slots as events in flight, no
     // store could keep its spent instances' slots for more (see `Admissions::slots_to_spare`).
-    let max_instances = arg("--max-instances", 1000).max(concurrency);
+    let max_instances = ARGS.number("--max-instances", 1000).max(concurrency);
     let url = std::env::var("FNMILL_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
 
@@ -209,9 +222,9 @@ fn main() {
     // The PostgreSQL backends serving the pool, to count their CPU too.
     let backends = io.block_on(backends_of(&pool, "fnmill-bench", "postgres backends"));
     // `--profile wasm|reuse|native`: only that side, to run under a profiler.
-    if let Some(only) = std::env::args().skip_while(|a| a != "--profile").nth(1) {
+    if let Some(only) = ARGS.value("--profile") {
         let start = Instant::now();
-        match only.as_str() {
+        match only {
             "native" => native(events),
             "reuse" => reuse(events),
             _ => wasm(events),
@@ -224,7 +237,7 @@ fn main() {
     }
 
     // `--io-tier-only`: skip the race against the native loop.
-    let io_tier_only = std::env::args().any(|a| a == "--io-tier-only");
+    let io_tier_only = ARGS.switch("--io-tier-only");
     if !io_tier_only {
         // Interleaved rounds: the machine's load drifts (PostgreSQL, both runtimes and whatever
         // else runs share two cores), so each ratio compares neighbours and the median is printed.
@@ -369,7 +382,7 @@ fn main() {
         );
     }
 
-    if !io_tier_only && !std::env::args().any(|a| a == "--io-tier") {
+    if !io_tier_only && !ARGS.switch("--io-tier") {
         return;
     }
     io_tier::compare(io_tier::Setup {
@@ -382,7 +395,7 @@ fn main() {
         concurrency,
         pool_size,
         rounds,
-        linger_us: arg("--linger-us", 1_000),
+        linger_us: ARGS.number("--linger-us", 1_000),
         in_process: &wasm,
         backends: &backends,
         pool: &pool,

@@ -4,6 +4,7 @@
 //!
 //! `cargo bench --bench file_pipeline` (add `-- --events N` to change the count).
 
+use fnmill_testkit::bench_args::{Args, Opt};
 use fnmill_testkit::common;
 
 use std::io::Write;
@@ -44,11 +45,12 @@ fn run_once(dir: &Path, component: &Path, n: usize) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .skip_while(|a| a != "--events")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let args = Args::parse(
+        "file_pipeline",
+        "cargo bench --bench file_pipeline [-- --events N]",
+        &[Opt::Value("--events")],
+    );
+    let n: usize = args.number("--events", 200_000);
     let dir = tempfile::tempdir().unwrap();
     write_input(&dir.path().join("in.jsonl"), n);
     let echo = common::guest("echo");

@@ -11,6 +11,7 @@
 //! echo functions are built with `fnmill build`, after `scripts/polyglot-tools.sh` installed
 //! the tools.
 
+use fnmill_testkit::bench_args::{Args, Opt};
 use fnmill_testkit::common;
 
 use std::hint::black_box;
@@ -48,14 +49,6 @@ fn native_echo(event: &Event) -> Vec<Output> {
 
 fn per_event(elapsed: Duration, n: usize) -> f64 {
     elapsed.as_secs_f64() * 1e6 / n as f64
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// CPU time this thread has used: on a shared machine, what an event cost regardless of how
@@ -137,8 +130,18 @@ fn load(name: &str, component: PathBuf, isolation: Isolation) -> Function {
 }
 
 fn main() {
-    let n = arg("--events", 50_000);
-    let n_interpreted = arg("--interpreter-events", 2_000);
+    let args = Args::parse(
+        "host",
+        "cargo bench --bench host [-- --events N] [--interpreter-events N] \
+         [--only rust|javascript|python]",
+        &[
+            Opt::Value("--events"),
+            Opt::Value("--interpreter-events"),
+            Opt::Value("--only"),
+        ],
+    );
+    let n: usize = args.number("--events", 50_000);
+    let n_interpreted: usize = args.number("--interpreter-events", 2_000);
     let function = common::load_guest("echo", 64);
     let reusing = common::load_guest_with("echo", 64, REUSE);
     let events: Vec<Event> = (0..1024).map(event).collect();
@@ -174,10 +177,7 @@ fn main() {
     println!("  fresh / native           : {:>8.0}×", f / nat);
     println!("  goals: fresh ≤ 8 µs/event (aim ≤ 5), ≤ 3× reused");
     // `--only LANGUAGE`: that row of the table alone, e.g. to run under a profiler.
-    let only = std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1)
-        .map(|l| l.to_lowercase());
+    let only = args.value("--only").map(str::to_lowercase);
 
     // The same echo function in each language.
     // Rust as `fnmill build` makes it (WASI-free), and as `fnmill build --wasi` does.

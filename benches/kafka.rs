@@ -44,6 +44,7 @@
 //! 300,000 records), once even 18 minutes and a test suite after the start. Run the bench twice
 //! on a fresh broker and keep the second.
 
+use fnmill_testkit::bench_args::{Args, Opt};
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
 use fnmill_testkit::kafka_support;
@@ -51,8 +52,8 @@ use fnmill_testkit::kafka_support;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use fnmill_connector_kafka::rdkafka;
@@ -699,16 +700,32 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// The value after `name` on the command line.
+static ARGS: LazyLock<Args> = LazyLock::new(|| {
+    Args::parse(
+        "kafka",
+        "cargo bench --bench kafka [-- --events N] [--bad-every N] [--bad-keys one|spread] \
+         [--rounds R] [--warm N] [--no-latency] [--fnmill-variant 'LABEL=TOML']... \
+         [--no-peers] [--profile LABEL]",
+        &[
+            Opt::Value("--events"),
+            Opt::Value("--bad-every"),
+            Opt::Value("--bad-keys"),
+            Opt::Value("--rounds"),
+            Opt::Value("--warm"),
+            Opt::Switch("--no-latency"),
+            Opt::Value("--fnmill-variant"),
+            Opt::Switch("--no-peers"),
+            Opt::Value("--profile"),
+        ],
+    )
+});
+
 fn arg(name: &str) -> Option<String> {
-    std::env::args().skip_while(|a| a != name).nth(1)
+    ARGS.value(name).map(str::to_string)
 }
 
 fn number(name: &str, default: u64) -> u64 {
-    arg(name).map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| usage(&format!("{name} takes a whole number, not {v:?}")))
-    })
+    ARGS.number(name, default)
 }
 
 /// A command-line mistake: one line naming the option, exit status 2.
@@ -727,12 +744,10 @@ fn processors() -> Vec<Processor> {
             function: function.to_string(),
         })
         .collect();
-    let args: Vec<String> = std::env::args().collect();
-    for pair in args.windows(2).filter(|w| w[0] == "--fnmill-variant") {
-        let (label, toml) = pair[1].split_once('=').unwrap_or_else(|| {
+    for variant in ARGS.values("--fnmill-variant") {
+        let (label, toml) = variant.split_once('=').unwrap_or_else(|| {
             usage(&format!(
-                "--fnmill-variant takes LABEL=TOML, not {:?}",
-                pair[1]
+                "--fnmill-variant takes LABEL=TOML, not {variant:?}"
             ))
         });
         variants.push(Variant {
@@ -742,7 +757,7 @@ fn processors() -> Vec<Processor> {
         });
     }
     // `--no-peers`: only the fnmill rows, each against the first (e.g. telemetry on and off).
-    if args.iter().any(|a| a == "--no-peers") {
+    if ARGS.switch("--no-peers") {
         return variants.into_iter().map(Processor::Fnmill).collect();
     }
     let mut all = vec![Processor::Native];
@@ -859,7 +874,7 @@ fn main() {
             runs.push(t);
         }
     }
-    let with_latency = !std::env::args().any(|a| a == "--no-latency");
+    let with_latency = !ARGS.switch("--no-latency");
     let latencies: Vec<Option<(i64, i64)>> = processors
         .iter()
         .map(|p| {

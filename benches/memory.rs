@@ -6,6 +6,7 @@
 //!
 //! `cargo bench --bench memory` (`-- --events N` for the backlog, default 20,000; `-- --in-flight N`).
 
+use fnmill_testkit::bench_args::{Args, Opt};
 use fnmill_testkit::common;
 
 use std::io::Write;
@@ -15,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+fn args() -> Args {
+    Args::parse(
+        "memory",
+        "cargo bench --bench memory [-- --events N] [--in-flight N]",
+        &[Opt::Value("--events"), Opt::Value("--in-flight")],
+    )
 }
 
 /// This process's resident set, from /proc.
@@ -36,8 +37,9 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let events = arg("--events", 20_000);
-    let in_flight = arg("--in-flight", 10_000);
+    let args = args();
+    let events: usize = args.number("--events", 20_000);
+    let in_flight: usize = args.number("--in-flight", 10_000);
     let dir = tempfile::tempdir().unwrap();
     let mut input =
         std::io::BufWriter::new(std::fs::File::create(dir.path().join("in.jsonl")).unwrap());

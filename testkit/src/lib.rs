@@ -9,10 +9,12 @@
 //!   scraped and parsed as Prometheus does.
 //! - [`proxy`]: a TCP proxy in front of a test service that cuts, drops or freezes its
 //!   connections on demand.
+//! - [`bench_args`]: a benchmark's options, checked before it runs.
 //! - [`cpu`]: CPU time and context switches per thread and per process, from `/proc`, for the
 //!   benchmarks' "where did each event's CPU go" tables.
 
 pub mod amqp_common;
+pub mod bench_args;
 pub mod common;
 pub mod cpu;
 pub mod kafka_support;

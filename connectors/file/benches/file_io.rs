@@ -12,12 +12,33 @@ use fnmill_connector_api::{Outbox, Outcome, Readiness, Record, Sink, Source, Sou
 use fnmill_connector_file::{FileSink, FileSinkConfig, FileSource, FileSourceConfig};
 use tokio_util::sync::CancellationToken;
 
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+const USAGE: &str = "cargo bench -p fnmill-connector-file [-- --lines N]";
+
+/// `--lines N`, checked as fnmill's own benches check theirs (`testkit::bench_args`, which
+/// this crate cannot depend on): anything else stops the bench, naming it, with status 2.
+fn lines_arg() -> u64 {
+    let mut lines = 1_000_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            "--lines" => match args.next().map(|v| v.parse()) {
+                Some(Ok(n)) => lines = n,
+                _ => usage("`--lines` takes a whole number"),
+            },
+            other => usage(&format!("unknown option `{other}` (it takes: --lines)")),
+        }
+    }
+    lines
+}
+
+fn usage(message: &str) -> ! {
+    eprintln!("file_io bench: {message}\nusage: {USAGE}");
+    std::process::exit(2)
 }
 
 /// Reads `n` lines and settles each as done; returns lines/s.
@@ -81,7 +102,7 @@ async fn sink(dir: &std::path::Path, n: u64) -> f64 {
 }
 
 fn main() {
-    let n = arg("--lines", 1_000_000);
+    let n = lines_arg();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
