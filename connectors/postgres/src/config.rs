@@ -34,10 +34,11 @@ fnmill_connector_api::connection_config! {
         pub statement_timeout: Option<Duration>,
         /// Longest a statement may go unanswered from fnmill's side (preparing it included),
         /// e.g. when the connection's network path went silent: the call then fails
-        /// `unavailable` (retryable) and that connection is closed, never reused. Longer than
-        /// `statement_timeout` when both are set, so the server's limit fires first.
-        #[serde(default = "default_answer_timeout", with = "humantime_serde")]
-        pub answer_timeout: Duration,
+        /// `unavailable` (retryable) and that connection is closed, never reused. Default:
+        /// `30s`, or `statement_timeout` plus 10 s when that is longer; when set, it must be
+        /// longer than `statement_timeout`, so the server's limit fires first.
+        #[serde(default, with = "humantime_serde")]
+        pub answer_timeout: Option<Duration>,
         /// `application_name` of fnmill's connections, as seen in `pg_stat_activity`.
         #[serde(default = "default_application_name")]
         pub application_name: String,
@@ -68,9 +69,11 @@ fn default_connect_timeout() -> Duration {
 
 /// Far beyond a function's default 5 s timeout: only a connection that stopped answering
 /// reaches it.
-fn default_answer_timeout() -> Duration {
-    Duration::from_secs(30)
-}
+const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the default answer timeout adds to a `statement_timeout` longer than it, so the server
+/// cancels a slow statement (and says so) before fnmill gives up on the connection.
+const ANSWER_OVER_STATEMENT: Duration = Duration::from_secs(10);
 
 fn default_application_name() -> String {
     "fnmill".into()
@@ -86,7 +89,10 @@ impl PostgresConfig {
         for (key, d) in [
             ("wait_timeout", self.wait_timeout),
             ("connect_timeout", self.connect_timeout),
-            ("answer_timeout", self.answer_timeout),
+            (
+                "answer_timeout",
+                self.answer_timeout.unwrap_or(DEFAULT_ANSWER_TIMEOUT),
+            ),
         ] {
             if d.is_zero() {
                 return Err(Problem::new(key, "must be greater than zero"));
@@ -98,8 +104,8 @@ impl PostgresConfig {
                 "must be greater than zero (leave it out for the server's setting)",
             ));
         }
-        if let Some(statement) = self.statement_timeout
-            && statement >= self.answer_timeout
+        if let (Some(statement), Some(answer)) = (self.statement_timeout, self.answer_timeout)
+            && statement >= answer
         {
             return Err(Problem::new(
                 "answer_timeout",
@@ -118,7 +124,10 @@ impl PostgresConfig {
             wait_timeout: self.wait_timeout,
             connect_timeout: self.connect_timeout,
             statement_timeout: self.statement_timeout,
-            answer_timeout: self.answer_timeout,
+            answer_timeout: self.answer_timeout.unwrap_or_else(|| {
+                DEFAULT_ANSWER_TIMEOUT
+                    .max(self.statement_timeout.unwrap_or_default() + ANSWER_OVER_STATEMENT)
+            }),
             application_name: self.application_name.clone(),
             tls: Tls {
                 ca_file: tls.ca.map(Into::into),
@@ -134,5 +143,43 @@ impl PostgresConfig {
             Err(p) => vec![p],
             Ok(config) => crate::PgPool::new(&config).err().into_iter().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(timeouts: serde_json::Value) -> PostgresConfig {
+        let mut fields = serde_json::json!({ "url": "postgres://127.0.0.1/db" });
+        fields
+            .as_object_mut()
+            .unwrap()
+            .extend(timeouts.as_object().unwrap().clone());
+        serde_json::from_value(fields).unwrap()
+    }
+
+    #[test]
+    fn the_answer_timeout_defaults_above_a_long_statement_timeout() {
+        use serde_json::json;
+        let answer = |t| config(t).pool_config().unwrap().answer_timeout;
+        assert_eq!(answer(json!({})), Duration::from_secs(30));
+        assert_eq!(
+            answer(json!({ "statement_timeout": "5s" })),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            answer(json!({ "statement_timeout": "60s" })),
+            Duration::from_secs(70),
+            "a config that set a long statement_timeout before this key existed still loads"
+        );
+        assert_eq!(
+            answer(json!({ "answer_timeout": "3s" })),
+            Duration::from_secs(3)
+        );
+        let err = config(json!({ "statement_timeout": "60s", "answer_timeout": "60s" }))
+            .pool_config()
+            .unwrap_err();
+        assert_eq!(err.key, "answer_timeout", "{}", err.message);
     }
 }
