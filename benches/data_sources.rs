@@ -28,7 +28,7 @@ use fnmill_testkit::bench_args::{Args, Opt};
 use fnmill_testkit::common;
 use fnmill_testkit::cpu;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,8 +44,8 @@ const TABLE: &str = "fnmill_bench_customers";
 const ROWS: i64 = 10_000;
 const QUERY: &str = "select name from fnmill_bench_customers where id = $1";
 
-static ARGS: LazyLock<Args> = LazyLock::new(|| {
-    Args::parse(
+fn main() {
+    let args = Args::parse(
         "data_sources",
         "cargo bench --bench data_sources [-- --events N] [--concurrency C] [--pool P] \
          [--rounds R] [--max-instances N] [--profile wasm|reuse|native] [--io-tier | \
@@ -61,17 +61,14 @@ static ARGS: LazyLock<Args> = LazyLock::new(|| {
             Opt::Switch("--io-tier-only"),
             Opt::Value("--linger-us"),
         ],
-    )
-});
-
-fn main() {
-    let events = ARGS.number("--events", 20_000);
-    let concurrency = ARGS.number("--concurrency", 64);
-    let pool_size = ARGS.number("--pool", 8);
-    let rounds = ARGS.number("--rounds", 3).max(1);
+    );
+    let events = args.number("--events", 20_000);
+    let concurrency = args.number("--concurrency", 64);
+    let pool_size = args.number("--pool", 8);
+    let rounds = args.number("--rounds", 3).max(1);
     // fnmill's default `runtime.max_instances`. With as many slots as events in flight, no
     // store could keep its spent instances' slots for more (see `Admissions::slots_to_spare`).
-    let max_instances = ARGS.number("--max-instances", 1000).max(concurrency);
+    let max_instances = args.number("--max-instances", 1000).max(concurrency);
     let url = std::env::var("FNMILL_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
 
@@ -222,7 +219,7 @@ fn main() {
     // The PostgreSQL backends serving the pool, to count their CPU too.
     let backends = io.block_on(backends_of(&pool, "fnmill-bench", "postgres backends"));
     // `--profile wasm|reuse|native`: only that side, to run under a profiler.
-    if let Some(only) = ARGS.value("--profile") {
+    if let Some(only) = args.value("--profile") {
         let start = Instant::now();
         match only {
             "native" => native(events),
@@ -237,7 +234,7 @@ fn main() {
     }
 
     // `--io-tier-only`: skip the race against the native loop.
-    let io_tier_only = ARGS.switch("--io-tier-only");
+    let io_tier_only = args.switch("--io-tier-only");
     if !io_tier_only {
         // Interleaved rounds: the machine's load drifts (PostgreSQL, both runtimes and whatever
         // else runs share two cores), so each ratio compares neighbours and the median is printed.
@@ -382,7 +379,7 @@ fn main() {
         );
     }
 
-    if !io_tier_only && !ARGS.switch("--io-tier") {
+    if !io_tier_only && !args.switch("--io-tier") {
         return;
     }
     io_tier::compare(io_tier::Setup {
@@ -395,7 +392,7 @@ fn main() {
         concurrency,
         pool_size,
         rounds,
-        linger_us: ARGS.number("--linger-us", 1_000),
+        linger_us: args.number("--linger-us", 1_000),
         in_process: &wasm,
         backends: &backends,
         pool: &pool,

@@ -720,14 +720,6 @@ static ARGS: LazyLock<Args> = LazyLock::new(|| {
     )
 });
 
-fn arg(name: &str) -> Option<String> {
-    ARGS.value(name).map(str::to_string)
-}
-
-fn number(name: &str, default: u64) -> u64 {
-    ARGS.number(name, default)
-}
-
 /// A command-line mistake: one line naming the option, exit status 2.
 fn usage(message: &str) -> ! {
     eprintln!("kafka bench: {message}");
@@ -767,21 +759,21 @@ fn processors() -> Vec<Processor> {
 }
 
 fn main() {
-    let bad_keys = arg("--bad-keys").unwrap_or_else(|| "one".into());
+    let bad_keys = ARGS.value("--bad-keys").unwrap_or("one");
     let work = Workload {
-        events: number("--events", 500_000),
-        bad_every: number("--bad-every", 100),
-        bad_on_one_key: match bad_keys.as_str() {
+        events: ARGS.number::<u64>("--events", 500_000),
+        bad_every: ARGS.number::<u64>("--bad-every", 100),
+        bad_on_one_key: match bad_keys {
             "one" => true,
             "spread" => false,
             other => usage(&format!("--bad-keys is one or spread, not {other:?}")),
         },
     };
-    let rounds = number("--rounds", 3).max(1) as usize;
+    let rounds = ARGS.number::<u64>("--rounds", 3).max(1) as usize;
     let mut processors = processors();
     // `--profile LABEL`: only that processor's throughput phase, to run under a profiler.
-    let profile = arg("--profile");
-    if let Some(only) = &profile {
+    let profile = ARGS.value("--profile");
+    if let Some(only) = profile {
         processors.retain(|p| p.label() == only);
         if processors.is_empty() {
             usage(&format!("--profile: no processor labelled {only:?}"));
@@ -831,7 +823,7 @@ fn main() {
     let warm_input = unique("bench-warm");
     create_topic(&bench.brokers, &warm_input, PARTITIONS, false);
     let warm = Workload {
-        events: number("--warm", 2_000).max(1),
+        events: ARGS.number::<u64>("--warm", 2_000).max(1),
         ..work
     };
     produce(&bench.brokers, &warm_input, &warm, 0..warm.events);
@@ -885,7 +877,7 @@ fn main() {
         })
         .collect();
 
-    report(&work, &bad_keys, rounds, &processors, &results, &latencies);
+    report(&work, bad_keys, rounds, &processors, &results, &latencies);
 }
 
 fn report(
