@@ -447,7 +447,7 @@ async fn run_routes(
             stats: stats.clone(),
             telemetry: telemetry.route(config, r),
             fatal: OnceLock::new(),
-            outage_logs: Default::default(),
+            repeated_logs: Default::default(),
         });
         routes.push(route.clone());
         let (out, route_done) = route.start();

@@ -145,3 +145,73 @@ fn without_dead_letter_the_lane_stops_and_nothing_is_acknowledged() {
         "the failed event must not be checkpointed: {checkpoint}"
     );
 }
+
+/// A flood of bad events does not flood the log: the dead-letter warning goes out at most once a
+/// second per route, saying how many like lines it held back, and the held-back lines (each with
+/// its event id) go out at `debug`. Every event is still dead-lettered.
+#[test]
+fn a_flood_of_dead_letters_is_logged_once_a_second() {
+    const EVENTS: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let route = FileRoute::new(dir.path(), guest("fatal"));
+    let lines: String = (0..EVENTS)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"bad-{i}\",\"key\":\"k{}\",\"payload\":{{}}}}\n",
+                i % 7
+            )
+        })
+        .collect();
+    std::fs::write(route.input(), lines).unwrap();
+    let started = std::time::Instant::now();
+    let out = fnmill()
+        .args(["run", "-c"])
+        .arg(route.write())
+        .env("RUST_LOG", "info,fnmill::pipeline::event=debug")
+        .output()
+        .expect("running fnmill");
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{log}", out.status);
+    assert_eq!(count_lines(&route.dead()), EVENTS);
+
+    let line = "Event failed; sending it to the dead-letter destination";
+    let at = |level: &str| {
+        log.lines()
+            .filter(|l| l.contains(line) && l.contains(level))
+            .collect::<Vec<_>>()
+    };
+    let (warned, held) = (at(" WARN "), at(" DEBUG "));
+    assert!(
+        (1..=seconds).contains(&warned.len()),
+        "{} warnings in {seconds} s:\n{log}",
+        warned.len()
+    );
+    assert!(warned[0].contains("withheld=0"), "{}", warned[0]);
+    assert_eq!(
+        warned.len() + held.len(),
+        EVENTS,
+        "one line per event, at one level or the other"
+    );
+    // What the warnings say they withheld adds up to the lines held back before the last one.
+    let withheld: usize = warned
+        .iter()
+        .map(|l| {
+            let n = l.split("withheld=").nth(1).unwrap();
+            n.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        withheld <= held.len(),
+        "{withheld} said withheld, {} held",
+        held.len()
+    );
+    assert!(
+        held.iter().all(|l| l.contains("event=bad-")),
+        "held-back lines name their event"
+    );
+}

@@ -162,7 +162,7 @@ fn route_of(guest: &str, out: Arc<dyn Sink>, dead_letter: DeadLetter) -> Arc<Rou
         stats: Arc::new(RouteStats::default()),
         telemetry: Default::default(),
         fatal: OnceLock::new(),
-        outage_logs: Default::default(),
+        repeated_logs: Default::default(),
     })
 }
 

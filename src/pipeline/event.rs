@@ -264,7 +264,8 @@ impl Route {
         let event = lent.event().clone();
         match &self.dead_letter {
             DeadLetter::Destination(dest) => {
-                tracing::warn!(
+                warn_throttled!(
+                    self.repeated_logs.dead_letter,
                     route = %self.name,
                     event = %event.id,
                     kind = failure.kind(),
@@ -303,7 +304,8 @@ impl Route {
                 }
             }
             DeadLetter::Source => {
-                tracing::warn!(
+                warn_throttled!(
+                    self.repeated_logs.dead_letter,
                     route = %self.name,
                     event = %event.id,
                     kind = failure.kind(),
@@ -335,7 +337,7 @@ impl Route {
         let wait = self.backoff.delay(attempt);
         self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
         warn_throttled!(
-            self.outage_logs.sink_retry,
+            self.repeated_logs.sink_retry,
             route = %self.name,
             sink = %dest.sink_name,
             error = %error,
@@ -396,7 +398,7 @@ impl Route {
                 e if e.is_retryable() => {
                     self.stats.sink_retries.fetch_add(1, Ordering::Relaxed);
                     warn_throttled!(
-                        self.outage_logs.unconfirmed,
+                        self.repeated_logs.unconfirmed,
                         route = %self.name,
                         sink = %dest.sink_name,
                         event = %event.id,

@@ -129,18 +129,22 @@ pub struct Route {
     pub telemetry: crate::telemetry::RouteTelemetry,
     /// Set when the route cannot go on (a sink is gone for good); the process stops with it.
     pub fatal: OnceLock<String>,
-    /// Throttles the warnings a sink outage repeats for every event in flight.
-    pub outage_logs: OutageLogs,
+    /// Throttles the warnings that repeat for every event in flight (a sink outage) or every
+    /// bad event (a flood of dead letters).
+    pub repeated_logs: RepeatedLogs,
 }
 
-/// The warnings a sink outage repeats once per event in flight and retry, each let through
-/// once a second (with how many were withheld); the rest go out at `debug`.
+/// The warnings that repeat once per event: in a sink outage per event in flight and retry, in
+/// a flood of bad input per dead letter. Each is let through once a second (with how many were
+/// withheld); the rest go out at `debug`, with their event ids.
 #[derive(Debug, Default)]
-pub struct OutageLogs {
+pub struct RepeatedLogs {
     /// `Sink failed; retrying`.
     pub sink_retry: crate::telemetry::logs::Throttle,
     /// `Outputs not confirmed; publishing them again`.
     pub unconfirmed: crate::telemetry::logs::Throttle,
+    /// `Event failed; sending it to the dead-letter destination` and its `broker` twin.
+    pub dead_letter: crate::telemetry::logs::Throttle,
 }
 
 impl Route {
