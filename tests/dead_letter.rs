@@ -193,7 +193,8 @@ fn a_flood_of_dead_letters_is_logged_once_a_second() {
         EVENTS,
         "one line per event, at one level or the other"
     );
-    // What the warnings say they withheld adds up to the lines held back before the last one.
+    // The warnings never claim more withheld lines than were held back (those held back after
+    // the last warning are counted by no warning).
     let withheld: usize = warned
         .iter()
         .map(|l| {
