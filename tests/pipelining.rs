@@ -15,33 +15,48 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fnmill::pipeline::{Backoff, DeadLetter, Destination, Route, RouteStats};
-use fnmill_connector_api::{Confirm, Delivery, Event, Outbox, Outcome, Record, Sink, SinkError};
+use fnmill_connector_api::{
+    Confirm, Delivery, Event, Header, Outbox, Outcome, Record, Sink, SinkError, Unconfirmed,
+};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Records each `enqueue` and holds its confirmation until the test resolves it.
+/// Records each `enqueue` and holds its confirmation until the test resolves it. A failed
+/// confirmation hands the records back marked with a `handed-back` header; a record enqueued
+/// again after its failure is confirmed at once.
 #[derive(Default)]
 struct HeldSink {
-    /// Payloads in the order they were enqueued.
+    /// Payloads in the order they were enqueued the first time.
     enqueued: Mutex<Vec<Bytes>>,
-    /// Pending confirmations by payload.
-    pending: Mutex<HashMap<Bytes, Confirm>>,
-    /// Payloads published again through `publish` (after a failed confirmation).
-    republished: Mutex<Vec<Bytes>>,
+    /// Pending confirmations by payload, with their records.
+    pending: Mutex<HashMap<Bytes, (Confirm, Vec<Record>)>>,
+    /// Payloads whose confirmation failed.
+    failed: Mutex<Vec<Bytes>>,
+    /// Records enqueued again after their confirmation failed.
+    republished: Mutex<Vec<Record>>,
 }
 
 impl HeldSink {
     fn resolve(&self, payload: &str, result: Result<(), SinkError>) {
-        let confirm = self
+        let (confirm, mut records) = self
             .pending
             .lock()
             .unwrap()
             .remove(payload.as_bytes())
             .unwrap_or_else(|| panic!("no pending confirmation for {payload}"));
-        confirm(result);
+        confirm(result.map_err(|error| {
+            self.failed
+                .lock()
+                .unwrap()
+                .push(Bytes::from(payload.to_owned()));
+            for r in &mut records {
+                r.headers.push(Header::new("handed-back", "yes"));
+            }
+            Unconfirmed::new(error, records)
+        }));
     }
 
     fn enqueued(&self) -> Vec<Bytes> {
@@ -50,12 +65,6 @@ impl HeldSink {
 }
 
 impl Sink for HeldSink {
-    fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
-        let mut republished = self.republished.lock().unwrap();
-        republished.extend(records.into_iter().map(|r| r.payload));
-        Box::pin(async { Ok(()) })
-    }
-
     fn enqueue<'a>(
         &'a self,
         records: &'a [Record],
@@ -63,8 +72,16 @@ impl Sink for HeldSink {
         confirm: Confirm,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         let payload = records[0].payload.clone();
-        self.enqueued.lock().unwrap().push(payload.clone());
-        self.pending.lock().unwrap().insert(payload, confirm);
+        if self.failed.lock().unwrap().contains(&payload) {
+            self.republished.lock().unwrap().extend_from_slice(records);
+            confirm(Ok(()));
+        } else {
+            self.enqueued.lock().unwrap().push(payload.clone());
+            self.pending
+                .lock()
+                .unwrap()
+                .insert(payload, (confirm, records.to_vec()));
+        }
         Box::pin(async { Ok(()) })
     }
 }
@@ -271,10 +288,20 @@ async fn failed_confirmations_publish_again_or_dead_letter() {
             ("too-large".to_string(), Outcome::DeadLettered),
         ]
     );
+    let republished = sink.republished.lock().unwrap().clone();
     assert_eq!(
-        *sink.republished.lock().unwrap(),
-        [Bytes::from_static(b"retry-me")],
+        republished.iter().map(|r| &r.payload).collect::<Vec<_>>(),
+        [&Bytes::from_static(b"retry-me")],
         "the retryable failure is published again, the permanent one is not"
+    );
+    assert!(
+        republished[0]
+            .headers
+            .iter()
+            .any(|h| h.name == "handed-back"),
+        "what is published again is what the sink handed back, not a copy the pipeline kept: \
+         {:?}",
+        republished[0].headers
     );
     assert_eq!(
         route

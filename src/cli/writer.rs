@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use fnmill_connector_amqp::AmqpSink;
-use fnmill_connector_api::{Record, Sink, SinkError};
+use fnmill_connector_api::{Record, Sink, SinkError, Unconfirmed};
 use fnmill_connector_file::{FileSink, FileSinkConfig};
 use fnmill_connector_kafka::{KafkaSink, Located};
 use futures::FutureExt;
@@ -85,8 +85,8 @@ async fn enqueue(sink: &dyn Sink, record: Record, lane: u64) -> Confirm {
         .enqueue(
             std::slice::from_ref(&record),
             lane,
-            Box::new(move |r| {
-                let _ = tx.send(r);
+            Box::new(move |r: Result<(), Unconfirmed>| {
+                let _ = tx.send(r.map_err(|u| u.error));
             }),
         )
         .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use fnmill_connector_api::{Confirm, Event, Outcome, Record, SinkError};
+use fnmill_connector_api::{Confirm, Event, Outcome, Record, Sink, SinkError, Unconfirmed};
 use futures::FutureExt;
 use opentelemetry::context::FutureExt as _;
 
@@ -192,7 +192,9 @@ impl Route {
     }
 
     /// Hands every batch to its sink, in order, and returns once they are all handed over; the
-    /// event settles as `outcome` once they are all confirmed. A sink that refuses a hand-over
+    /// event settles as `outcome` once they are all confirmed. The records are dropped here, on
+    /// this thread, once handed over: a sink hands back what it could not confirm, so nothing
+    /// keeps a copy for the confirmation's thread to free. A sink that refuses a hand-over
     /// retryably is tried again with backoff until shutdown. If the first hand-over fails for
     /// good, nothing went out and the event comes back with the failure; if a later one does,
     /// the event is dead-lettered once the earlier ones are confirmed.
@@ -215,12 +217,12 @@ impl Route {
             &mut batches,
             outcome != Outcome::Done,
         );
-        let pending = Pending::new(self.clone(), lent, batches, attempt, outcome);
-        for (i, (dest, records)) in pending.batches.iter().enumerate() {
+        let pending = Pending::new(self.clone(), lent, batches.len(), attempt, outcome);
+        for (i, (dest, records)) in batches.iter().enumerate() {
             let mut tries = 1;
             loop {
                 let span = spans.as_mut().and_then(|s| s[i].take());
-                let confirm = pending.confirm(i, span);
+                let confirm = pending.confirm(dest, span);
                 match dest.sink.enqueue(records, lane, confirm).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() => {
@@ -355,23 +357,25 @@ impl Route {
         }
     }
 
-    /// Publishes `records` again until confirmed, a permanent error, or shutdown.
+    /// Publishes `records` again until confirmed, a permanent error, or shutdown. Each try
+    /// publishes only what the previous one left unconfirmed.
     async fn publish_again(
         &self,
         dest: &Destination,
-        records: Vec<Record>,
+        mut records: Vec<Record>,
     ) -> Result<(), SinkError> {
         let mut attempt = 1;
         loop {
-            match dest.sink.publish(records.clone()).await {
+            match publish_unconfirmed(&*dest.sink, records).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.is_retryable() => {
-                    if !self.sink_backoff(dest, &e, attempt).await {
+                Err(u) if u.error.is_retryable() => {
+                    if !self.sink_backoff(dest, &u.error, attempt).await {
                         return Err(SinkError::Retryable("shutting down".into()));
                     }
+                    records = u.records;
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(u) => return Err(u.error),
             }
         }
     }
@@ -446,6 +450,24 @@ impl Route {
     }
 }
 
+/// Publishes `records` and waits for their confirmation; on failure, the error and the records
+/// that were not confirmed (all of them if none was handed over).
+async fn publish_unconfirmed(sink: &dyn Sink, records: Vec<Record>) -> Result<(), Unconfirmed> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let confirm: Confirm = Box::new(move |result| {
+        let _ = tx.send(result);
+    });
+    if let Err(error) = sink.enqueue(&records, 0, confirm).await {
+        return Err(Unconfirmed::new(error, records));
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(Unconfirmed::new(
+            SinkError::Retryable("the sink dropped the confirmation".into()),
+            records,
+        ))
+    })
+}
+
 /// How a sink's refusal fails the event: `fatal` for outputs; a refused dead letter keeps its
 /// message.
 fn sink_failure(e: &SinkError, outcome: Outcome) -> Failure {
@@ -465,7 +487,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// A batch whose confirmation failed, kept to publish it again.
+/// A batch whose confirmation failed, with what its sink handed back to publish again.
 struct Failed {
     dest: Destination,
     records: Vec<Record>,
@@ -474,11 +496,9 @@ struct Failed {
 
 /// An event whose records were handed to sinks, waiting for their confirmations. The last
 /// confirmation settles it, on whatever thread delivered it; only a failure goes to the IO
-/// runtime to be recovered.
+/// runtime to be recovered, with the records its sink handed back. It keeps no records itself.
 struct Pending {
     route: Arc<Route>,
-    /// What was handed over, kept to publish again what a sink failed to confirm.
-    batches: Vec<Batch>,
     state: Mutex<PendingState>,
     attempt: u32,
     /// How the event settles once everything is confirmed.
@@ -489,8 +509,9 @@ struct PendingState {
     lent: Option<Lent>,
     /// Confirmations still expected, plus one held until every batch is handed over.
     remaining: usize,
-    /// The batches whose confirmation failed: their index and the error.
-    failed: Vec<(usize, SinkError)>,
+    /// The batches whose confirmation failed: their destination, the error and what was not
+    /// confirmed.
+    failed: Vec<(Destination, Unconfirmed)>,
     /// Set when a later batch could not be handed over: the event then fails with it.
     gave_up: Option<Failure>,
 }
@@ -499,7 +520,7 @@ impl Pending {
     fn new(
         route: Arc<Route>,
         lent: Lent,
-        batches: Vec<Batch>,
+        batches: usize,
         attempt: u32,
         outcome: Outcome,
     ) -> Arc<Self> {
@@ -507,11 +528,10 @@ impl Pending {
             route,
             state: Mutex::new(PendingState {
                 lent: Some(lent),
-                remaining: batches.len() + 1,
+                remaining: batches + 1,
                 failed: Vec::new(),
                 gave_up: None,
             }),
-            batches,
             attempt,
             outcome,
         })
@@ -521,19 +541,23 @@ impl Pending {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The callback for batch `i`; it ends the batch's producer spans.
+    /// The callback for the batch handed to `dest`; it ends the batch's producer spans.
     fn confirm(
         self: &Arc<Self>,
-        i: usize,
+        dest: &Destination,
         spans: Option<crate::telemetry::ProducerSpans>,
     ) -> Confirm {
         let pending = self.clone();
+        let dest = dest.clone();
         Box::new(move |result| {
             if let Some(spans) = spans {
-                spans.end(&result);
+                spans.end(match &result {
+                    Ok(()) => Ok(()),
+                    Err(u) => Err(&u.error),
+                });
             }
-            if let Err(error) = result {
-                pending.state().failed.push((i, error));
+            if let Err(unconfirmed) = result {
+                pending.state().failed.push((dest, unconfirmed));
             }
             pending.one_done();
         })
@@ -574,9 +598,9 @@ impl Pending {
         };
         let failed: Vec<Failed> = std::mem::take(&mut state.failed)
             .into_iter()
-            .map(|(i, error)| Failed {
-                dest: self.batches[i].0.clone(),
-                records: self.batches[i].1.clone(),
+            .map(|(dest, Unconfirmed { error, records })| Failed {
+                dest,
+                records,
                 error,
             })
             .collect();

@@ -483,7 +483,8 @@ impl RouteTracer {
 pub struct ProducerSpans(Vec<Context>);
 
 impl ProducerSpans {
-    pub fn end(self, result: &Result<(), SinkError>) {
+    /// Ends the spans with their batch's outcome: `Err` with the sink's error.
+    pub fn end(self, result: Result<(), &SinkError>) {
         for cx in self.0 {
             let span = cx.span();
             if let Err(e) = result {

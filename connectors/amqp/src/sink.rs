@@ -38,8 +38,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use fnmill_connector_api::{Confirm, Record, Sink, SinkError};
+use fnmill_connector_api::{Confirm, Record, Sink, SinkError, Unconfirmed};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use lapin::PublisherConfirm;
@@ -285,8 +284,11 @@ impl Sink for AmqpSink {
 struct Outstanding {
     confirm: Option<PublisherConfirm>,
     result: Option<std::result::Result<Confirmation, lapin::Error>>,
-    routing_key: String,
-    payload: Bytes,
+    /// The record as published, its routing key resolved into `target`: handed back should it
+    /// not be confirmed.
+    record: Record,
+    /// Its place in its hand-over, so that what is handed back keeps the hand-over's order.
+    index: usize,
     /// Set when a return was attributed to this record.
     returned: Option<String>,
     /// Returns lapin handed over with this record's confirm; they may belong to other records.
@@ -301,7 +303,20 @@ struct Handover {
     id: u64,
     remaining: usize,
     error: Option<SinkError>,
+    /// The records that failed, with their place in the hand-over.
+    unconfirmed: Vec<(usize, Record)>,
     confirm: Option<Confirm>,
+}
+
+impl Handover {
+    /// Record `index` of this hand-over failed with `error`. A permanent failure wins over a
+    /// retryable one: publishing again cannot route an unroutable record.
+    fn failed(&mut self, index: usize, record: Record, error: SinkError) {
+        if !matches!(self.error, Some(SinkError::Permanent(_))) {
+            self.error = Some(error);
+        }
+        self.unconfirmed.push((index, record));
+    }
 }
 
 /// One channel and what is outstanding on it.
@@ -398,10 +413,11 @@ impl Pipe {
                     c
                 }
                 Err(e) => {
-                    for (_, confirm) in batch.drain(..) {
-                        confirm(Err(SinkError::Retryable(format!(
-                            "no channel to the broker: {e}"
-                        ))));
+                    for (records, confirm) in batch.drain(..) {
+                        confirm(Err(Unconfirmed::new(
+                            SinkError::Retryable(format!("no channel to the broker: {e}")),
+                            records,
+                        )));
                     }
                     return;
                 }
@@ -421,24 +437,25 @@ impl Pipe {
                 id,
                 remaining: 0,
                 error: None,
+                unconfirmed: Vec::new(),
                 confirm: Some(confirm),
             });
-            for record in records {
-                let routing_key = record
+            for (index, mut record) in records.into_iter().enumerate() {
+                record
                     .target
-                    .unwrap_or_else(|| self.shared.routing_key.clone());
+                    .get_or_insert_with(|| self.shared.routing_key.clone());
                 let properties = BasicProperties::default()
                     .with_delivery_mode(PERSISTENT)
                     .with_headers(headers::to_table(&record.headers));
-                sent.push((id, routing_key, record.payload, properties));
+                sent.push((id, index, record, properties));
             }
         }
-        for (_, routing_key, payload, properties) in &sent {
+        for (_, _, record, properties) in &sent {
             publishes.push(Box::pin(channel.basic_publish(
                 self.shared.exchange.as_str().into(),
-                routing_key.as_str().into(),
+                routing_key(record).into(),
                 options,
-                payload,
+                &record.payload,
                 properties.clone(),
             )));
         }
@@ -452,15 +469,15 @@ impl Pipe {
                 "the broker took no publish within {:?} (connection blocked?)",
                 self.shared.confirm_timeout
             );
-            for (handover, ..) in &sent {
-                if let Some(h) = self.handovers.iter_mut().find(|h| h.id == *handover) {
-                    h.error.get_or_insert(SinkError::Retryable(why.clone()));
+            for (handover, index, record, _) in sent {
+                if let Some(h) = self.handovers.iter_mut().find(|h| h.id == handover) {
+                    h.failed(index, record, SinkError::Retryable(why.clone()));
                 }
             }
             self.confirm_finished();
             return;
         };
-        for ((handover, routing_key, payload, _), result) in sent.into_iter().zip(results) {
+        for ((handover, index, record, _), result) in sent.into_iter().zip(results) {
             let h = self
                 .handovers
                 .iter_mut()
@@ -472,8 +489,8 @@ impl Pipe {
                     self.outstanding.push_back(Outstanding {
                         confirm: Some(confirm),
                         result: None,
-                        routing_key,
-                        payload,
+                        record,
+                        index,
                         returned: None,
                         carried: Vec::new(),
                         handover,
@@ -484,8 +501,11 @@ impl Pipe {
                     // The channel is broken: what is outstanding on it fails as its confirms
                     // are rejected; this hand-over fails now.
                     self.channel = None;
-                    h.error
-                        .get_or_insert(SinkError::Retryable(format!("publishing: {e}")));
+                    h.failed(
+                        index,
+                        record,
+                        SinkError::Retryable(format!("publishing: {e}")),
+                    );
                 }
             }
         }
@@ -547,11 +567,7 @@ impl Pipe {
             if let Some(h) = self.handovers.iter_mut().find(|h| h.id == o.handover) {
                 h.remaining -= 1;
                 if let Some(e) = error {
-                    // A permanent failure wins over a retryable one: publishing again cannot
-                    // route an unroutable record.
-                    if !matches!(h.error, Some(SinkError::Permanent(_))) {
-                        h.error = Some(e);
-                    }
+                    h.failed(o.index, o.record, e);
                 }
             }
         }
@@ -566,8 +582,8 @@ impl Pipe {
         );
         if let Some(o) = self.outstanding.iter_mut().find(|o| {
             o.returned.is_none()
-                && o.routing_key == r.delivery.routing_key.as_str()
-                && o.payload.as_ref() == r.delivery.data.as_slice()
+                && routing_key(&o.record) == r.delivery.routing_key.as_str()
+                && o.record.payload.as_ref() == r.delivery.data.as_slice()
         }) {
             o.returned = Some(why);
         }
@@ -582,7 +598,14 @@ impl Pipe {
             if let Some(confirm) = h.confirm.take() {
                 confirm(match h.error.take() {
                     None => Ok(()),
-                    Some(e) => Err(e),
+                    Some(e) => {
+                        let mut failed = std::mem::take(&mut h.unconfirmed);
+                        failed.sort_unstable_by_key(|(index, _)| *index);
+                        Err(Unconfirmed::new(
+                            e,
+                            failed.into_iter().map(|(_, r)| r).collect(),
+                        ))
+                    }
                 });
             }
         }
@@ -594,6 +617,7 @@ impl Pipe {
             if let Some(h) = self.handovers.iter_mut().find(|h| h.id == o.handover) {
                 h.remaining -= 1;
                 h.error.get_or_insert_with(|| error.clone());
+                h.unconfirmed.push((o.index, o.record));
             }
         }
         self.confirm_finished();
@@ -642,6 +666,11 @@ impl Outstanding {
     fn returned_pending(&mut self, r: lapin::message::BasicReturnMessage) {
         self.carried.push(r);
     }
+}
+
+/// The routing key a record is published with: its `target`, resolved before publishing.
+fn routing_key(record: &Record) -> &str {
+    record.target.as_deref().unwrap_or_default()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -613,12 +613,32 @@ impl SinkError {
     }
 }
 
+/// The records of one [`Sink::enqueue`] call that a sink could not confirm, handed back with
+/// the first error, so that the caller need not keep its own copy of everything it handed over.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unconfirmed {
+    pub error: SinkError,
+    /// What to publish again should `error` be retryable: every record of the call that was not
+    /// confirmed, in the order they were handed over (per partition, channel or file, which is
+    /// all the order a sink keeps), as they were handed over (a Kafka sink rebuilds them from
+    /// its delivery reports: topic, key, payload and headers). Records that were confirmed are
+    /// not in it, so publishing it again duplicates nothing.
+    pub records: Vec<Record>,
+}
+
+impl Unconfirmed {
+    pub fn new(error: SinkError, records: Vec<Record>) -> Self {
+        Self { error, records }
+    }
+}
+
 /// Told, exactly once, the outcome of the records handed over in one [`Sink::enqueue`] call: `Ok`
 /// once every one of them is confirmed (written, delivery report received, publisher confirm
-/// received), or the first failure. It runs on whatever thread learned the outcome (a producer's
-/// delivery-report thread, the file writer, a channel's confirm task), so it must be quick and
-/// must not block; the pipeline settles the event in it, without waking any other task.
-pub type Confirm = Box<dyn FnOnce(Result<(), SinkError>) + Send>;
+/// received), or the first failure with the records not confirmed. It runs on whatever thread
+/// learned the outcome (a producer's delivery-report thread, the file writer, a channel's
+/// confirm task), so it must be quick and must not block; the pipeline settles the event in it,
+/// without waking any other task.
+pub type Confirm = Box<dyn FnOnce(Result<(), Unconfirmed>) + Send>;
 
 /// A destination for records: a Kafka producer, an AMQP channel, a JSON Lines file.
 ///
@@ -635,10 +655,11 @@ pub trait Sink: Send + Sync {
     /// pipes (AMQP channels) keeps one lane on one pipe. The pipeline starts a key's next event
     /// as soon as this resolves, and settles the event in `confirm`.
     ///
-    /// `records` are lent, not given: the caller keeps them to publish again should the outcome
-    /// be a retryable failure, and a sink that copies them into its client's buffer anyway (a
-    /// Kafka producer) does not have to clone them first. A sink that queues them for a task of
-    /// its own clones them.
+    /// `records` are lent, not given: a sink that copies them into its client's buffer anyway (a
+    /// Kafka producer) does not have to clone them first, and the caller drops them as soon as
+    /// this resolves, on its own thread. A sink that queues them for a task of its own clones
+    /// them. Should the outcome be a failure, `confirm` hands back the records that were not
+    /// confirmed ([`Unconfirmed`]): the caller publishes those again, and keeps no copy meanwhile.
     fn enqueue<'a>(
         &'a self,
         records: &'a [Record],
@@ -651,8 +672,8 @@ pub trait Sink: Send + Sync {
     fn publish(&self, records: Vec<Record>) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let confirm: Confirm = Box::new(move |result| {
-                let _ = tx.send(result);
+            let confirm: Confirm = Box::new(move |result: Result<(), Unconfirmed>| {
+                let _ = tx.send(result.map_err(|u| u.error));
             });
             self.enqueue(&records, 0, confirm).await?;
             rx.await.unwrap_or_else(|_| {

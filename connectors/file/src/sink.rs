@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
-use fnmill_connector_api::{Confirm, Problem, Record, Sink, SinkError};
+use fnmill_connector_api::{Confirm, Problem, Record, Sink, SinkError, Unconfirmed};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -346,7 +346,8 @@ fn write_loop(mut queue: mpsc::Receiver<Command>, mut output: Output) {
                     for record in &records {
                         jsonl::write_record(record, &mut buf);
                     }
-                    waiters.push(confirm);
+                    // Kept to hand back should the write fail.
+                    waiters.push((confirm, records));
                 }
                 Command::Close { done } => {
                     close = Some(done);
@@ -363,8 +364,11 @@ fn write_loop(mut queue: mpsc::Receiver<Command>, mut output: Output) {
         } else {
             output.write(&buf)
         };
-        for confirm in waiters.drain(..) {
-            confirm(result.clone());
+        for (confirm, records) in waiters.drain(..) {
+            confirm(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Unconfirmed::new(e.clone(), records)),
+            });
         }
         buf.clear();
         // Do not keep a buffer grown by one huge batch for the life of the sink.

@@ -18,10 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
-use fnmill_connector_api::{Confirm, Problem, Record, Sink, SinkError};
+use bytes::Bytes;
+use fnmill_connector_api::{Confirm, Header, Problem, Record, Sink, SinkError, Unconfirmed};
 use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header as KafkaHeader, Message, OwnedHeaders};
+use rdkafka::message::{
+    BorrowedMessage, DeliveryResult, Header as KafkaHeader, Headers, Message, OwnedHeaders,
+};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
@@ -123,15 +126,16 @@ pub struct Located {
 }
 
 /// What a batch resolves with: where its last delivered record landed (exact for a batch of
-/// one record, as [`KafkaSink::enqueue_located`] makes), or the first error.
-type BatchResult = Result<Option<Located>, SinkError>;
+/// one record, as [`KafkaSink::enqueue_located`] makes), or the first error with the records
+/// that were not delivered.
+type BatchResult = Result<Option<Located>, Unconfirmed>;
 
 /// Told a batch's outcome, once.
 enum OnDone {
     /// The pipeline's confirmation (a [`Sink::enqueue`] call): whether all were delivered.
     Confirm(Confirm),
     /// Where the record landed ([`KafkaSink::enqueue_located`]).
-    Located(tokio::sync::oneshot::Sender<BatchResult>),
+    Located(tokio::sync::oneshot::Sender<Result<Option<Located>, SinkError>>),
 }
 
 impl OnDone {
@@ -139,13 +143,15 @@ impl OnDone {
         match self {
             OnDone::Confirm(confirm) => confirm(result.map(drop)),
             OnDone::Located(tx) => {
-                let _ = tx.send(result);
+                let _ = tx.send(result.map_err(|u| u.error));
             }
         }
     }
 }
 
-/// Counts down one `enqueue` call's delivery reports and confirms it with the first error.
+/// Counts down one `enqueue` call's delivery reports and confirms it with the first error and
+/// every record that failed, rebuilt from its report: the caller keeps no copy of what it
+/// handed over, librdkafka's queue holds the only one.
 struct Batch {
     inner: Mutex<BatchInner>,
 }
@@ -154,6 +160,9 @@ struct BatchInner {
     /// Reports still expected, plus one held by `enqueue` until every record is handed over.
     remaining: usize,
     error: Option<SinkError>,
+    /// The records that failed, in the order their reports came (a partition's in the order
+    /// they were queued).
+    unconfirmed: Vec<Record>,
     /// Where the last delivered record landed.
     last: Option<Located>,
     done: Option<OnDone>,
@@ -165,6 +174,7 @@ impl Batch {
             inner: Mutex::new(BatchInner {
                 remaining: 1,
                 error: None,
+                unconfirmed: Vec::new(),
                 last: None,
                 done: Some(done),
             }),
@@ -178,28 +188,33 @@ impl Batch {
             .remaining += 1;
     }
 
-    fn complete(&self, result: Result<(), SinkError>) {
-        self.complete_at(result, None);
-    }
-
-    /// [`Batch::complete`] for a record delivered `at`.
-    fn complete_at(&self, result: Result<(), SinkError>, at: Option<Located>) {
-        let done = {
-            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = result
-                && inner.error.is_none()
-            {
-                inner.error = Some(e);
-            }
+    /// One record delivered, `at` if its report says where.
+    fn delivered(&self, at: Option<Located>) {
+        self.one_done(|inner| {
             if at.is_some() {
                 inner.last = at;
             }
+        });
+    }
+
+    /// One record failed with `error`; `record` is what to publish again.
+    fn failed(&self, error: SinkError, record: Record) {
+        self.one_done(|inner| {
+            inner.error.get_or_insert(error);
+            inner.unconfirmed.push(record);
+        });
+    }
+
+    fn one_done(&self, update: impl FnOnce(&mut BatchInner)) {
+        let done = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            update(&mut inner);
             inner.remaining -= 1;
             if inner.remaining > 0 {
                 return;
             }
             let result = match inner.error.take() {
-                Some(e) => Err(e),
+                Some(e) => Err(Unconfirmed::new(e, std::mem::take(&mut inner.unconfirmed))),
                 None => Ok(inner.last),
             };
             inner.done.take().map(|c| (c, result))
@@ -208,6 +223,27 @@ impl Batch {
         if let Some((done, result)) = done {
             done.call(result);
         }
+    }
+}
+
+/// A record as its delivery report gives it back (topic, key, payload, headers), to be published
+/// again.
+fn reported_record(m: &BorrowedMessage<'_>) -> Record {
+    Record {
+        target: Some(m.topic().to_owned()),
+        key: m.key().map(Bytes::copy_from_slice),
+        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        headers: m
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        Header::new(h.key, Bytes::copy_from_slice(h.value.unwrap_or_default()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -266,14 +302,11 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
         match result {
-            Ok(m) => batch.complete_at(
-                Ok(()),
-                Some(Located {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                }),
-            ),
-            Err((e, _)) => batch.complete(Err(classify(e))),
+            Ok(m) => batch.delivered(Some(Located {
+                partition: m.partition(),
+                offset: m.offset(),
+            })),
+            Err((e, m)) => batch.failed(classify(e), reported_record(m)),
         }
     }
 }
@@ -437,9 +470,12 @@ impl KafkaSink {
         for record in records {
             batch.expect_one_more();
             let Some(topic) = record.target.as_deref().or(self.topic.as_deref()) else {
-                batch.complete(Err(SinkError::Permanent(
-                    "no topic: set the sink's `topic` or the destination's `target`".into(),
-                )));
+                batch.failed(
+                    SinkError::Permanent(
+                        "no topic: set the sink's `topic` or the destination's `target`".into(),
+                    ),
+                    record.clone(),
+                );
                 continue;
             };
             let mut base =
@@ -468,13 +504,13 @@ impl KafkaSink {
                     Err((e, back)) => {
                         // The record never entered the queue: no report will come for it.
                         drop(back);
-                        batch.complete(Err(classify(&e)));
+                        batch.failed(classify(&e), record.clone());
                         break;
                     }
                 }
             }
         }
-        batch.complete(Ok(()));
+        batch.delivered(None);
     }
 }
 
@@ -567,8 +603,8 @@ mod tests {
         for i in 0..5 {
             let record = Record {
                 target: None,
-                key: Some(bytes::Bytes::from_static(b"same-key")),
-                payload: bytes::Bytes::from(format!("v{i}")),
+                key: Some(Bytes::from_static(b"same-key")),
+                payload: Bytes::from(format!("v{i}")),
                 headers: vec![],
             };
             confirmations.push(sink.enqueue_located(&record).await);
@@ -586,6 +622,49 @@ mod tests {
         assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
     }
 
+    /// Records that were not delivered come back with the failure, rebuilt from their delivery
+    /// reports (topic, key, payload, headers) in the order they were queued: the caller kept no
+    /// copy. Here the only broker is down and the records time out in librdkafka's queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn undelivered_records_come_back_rebuilt_from_their_reports() {
+        use rdkafka::mocking::MockCluster;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let mut config = KafkaSinkConfig::new(cluster.bootstrap_servers(), Some("t".into()));
+        config
+            .properties
+            .insert("message.timeout.ms".into(), PropertyValue::Integer(500));
+        cluster.broker_down(1).unwrap();
+        let sink = KafkaSink::new(config).unwrap();
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                target: None,
+                key: (i != 1).then(|| Bytes::from(format!("k{i}"))),
+                payload: Bytes::from(format!("v{i}")),
+                headers: vec![Header::new("h", format!("{i}"))],
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let confirm: Confirm = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        sink.enqueue(&records, 0, confirm).await.unwrap();
+        let unconfirmed = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("a delivery report for every record within the timeout")
+            .unwrap()
+            .expect_err("the broker is down");
+        assert!(unconfirmed.error.is_retryable(), "{:?}", unconfirmed.error);
+        let expected: Vec<Record> = records
+            .into_iter()
+            .map(|r| Record {
+                target: Some("t".into()),
+                ..r
+            })
+            .collect();
+        assert_eq!(unconfirmed.records, expected);
+    }
+
     /// librdkafka's test hook raises a fatal error on the producer (what a broken idempotence
     /// guarantee does); the next publish goes through a fresh producer and succeeds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,8 +679,8 @@ mod tests {
         .unwrap();
         let record = || Record {
             target: None,
-            key: Some(bytes::Bytes::from_static(b"k")),
-            payload: bytes::Bytes::from_static(b"v"),
+            key: Some(Bytes::from_static(b"k")),
+            payload: Bytes::from_static(b"v"),
             headers: vec![],
         };
         sink.publish(vec![record()]).await.unwrap();
