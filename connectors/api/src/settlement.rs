@@ -112,6 +112,11 @@ impl<T> Settlements<T> {
         self.rx.recv_many(batch, limit).await
     }
 
+    /// The next settlement queued now, without waiting.
+    pub fn try_recv(&mut self) -> Option<Settled<T>> {
+        self.rx.try_recv().ok()
+    }
+
     /// Appends what is queued now, up to `limit`, without waiting. Returns how many.
     pub fn try_recv_many(&mut self, batch: &mut Vec<Settled<T>>, limit: usize) -> usize {
         let mut n = 0;
