@@ -616,8 +616,7 @@ impl Pipe {
         for o in self.outstanding.drain(..) {
             if let Some(h) = self.handovers.iter_mut().find(|h| h.id == o.handover) {
                 h.remaining -= 1;
-                h.error.get_or_insert_with(|| error.clone());
-                h.unconfirmed.push((o.index, o.record));
+                h.failed(o.index, o.record, error.clone());
             }
         }
         self.confirm_finished();

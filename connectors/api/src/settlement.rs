@@ -120,14 +120,11 @@ impl<T> Settlements<T> {
     /// Appends what is queued now, up to `limit`, without waiting. Returns how many.
     pub fn try_recv_many(&mut self, batch: &mut Vec<Settled<T>>, limit: usize) -> usize {
         let mut n = 0;
-        while n < limit {
-            match self.rx.try_recv() {
-                Ok(s) => {
-                    batch.push(s);
-                    n += 1;
-                }
-                Err(_) => break,
-            }
+        while n < limit
+            && let Some(s) = self.try_recv()
+        {
+            batch.push(s);
+            n += 1;
         }
         n
     }
