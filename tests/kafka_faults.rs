@@ -1,7 +1,9 @@
 //! Faults injected with librdkafka's mock cluster (hosted in this test process; `fnmill run`
 //! connects to it over TCP): the broker goes down and comes back, then Produce requests and then
-//! OffsetCommit requests fail for a while. After each fault progress resumes, and in the end no
-//! event is lost and, after a graceful stop, every input offset is committed.
+//! OffsetCommit requests fail for a while; and, in a cluster of its own, the broker takes the
+//! sink's Produce requests but holds their responses back past every timeout (a frozen path, not
+//! a closed one). After each fault progress resumes, and in the end no event is lost and, after a
+//! graceful stop, every input offset is committed.
 
 use fnmill_testkit::common;
 use fnmill_testkit::kafka_support;
@@ -100,6 +102,118 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     let verdict = check(8_000, &out, &[]);
     assert!(verdict.lost.is_empty(), "lost {} ids", verdict.lost.len());
     eprintln!("{} extra copies across the faults", verdict.extra_copies());
+    for (partition, committed, high) in
+        kafka_support::committed(&brokers, &route.group, &route.input)
+    {
+        assert_eq!(
+            committed,
+            high,
+            "partition {partition} not fully committed; fnmill's log:\n{}",
+            run.log_text()
+        );
+    }
+}
+
+/// The broker stops answering the sink: it takes fnmill's Produce requests but holds each
+/// response far longer than the producer's request and message timeouts, for several requests
+/// in a row (a frozen path, not a closed one). fnmill stays up, reports the sink failing and
+/// publishes what timed out again; once the broker answers, everything gets through, nothing is
+/// lost, and a graceful stop commits every input offset.
+#[test]
+fn produce_responses_held_back_lose_nothing_and_progress_resumes() {
+    use fnmill_connector_kafka::rdkafka::bindings as rdsys;
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseProducer, Producer};
+
+    const BROKER: i32 = 1;
+    const HELD: usize = 6;
+    const HOLD_MS: i32 = 3_000;
+    // The mock cluster lives in this client; its raw handle queues the held-back responses.
+    let holder: BaseProducer = ClientConfig::new()
+        .set("test.mock.num.brokers", "1")
+        .create()
+        .expect("mock cluster");
+    let mock = holder.client().mock_cluster().expect("mock cluster");
+    // SAFETY: `holder` is a live client, and it outlives every use of the handle below.
+    let raw = unsafe { rdsys::rd_kafka_handle_mock_cluster(holder.client().native_ptr()) };
+    assert!(!raw.is_null());
+    let brokers = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut route = KafkaRoute::new(dir.path(), &brokers, guest("echo"));
+    // One request in flight for the reason given in the test above; timeouts well inside each
+    // held response, so fnmill's records time out while the broker is silent.
+    route.sink_properties = r#""max.in.flight.requests.per.connection" = 1, "request.timeout.ms" = 1000, "message.timeout.ms" = 2500"#.into();
+    for (topic, partitions) in [(&route.input, 4), (&route.output, 4), (&route.dead, 1)] {
+        mock.create_topic(topic, partitions, 1).unwrap();
+    }
+    produce(&brokers, &route.input, 0..3_000);
+
+    // The next Produce requests the broker takes are fnmill's: each is written, and its
+    // response held back for HOLD_MS.
+    // SAFETY: `raw` is the live mock cluster of `holder`; the variadic arguments are HELD
+    // pairs of (error code, delay in ms), as the function expects.
+    let err = unsafe {
+        rdsys::rd_kafka_mock_broker_push_request_error_rtts(
+            raw,
+            BROKER,
+            RDKafkaApiKey::Produce as i16,
+            HELD,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            HOLD_MS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            HOLD_MS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            HOLD_MS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            HOLD_MS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            HOLD_MS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            HOLD_MS,
+        )
+    };
+    assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+    let held = || {
+        let mut n = 0usize;
+        // SAFETY: `raw` is the live mock cluster of `holder`; `n` is a valid place to write.
+        unsafe {
+            rdsys::rd_kafka_mock_broker_error_stack_cnt(
+                raw,
+                BROKER,
+                RDKafkaApiKey::Produce as i16,
+                &mut n,
+            )
+        };
+        n
+    };
+    assert_eq!(held(), HELD);
+
+    let mut run = Running::start(&route.write("fnmill"), dir.path().join("run.log"));
+    wait_until(
+        Duration::from_secs(60),
+        "fnmill to report its sink failing",
+        || {
+            assert!(run.alive(), "fnmill exited: {}", run.log_text());
+            run.log_text().contains("Sink failed; retrying")
+        },
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "every held response, then every output",
+        || {
+            assert!(run.alive(), "fnmill exited: {}", run.log_text());
+            held() == 0 && count(&brokers, &route.output) >= 3_000
+        },
+    );
+    run.terminate(Duration::from_secs(30));
+
+    let out = read_topic(&brokers, &route.output);
+    let verdict = check(3_000, &out, &[]);
+    assert!(verdict.lost.is_empty(), "lost {} ids", verdict.lost.len());
+    eprintln!(
+        "{} extra copies across the held responses",
+        verdict.extra_copies()
+    );
     for (partition, committed, high) in
         kafka_support::committed(&brokers, &route.group, &route.input)
     {
