@@ -216,3 +216,31 @@ fn a_flood_of_dead_letters_is_logged_once_a_second() {
         "held-back lines name their event"
     );
 }
+
+/// A file of garbage: every line is dead-lettered, and the warning about it goes out at most
+/// once a second (counting the lines it withheld), not once per line.
+#[test]
+fn a_file_of_malformed_lines_warns_once_a_second_and_dead_letters_every_line() {
+    const LINES: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let route = FileRoute::new(dir.path(), guest("echo"));
+    let garbage: String = (0..LINES).map(|i| format!("not json {i}\n")).collect();
+    std::fs::write(route.input(), garbage).unwrap();
+    let started = std::time::Instant::now();
+    let out = run_to_end(&route.write());
+    let seconds = started.elapsed().as_secs() as usize;
+
+    assert_eq!(read_lines(&route.dead()).len(), LINES);
+    assert!(read_lines(&route.output()).is_empty());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Malformed line"))
+        .collect();
+    assert!(
+        !warnings.is_empty() && warnings.len() <= seconds + 1,
+        "{} warnings in {seconds} s:\n{log}",
+        warnings.len()
+    );
+    assert!(warnings[0].contains("in.jsonl"), "{}", warnings[0]);
+}

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod remote;
 pub mod secret;
 pub mod settlement;
+pub mod throttle;
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;

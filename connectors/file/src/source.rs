@@ -37,6 +37,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fnmill_connector_api::settlement::{self, OrderedWindow, Seq, Settled, Settler};
+use fnmill_connector_api::throttle::Throttle;
+use fnmill_connector_api::warn_throttled;
 use fnmill_connector_api::{
     Event, OriginValue, Outbox, Problem, Readiness, Source, SourceContext, SourceError,
 };
@@ -383,6 +385,7 @@ impl FileSource {
             settler,
             shutdown: ctx.shutdown.clone(),
             ready: ctx.ready,
+            malformed: Throttle::default(),
         };
         let mut reader = pin!(reader.run(&self.input, ctx.out));
         let mut shutdown = pin!(ctx.shutdown.clone().cancelled_owned());
@@ -594,6 +597,8 @@ struct LineReader<'a> {
     shutdown: CancellationToken,
     /// Set once the input is open.
     ready: Readiness,
+    /// A file of garbage warns once a second, counting the lines it withheld.
+    malformed: Throttle,
 }
 
 impl LineReader<'_> {
@@ -1013,7 +1018,13 @@ impl LineReader<'_> {
         Some(match jsonl::parse_event(raw) {
             Ok(parsed) => parsed.into_event(self.source.clone(), default_id, origin),
             Err(err) => {
-                warn!(file = %file, line, error = %err, "Malformed line; it goes to the dead-letter destination");
+                warn_throttled!(
+                    self.malformed,
+                    file = %file,
+                    line,
+                    error = %err,
+                    "Malformed line; it goes to the dead-letter destination"
+                );
                 let text = raw.strip_suffix(b"\n").unwrap_or(raw);
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
                 let mut event = Event::new(
