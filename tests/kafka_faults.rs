@@ -20,6 +20,31 @@ fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>) {
     kafka_support::produce_events(brokers, topic, ids, 20);
 }
 
+/// After a graceful stop: every id of `0..total` is in the output topic (copies allowed), and
+/// every input partition is committed to its end.
+fn nothing_lost_and_all_committed(
+    run: &Running,
+    brokers: &str,
+    route: &KafkaRoute,
+    total: u64,
+    across: &str,
+) {
+    let out = read_topic(brokers, &route.output);
+    let verdict = check(total, &out, &[]);
+    assert!(verdict.lost.is_empty(), "lost {} ids", verdict.lost.len());
+    eprintln!("{} extra copies across {across}", verdict.extra_copies());
+    for (partition, committed, high) in
+        kafka_support::committed(brokers, &route.group, &route.input)
+    {
+        assert_eq!(
+            committed,
+            high,
+            "partition {partition} not fully committed; fnmill's log:\n{}",
+            run.log_text()
+        );
+    }
+}
+
 // The deadlines only bound a hang: a run takes about 9 s alone, and several times that on a
 // machine shared with other builds.
 #[test]
@@ -98,20 +123,7 @@ fn broker_down_and_request_errors_lose_nothing_and_progress_resumes() {
     );
     run.terminate(Duration::from_secs(30));
 
-    let out = read_topic(&brokers, &route.output);
-    let verdict = check(8_000, &out, &[]);
-    assert!(verdict.lost.is_empty(), "lost {} ids", verdict.lost.len());
-    eprintln!("{} extra copies across the faults", verdict.extra_copies());
-    for (partition, committed, high) in
-        kafka_support::committed(&brokers, &route.group, &route.input)
-    {
-        assert_eq!(
-            committed,
-            high,
-            "partition {partition} not fully committed; fnmill's log:\n{}",
-            run.log_text()
-        );
-    }
+    nothing_lost_and_all_committed(&run, &brokers, &route, 8_000, "the faults");
 }
 
 /// The broker stops answering the sink: it takes fnmill's Produce requests but holds each
@@ -150,29 +162,21 @@ fn produce_responses_held_back_lose_nothing_and_progress_resumes() {
 
     // The next Produce requests the broker takes are fnmill's: each is written, and its
     // response held back for HOLD_MS.
-    // SAFETY: `raw` is the live mock cluster of `holder`; the variadic arguments are HELD
-    // pairs of (error code, delay in ms), as the function expects.
-    let err = unsafe {
-        rdsys::rd_kafka_mock_broker_push_request_error_rtts(
-            raw,
-            BROKER,
-            RDKafkaApiKey::Produce as i16,
-            HELD,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
-            HOLD_MS,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
-            HOLD_MS,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
-            HOLD_MS,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
-            HOLD_MS,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
-            HOLD_MS,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
-            HOLD_MS,
-        )
-    };
-    assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+    for _ in 0..HELD {
+        // SAFETY: `raw` is the live mock cluster of `holder`; the variadic arguments are one
+        // pair of (error code, delay in ms), as the count says.
+        let err = unsafe {
+            rdsys::rd_kafka_mock_broker_push_request_error_rtts(
+                raw,
+                BROKER,
+                RDKafkaApiKey::Produce as i16,
+                1,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+                HOLD_MS,
+            )
+        };
+        assert_eq!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
     let held = || {
         let mut n = 0usize;
         // SAFETY: `raw` is the live mock cluster of `holder`; `n` is a valid place to write.
@@ -207,21 +211,5 @@ fn produce_responses_held_back_lose_nothing_and_progress_resumes() {
     );
     run.terminate(Duration::from_secs(30));
 
-    let out = read_topic(&brokers, &route.output);
-    let verdict = check(3_000, &out, &[]);
-    assert!(verdict.lost.is_empty(), "lost {} ids", verdict.lost.len());
-    eprintln!(
-        "{} extra copies across the held responses",
-        verdict.extra_copies()
-    );
-    for (partition, committed, high) in
-        kafka_support::committed(&brokers, &route.group, &route.input)
-    {
-        assert_eq!(
-            committed,
-            high,
-            "partition {partition} not fully committed; fnmill's log:\n{}",
-            run.log_text()
-        );
-    }
+    nothing_lost_and_all_committed(&run, &brokers, &route, 3_000, "the held responses");
 }
