@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{FileRoute, count_lines, fnmill, guest, headers, read_lines, write_events};
+use common::{FileRoute, count_lines, fnmill, guest, headers, read_lines, wait_for, write_events};
 use fnmill::host::{DataSources, Failure, Function, FunctionSpec, Grants, Host, Limits};
 use fnmill_connector_api::Event;
 use fnmill_connector_api::connection::SecretUrl;
@@ -645,8 +645,8 @@ async fn a_redis_connection_that_stops_answering_is_replaced() {
 
 /// A PostgreSQL connection whose network path goes silent (the proxy stops forwarding and
 /// keeps its sockets open): the statement on it fails `unavailable` after `answer_timeout`, and
-/// that connection is closed rather than put back in the pool, so the next statement opens a
-/// new one and succeeds, though the pool has room for a single connection.
+/// that connection is closed (its socket too) rather than put back in the pool, so the next
+/// statement opens a new one and succeeds, though the pool has room for a single connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_connection_that_stops_answering_is_closed_not_reused() {
     let url = pg_url();
@@ -686,6 +686,14 @@ async fn a_postgres_connection_that_stops_answering_is_closed_not_reused() {
         1,
         "the silent connection is not counted"
     );
+    // Its socket is closed too, not left open until TCP gives up on it: the proxy sees the
+    // close and ends the frozen connection, which leaves the new one.
+    wait_for(
+        Duration::from_secs(10),
+        "the silent connection's socket to close",
+        || proxy.open_connections() == 1,
+    )
+    .await;
 }
 
 /// `fnmill invoke <function> --config` serves the function's granted data sources as

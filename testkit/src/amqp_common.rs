@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
@@ -18,6 +18,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
+
+use crate::common::holds_within;
+pub use crate::common::wait_for;
 
 /// The broker under test: `FNMILL_TEST_AMQP_URL`, else the local RabbitMQ as guest.
 pub fn amqp_url() -> String {
@@ -316,26 +319,6 @@ fn text(v: &AMQPValue) -> String {
         AMQPValue::ShortString(s) => s.to_string(),
         other => format!("{other:?}"),
     }
-}
-
-/// Polls `condition` every 20 ms until it holds; panics after `timeout`, naming `what`.
-pub async fn wait_for(timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
-    assert!(
-        holds_within(timeout, condition).await,
-        "timed out after {timeout:?} waiting for {what}"
-    );
-}
-
-/// Polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
-async fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
 }
 
 /// Every expected id classified by what the outputs and dead letters show.

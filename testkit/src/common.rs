@@ -320,6 +320,26 @@ fn build_polyglot_guest(name: &str) -> PathBuf {
     out
 }
 
+/// Polls `condition` every 20 ms until it holds; panics after `timeout`, naming `what`.
+pub async fn wait_for(timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
+    assert!(
+        holds_within(timeout, condition).await,
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
+pub(crate) async fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -49,8 +50,11 @@ impl TcpProxy {
                         () = freeze.notified() => true,
                     };
                     if froze {
-                        // Both sockets stay open, and nothing passes, until cut or dropped.
-                        std::future::pending::<()>().await;
+                        // Both sockets stay open and nothing passes, until cut, dropped, or
+                        // the client closes its side (what it sends is read and dropped, so
+                        // its close is seen).
+                        let mut sink = [0u8; 4096];
+                        while matches!(down.read(&mut sink).await, Ok(n) if n > 0) {}
                     }
                 });
                 conns.lock().unwrap().push(task);
@@ -67,6 +71,12 @@ impl TcpProxy {
             t.abort();
         }
         open
+    }
+
+    /// How many proxied connections are open: a frozen one closes when its client closes it.
+    pub fn open_connections(&self) -> usize {
+        let conns = self.conns.lock().unwrap();
+        conns.iter().filter(|t| !t.is_finished()).count()
     }
 
     /// Closes the listener and every connection: the service is unreachable until
