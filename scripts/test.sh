@@ -8,16 +8,27 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# How long each phase took, printed before the summary: where a cold run's time goes.
+timings=()
+mark=$SECONDS
+took() {
+  timings+=("$1 $((SECONDS - mark)) s")
+  mark=$SECONDS
+}
+
 ./scripts/build-deps.sh || exit 1
+took "build deps"
 
 # PostgreSQL, Redis and RabbitMQ (Debian packages), started unless already up or pointed
 # elsewhere by FNMILL_TEST_*_URL.
 ./scripts/services.sh || exit 1
+took "PostgreSQL, Redis, RabbitMQ"
 
 # The JavaScript/TypeScript and Python function tools (npm, pip; pinned, cached in
 # ~/.cache/fnmill-tools). The tests find them there by themselves; installing them up front
 # keeps their progress visible.
 ./scripts/polyglot-tools.sh || exit 1
+took "JavaScript and Python tools"
 
 # Services this run starts are stopped when it ends; one already running (or pointed at by
 # FNMILL_TEST_*) is used and left alone, so a second run or a developer's own broker keeps its.
@@ -39,15 +50,18 @@ service() {
 # Apache Kafka (jars from Maven Central, KRaft, no Docker), unless FNMILL_TEST_KAFKA_BOOTSTRAP
 # points elsewhere.
 service kafka
+took "Kafka"
 
 # NATS for the IO tier's tests (nats-server built once from the Go module proxy, cached in
 # ~/.cache/fnmill-nats), unless FNMILL_TEST_NATS_URL points elsewhere. The tests that stop
 # NATS on purpose run servers of their own from the same binary.
 service nats
+took "NATS"
 
 # Jaeger (v1.76.0, built once from the Go module proxy and cached in ~/.cache/fnmill-jaeger)
 # for the tracing tests, unless FNMILL_TEST_JAEGER_* point elsewhere.
 service jaeger
+took "Jaeger"
 
 # Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs. If the
 # engine cannot start here, the stack test prints why (one line) and the rest still runs.
@@ -59,6 +73,7 @@ else
   export FNMILL_TEST_DOCKER_UNAVAILABLE="${why:-scripts/docker.sh start failed (target/docker-setup.log)}"
   echo "warning: $FNMILL_TEST_DOCKER_UNAVAILABLE" >&2
 fi
+took "Docker"
 
 # A one-off build: incremental state would only add gigabytes to a clean clone's target/.
 export CARGO_INCREMENTAL=0
@@ -76,22 +91,29 @@ if ! cargo fmt --all -- --check >> "$log" 2>&1; then
   echo "cargo fmt --check: 1 failed (run cargo fmt)" | tee -a "$log"
   status=1
 fi
+took "cargo fmt"
 echo "==> cargo clippy (workspace, all targets, warnings denied)"
 if ! cargo clippy --workspace --all-targets --quiet -- -D warnings 2>&1 | tee -a "$log"; then
   echo "cargo clippy: 1 failed" | tee -a "$log"
   status=1
 fi
+took "cargo clippy"
 
 echo "==> cargo test (workspace)"
 cargo test --workspace --no-fail-fast 2>&1 | tee -a "$log" || status=1
+took "cargo test (workspace)"
 echo "==> cargo test (example functions, host target)"
 (cd examples && cargo test --quiet 2>&1) | tee -a "$log" || status=1
+took "examples"
 echo "==> cargo test (Rust function SDK, host target)"
 (cd sdk && cargo test --quiet 2>&1) | tee -a "$log" || status=1
+took "SDK"
 
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 echo
+took_line=$(printf '%s, ' "${timings[@]}")
+echo "Took ${SECONDS} s: ${took_line%, }"
 echo "Summary: ${passed} passed, ${failed} failed"
 if [ "$failed" != 0 ]; then status=1; fi
 exit $status
