@@ -22,7 +22,7 @@ took "build deps"
 # PostgreSQL, Redis and RabbitMQ (Debian packages), started unless already up or pointed
 # elsewhere by FNMILL_TEST_*_URL.
 ./scripts/services.sh || exit 1
-took "PostgreSQL, Redis, RabbitMQ"
+took "PostgreSQL/Redis/RabbitMQ"
 
 # The JavaScript/TypeScript and Python function tools (npm, pip; pinned, cached in
 # ~/.cache/fnmill-tools). The tests find them there by themselves; installing them up front
