@@ -16,7 +16,7 @@ use opentelemetry::context::FutureExt as _;
 use super::{DeadLetter, Destination, Lent, Route, dead_letter_record};
 use crate::host::{CallStats, CallerScope, Failure, Output};
 use crate::telemetry::EventObs;
-use crate::telemetry::logs::warn_throttled;
+use fnmill_connector_api::warn_throttled;
 
 /// What the shard does with the event's lane once [`Route::process`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -140,11 +140,11 @@ pub struct Route {
 #[derive(Debug, Default)]
 pub struct RepeatedLogs {
     /// `Sink failed; retrying`.
-    pub sink_retry: crate::telemetry::logs::Throttle,
+    pub sink_retry: fnmill_connector_api::throttle::Throttle,
     /// `Outputs not confirmed; publishing them again`.
-    pub unconfirmed: crate::telemetry::logs::Throttle,
+    pub unconfirmed: fnmill_connector_api::throttle::Throttle,
     /// `Event failed; sending it to the dead-letter destination` and its `broker` twin.
-    pub dead_letter: crate::telemetry::logs::Throttle,
+    pub dead_letter: fnmill_connector_api::throttle::Throttle,
 }
 
 impl Route {

@@ -124,10 +124,6 @@ fn with_ids(line: &str, json: bool, trace_id: &str, span_id: &str) -> String {
     }
 }
 
-/// One line of a burst through per interval; defined beside the connectors, which use it too.
-pub use fnmill_connector_api::throttle::Throttle;
-pub(crate) use fnmill_connector_api::warn_throttled;
-
 #[cfg(test)]
 mod tests {
     use super::*;
