@@ -386,6 +386,70 @@ fn a_malformed_line_is_named_and_aborts_or_is_skipped() {
     }
 }
 
+/// A file of 300 lines, 120 of them malformed, published with `--on-error skip` to a JSON Lines
+/// file: by default the first 20 bad lines are named and the other 100 only counted (one line
+/// says so when the first is withheld, one at the end how many), `--error-lines all` names every
+/// one, `--error-lines 0` none. Every good line is written and the summary counts all 120
+/// failures either way; exit 1.
+#[test]
+fn error_lines_past_the_limit_are_counted_not_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut text = String::new();
+    for i in 1..=300 {
+        if i % 5 < 2 {
+            text.push_str(&format!("not json {i}\n"));
+        } else {
+            text.push_str(&format!("{{\"payload_text\":\"{i}\"}}\n"));
+        }
+    }
+    std::fs::write(&input, text).unwrap();
+    for (limit, named) in [(None, 20), (Some("all"), 120), (Some("0"), 0)] {
+        let output = dir
+            .path()
+            .join(format!("out-{}.jsonl", limit.unwrap_or("default")));
+        let mut command = fnmill();
+        command
+            .args(["publish", output.to_str().unwrap(), "--on-error", "skip"])
+            .arg("-i")
+            .arg(&input);
+        if let Some(limit) = limit {
+            command.args(["--error-lines", limit]);
+        }
+        let out = command.output().unwrap();
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{limit:?}: {log}");
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("error: line "))
+            .collect();
+        assert_eq!(errors.len(), named, "{limit:?}: {log}");
+        assert!(
+            errors
+                .iter()
+                .all(|l| l.contains("invalid JSON Lines event")),
+            "{limit:?}: {log}"
+        );
+        let withheld = 120 - named;
+        assert_eq!(
+            log.contains(&format!(
+                "error lines past the first {named} are counted, not printed"
+            )),
+            withheld > 0,
+            "{limit:?}: {log}"
+        );
+        assert_eq!(
+            log.contains(&format!("{withheld} more error lines not printed")),
+            withheld > 0,
+            "{limit:?}: {log}"
+        );
+        assert!(log.contains("180 sent, 120 failed"), "{limit:?}: {log}");
+        assert!(log.contains("bad-input: 120"), "{limit:?}: {log}");
+        let written = std::fs::read_to_string(&output).unwrap();
+        assert_eq!(written.lines().count(), 180, "{limit:?}: {log}");
+    }
+}
+
 /// `--count` with `{{seq}}` and `{{uuid}}` into a JSON Lines file: N events, numbered, each with
 /// its own uuid, shared by the key and the payload of one event.
 #[test]
@@ -535,6 +599,17 @@ fn usage_errors_are_one_line_naming_the_flag_and_exit_2() {
         (
             vec![
                 "publish",
+                "kafka://127.0.0.1:1/t",
+                "--error-lines",
+                "some",
+                "-i",
+                "f",
+            ],
+            "--error-lines",
+        ),
+        (
+            vec![
+                "publish",
                 "amqp://h/%2f?queue=q&exchange=x",
                 "--payload",
                 "x",
@@ -565,7 +640,11 @@ fn usage_errors_are_one_line_naming_the_flag_and_exit_2() {
         assert!(log.contains(want), "{args:?}: {log}");
         let first = log.lines().next().unwrap_or_default();
         assert!(first.starts_with("error"), "{args:?}: {log}");
-        if !want.starts_with("--input") && !want.starts_with("--on-error") && want != "TARGET" {
+        if !want.starts_with("--input")
+            && !want.starts_with("--on-error")
+            && !want.starts_with("--error-lines")
+            && want != "TARGET"
+        {
             // fnmill's own errors are one line; clap adds a usage hint after its own.
             assert_eq!(log.trim().lines().count(), 1, "{args:?}: {log}");
         }

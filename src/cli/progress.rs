@@ -1,9 +1,13 @@
 //! Progress of a long `publish` or `replay`: a bar on a terminal (count, rate and, when the
 //! total is known, ETA), a plain line every few seconds when standard error is not a terminal
 //! (a log, CI), nothing with `--quiet`. Messages about single events go through
-//! [`Progress::println`] so that they do not tear the bar.
+//! [`Progress::println`] so that they do not tear the bar; errors about single events through
+//! [`Progress::error`], which prints the first `--error-lines` of them and counts the rest (a
+//! file of a million bad lines would otherwise flood the terminal and, redrawing the bar for
+//! each, run six times slower).
 
 use std::io::IsTerminal;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +17,41 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 /// How often the plain form prints a line: often enough to show a run is alive, rarely enough
 /// to keep a CI log readable.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// How many lines about failed events (`--error-lines`) a run prints before it only counts
+/// them; the summary counts every failure by kind either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorLines {
+    First(u64),
+    All,
+}
+
+impl ErrorLines {
+    /// `--error-lines`' default.
+    pub const DEFAULT: &'static str = "20";
+}
+
+impl FromStr for ErrorLines {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "all" {
+            return Ok(Self::All);
+        }
+        s.parse()
+            .map(Self::First)
+            .map_err(|_| format!("`{s}` is neither a number of lines nor `all`"))
+    }
+}
+
+impl std::fmt::Display for ErrorLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::First(n) => write!(f, "{n}"),
+            Self::All => f.write_str("all"),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Progress {
@@ -27,12 +66,21 @@ struct Inner {
     verb: &'static str,
     started: Instant,
     finished: AtomicBool,
+    error_lines: ErrorLines,
+    /// Lines about failed events so far, printed or not.
+    errors: AtomicU64,
 }
 
 impl Progress {
     /// `verb` says what a counted event went through ("sent", "replayed"); `total` is the
     /// number expected, when known.
-    pub fn new(verb: &'static str, total: Option<u64>, quiet: bool) -> Self {
+    /// `error_lines` caps the lines about failed events ([`Progress::error`]).
+    pub fn new(
+        verb: &'static str,
+        total: Option<u64>,
+        quiet: bool,
+        error_lines: ErrorLines,
+    ) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let template = match total {
                 Some(_) => "{spinner} {bar:30} {human_pos}/{human_len} {msg} {rate} ETA {eta}",
@@ -61,6 +109,8 @@ impl Progress {
             verb,
             started: Instant::now(),
             finished: AtomicBool::new(false),
+            error_lines,
+            errors: AtomicU64::new(0),
         });
         if !quiet && inner.bar.is_none() {
             let weak = Arc::downgrade(&inner);
@@ -97,8 +147,41 @@ impl Progress {
         }
     }
 
-    /// Removes the bar (the summary follows).
+    /// A line about one failed event, printed like [`Progress::println`] while fewer than
+    /// `--error-lines` were; past that it is only counted, and the first one withheld says so.
+    pub fn error(&self, line: impl AsRef<str>) {
+        let n = self.inner.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.inner.error_lines {
+            ErrorLines::First(limit) if n > limit => {
+                if n == limit + 1 {
+                    self.println(format!(
+                        "error lines past the first {limit} are counted, not printed \
+                         (--error-lines all prints every one)"
+                    ));
+                }
+            }
+            _ => self.println(line),
+        }
+    }
+
+    /// Lines about failed events that [`Progress::error`] did not print.
+    pub fn errors_withheld(&self) -> u64 {
+        let n = self.inner.errors.load(Ordering::Relaxed);
+        match self.inner.error_lines {
+            ErrorLines::First(limit) => n.saturating_sub(limit),
+            ErrorLines::All => 0,
+        }
+    }
+
+    /// Removes the bar (the summary follows), after a line saying how many lines about failed
+    /// events were withheld, if any were.
     pub fn finish(&self) {
+        let withheld = self.errors_withheld();
+        if withheld > 0 && !self.inner.finished.load(Ordering::Relaxed) {
+            self.println(format!(
+                "{withheld} more error lines not printed (--error-lines all prints every one)"
+            ));
+        }
         self.inner.finished.store(true, Ordering::Relaxed);
         if let Some(bar) = &self.inner.bar {
             bar.finish_and_clear();
@@ -120,5 +203,34 @@ impl Inner {
             self.verb,
             secs.floor()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_are_a_number_or_all() {
+        assert_eq!("0".parse(), Ok(ErrorLines::First(0)));
+        assert_eq!("20".parse(), Ok(ErrorLines::First(20)));
+        assert_eq!("all".parse(), Ok(ErrorLines::All));
+        let e = "some".parse::<ErrorLines>().unwrap_err();
+        assert!(e.contains("`some`"), "{e}");
+        assert_eq!(ErrorLines::DEFAULT.parse(), Ok(ErrorLines::First(20)));
+    }
+
+    #[test]
+    fn errors_past_the_limit_are_counted_not_printed() {
+        let progress = Progress::new("sent", None, true, ErrorLines::First(3));
+        for i in 0..10 {
+            progress.error(format!("error: line {i}"));
+        }
+        assert_eq!(progress.errors_withheld(), 7);
+        let all = Progress::new("sent", None, true, ErrorLines::All);
+        for i in 0..10 {
+            all.error(format!("error: line {i}"));
+        }
+        assert_eq!(all.errors_withheld(), 0);
     }
 }

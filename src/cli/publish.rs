@@ -16,7 +16,7 @@ use fnmill_connector_file::jsonl::{self, EventLine};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::endpoint::{self, Endpoint};
-use super::progress::Progress;
+use super::progress::{ErrorLines, Progress};
 use super::writer::Writer;
 use super::{Pending, Stats};
 
@@ -75,6 +75,10 @@ pub struct PublishArgs {
     /// is still confirmed); `skip` reports it and goes on.
     #[arg(long, value_enum, default_value_t = OnError::Abort)]
     pub on_error: OnError,
+    /// Lines about failed events to print before only counting them: a number, or `all`. The
+    /// summary counts every failure by kind either way.
+    #[arg(long, value_name = "N|all", default_value = ErrorLines::DEFAULT)]
+    pub error_lines: ErrorLines,
     /// No progress and, when everything was sent, no summary.
     #[arg(short, long)]
     pub quiet: bool,
@@ -390,7 +394,7 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
         }
     };
     let writer = Writer::new(&endpoint, "fnmill publish")?;
-    let progress = Progress::new("sent", total, args.quiet);
+    let progress = Progress::new("sent", total, args.quiet, args.error_lines);
     let stats = Arc::new(Mutex::new(Stats::default()));
     let pending = Arc::new(Mutex::new(Pending::default()));
     let window = Arc::new(Semaphore::new(WINDOW));
@@ -416,7 +420,9 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
             Input::Event { at, event } => (at, event),
             Input::Bad { at, error } => {
                 stats.lock().unwrap().fail("bad-input");
-                progress.println(format!("error: {what} {at}: {error}"));
+                progress.error(format!("error: {what} {at}: {error}"));
+                // Done with, as far as the bar's count and ETA go.
+                progress.inc();
                 if args.on_error == OnError::Abort {
                     aborted_at = Some(at);
                     break;
@@ -449,7 +455,7 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
                 Ok(written) => stats.lock().unwrap().written(&written),
                 Err(e) => {
                     stats.lock().unwrap().fail(e.kind());
-                    progress.println(format!("error: {what} {at}: {}", e.message));
+                    progress.error(format!("error: {what} {at}: {}", e.message));
                 }
             }
             pending.lock().unwrap().settle(at as i64, ok);

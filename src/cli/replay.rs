@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::endpoint::{self, Endpoint};
-use super::progress::Progress;
+use super::progress::{ErrorLines, Progress};
 use super::through::{self, Through};
 use super::writer::{Confirm, Writer};
 use super::{Pending, Stats};
@@ -172,6 +172,10 @@ pub struct ReplayArgs {
     /// No progress and, when nothing failed, no summary.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Lines about failed events to print before only counting them: a number, or `all`. The
+    /// summary counts every failure by kind either way.
+    #[arg(long, value_name = "N|all", default_value = ErrorLines::DEFAULT)]
+    pub error_lines: ErrorLines,
 }
 
 const REPLAY_AFTER_HELP: &str = "\
@@ -668,7 +672,7 @@ impl Replay {
             Mode::Write => "replayed",
             Mode::Print | Mode::Count => "read",
         };
-        let progress = Progress::new(verb, total, self.args.quiet);
+        let progress = Progress::new(verb, total, self.args.quiet, self.args.error_lines);
         let stats = Arc::new(Mutex::new(Stats::default()));
         let destinations: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
         let window = Arc::new(Semaphore::new(WINDOW));
@@ -756,7 +760,7 @@ impl Replay {
             let (record, dest) = match self.prepare(&item) {
                 Ok(prepared) => prepared,
                 Err((kind, message)) => {
-                    progress.println(format!("error: {describe}: {message}"));
+                    progress.error(format!("error: {describe}: {message}"));
                     settle(false, Some(kind));
                     continue;
                 }
@@ -765,7 +769,7 @@ impl Replay {
             let records = match self.run_through(&item, record).await {
                 Ok(records) => records,
                 Err(failure) => {
-                    progress.println(format!(
+                    progress.error(format!(
                         "error: {describe} (event {}): {}: {}",
                         item.id,
                         failure.kind(),
@@ -805,7 +809,7 @@ impl Replay {
                     let writer = match self.writer(&mut writers, &dest) {
                         Ok(w) => w,
                         Err(message) => {
-                            progress.println(format!("error: {describe}: {message}"));
+                            progress.error(format!("error: {describe}: {message}"));
                             settle(false, Some("no-destination"));
                             continue;
                         }
@@ -1272,7 +1276,7 @@ fn confirm_later(
                 settle(true, None);
             }
             Some(e) => {
-                progress.println(format!(
+                progress.error(format!(
                     "error: {describe}: not written to {name}: {}",
                     e.message
                 ));
