@@ -125,6 +125,8 @@ fn main() {
         memory_budget: concurrency as u64 * 32 * 1024 * 1024,
         fuel: false,
         cache_dir: None,
+        // Under `--profile`, perf names the guest's functions.
+        perf_map: args.value("--profile").is_some(),
     })
     .unwrap();
     let limits = Limits {

@@ -109,6 +109,7 @@ fn load(name: &str, component: PathBuf, isolation: Isolation) -> Function {
                 .join("test-cache")
                 .join("fnmill"),
         ),
+        perf_map: false,
     })
     .unwrap();
     host.load(FunctionSpec {

@@ -56,6 +56,7 @@ pub fn host_config(config: &ValidatedConfig) -> HostConfig {
         memory_budget: config.memory_budget(),
         fuel: config.functions.values().any(|f| f.fuel.is_some()),
         cache_dir: config.cache_dir(),
+        perf_map: config.runtime.perf_map,
     }
 }
 

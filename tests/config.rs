@@ -468,3 +468,53 @@ fn a_folder_as_the_config_is_named_as_one() {
     assert!(stderr.contains("is a directory"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// `runtime.perf_map` (here from the environment, `FNMILL__RUNTIME__PERF_MAP=true`): loading the
+/// function writes `/tmp/perf-<pid>.map`, a line per compiled wasm function, for `perf` to name
+/// the guest's code; off by default, no file is written.
+#[test]
+fn perf_map_names_the_compiled_wasm_functions_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
+    let path = dir.path().join("fnmill.toml");
+    std::fs::write(
+        &path,
+        VALID.replace("COMPONENT", &guest("echo").display().to_string()),
+    )
+    .unwrap();
+    for on in [true, false] {
+        let mut cmd = fnmill();
+        cmd.arg("check").arg("-c").arg(&path);
+        if on {
+            cmd.env("FNMILL__RUNTIME__PERF_MAP", "true");
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&map).ok();
+        let _ = std::fs::remove_file(&map);
+        if on {
+            let text = text.expect("a perf map was written");
+            let wasm: Vec<&str> = text.lines().filter(|l| l.contains(" wasm[0]::")).collect();
+            assert!(!wasm.is_empty(), "no wasm function in the map:\n{text}");
+            // `ADDRESS SIZE NAME`, as perf reads it.
+            for line in wasm {
+                let mut parts = line.splitn(3, ' ');
+                let (address, size) = (parts.next().unwrap(), parts.next().unwrap());
+                assert!(address.starts_with("0x"), "{line}");
+                assert!(u64::from_str_radix(size, 16).unwrap() > 0, "{line}");
+            }
+        } else {
+            assert!(text.is_none(), "a perf map was written with perf_map off");
+        }
+    }
+}

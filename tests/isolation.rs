@@ -92,6 +92,7 @@ async fn what_is_kept_for_later_gives_way_to_an_admission() {
         memory_budget: 1 << 30,
         fuel: false,
         cache_dir: Some(common::root().join("target/test-cache/fnmill")),
+        perf_map: false,
     })
     .unwrap();
     let fresh = load_on(&host, Isolation::Event);

@@ -124,6 +124,11 @@ pub struct RuntimeConfig {
     /// waits. Default: three quarters of the machine's (or the container's) memory.
     #[serde(default, deserialize_with = "optional_byte_size")]
     pub memory_budget: Option<u64>,
+    /// Write `/tmp/perf-<pid>.map`, naming the compiled functions' code, so that Linux `perf`
+    /// shows a guest's own functions (`wasm[0]::function[N]::name`) instead of `[unknown]`.
+    /// Costs a line per function when a component is loaded, nothing per event.
+    #[serde(default)]
+    pub perf_map: bool,
 }
 
 /// IO is mostly waiting: one thread serves many connections; a second lets a slow sink and a
@@ -158,6 +163,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             shutdown_grace: default_shutdown_grace(),
             memory_budget: None,
+            perf_map: false,
         }
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ProfilingStrategy,
+};
 
 use super::admission::Admissions;
 use super::bindings::{EventFunction, EventFunctionPre};
@@ -75,6 +77,9 @@ pub struct HostConfig {
     pub fuel: bool,
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Write a perf map (`/tmp/perf-<pid>.map`) of the compiled code, for `perf` to name the
+    /// guests' functions.
+    pub perf_map: bool,
 }
 
 /// The engine, the linker and the admissions, shared by every function.
@@ -258,6 +263,9 @@ fn engine_config(config: &HostConfig) -> Config {
         .consume_fuel(config.fuel)
         .memory_init_cow(true)
         .async_stack_size(ASYNC_STACK_SIZE);
+    if config.perf_map {
+        c.profiler(ProfilingStrategy::PerfMap);
+    }
     c
 }
 

@@ -171,6 +171,7 @@ pub fn test_host(fuel: bool) -> fnmill::host::Host {
         memory_budget: 1 << 30,
         fuel,
         cache_dir: Some(root().join("target").join("test-cache").join("fnmill")),
+        perf_map: false,
     })
     .unwrap()
 }
@@ -194,6 +195,7 @@ pub fn load_guest_with(
         memory_budget: u64::from(max_instances) * (32 << 20),
         fuel: false,
         cache_dir: None,
+        perf_map: false,
     })
     .unwrap();
     host.load(FunctionSpec {
