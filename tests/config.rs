@@ -4,6 +4,7 @@
 use fnmill_testkit::common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::{fnmill, guest};
 
@@ -28,7 +29,8 @@ destinations = { out = "out" }
 dead_letter = "out"
 "#;
 
-fn check(dir: &Path, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+/// `fnmill check` of `text` (with `COMPONENT` the echo guest) written to `dir`, with `env`.
+fn check_command(dir: &Path, text: &str, env: &[(&str, &str)]) -> Command {
     std::fs::write(dir.join("in.jsonl"), "").unwrap();
     let text = text.replace("COMPONENT", &guest("echo").display().to_string());
     let path = dir.join("fnmill.toml");
@@ -38,7 +40,11 @@ fn check(dir: &Path, text: &str, env: &[(&str, &str)]) -> (i32, String, String) 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    cmd
+}
+
+fn check(dir: &Path, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = check_command(dir, text, env).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -475,20 +481,13 @@ fn a_folder_as_the_config_is_named_as_one() {
 #[test]
 fn perf_map_names_the_compiled_wasm_functions_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
-    let path = dir.path().join("fnmill.toml");
-    std::fs::write(
-        &path,
-        VALID.replace("COMPONENT", &guest("echo").display().to_string()),
-    )
-    .unwrap();
     for on in [true, false] {
-        let mut cmd = fnmill();
-        cmd.arg("check").arg("-c").arg(&path);
-        if on {
-            cmd.env("FNMILL__RUNTIME__PERF_MAP", "true");
-        }
-        let child = cmd
+        let env: &[(&str, &str)] = if on {
+            &[("FNMILL__RUNTIME__PERF_MAP", "true")]
+        } else {
+            &[]
+        };
+        let child = check_command(dir.path(), VALID, env)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -44,15 +44,6 @@ impl FromStr for ErrorLines {
     }
 }
 
-impl std::fmt::Display for ErrorLines {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::First(n) => write!(f, "{n}"),
-            Self::All => f.write_str("all"),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct Progress {
     inner: Arc<Inner>,
