@@ -540,6 +540,27 @@ retry = {{ max_attempts = 1000, initial_backoff = "50ms", max_backoff = "500ms" 
     path
 }
 
+/// Rewrites the config at `path` with timeouts no slow machine reaches: the function's (5 s by
+/// default) and each IO-tier call's (the pool's wait plus the statement or command timeout,
+/// 2–3 s). A call that times out may still have run at the IO process, so its retried event
+/// increments its counter again; a test of "every event once" must not depend on the machine's
+/// speed to keep every call inside those defaults.
+fn beyond_a_slow_machine(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let slow = text
+        .replace("[functions.f]\n", "[functions.f]\ntimeout = \"120s\"\n")
+        .replace(
+            "remote = { nats = ",
+            "remote = { timeout = \"60s\", nats = ",
+        )
+        .replace("remote = { url = ", "remote = { timeout = \"60s\", url = ")
+        .replace("buckets = {", "command_timeout = \"30s\"\nbuckets = {");
+    assert_eq!(slow.matches("\"60s\"").count(), 2, "{slow}");
+    assert_eq!(slow.matches("\"120s\"").count(), 1, "{slow}");
+    assert_eq!(slow.matches("\"30s\"").count(), 1, "{slow}");
+    std::fs::write(path, slow).unwrap();
+}
+
 /// Appends events `e{from}`… (payload `{"customer": …}`) to `path`.
 fn append_events(path: &Path, from: usize, n: usize) {
     let mut text = String::new();
@@ -592,6 +613,7 @@ async fn three_compute_two_io_do_every_event_once_within_the_connection_cap() {
     let dead_letters = Collector::start(&broker.connection, &dead).await;
     let dir = tempfile::tempdir().unwrap();
     let config = amqp_config(dir.path(), &data, &input, &output, &dead);
+    beyond_a_slow_machine(&config);
 
     let most = data.watch_connections();
     let io: Vec<Proc> = (0..2)
