@@ -368,6 +368,72 @@ fn a_foreign_file_in_the_component_cache_is_not_loaded() {
     assert_eq!(count_lines(&route.output()), 1);
 }
 
+/// `fnmill invoke COMPONENT` on one event with `cache` as the cache; the `functions` and
+/// `from_cache` of its "Compiled a component" line.
+fn compiled_functions(component: &Path, cache: &Path) -> (u64, u64) {
+    let event = cache.with_file_name("event.json");
+    std::fs::write(&event, json!({"id": "e1", "payload": {"n": 1}}).to_string()).unwrap();
+    let out = fnmill()
+        .arg("invoke")
+        .arg(component)
+        .arg("--event")
+        .arg(&event)
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("Compiled a component"))
+        .unwrap_or_else(|| panic!("no compile logged:\n{log}"));
+    let field = |name: &str| -> u64 {
+        let start = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+        let digits: String = line[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    (field("functions"), field("from_cache"))
+}
+
+/// A rebuilt component is a new file to the component cache, yet what it shares with an
+/// earlier build is not compiled again: each of its functions comes from the per-function
+/// cache. (Here the rebuild differs by a custom section only, so every function is shared;
+/// wasmtime's translation of a few functions is not the same from one process to the next, so
+/// those few are compiled again, and most come from the cache, not all.)
+#[test]
+fn a_rebuilt_component_compiles_only_functions_it_has_not_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let original = guest("echo");
+    let mut bytes = std::fs::read(&original).unwrap();
+    let (name, payload) = (&b"fnmill-test"[..], &b"rebuilt"[..]);
+    // A custom section (id 0): its size, then its name's, then the name and the payload.
+    bytes.extend([0, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+    bytes.extend(name);
+    bytes.extend(payload);
+    let rebuilt = dir.path().join("echo-rebuilt.wasm");
+    std::fs::write(&rebuilt, bytes).unwrap();
+
+    let (functions, from_cache) = compiled_functions(&original, &cache);
+    assert!(
+        functions > 0 && from_cache < functions,
+        "{functions} {from_cache}"
+    );
+    let (again, again_from_cache) = compiled_functions(&rebuilt, &cache);
+    assert_eq!(again, functions);
+    assert!(
+        again_from_cache > from_cache && again_from_cache * 2 >= functions,
+        "{again_from_cache} of {functions} from the cache, {from_cache} the first time"
+    );
+    let entries = std::fs::read_dir(cache.join("fnmill").join("functions"))
+        .unwrap()
+        .count();
+    assert!(entries > 0);
+}
+
 fn get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

@@ -15,6 +15,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -120,12 +121,27 @@ fn prune(dir: &Path, keep: &Path, max_bytes: u64) {
             }
         }
     }
-    if total <= max_bytes {
-        return;
+    if total > max_bytes {
+        remove_least_recent(dir, compiled, total, max_bytes, "Component cache");
     }
-    compiled.sort();
+}
+
+/// A cached file: when it was last used, its size, where it is.
+pub(super) type CachedFile = (SystemTime, u64, PathBuf);
+
+/// Removes the least recently used of `files` (which add up to `total` bytes) until the rest
+/// add up to `max_bytes` at most, and logs what it did as `what`'s. Another process may prune
+/// at the same time: a file already gone is skipped.
+pub(super) fn remove_least_recent(
+    dir: &Path,
+    mut files: Vec<CachedFile>,
+    mut total: u64,
+    max_bytes: u64,
+    what: &str,
+) {
+    files.sort();
     let (mut removed, mut freed) = (0usize, 0u64);
-    for (_, len, path) in compiled {
+    for (_, len, path) in files {
         if total <= max_bytes {
             break;
         }
@@ -141,13 +157,13 @@ fn prune(dir: &Path, keep: &Path, max_bytes: u64) {
         removed,
         freed_mib = freed >> 20,
         limit_mib = max_bytes >> 20,
-        "Component cache over its size limit: removed the least recently used files"
+        "{what} over its size limit: removed the least recently used files"
     );
 }
 
 /// Whether `path` is this user's and writable by no one else; the reason when not.
 #[cfg(unix)]
-fn trusted(path: &Path) -> Result<(), String> {
+pub(super) fn trusted(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -171,7 +187,7 @@ fn trusted(path: &Path) -> Result<(), String> {
 }
 
 #[cfg(not(unix))]
-fn trusted(_path: &Path) -> Result<(), String> {
+pub(super) fn trusted(_path: &Path) -> Result<(), String> {
     Ok(())
 }
 
@@ -188,7 +204,7 @@ fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
 }
 
 /// Creates `dir` (and its parents) with mode 0700 where missing.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -207,18 +223,31 @@ fn store(component: &Component, dir: &Path, file: &Path) -> std::io::Result<()> 
     let serialized = component
         .serialize()
         .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-    // Write then rename, so a concurrent reader or a crash never sees half a file.
+    write_private(file, &serialized)
+}
+
+/// Writes `bytes` to `file` (mode 0600) through a temporary file beside it and a rename, so a
+/// concurrent reader or a crash never sees half a file. The temporary's name is unique to the
+/// process and the call, so threads writing the same file at once do not mix their bytes.
+pub(super) fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let dir = file.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}-{}.tmp",
         file.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
     ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(&tmp)?, &serialized)?;
-    std::fs::rename(&tmp, file)
+    let written = std::io::Write::write_all(&mut options.open(&tmp)?, bytes)
+        .and_then(|()| std::fs::rename(&tmp, file));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(all(test, unix))]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -18,6 +18,7 @@ use super::context::Ctx;
 use super::data::{DataSources, FunctionData, Grants};
 use super::failure::{EngineError, LoadError};
 use super::function::{Function, FunctionShared, FunctionSpec};
+use super::function_cache::{self, FunctionCache};
 use super::{cache, guest_log};
 
 /// How often the epoch ticker advances the engine's epoch. A guest that overruns its timeout is
@@ -90,6 +91,8 @@ pub struct Host {
     admissions: Arc<Admissions>,
     budget_pages: u64,
     cache_dir: Option<PathBuf>,
+    /// Each wasm function's machine code, shared by every component compiled here.
+    functions: Option<Arc<FunctionCache>>,
     fuel: bool,
     /// Keeps the epoch ticker thread alive; it stops by itself once the engine is dropped.
     _ticker: std::thread::JoinHandle<()>,
@@ -97,8 +100,18 @@ pub struct Host {
 
 impl Host {
     pub fn new(config: &HostConfig) -> Result<Self, EngineError> {
-        let engine =
-            Engine::new(&engine_config(config)).map_err(|e| EngineError(format!("{e:#}")))?;
+        let functions = config
+            .cache_dir
+            .as_ref()
+            .and_then(|dir| FunctionCache::open(dir.join("functions")))
+            .map(Arc::new);
+        let mut engine_config = engine_config(config);
+        if let Some(store) = &functions {
+            engine_config
+                .enable_incremental_compilation(store.clone())
+                .map_err(|e| EngineError(format!("{e:#}")))?;
+        }
+        let engine = Engine::new(&engine_config).map_err(|e| EngineError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| EngineError(format!("{e:#}")))?;
@@ -115,6 +128,7 @@ impl Host {
             )),
             budget_pages,
             cache_dir: config.cache_dir.clone(),
+            functions,
             fuel: config.fuel,
             _ticker: ticker,
         })
@@ -186,10 +200,29 @@ impl Host {
             source,
         })?;
         let compile = |bytes: &[u8]| {
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
-                path: path.to_path_buf(),
-                message: compile_error(&e),
-            })
+            let started = Instant::now();
+            let before = self.functions.as_ref().map(|f| f.counts());
+            let component =
+                Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+                    path: path.to_path_buf(),
+                    message: compile_error(&e),
+                })?;
+            if let (Some(functions), Some(before)) = (&self.functions, before) {
+                // Other components may compile at the same time: the counts are this one's
+                // unless they do.
+                let after = functions.counts();
+                tracing::info!(
+                    component = %path.display(),
+                    seconds = format_args!("{:.1}", started.elapsed().as_secs_f64()),
+                    functions = after.hits + after.misses - before.hits - before.misses,
+                    from_cache = after.hits - before.hits,
+                    "Compiled a component"
+                );
+                if after.misses > before.misses {
+                    function_cache::prune(functions.dir(), function_cache::MAX_FUNCTION_BYTES);
+                }
+            }
+            Ok(component)
         };
         match &self.cache_dir {
             Some(dir) => cache::load_or_compile(&self.engine, dir, &bytes, compile),

@@ -30,6 +30,7 @@
 //! - `data`: the `sql` and `keyvalue` capabilities.
 //! - `guest_log`: guest stdout/stderr as log lines, within a per-event budget.
 //! - `cache`: compiled components on disk.
+//! - `function_cache`: each wasm function's machine code on disk, shared by every component.
 //! - `bindings`: the one `bindgen!` of the crate.
 
 mod admission;
@@ -40,6 +41,7 @@ mod data;
 mod engine;
 mod failure;
 mod function;
+mod function_cache;
 mod guest_log;
 
 pub use self::cache::default_cache_dir;
