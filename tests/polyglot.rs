@@ -107,6 +107,11 @@ fn template_round_trip(language: &str, unit_tests: &[&[&str]]) -> (tempfile::Tem
     );
     let component = project.join("dist").join(format!("{name}.wasm"));
     assert!(component.is_file(), "no {}", component.display());
+    match language {
+        "js" | "ts" => common::warm_compile_cache("js"),
+        "python" => common::warm_compile_cache("python"),
+        _ => {}
+    }
     if language == "rust" {
         // Built for wasm32-unknown-unknown: only the fnmill interfaces it calls, no WASI.
         let imports = component_imports(&component);
@@ -131,18 +136,17 @@ fn template_round_trip(language: &str, unit_tests: &[&[&str]]) -> (tempfile::Tem
             ])
             .args(["--memory", "128KiB"])
             .current_dir(&project)
-            .env("XDG_CACHE_HOME", work.path().join("cache"))
             .output()
             .unwrap();
         assert_ok(&out, "fnmill invoke --memory 128KiB");
     }
 
-    let cache = work.path().join("cache");
+    // The test run's shared cache (see `fnmill()`): a rebuilt JavaScript or Python component
+    // then compiles only what its language runtime's earlier builds did not have.
     let invoke = |target: &str| {
         fnmill()
             .args(["invoke", target, "--event", "event.json"])
             .current_dir(&project)
-            .env("XDG_CACHE_HOME", &cache)
             .output()
             .unwrap()
     };
@@ -153,12 +157,7 @@ fn template_round_trip(language: &str, unit_tests: &[&[&str]]) -> (tempfile::Tem
         assert_eq!(line, expected_greeting(), "fnmill invoke {target}");
     }
 
-    let out = fnmill()
-        .arg("run")
-        .current_dir(&project)
-        .env("XDG_CACHE_HOME", &cache)
-        .output()
-        .unwrap();
+    let out = fnmill().arg("run").current_dir(&project).output().unwrap();
     assert_ok(&out, "fnmill run");
     let mut greetings: Vec<String> = read_lines(&project.join("out/out.jsonl"))
         .iter()
@@ -398,6 +397,7 @@ fn invoke_faults(component: &Path, payload: &str, args: &[&str]) -> (Option<i32>
 /// invoke` documents it, the same codes as for Rust guests.
 fn failures_are_classified_as_for_rust(guest: &str) {
     let component = polyglot_guest(guest);
+    common::warm_compile_cache(guest.trim_end_matches("-faults"));
     let cases: [(&str, &[&str], i32, &str); 6] = [
         ("loop", &["--timeout", "300ms"], 13, "error: timeout"),
         ("loop", &["--fuel", "20000000"], 14, "error: fuel"),
@@ -441,6 +441,7 @@ fn python_failures_are_classified_as_for_rust() {
 /// stdout/stderr are tagged with the function and the event.
 fn failures_leave_the_host_working(guest: &str) {
     let component = polyglot_guest(guest);
+    common::warm_compile_cache(guest.trim_end_matches("-faults"));
     let dir = tempfile::tempdir().unwrap();
     let mut route = FileRoute::new(dir.path(), component);
     route.function_extra =
@@ -719,6 +720,12 @@ fn build_example(dir: &Path, label: &str) -> PathBuf {
         .join(format!("{label}.wasm"));
     let built = common::fnmill_build(dir, &out);
     assert_ok(&built, &format!("fnmill build {}", dir.display()));
+    let language = if dir.ends_with("function-js") {
+        "js"
+    } else {
+        "python"
+    };
+    common::warm_compile_cache(language);
     out
 }
 

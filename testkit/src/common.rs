@@ -294,15 +294,51 @@ pub fn fnmill_build(dir: &Path, out: &Path) -> Output {
 /// Path of a JavaScript or Python test guest component, built from `tests/polyglot-guests/<name>`
 /// with `fnmill build` once per test process.
 pub fn polyglot_guest(name: &str) -> PathBuf {
-    type Slot = std::sync::Arc<OnceLock<PathBuf>>;
-    static BUILT: std::sync::Mutex<BTreeMap<String, Slot>> = std::sync::Mutex::new(BTreeMap::new());
-    let slot = BUILT
+    static BUILT: OncePerName<PathBuf> = std::sync::Mutex::new(BTreeMap::new());
+    once_per_name(&BUILT, name, || build_polyglot_guest(name))
+}
+
+/// Values made once per test process per name; each name's maker runs at most once, while
+/// other names' run at the same time.
+type OncePerName<T> = std::sync::Mutex<BTreeMap<String, std::sync::Arc<OnceLock<T>>>>;
+
+fn once_per_name<T: Clone>(made: &OncePerName<T>, name: &str, make: impl FnOnce() -> T) -> T {
+    let slot = made
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(name.to_string())
         .or_default()
         .clone();
-    slot.get_or_init(|| build_polyglot_guest(name)).clone()
+    slot.get_or_init(make).clone()
+}
+
+/// Loads `language`'s (`"js"` or `"python"`) faults guest once per test process, before any
+/// other component of that language: its runtime's functions are then compiled once into the
+/// run's shared cache (see [`fnmill`]) and every later component of the language takes them
+/// from there. Tests that start together would otherwise each compile the whole runtime.
+pub fn warm_compile_cache(language: &str) {
+    static WARM: OncePerName<()> = std::sync::Mutex::new(BTreeMap::new());
+    once_per_name(&WARM, language, || {
+        let guest = polyglot_guest(&format!("{language}-faults"));
+        let event = root()
+            .join("target")
+            .join("polyglot-guests")
+            .join(format!("warm-{language}.json"));
+        std::fs::write(&event, r#"{"id": "warm", "payload_text": "ok"}"#).unwrap();
+        let out = fnmill()
+            .arg("invoke")
+            .arg(&guest)
+            .arg("--event")
+            .arg(&event)
+            .output()
+            .expect("running fnmill invoke");
+        assert!(
+            out.status.success(),
+            "fnmill invoke {} failed:\n{}",
+            guest.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
 }
 
 fn build_polyglot_guest(name: &str) -> PathBuf {
