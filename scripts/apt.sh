@@ -8,9 +8,14 @@ apt_install() {
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
-  if [ -z "$APT_UPDATED" ]; then
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Set-up steps may run side by side (scripts/test.sh builds Jaeger in the background): one
+  # apt at a time, the others wait for it.
+  (
+    flock 8
+    if [ -z "$APT_UPDATED" ]; then
+      apt-get update -qq
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  ) 8>/tmp/fnmill-apt.lock || return 1
+  APT_UPDATED=1
 }

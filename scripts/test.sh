@@ -19,6 +19,16 @@ took() {
 ./scripts/build-deps.sh || exit 1
 took "build deps"
 
+# Jaeger's build from the Go module proxy is the longest set-up step on a new machine (7 to 10
+# minutes): it runs in the background while the other services are set up and the lints run,
+# and the tests wait for it below. Nothing to build when it is cached or pointed elsewhere.
+mkdir -p target
+jaeger_build=""
+if [ -z "${FNMILL_TEST_JAEGER_QUERY_URL:-}" ]; then
+  ./scripts/jaeger.sh build > target/jaeger-build.log 2>&1 &
+  jaeger_build=$!
+fi
+
 # PostgreSQL, Redis and RabbitMQ (Debian packages), started unless already up or pointed
 # elsewhere by FNMILL_TEST_*_URL.
 ./scripts/services.sh || exit 1
@@ -58,10 +68,6 @@ took "Kafka"
 service nats
 took "NATS"
 
-# Jaeger (v1.76.0, built once from the Go module proxy and cached in ~/.cache/fnmill-jaeger)
-# for the tracing tests, unless FNMILL_TEST_JAEGER_* point elsewhere.
-service jaeger
-took "Jaeger"
 
 # Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs. If the
 # engine cannot start here, the stack test prints why (one line) and the rest still runs.
@@ -98,6 +104,16 @@ if ! cargo clippy --workspace --all-targets --quiet -- -D warnings 2>&1 | tee -a
   status=1
 fi
 took "cargo clippy"
+
+# Jaeger (v1.76.0, built once from the Go module proxy and cached in ~/.cache/fnmill-jaeger)
+# for the tracing tests, unless FNMILL_TEST_JAEGER_* point elsewhere.
+if [ -n "$jaeger_build" ] && ! wait "$jaeger_build"; then
+  tail -20 target/jaeger-build.log >&2
+  echo "jaeger: the build failed (target/jaeger-build.log)" >&2
+  exit 1
+fi
+service jaeger
+took "Jaeger (what was left of its build, and its start)"
 
 echo "==> cargo test (workspace)"
 cargo test --workspace --no-fail-fast 2>&1 | tee -a "$log" || status=1
