@@ -369,7 +369,7 @@ fn a_foreign_file_in_the_component_cache_is_not_loaded() {
 }
 
 /// `fnmill invoke COMPONENT` on one event with `cache` as the cache; the `functions` and
-/// `from_cache` of its "Compiled a component" line.
+/// `from_cache` of its "Compiled a component" line (logged at `debug` for a quick compile).
 fn compiled_functions(component: &Path, cache: &Path) -> (u64, u64) {
     let event = cache.with_file_name("event.json");
     std::fs::write(&event, json!({"id": "e1", "payload": {"n": 1}}).to_string()).unwrap();
@@ -379,6 +379,8 @@ fn compiled_functions(component: &Path, cache: &Path) -> (u64, u64) {
         .arg("--event")
         .arg(&event)
         .env("XDG_CACHE_HOME", cache)
+        // A compile under a second is logged at `debug`.
+        .env("RUST_LOG", "info,fnmill::host::engine=debug")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);

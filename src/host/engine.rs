@@ -211,13 +211,25 @@ impl Host {
                 // Other components may compile at the same time: the counts are this one's
                 // unless they do.
                 let after = functions.counts();
-                tracing::info!(
-                    component = %path.display(),
-                    seconds = format_args!("{:.1}", started.elapsed().as_secs_f64()),
-                    functions = after.hits + after.misses - before.hits - before.misses,
-                    from_cache = after.hits - before.hits,
-                    "Compiled a component"
-                );
+                let took = started.elapsed();
+                macro_rules! compiled {
+                    ($level:expr) => {
+                        tracing::event!(
+                            $level,
+                            component = %path.display(),
+                            seconds = format_args!("{:.1}", took.as_secs_f64()),
+                            functions = after.hits + after.misses - before.hits - before.misses,
+                            from_cache = after.hits - before.hits,
+                            "Compiled a component"
+                        )
+                    };
+                }
+                // A compile the user waits for (a JavaScript or Python runtime) says why.
+                if took >= Duration::from_secs(1) {
+                    compiled!(tracing::Level::INFO);
+                } else {
+                    compiled!(tracing::Level::DEBUG);
+                }
                 if after.misses > before.misses {
                     function_cache::prune(functions.dir(), function_cache::MAX_FUNCTION_BYTES);
                 }
