@@ -572,13 +572,19 @@ fn ctrl_c_prints_the_command_that_resumes() {
         .env("PATH", path)
         .output()
         .unwrap();
-    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let rerun_log = stderr(&rerun);
+    assert!(rerun.status.success(), "{rerun_log}");
     let read = read_topic(&brokers, &copy);
     let ids: BTreeMap<u64, usize> = read.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.json()["id"].as_u64().unwrap()).or_default() += 1;
         m
     });
-    assert_eq!(ids.len(), 200, "every record of the range");
+    let missing: Vec<u64> = (0..200).filter(|id| !ids.contains_key(id)).collect();
+    assert_eq!(
+        ids.len(),
+        200,
+        "every record of the range; missing {missing:?}\n{log}\nthe resume:\n{rerun_log}"
+    );
     assert!(ids.values().all(|n| *n == 1), "none twice");
 }
 
