@@ -19,15 +19,20 @@ took() {
 ./scripts/build-deps.sh || exit 1
 took "build deps"
 
-# Jaeger's build from the Go module proxy is the longest set-up step on a new machine (7 to 10
-# minutes): it runs in the background while the other services are set up and the lints run,
-# and the tests wait for it below. Nothing to build when it is cached or pointed elsewhere.
+# The two longest set-up steps on a new machine run in the background while the other services
+# are set up and the lints run, and the tests wait for them below: Jaeger's build from the Go
+# module proxy (7 to 10 minutes; nothing to build when it is cached or pointed elsewhere) and
+# Docker's (Debian's engine, Compose v2 built from the Go module proxy, a locally made base
+# image: 5 to 6 minutes). Their output goes to target/jaeger-build.log and
+# target/docker-setup.log.
 mkdir -p target
 jaeger_build=""
 if [ -z "${FNMILL_TEST_JAEGER_QUERY_URL:-}" ]; then
   ./scripts/jaeger.sh build > target/jaeger-build.log 2>&1 &
   jaeger_build=$!
 fi
+./scripts/docker.sh start > target/docker-setup.log 2>&1 &
+docker_setup=$!
 
 # PostgreSQL, Redis and RabbitMQ (Debian packages), started unless already up or pointed
 # elsewhere by FNMILL_TEST_*_URL.
@@ -69,18 +74,6 @@ service nats
 took "NATS"
 
 
-# Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs. If the
-# engine cannot start here, the stack test prints why (one line) and the rest still runs.
-mkdir -p target
-if ./scripts/docker.sh start 2>&1 | tee target/docker-setup.log >&2; then
-  eval "$(./scripts/docker.sh env)"
-else
-  why=$(grep '^docker: ' target/docker-setup.log | tail -1)
-  export FNMILL_TEST_DOCKER_UNAVAILABLE="${why:-scripts/docker.sh start failed (target/docker-setup.log)}"
-  echo "warning: $FNMILL_TEST_DOCKER_UNAVAILABLE" >&2
-fi
-took "Docker"
-
 # A one-off build: incremental state would only add gigabytes to a clean clone's target/.
 export CARGO_INCREMENTAL=0
 mkdir -p target
@@ -104,6 +97,20 @@ if ! cargo clippy --workspace --all-targets --quiet -- -D warnings 2>&1 | tee -a
   status=1
 fi
 took "cargo clippy"
+
+# Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs, set up in
+# the background since the start. If the engine cannot start here, the stack test prints why
+# (one line) and the rest still runs.
+if wait "$docker_setup"; then
+  cat target/docker-setup.log >&2
+  eval "$(./scripts/docker.sh env)"
+else
+  cat target/docker-setup.log >&2
+  why=$(grep '^docker: ' target/docker-setup.log | tail -1)
+  export FNMILL_TEST_DOCKER_UNAVAILABLE="${why:-scripts/docker.sh start failed (target/docker-setup.log)}"
+  echo "warning: $FNMILL_TEST_DOCKER_UNAVAILABLE" >&2
+fi
+took "Docker (what was left of its set-up)"
 
 # Jaeger (v1.76.0, built once from the Go module proxy and cached in ~/.cache/fnmill-jaeger)
 # for the tracing tests, unless FNMILL_TEST_JAEGER_* point elsewhere.
