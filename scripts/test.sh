@@ -20,7 +20,7 @@ took() {
 took "build deps"
 
 # The two longest set-up steps on a new machine run in the background while the other services
-# are set up and the lints run, and the tests wait for them below: Jaeger's build from the Go
+# are set up, the lints run and the test binaries compile, and the tests wait for them below: Jaeger's build from the Go
 # module proxy (7 to 10 minutes; nothing to build when it is cached or pointed elsewhere) and
 # Docker's (Debian's engine, Compose v2 built from the Go module proxy, a locally made base
 # image: 5 to 6 minutes). Their output goes to target/jaeger-build.log and
@@ -97,6 +97,12 @@ if ! cargo clippy --workspace --all-targets --quiet -- -D warnings 2>&1 | tee -a
   status=1
 fi
 took "cargo clippy"
+
+# The test binaries are compiled now, while what runs in the background may still be busy; a
+# compile error shows again in the run below, which counts it.
+echo "==> cargo test --no-run (workspace)"
+cargo test --workspace --no-run --quiet >> "$log" 2>&1 || true
+took "cargo test --no-run"
 
 # Docker (Debian's engine, Compose v2, a locally made base image) for tests/stack.rs, set up in
 # the background since the start. If the engine cannot start here, the stack test prints why
