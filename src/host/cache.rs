@@ -162,10 +162,18 @@ pub(super) fn remove_least_recent(
 }
 
 /// Whether `path` is this user's and writable by no one else; the reason when not.
-#[cfg(unix)]
 pub(super) fn trusted(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if meta.file_type().is_symlink() {
+        return Err("a symbolic link".into());
+    }
+    trusted_metadata(&meta)
+}
+
+/// Whether what `meta` describes is this user's and writable by no one else.
+#[cfg(unix)]
+pub(super) fn trusted_metadata(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
@@ -180,27 +188,29 @@ pub(super) fn trusted(path: &Path) -> Result<(), String> {
             meta.mode() & 0o777
         ));
     }
-    if meta.file_type().is_symlink() {
-        return Err("a symbolic link".into());
-    }
     Ok(())
 }
 
 #[cfg(not(unix))]
-pub(super) fn trusted(_path: &Path) -> Result<(), String> {
+pub(super) fn trusted_metadata(_meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
+}
+
+/// `bytes` as lower-case hexadecimal.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
     let content = Sha256::digest(bytes);
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    let mut name = String::with_capacity(64 + 18 + 6);
-    for b in content {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name.push_str(&format!("-{:016x}.cwasm", hasher.finish()));
-    name
+    format!("{}-{:016x}.cwasm", hex(&content), hasher.finish())
 }
 
 /// Creates `dir` (and its parents) with mode 0700 where missing.

@@ -18,7 +18,7 @@ use super::context::Ctx;
 use super::data::{DataSources, FunctionData, Grants};
 use super::failure::{EngineError, LoadError};
 use super::function::{Function, FunctionShared, FunctionSpec};
-use super::function_cache::{self, FunctionCache};
+use super::function_cache::FunctionCache;
 use super::{cache, guest_log};
 
 /// How often the epoch ticker advances the engine's epoch. A guest that overruns its timeout is
@@ -208,31 +208,7 @@ impl Host {
                     message: compile_error(&e),
                 })?;
             if let (Some(functions), Some(before)) = (&self.functions, before) {
-                // Other components may compile at the same time: the counts are this one's
-                // unless they do.
-                let after = functions.counts();
-                let took = started.elapsed();
-                macro_rules! compiled {
-                    ($level:expr) => {
-                        tracing::event!(
-                            $level,
-                            component = %path.display(),
-                            seconds = format_args!("{:.1}", took.as_secs_f64()),
-                            functions = after.hits + after.misses - before.hits - before.misses,
-                            from_cache = after.hits - before.hits,
-                            "Compiled a component"
-                        )
-                    };
-                }
-                // A compile the user waits for (a JavaScript or Python runtime) says why.
-                if took >= Duration::from_secs(1) {
-                    compiled!(tracing::Level::INFO);
-                } else {
-                    compiled!(tracing::Level::DEBUG);
-                }
-                if after.misses > before.misses {
-                    function_cache::prune(functions.dir(), function_cache::MAX_FUNCTION_BYTES);
-                }
+                functions.compiled(path, before, started.elapsed());
             }
             Ok(component)
         };

@@ -18,12 +18,14 @@ use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::CacheStore;
 
-use super::cache::{create_private_dir, remove_least_recent, trusted, write_private};
+use super::cache::{
+    create_private_dir, hex, remove_least_recent, trusted, trusted_metadata, write_private,
+};
 
 /// What the cached functions may add up to before the least recently used are removed: a few
 /// language runtimes' worth (a JavaScript runtime's functions are about 40 MiB of entries).
@@ -68,15 +70,43 @@ impl FunctionCache {
         })
     }
 
+    /// What a compile that started at `before` (the counts then) and took `took` did: logged
+    /// (at `info` when the user waited a second or more, as for a JavaScript or Python
+    /// runtime; at `debug` otherwise), and the cache pruned if the compile added entries.
+    /// Other components compiling at the same time would be counted in too.
+    pub fn compiled(&self, component: &Path, before: Counts, took: Duration) {
+        let after = self.counts();
+        let (functions, from_cache) = (
+            after.hits + after.misses - before.hits - before.misses,
+            after.hits - before.hits,
+        );
+        macro_rules! log {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    component = %component.display(),
+                    seconds = format_args!("{:.1}", took.as_secs_f64()),
+                    functions,
+                    from_cache,
+                    "Compiled a component"
+                )
+            };
+        }
+        if took >= Duration::from_secs(1) {
+            log!(tracing::Level::INFO);
+        } else {
+            log!(tracing::Level::DEBUG);
+        }
+        if after.misses > before.misses {
+            prune(&self.dir, MAX_FUNCTION_BYTES);
+        }
+    }
+
     pub fn counts(&self) -> Counts {
         Counts {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The entry of `key`: `<dir>/<2 hex digits>/<62 hex digits>`, so no directory holds more
@@ -89,7 +119,10 @@ impl FunctionCache {
     fn read(&self, path: &Path) -> Option<Vec<u8>> {
         let mut file = std::fs::File::open(path).ok()?;
         // Checked on the open file, so it cannot be swapped between the check and the read.
-        trusted_file(&file).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || trusted_metadata(&meta).is_err() {
+            return None;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).ok()?;
         // The eviction order: least recently used first. Best effort.
@@ -118,34 +151,6 @@ impl CacheStore for FunctionCache {
         // The cache is an optimisation: a full or read-only disk only costs compile time.
         create_private_dir(parent).is_ok() && write_private(&path, &value).is_ok()
     }
-}
-
-/// Whether the open `file` is this user's and writable by no one else.
-#[cfg(unix)]
-fn trusted_file(file: &std::fs::File) -> Result<(), ()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = file.metadata().map_err(drop)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() == me && meta.mode() & 0o022 == 0 && meta.is_file() {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-#[cfg(not(unix))]
-fn trusted_file(_file: &std::fs::File) -> Result<(), ()> {
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Removes the least recently used entries of `dir` until they add up to `max_bytes` at most.
@@ -243,7 +248,7 @@ mod tests {
         aged(b"used", 500);
         // A hit makes an entry the most recently used.
         assert!(cache.get(b"used").is_some());
-        prune(cache.dir(), 800);
+        prune(&cache.dir, 800);
         assert!(cache.get(b"oldest").is_none() && cache.get(b"old").is_none());
         assert!(cache.get(b"recent").is_some() && cache.get(b"used").is_some());
     }
