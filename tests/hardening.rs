@@ -380,7 +380,7 @@ fn compiled_functions(component: &Path, cache: &Path) -> (u64, u64) {
         .arg(&event)
         .env("XDG_CACHE_HOME", cache)
         // A compile under a second is logged at `debug`.
-        .env("RUST_LOG", "info,fnmill::host::engine=debug")
+        .env("RUST_LOG", "info,fnmill::host::function_cache=debug")
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
