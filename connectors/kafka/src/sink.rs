@@ -12,7 +12,8 @@
 //! duplicates and reordering) until `message.timeout.ms`; what still fails is reported as
 //! [`SinkError::Retryable`] (the pipeline retries with backoff) unless it can never succeed —
 //! a record too large, an unknown or forbidden topic — which is [`SinkError::Permanent`], and the
-//! pipeline dead-letters the source event.
+//! pipeline dead-letters the source event. A success reported without an offset is not taken
+//! as proof the record is stored: it is reported as [`SinkError::Retryable`] too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -302,6 +303,18 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
         match result {
+            // A success without an offset (librdkafka's answer to a retried request the broker
+            // says it already has) is no proof the record is stored: a replay that was told so
+            // for a topic created by its first records lost them. Sent again instead: at worst
+            // a duplicate, never a loss.
+            Ok(m) if m.offset() < 0 => batch.failed(
+                SinkError::Retryable(format!(
+                    "delivered without an offset to {}[{}]: not confirmed as stored",
+                    m.topic(),
+                    m.partition()
+                )),
+                reported_record(m),
+            ),
             Ok(m) => batch.delivered(Some(Located {
                 partition: m.partition(),
                 offset: m.offset(),
