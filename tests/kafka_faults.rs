@@ -3,7 +3,8 @@
 //! OffsetCommit requests fail for a while; and, in a cluster of its own, the broker takes the
 //! sink's Produce requests but holds their responses back past every timeout (a frozen path, not
 //! a closed one). After each fault progress resumes, and in the end no event is lost and, after a
-//! graceful stop, every input offset is committed.
+//! graceful stop, every input offset is committed. And a Produce answered "duplicate sequence
+//! number" (stored, no offset given) counts as written.
 
 use fnmill_testkit::common;
 use fnmill_testkit::kafka_support;
@@ -209,4 +210,35 @@ fn produce_responses_held_back_lose_nothing_and_progress_resumes() {
         held() == 0
     });
     all_out_then_all_committed(&mut run, &brokers, &route, 3_000);
+}
+
+/// A Produce request the broker answers "duplicate sequence number" (what it says to a retried
+/// request whose first send it stored, the answer lost): librdkafka reports the record delivered
+/// and persisted, without an offset. `fnmill publish` counts it as sent and exits 0, and its
+/// summary's offset ranges hold only real offsets (no -1001).
+#[test]
+fn a_record_stored_without_an_offset_counts_as_sent() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("stored", 1, 1).unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER],
+    );
+    let out = common::fnmill()
+        .args([
+            "publish",
+            &format!("kafka://{brokers}/stored"),
+            "--payload",
+            r#"{"id":1}"#,
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("1 sent, 0 failed"), "{log}");
+    assert!(
+        !log.contains("offsets"),
+        "no offset range without an offset:\n{log}"
+    );
 }

@@ -62,13 +62,16 @@ impl Stats {
 
     pub fn written(&mut self, written: &Written) {
         self.written += 1;
-        if let Written::Kafka { topic, at } = written {
+        // A record stored without an offset (see `Located`) widens no range.
+        if let Written::Kafka { topic, at } = written
+            && let Some(offset) = at.offset
+        {
             let range = self
                 .kafka
                 .entry((topic.clone(), at.partition))
-                .or_insert((at.offset, at.offset));
-            range.0 = range.0.min(at.offset);
-            range.1 = range.1.max(at.offset);
+                .or_insert((offset, offset));
+            range.0 = range.0.min(offset);
+            range.1 = range.1.max(offset);
         }
     }
 

@@ -12,8 +12,9 @@
 //! duplicates and reordering) until `message.timeout.ms`; what still fails is reported as
 //! [`SinkError::Retryable`] (the pipeline retries with backoff) unless it can never succeed —
 //! a record too large, an unknown or forbidden topic — which is [`SinkError::Permanent`], and the
-//! pipeline dead-letters the source event. A success reported without an offset is not taken
-//! as proof the record is stored: it is reported as [`SinkError::Retryable`] too.
+//! pipeline dead-letters the source event. A success reported without an offset counts as
+//! stored only when librdkafka reports the record persisted (see [`Located`]); otherwise it is
+//! reported as [`SinkError::Retryable`] too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -119,11 +120,14 @@ const SINK_FIXED: &[Fixed] = &[
     },
 ];
 
-/// Where a record was written: its partition and offset.
+/// Where a record was written: its partition and offset. The offset is `None` for a record
+/// librdkafka reports stored without one: a retried request the broker answered "duplicate
+/// sequence number" (the first send was stored but its answer lost), which librdkafka marks
+/// delivered and persisted with no offset to give.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Located {
     pub partition: i32,
-    pub offset: i64,
+    pub offset: Option<i64>,
 }
 
 /// What a batch resolves with: where its last delivered record landed (exact for a batch of
@@ -303,13 +307,13 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
         match result {
-            // A success without an offset (librdkafka's answer to a retried request the broker
-            // says it already has) is no proof the record is stored: a replay that was told so
-            // for a topic created by its first records lost them. Sent again instead: at worst
-            // a duplicate, never a loss.
-            Ok(m) if m.offset() < 0 => batch.failed(
+            // A success without an offset is librdkafka's answer to a retried request the
+            // broker already had ("duplicate sequence number"): the record is stored, and
+            // librdkafka says so with its persistence status. Anything else reported without
+            // an offset is not taken as stored: it is sent again (at worst a duplicate).
+            Ok(m) if m.offset() < 0 && !persisted(m) => batch.failed(
                 SinkError::Retryable(format!(
-                    "delivered without an offset to {}[{}]: not confirmed as stored",
+                    "delivered without an offset to {}[{}] and not reported persisted",
                     m.topic(),
                     m.partition()
                 )),
@@ -317,11 +321,19 @@ impl ProducerContext for SinkContext {
             ),
             Ok(m) => batch.delivered(Some(Located {
                 partition: m.partition(),
-                offset: m.offset(),
+                offset: (m.offset() >= 0).then(|| m.offset()),
             })),
             Err((e, m)) => batch.failed(classify(e), reported_record(m)),
         }
     }
+}
+
+/// Whether librdkafka reports `m` as stored by the broker.
+fn persisted(m: &BorrowedMessage<'_>) -> bool {
+    // SAFETY: `m` borrows a message librdkafka handed to the delivery callback; the pointer is
+    // valid for the call, and `rd_kafka_message_status` only reads the message.
+    let status = unsafe { rdkafka::bindings::rd_kafka_message_status(m.ptr()) };
+    status == rdkafka::bindings::rd_kafka_msg_status_t::RD_KAFKA_MSG_STATUS_PERSISTED
 }
 
 /// Whether a produce error can ever succeed when tried again.
@@ -631,8 +643,8 @@ mod tests {
             located.iter().all(|l| l.partition == partition),
             "{located:?}"
         );
-        let offsets: Vec<i64> = located.iter().map(|l| l.offset).collect();
-        assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+        let offsets: Vec<Option<i64>> = located.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, [0, 1, 2, 3, 4].map(Some));
     }
 
     /// Records that were not delivered come back with the failure, rebuilt from their delivery
