@@ -65,7 +65,7 @@ compose() {
     (
       cd "$dir" && go mod init scratch >/dev/null 2>&1 \
         && go get "github.com/docker/compose/v2/cmd@$COMPOSE_VERSION" \
-        && go build -o "$dir/docker-compose" github.com/docker/compose/v2/cmd
+        && go build -trimpath -ldflags="-s -w" -o "$dir/docker-compose" github.com/docker/compose/v2/cmd
     ) >"$dir/build.log" 2>&1 || fail "building Docker Compose failed: $(tail -1 "$dir/build.log")"
     mkdir -p "$(dirname "$COMPOSE_BIN")"
     mv "$dir/docker-compose" "$COMPOSE_BIN"

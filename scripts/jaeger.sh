@@ -64,7 +64,7 @@ build() {
     # Its output lists hundreds of modules: shown only when it fails.
     go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION" > get.log 2>&1 \
       || { tail -20 get.log >&2; exit 1; }
-    go build -trimpath -o "$BIN.tmp" github.com/jaegertracing/jaeger/cmd/jaeger >&2
+    go build -trimpath -ldflags="-s -w" -o "$BIN.tmp" github.com/jaegertracing/jaeger/cmd/jaeger >&2
   ); then
     rm -rf "$work" "$BIN.tmp"
     echo "jaeger: building Jaeger v$JAEGER_VERSION failed" >&2

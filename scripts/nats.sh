@@ -47,7 +47,7 @@ build() {
   local gobin
   gobin=$(mktemp -d "$CACHE/$NATS_VERSION/bin.XXXXXX")
   echo "nats: building nats-server v$NATS_VERSION from the Go module proxy (once; 30 s to 2 min)" >&2
-  if ! GOBIN=$gobin go install -trimpath "github.com/nats-io/nats-server/v2@v$NATS_VERSION" \
+  if ! GOBIN=$gobin go install -trimpath -ldflags="-s -w" "github.com/nats-io/nats-server/v2@v$NATS_VERSION" \
       > "$gobin/install.log" 2>&1; then
     tail -20 "$gobin/install.log" >&2
     rm -rf "$gobin"
