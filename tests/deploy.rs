@@ -12,7 +12,7 @@ mod stack_support;
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -330,38 +330,21 @@ fn prometheus_scrapes_the_admin_port_and_the_dockerfile_serves_it() {
     assert!(lines.contains(&"ENV XDG_CACHE_HOME=/var/cache"));
 }
 
-/// deploy/validate, built once per test run into target/ (Go's build cache makes it quick
-/// after the first time).
+/// deploy/validate, built once per test run into target/ by scripts/deploy-validate.sh
+/// (scripts/test.sh starts that build early, in the background; Go's build cache makes this
+/// second call quick).
 fn validator() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let go = which_go();
-        let bin = root()
-            .join("target")
-            .join("deploy-validate")
-            .join("validate");
-        let status = Command::new(go)
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(".")
-            .current_dir(root().join("deploy").join("validate"))
-            .status()
-            .expect("running go build for deploy/validate");
-        assert!(status.success(), "building deploy/validate failed");
-        bin
+        let out = Command::new("bash")
+            .arg(root().join("scripts").join("deploy-validate.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/deploy-validate.sh");
+        assert!(out.status.success(), "building deploy/validate failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
     .clone()
-}
-
-fn which_go() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("go"))
-            .find(|p| p.is_file())
-    });
-    on_path
-        .or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|p| p.is_file()))
-        .expect("no `go` on PATH or in /usr/local/go/bin: deploy/validate needs Go")
 }
 
 /// Runs the validator on `dirs`, writing renderings under `out`.
@@ -745,8 +728,8 @@ destinations = {{ valid = "out", invalid = "out" }}
     let mut child = fnmill()
         .args(["run", "-c"])
         .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(60), "fnmill to be ready", || {
