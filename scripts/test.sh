@@ -2,8 +2,8 @@
 # Runs the whole test suite on a fresh machine: installs the build dependencies (OpenSSL
 # headers, pkg-config, the wasm32-unknown-unknown and wasm32-wasip2 targets, the JavaScript and Python function tools),
 # checks formatting (cargo fmt) and lints (cargo clippy, warnings denied), then runs every test
-# of the workspace (unit and integration; the integration tests build their wasm guests from
-# source), the example functions' and the Rust SDK's own unit tests, and prints one summary line
+# of the workspace (unit and integration, the test binaries in two lanes: scripts/run-tests.sh;
+# the integration tests build their wasm guests from source), the example functions' and the Rust SDK's own unit tests, and prints one summary line
 # (a failed format or lint check counts as a failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ took() {
 ./scripts/build-deps.sh || exit 1
 took "build deps"
 
-# The two longest set-up steps on a new machine run in the background while the other services
+# The longest set-up steps on a new machine run in the background while the other services
 # are set up, the lints run and the test binaries compile, and the tests wait for them below: Jaeger's build from the Go
 # module proxy (7 to 10 minutes; nothing to build when it is cached or pointed elsewhere) and
 # Docker's (Debian's engine, Compose v2 built from the Go module proxy, a locally made base
@@ -33,6 +33,9 @@ if [ -z "${FNMILL_TEST_JAEGER_QUERY_URL:-}" ]; then
 fi
 ./scripts/docker.sh start > target/docker-setup.log 2>&1 &
 docker_setup=$!
+# deploy/validate (Go, 2 to 5 minutes the first time), which tests/deploy.rs runs: built now so
+# that the test finds it built (it waits for this build if it is still going).
+./scripts/deploy-validate.sh > target/deploy-validate-build.log 2>&1 &
 
 # PostgreSQL, Redis and RabbitMQ (Debian packages), started unless already up or pointed
 # elsewhere by FNMILL_TEST_*_URL.
@@ -128,8 +131,10 @@ fi
 service jaeger
 took "Jaeger (what was left of its build, and its start)"
 
-echo "==> cargo test (workspace)"
-cargo test --workspace --no-fail-fast 2>&1 | tee -a "$log" || status=1
+# The test binaries in two lanes (polyglot and deploy, which keep the cores busy, beside all the
+# others, which mostly wait), then the doc tests: see scripts/run-tests.sh.
+echo "==> cargo test (workspace: test binaries in two lanes, then doc tests)"
+./scripts/run-tests.sh "$log" || status=1
 took "cargo test (workspace)"
 echo "==> cargo test (example functions, host target)"
 (cd examples && cargo test --quiet 2>&1) | tee -a "$log" || status=1
