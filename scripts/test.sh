@@ -3,8 +3,9 @@
 # headers, pkg-config, the wasm32-unknown-unknown and wasm32-wasip2 targets, the JavaScript and Python function tools),
 # checks formatting (cargo fmt) and lints (cargo clippy, warnings denied), then runs every test
 # of the workspace (unit and integration, the test binaries in two lanes: scripts/run-tests.sh;
-# the integration tests build their wasm guests from source), the example functions' and the Rust SDK's own unit tests, and prints one summary line
-# (a failed format or lint check counts as a failure).
+# the integration tests build their wasm guests from source), the example functions' and the
+# Rust SDK's own unit tests, and prints one summary line (a failed format or lint check counts
+# as a failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
