@@ -242,3 +242,45 @@ fn a_record_stored_without_an_offset_counts_as_sent() {
         "no offset range without an offset:\n{log}"
     );
 }
+
+/// `fnmill publish --input` to a broker that answers every Produce request "not enough
+/// replicas": librdkafka retries until the records time out (an error that may pass if tried
+/// again), the command exits 1 and prints the command that tries them again from the first of
+/// them; once the broker takes records again, that command sends every line.
+#[test]
+fn publish_prints_the_command_that_tries_timed_out_records_again() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("away", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines: String = (0..3)
+        .map(|i| format!("{{\"payload\":{{\"id\":{i}}}}}\n"))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let target = format!("kafka://{brokers}/away?message.timeout.ms=1000");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 1000],
+    );
+    let out = common::fnmill()
+        .args(["publish", &target, "--input", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("0 sent, 3 failed"), "{log}");
+    assert!(
+        log.contains("Failed with errors that may pass if tried again, the first at line 1"),
+        "{log}"
+    );
+    let again = common::printed_command(&log, "To try them again:");
+    assert!(again.contains("--from-line 1"), "{again}");
+
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    let rerun = common::run_printed(&again);
+    let rerun_log = String::from_utf8_lossy(&rerun.stderr);
+    assert!(rerun.status.success(), "{rerun_log}");
+    assert!(rerun_log.contains("3 sent, 0 failed"), "{rerun_log}");
+    assert_eq!(count(&brokers, "away"), 3);
+}

@@ -761,28 +761,12 @@ fn ctrl_c_prints_the_command_that_publishes_the_rest() {
         sent < 300,
         "the interrupt must land mid-file: {sent}\n{log}"
     );
-    let resume = log
-        .lines()
-        .skip_while(|l| !l.contains("To publish the rest:"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no resume command:\n{log}"))
-        .trim()
-        .to_string();
+    let resume = common::printed_command(&log, "To publish the rest:");
     assert!(
         resume.contains(&format!("--from-line {}", sent + 1)),
         "{resume}"
     );
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_fnmill")).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let rerun = std::process::Command::new("sh")
-        .args(["-c", &resume])
-        .env("PATH", path)
-        .output()
-        .unwrap();
+    let rerun = common::run_printed(&resume);
     assert!(rerun.status.success(), "{}", stderr(&rerun));
     assert_eq!(lines_on(&brokers, &topic), (1..=300).collect::<Vec<u64>>());
 }

@@ -10,7 +10,7 @@ use fnmill_testkit::common;
 use fnmill_testkit::kafka_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::{fnmill, guest, wait_until};
@@ -548,30 +548,11 @@ fn ctrl_c_prints_the_command_that_resumes() {
         copied < 200,
         "the interrupt must land mid-range: {copied}\n{log}"
     );
-    let resume = log
-        .lines()
-        .skip_while(|l| !l.contains("To resume:"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no resume command:\n{log}"))
-        .trim()
-        .to_string();
+    let resume = common::printed_command(&log, "To resume:");
     assert!(resume.starts_with("fnmill replay "), "{resume}");
     assert!(resume.contains("--from-offset"), "{resume}");
 
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_fnmill"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let rerun = Command::new("sh")
-        .args(["-c", &resume])
-        .env("PATH", path)
-        .output()
-        .unwrap();
+    let rerun = common::run_printed(&resume);
     let rerun_log = stderr(&rerun);
     assert!(rerun.status.success(), "{rerun_log}");
     let read = read_topic(&brokers, &copy);
@@ -772,13 +753,8 @@ fn json_lines_dead_letters_go_back_to_their_file_and_filters_choose() {
 
     // Through a component file into a file: the poison lines fail, the rest are written.
     let copy = dir.path().join("copy.jsonl");
-    let out = fnmill()
-        .args(["replay", route.input().to_str().unwrap(), "--limit", "20"])
-        .args(["--through", guest("poison").to_str().unwrap()])
-        .args(["--to", copy.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let log = stderr(&out);
+    let (out, log) =
+        replay_file_through(&route.input(), &guest("poison"), &copy, &["--limit", "20"]);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
         log.contains("replay: 20 read, 15 written, 0 skipped, 5 failed"),
@@ -791,4 +767,67 @@ fn json_lines_dead_letters_go_back_to_their_file_and_filters_choose() {
         log.contains("Stopped at --limit: stopped at line 21"),
         "{log}"
     );
+}
+
+/// `fnmill replay <input> --through <component> --to <to>`, with `more` flags: its output and
+/// its standard error.
+fn replay_file_through(
+    input: &std::path::Path,
+    component: &std::path::Path,
+    to: &std::path::Path,
+    more: &[&str],
+) -> (Output, String) {
+    let out = fnmill()
+        .args(["replay", input.to_str().unwrap()])
+        .args(["--through", component.to_str().unwrap()])
+        .args(["--to", to.to_str().unwrap()])
+        .args(more)
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    (out, log)
+}
+
+/// Records that fail with an error that may pass if tried again (here a function's `retryable`
+/// error) are not passed over: the replay exits 1 and prints the command that tries again from
+/// the first of them; once the cause is fixed (the component swapped for one that works), that
+/// command writes every one of them.
+#[test]
+fn retryable_failures_print_the_command_that_tries_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    common::write_events(
+        &input,
+        (0..6).map(|i| (format!("e{i}"), None, serde_json::json!({ "id": i }))),
+    );
+    let function = dir.path().join("f.wasm");
+    std::fs::copy(guest("retryable"), &function).unwrap();
+    let copy = dir.path().join("copy.jsonl");
+    let (out, log) = replay_file_through(&input, &function, &copy, &["--from-line", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("replay: 4 read, 0 written, 0 skipped, 4 failed"),
+        "{log}"
+    );
+    assert!(log.contains("failed: retryable: 4"), "{log}");
+    let again = common::printed_command(&log, "To try them again:");
+    assert!(
+        log.contains("Failed with errors that may pass if tried again: the first at line 3."),
+        "{log}"
+    );
+    assert!(again.contains("--from-line 3"), "{again}");
+
+    std::fs::copy(guest("echo"), &function).unwrap();
+    let rerun = common::run_printed(&again);
+    let rerun_log = stderr(&rerun);
+    assert!(rerun.status.success(), "{rerun_log}");
+    assert!(
+        rerun_log.contains("replay: 4 read, 4 written, 0 skipped, 0 failed"),
+        "{rerun_log}"
+    );
+    let ids: Vec<u64> = common::read_lines(&copy)
+        .iter()
+        .map(|l| l["payload"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 3, 4, 5]);
 }

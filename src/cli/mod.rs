@@ -140,12 +140,26 @@ pub fn interrupt_token() -> CancellationToken {
     token
 }
 
+/// How a position handed out ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Written and confirmed (or counted, or printed).
+    Done,
+    /// Failed in a way a rerun would repeat (a trap, a malformed record, a permanent sink
+    /// error): reported when it failed, and left behind by a resume.
+    Failed,
+    /// Failed in a way that may pass if tried again (a broker away, a timeout, a function's
+    /// `retryable` error): a resume starts no later than here.
+    Retryable,
+}
+
 /// Positions handed out (lines, offsets): where a rerun goes on from, and how far a consumer
 /// group may commit.
 #[derive(Debug, Default)]
 pub struct Pending {
     open: BTreeSet<i64>,
     failed: BTreeSet<i64>,
+    retryable: BTreeSet<i64>,
     /// The position after the last one handed out.
     next: Option<i64>,
 }
@@ -161,18 +175,36 @@ impl Pending {
         self.next = Some(self.next.map_or(position + 1, |n| n.max(position + 1)));
     }
 
-    pub fn settle(&mut self, position: i64, ok: bool) {
+    pub fn settle(&mut self, position: i64, how: Settled) {
         self.open.remove(&position);
-        if !ok {
-            self.failed.insert(position);
+        match how {
+            Settled::Done => {}
+            Settled::Failed => {
+                self.failed.insert(position);
+            }
+            Settled::Retryable => {
+                self.retryable.insert(position);
+            }
         }
     }
 
-    /// Where a rerun goes on from: the first position still in flight, else the next one not
-    /// read. A failed position is behind it: it was reported when it failed, and a rerun
-    /// would only fail it again. `None` if nothing was handed out.
+    /// Where a rerun goes on from: the first position still in flight or failed in a way that
+    /// may pass if tried again, else the next one not read. A position that failed for good is
+    /// passed over: it was reported when it failed, and a rerun would only fail it again.
+    /// `None` if nothing was handed out.
     pub fn resume_from(&self) -> Option<i64> {
-        self.open.first().copied().or(self.next)
+        let first_open = self.open.first().copied();
+        let first_retryable = self.retryable.first().copied();
+        [first_open, first_retryable]
+            .into_iter()
+            .flatten()
+            .min()
+            .or(self.next)
+    }
+
+    /// Whether a position failed in a way that may pass if tried again.
+    pub fn has_retryable(&self) -> bool {
+        !self.retryable.is_empty()
     }
 
     /// How far a consumer group may commit: to the first position not written, in flight or
@@ -180,7 +212,8 @@ impl Pending {
     pub fn commit_from(&self) -> Option<i64> {
         let first_open = self.open.first().copied();
         let first_failed = self.failed.first().copied();
-        [first_open, first_failed]
+        let first_retryable = self.retryable.first().copied();
+        [first_open, first_failed, first_retryable]
             .into_iter()
             .flatten()
             .min()
@@ -262,20 +295,43 @@ mod tests {
         for pos in 10..15 {
             p.start(pos);
         }
-        p.settle(10, true);
-        p.settle(12, true);
+        p.settle(10, Settled::Done);
+        p.settle(12, Settled::Done);
         assert_eq!(p.resume_from(), Some(11));
-        p.settle(11, true);
-        p.settle(13, false);
+        p.settle(11, Settled::Done);
+        p.settle(13, Settled::Failed);
         assert_eq!(p.resume_from(), Some(14));
-        p.settle(14, true);
-        assert_eq!(p.resume_from(), Some(15), "a rerun goes on after a failure");
+        p.settle(14, Settled::Done);
+        assert_eq!(
+            p.resume_from(),
+            Some(15),
+            "a rerun goes on after a failure for good"
+        );
+        assert!(!p.has_retryable());
         assert_eq!(p.commit_from(), Some(13), "a group commits up to it");
         let mut q = Pending::default();
         q.start(3);
-        q.settle(3, true);
+        q.settle(3, Settled::Done);
         q.pass(4);
         assert_eq!(q.resume_from(), Some(5));
+    }
+
+    #[test]
+    fn resume_starts_at_the_first_failure_that_may_pass_if_tried_again() {
+        let mut p = Pending::default();
+        for pos in 0..6 {
+            p.start(pos);
+        }
+        p.settle(0, Settled::Done);
+        p.settle(1, Settled::Failed);
+        p.settle(2, Settled::Retryable);
+        p.settle(3, Settled::Done);
+        p.settle(5, Settled::Done);
+        assert_eq!(p.resume_from(), Some(2), "before the one still in flight");
+        p.settle(4, Settled::Retryable);
+        assert_eq!(p.resume_from(), Some(2));
+        assert!(p.has_retryable());
+        assert_eq!(p.commit_from(), Some(1));
     }
 
     #[test]

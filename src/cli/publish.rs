@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::endpoint::{self, Endpoint};
 use super::progress::{ErrorLines, Progress};
 use super::writer::Writer;
-use super::{Pending, Stats};
+use super::{Pending, Settled, Stats};
 
 /// Records awaiting their confirmation at once: enough to keep a broker busy (librdkafka
 /// batches them; the AMQP sink spreads them over its channels), few enough that an interrupt
@@ -95,7 +95,9 @@ Examples:
 Every event is confirmed before it counts as sent: a Kafka delivery report, an AMQP publisher
 confirm (published persistent and `mandatory`, so a message no queue receives fails), a write to
 the file. The summary on standard error gives sent and failed counts and, for Kafka, the offsets
-written per partition.
+written per partition. With --input, Ctrl-C prints the command that publishes the rest, and
+events that failed with an error that may pass if tried again (a broker away, a timeout) print
+the command that tries them again from the first of them.
 
 Exit status: 0 every event was sent; 1 an event failed or an input line was malformed (also
 with --on-error skip); 2 a usage or configuration error; 130 interrupted (Ctrl-C) before the end.";
@@ -449,16 +451,22 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
         let confirm = writer.submit(record, lane).await;
         let (stats, pending, progress) = (stats.clone(), pending.clone(), progress.clone());
         tokio::spawn(async move {
-            let result = confirm.await;
-            let ok = result.is_ok();
-            match result {
-                Ok(written) => stats.lock().unwrap().written(&written),
+            let how = match confirm.await {
+                Ok(written) => {
+                    stats.lock().unwrap().written(&written);
+                    Settled::Done
+                }
                 Err(e) => {
                     stats.lock().unwrap().fail(e.kind());
                     progress.error(format!("error: {what} {at}: {}", e.message));
+                    if e.retryable {
+                        Settled::Retryable
+                    } else {
+                        Settled::Failed
+                    }
                 }
-            }
-            pending.lock().unwrap().settle(at as i64, ok);
+            };
+            pending.lock().unwrap().settle(at as i64, how);
             progress.inc();
             drop(permit);
         });
@@ -499,20 +507,34 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
             "error: stopped at malformed {what} {at} (--on-error abort); nothing after it was sent"
         );
     }
-    if interrupted {
-        let resume = pending.lock().unwrap().resume_from();
+    let (resume, retryable) = {
+        let pending = pending.lock().unwrap();
+        (pending.resume_from(), pending.has_retryable())
+    };
+    if interrupted || retryable {
         match (&args.input, resume) {
             (Some(input), Some(line)) if input != Path::new("-") => {
                 let mut words = super::command_without(&["--from-line"]);
                 words.push("--from-line".into());
                 words.push(line.to_string());
+                let (what, to) = if interrupted {
+                    ("Interrupted at", "To publish the rest")
+                } else {
+                    (
+                        "Failed with errors that may pass if tried again, the first at",
+                        "To try them again",
+                    )
+                };
                 eprintln!(
-                    "Interrupted at line {line} of {}. To publish the rest:\n  {}",
+                    "{what} line {line} of {}. {to}:\n  {}",
                     input.display(),
                     super::shell_line(&words)
                 );
             }
-            _ => eprintln!("Interrupted: {} of {} events sent", stats.written, n),
+            _ if interrupted => {
+                eprintln!("Interrupted: {} of {} events sent", stats.written, n)
+            }
+            _ => {}
         }
     }
     if !drained {

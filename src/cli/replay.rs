@@ -28,7 +28,7 @@ use super::endpoint::{self, Endpoint};
 use super::progress::{ErrorLines, Progress};
 use super::through::{self, Through};
 use super::writer::{Confirm, Writer};
-use super::{Pending, Stats};
+use super::{Pending, Settled, Stats};
 
 /// Records awaiting their confirmation at once; see `publish`.
 const WINDOW: usize = 1000;
@@ -194,7 +194,9 @@ headers and gains fnmill.replay.at (RFC 3339) and fnmill.replay.dead_letter.* (t
 and offset; queue; or file and line: where the dead letter itself was). An AMQP dead letter is
 acked only once its re-published message is confirmed; a crash mid-replay loses nothing.
 
-Ctrl-C stops reading, waits for what is in flight, and prints the command that resumes.
+Ctrl-C stops reading, waits for what is in flight, and prints the command that resumes. That
+command passes over records that failed for good, but starts at the first one that failed with
+an error that may pass if tried again (also printed after a replay that read everything).
 
 Exit status: 0 everything read was written (or skipped by a filter); 1 a record failed (a
 function failure, a publish not confirmed, a dead letter with no origin); 2 a usage or
@@ -742,7 +744,7 @@ impl Replay {
             let settle = {
                 let (progressed, stats, progress) =
                     (progressed.clone(), stats.clone(), progress.clone());
-                move |ok: bool, kind: Option<&str>| {
+                move |how: Settled, kind: Option<&str>| {
                     if let Some(kind) = kind {
                         stats.lock().unwrap().fail(kind);
                     }
@@ -751,7 +753,7 @@ impl Replay {
                         .unwrap()
                         .entry(slot)
                         .or_default()
-                        .settle(position, ok);
+                        .settle(position, how);
                     progress.inc();
                 }
             };
@@ -761,7 +763,7 @@ impl Replay {
                 Ok(prepared) => prepared,
                 Err((kind, message)) => {
                     progress.error(format!("error: {describe}: {message}"));
-                    settle(false, Some(kind));
+                    settle(Settled::Failed, Some(kind));
                     continue;
                 }
             };
@@ -775,7 +777,12 @@ impl Replay {
                         failure.kind(),
                         failure.message()
                     ));
-                    settle(false, Some(failure.kind()));
+                    let how = if failure.is_retryable() {
+                        Settled::Retryable
+                    } else {
+                        Settled::Failed
+                    };
+                    settle(how, Some(failure.kind()));
                     continue;
                 }
             };
@@ -786,7 +793,7 @@ impl Replay {
                         *d.entry(self.dest_name(&dest)).or_default() += 1;
                     }
                     stats.lock().unwrap().written += records.len() as u64;
-                    settle(true, None);
+                    settle(Settled::Done, None);
                 }
                 Mode::Print => {
                     let mut out = Vec::new();
@@ -803,14 +810,14 @@ impl Replay {
                         .and_then(|()| stdout.flush())
                         .context("writing to standard output")?;
                     stats.lock().unwrap().written += records.len() as u64;
-                    settle(true, None);
+                    settle(Settled::Done, None);
                 }
                 Mode::Write => {
                     let writer = match self.writer(&mut writers, &dest) {
                         Ok(w) => w,
                         Err(message) => {
                             progress.error(format!("error: {describe}: {message}"));
-                            settle(false, Some("no-destination"));
+                            settle(Settled::Failed, Some("no-destination"));
                             continue;
                         }
                     };
@@ -885,8 +892,20 @@ impl Replay {
                 super::DRAIN_TIMEOUT
             );
         }
-        if interrupted || limited {
-            self.print_resume(&progressed, &ranges, interrupted);
+        let retryable = progressed
+            .lock()
+            .unwrap()
+            .values()
+            .any(Pending::has_retryable);
+        if interrupted || limited || retryable {
+            let stop = if interrupted {
+                Stop::Interrupted
+            } else if limited {
+                Stop::Limit
+            } else {
+                Stop::Retryable
+            };
+            self.print_resume(&progressed, &ranges, stop);
         }
         if !drained || read_error.is_some() {
             return Ok(ExitCode::from(super::EXIT_FAILED));
@@ -1138,19 +1157,27 @@ impl Replay {
         }
     }
 
-    /// Prints where the replay stopped and the command that goes on from there.
+    /// Prints where the replay stopped and the command that goes on from there: from the first
+    /// record still in flight or failed with an error that may pass if tried again.
     fn print_resume(
         &self,
         progressed: &Progressed,
         ranges: &BTreeMap<i32, OffsetRange>,
-        interrupted: bool,
+        stop: Stop,
     ) {
-        let why = if interrupted {
-            "Interrupted"
-        } else {
-            "Stopped at --limit"
+        let why = stop.why();
+        let (stopped_at, resume) = match stop {
+            Stop::Retryable => ("the first at", "To try them again"),
+            Stop::Interrupted | Stop::Limit => ("stopped at", "To resume"),
         };
         let progressed = progressed.lock().unwrap();
+        if !matches!(stop, Stop::Retryable) && progressed.values().any(Pending::has_retryable) {
+            eprintln!(
+                "Some records failed with errors that may pass if tried again: the command \
+                 below starts at the first of them, and writes again whatever was written after \
+                 it."
+            );
+        }
         match &self.from {
             Endpoint::Kafka { .. } => {
                 let mut words = super::command_without(&[
@@ -1190,7 +1217,7 @@ impl Replay {
                     ]);
                 }
                 eprintln!(
-                    "{why}: stopped at {}. To resume:\n  {}",
+                    "{why}: {stopped_at} {}. {resume}:\n  {}",
                     at.join(", "),
                     super::shell_line(&words)
                 );
@@ -1198,7 +1225,7 @@ impl Replay {
             Endpoint::Amqp { .. } => {
                 let words = super::command_without(&["--limit"]);
                 eprintln!(
-                    "{why}: what was not acknowledged is back in the queue. To resume:\n  {}",
+                    "{why}: what was not acknowledged is back in the queue. {resume}:\n  {}",
                     super::shell_line(&words)
                 );
             }
@@ -1209,14 +1236,37 @@ impl Replay {
                         let mut words = super::command_without(&["--from-line", "--limit"]);
                         words.extend(["--from-line".into(), line.to_string()]);
                         eprintln!(
-                            "{why}: stopped at line {line}. To resume:\n  {}",
+                            "{why}: {stopped_at} line {line}. {resume}:\n  {}",
                             super::shell_line(&words)
                         );
                     }
-                    Some(line) => eprintln!("{why}: stopped at line {line} of standard input."),
+                    Some(line) => {
+                        eprintln!("{why}: {stopped_at} line {line} of standard input.")
+                    }
                     None => eprintln!("{why}: nothing was read."),
                 }
             }
+        }
+    }
+}
+
+/// Why a replay prints a command that goes on where it left off.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// `--limit` records were read.
+    Limit,
+    /// It read everything, but records failed with errors that may pass if tried again.
+    Retryable,
+}
+
+impl Stop {
+    fn why(self) -> &'static str {
+        match self {
+            Stop::Interrupted => "Interrupted",
+            Stop::Limit => "Stopped at --limit",
+            Stop::Retryable => "Failed with errors that may pass if tried again",
         }
     }
 }
@@ -1237,7 +1287,7 @@ fn confirm_later(
     ack: Option<(QueueAcker, u64)>,
     describe: String,
     counters: Counters,
-    settle: impl FnOnce(bool, Option<&str>) + Send + 'static,
+    settle: impl FnOnce(Settled, Option<&str>) + Send + 'static,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let Counters {
@@ -1273,14 +1323,19 @@ fn confirm_later(
                          the queue"
                     ));
                 }
-                settle(true, None);
+                settle(Settled::Done, None);
             }
             Some(e) => {
                 progress.error(format!(
                     "error: {describe}: not written to {name}: {}",
                     e.message
                 ));
-                settle(false, Some(e.kind()));
+                let how = if e.retryable {
+                    Settled::Retryable
+                } else {
+                    Settled::Failed
+                };
+                settle(how, Some(e.kind()));
             }
         }
         drop(permit);

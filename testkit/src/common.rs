@@ -53,6 +53,33 @@ pub fn fnmill() -> Command {
     cmd
 }
 
+/// The command a run of fnmill printed on the line after the first one containing `marker`
+/// (`To resume:`, `To try them again:`, …), trimmed; panics with the whole log if there is none.
+pub fn printed_command(log: &str, marker: &str) -> String {
+    log.lines()
+        .skip_while(|l| !l.contains(marker))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command after `{marker}`:\n{log}"))
+        .trim()
+        .to_string()
+}
+
+/// Runs, with `sh`, a command line fnmill printed (`fnmill …`), with the `fnmill` cargo built
+/// for this run first on `PATH`.
+pub fn run_printed(command: &str) -> Output {
+    let bin_dir = fnmill_binary().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("sh")
+        .args(["-c", command])
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
 /// The test guests that exercise WASI itself (stdio, the WASI clocks, the filesystem and sockets
 /// a function is denied): built for `wasm32-wasip2`. The others are built the way `fnmill build`
 /// builds a Rust function: for `wasm32-unknown-unknown`, then made a component that imports only
