@@ -271,7 +271,7 @@ fn publish_prints_the_command_that_tries_timed_out_records_again() {
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("0 sent, 3 failed"), "{log}");
     assert!(
-        log.contains("Failed with errors that may pass if tried again, the first at line 1"),
+        log.contains("Failed with errors that may pass if tried again: the first at line 1"),
         "{log}"
     );
     let again = common::printed_command(&log, "To try them again:");

@@ -521,7 +521,7 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
                     ("Interrupted at", "To publish the rest")
                 } else {
                     (
-                        "Failed with errors that may pass if tried again, the first at",
+                        "Failed with errors that may pass if tried again: the first at",
                         "To try them again",
                     )
                 };
