@@ -153,6 +153,17 @@ pub enum Settled {
     Retryable,
 }
 
+impl Settled {
+    /// A failure, retryable or for good.
+    pub fn failed(retryable: bool) -> Self {
+        if retryable {
+            Settled::Retryable
+        } else {
+            Settled::Failed
+        }
+    }
+}
+
 /// Positions handed out (lines, offsets): where a rerun goes on from, and how far a consumer
 /// group may commit.
 #[derive(Debug, Default)]
@@ -193,13 +204,14 @@ impl Pending {
     /// passed over: it was reported when it failed, and a rerun would only fail it again.
     /// `None` if nothing was handed out.
     pub fn resume_from(&self) -> Option<i64> {
+        self.first_to_redo().or(self.next)
+    }
+
+    /// The first position still in flight or failed in a way that may pass if tried again.
+    fn first_to_redo(&self) -> Option<i64> {
         let first_open = self.open.first().copied();
         let first_retryable = self.retryable.first().copied();
-        [first_open, first_retryable]
-            .into_iter()
-            .flatten()
-            .min()
-            .or(self.next)
+        first_open.into_iter().chain(first_retryable).min()
     }
 
     /// Whether a position failed in a way that may pass if tried again.
@@ -210,12 +222,10 @@ impl Pending {
     /// How far a consumer group may commit: to the first position not written, in flight or
     /// failed, so that a rerun with the group tries a failed record again (at-least-once).
     pub fn commit_from(&self) -> Option<i64> {
-        let first_open = self.open.first().copied();
         let first_failed = self.failed.first().copied();
-        let first_retryable = self.retryable.first().copied();
-        [first_open, first_failed, first_retryable]
+        self.first_to_redo()
             .into_iter()
-            .flatten()
+            .chain(first_failed)
             .min()
             .or(self.next)
     }

@@ -459,11 +459,7 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
                 Err(e) => {
                     stats.lock().unwrap().fail(e.kind());
                     progress.error(format!("error: {what} {at}: {}", e.message));
-                    if e.retryable {
-                        Settled::Retryable
-                    } else {
-                        Settled::Failed
-                    }
+                    Settled::failed(e.retryable)
                 }
             };
             pending.lock().unwrap().settle(at as i64, how);

@@ -777,12 +777,10 @@ impl Replay {
                         failure.kind(),
                         failure.message()
                     ));
-                    let how = if failure.is_retryable() {
-                        Settled::Retryable
-                    } else {
-                        Settled::Failed
-                    };
-                    settle(how, Some(failure.kind()));
+                    settle(
+                        Settled::failed(failure.is_retryable()),
+                        Some(failure.kind()),
+                    );
                     continue;
                 }
             };
@@ -1330,12 +1328,7 @@ fn confirm_later(
                     "error: {describe}: not written to {name}: {}",
                     e.message
                 ));
-                let how = if e.retryable {
-                    Settled::Retryable
-                } else {
-                    Settled::Failed
-                };
-                settle(how, Some(e.kind()));
+                settle(Settled::failed(e.retryable), Some(e.kind()));
             }
         }
         drop(permit);
