@@ -54,7 +54,7 @@ run_one() {
   {
     echo "     Running $name ($(basename "$exe"))"
     cat "$file"
-    if [ "$code" != 0 ] && ! grep -Eq '[1-9][0-9]* failed' "$file"; then
+    if [ "$code" != 0 ] && ! grep -Eq '^test result: FAILED' "$file"; then
       echo "test binary $name: 1 failed (exit status $code, no test summary)"
     fi
     echo "     $name took $((SECONDS - start)) s"
@@ -95,6 +95,11 @@ rest_lane || status=1
 wait "$heavy_pid" || status=1
 
 echo "     Running doc tests"
-if ! cargo test --workspace --doc --quiet > "$out/doc.log" 2>&1; then status=1; fi
+if ! cargo test --workspace --doc --quiet > "$out/doc.log" 2>&1; then
+  status=1
+  if ! grep -Eq '^test result: FAILED' "$out/doc.log"; then
+    echo "test binary doc tests: 1 failed (no test summary)" >> "$out/doc.log"
+  fi
+fi
 tee -a "$log" < "$out/doc.log"
 exit $status
