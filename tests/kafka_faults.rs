@@ -277,8 +277,11 @@ fn publish_prints_the_command_that_tries_timed_out_records_again() {
     let again = common::printed_command(&log, "To try them again:");
     assert!(again.contains("--from-line 1"), "{again}");
 
+    // The printed command keeps the target's one-second message timeout, short enough to fail
+    // on a loaded machine before a new producer has even connected: the rerun waits longer.
     mock.clear_request_errors(RDKafkaApiKey::Produce);
-    let rerun = common::run_printed(&again);
+    let rerun =
+        common::run_printed(&again.replace("message.timeout.ms=1000", "message.timeout.ms=60000"));
     let rerun_log = String::from_utf8_lossy(&rerun.stderr);
     assert!(rerun.status.success(), "{rerun_log}");
     assert!(rerun_log.contains("3 sent, 0 failed"), "{rerun_log}");
