@@ -43,6 +43,14 @@ for line in open(sys.argv[1]):
         print(name, os.path.dirname(m["manifest_path"]), m["executable"], sep="\t")
 EOF
 
+# Prints the line that counts a run as one failed test when it exited non-zero (`$2`) without
+# a failed test summary in its output (`$3`): it crashed, or did not build or start.
+no_summary() {
+  if [ "$2" != 0 ] && ! grep -Eq '^test result: FAILED' "$3"; then
+    echo "test binary $1: 1 failed (exit status $2, no test summary)"
+  fi
+}
+
 # Runs one binary; prints its output and timing whole (under a lock, so the lanes' reports do
 # not interleave) and appends them to the log.
 run_one() {
@@ -54,9 +62,7 @@ run_one() {
   {
     echo "     Running $name ($(basename "$exe"))"
     cat "$file"
-    if [ "$code" != 0 ] && ! grep -Eq '^test result: FAILED' "$file"; then
-      echo "test binary $name: 1 failed (exit status $code, no test summary)"
-    fi
+    no_summary "$name" "$code" "$file"
     echo "     $name took $((SECONDS - start)) s"
   } > "$file.report"
   (
@@ -95,11 +101,9 @@ rest_lane || status=1
 wait "$heavy_pid" || status=1
 
 echo "     Running doc tests"
-if ! cargo test --workspace --doc --quiet > "$out/doc.log" 2>&1; then
-  status=1
-  if ! grep -Eq '^test result: FAILED' "$out/doc.log"; then
-    echo "test binary doc tests: 1 failed (no test summary)" >> "$out/doc.log"
-  fi
-fi
+cargo test --workspace --doc --quiet > "$out/doc.log" 2>&1
+code=$?
+no_summary "doc tests" "$code" "$out/doc.log" >> "$out/doc.log"
+[ "$code" = 0 ] || status=1
 tee -a "$log" < "$out/doc.log"
 exit $status
