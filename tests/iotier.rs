@@ -1187,8 +1187,9 @@ fn db_for(client: &Arc<Remote>, function: &str, i: usize) -> Arc<dyn SqlSource> 
 /// holds a batch and is killed fails every call of it as `unavailable` (and none of another
 /// batch); each is then retried, as a route would, and done by the other IO process.
 ///
-/// The calls are made on this test's one thread, all before the link's task runs, so how they
-/// are batched is known: runs of up to `MAX_BATCH_CALLS` consecutive calls.
+/// The calls are made on this test's one thread, so the link's task runs only when the test
+/// yields: up to `MAX_BATCH_CALLS` consecutive calls go in a message, and a `join_all` of at
+/// most 30 calls queues all of them before the link runs, so they go in one.
 #[tokio::test]
 async fn calls_in_flight_share_messages_and_each_gets_its_own_answer() {
     let _heavy = HEAVY.lock().await;
@@ -1253,7 +1254,10 @@ async fn calls_in_flight_share_messages_and_each_gets_its_own_answer() {
     io.push(Proc::start("io-1", "io", &config, &Data::secrets()));
     io[1].ready(Duration::from_secs(60)).await;
     io[0].freeze();
-    const BATCH: usize = 100;
+    // At most `join_all`'s 30 for polling every call in one go: a larger `join_all` yields
+    // after every 32 calls, and the link, on this same thread, sends what is queued so far
+    // (a batch of 100 once went in two messages, to both IO processes).
+    const BATCH: usize = 30;
     let mut failed: Vec<usize> = Vec::new();
     let mut served_by_the_other = 0;
     let mut round = 0;
