@@ -49,6 +49,9 @@ pub struct Stats {
     pub failed: BTreeMap<String, u64>,
     /// Per topic and partition, the lowest and highest offset written.
     pub kafka: BTreeMap<(String, i32), (i64, i64)>,
+    /// Records sent again after Kafka reported them delivered without an offset
+    /// ([`writer::Writer::resent`]).
+    pub resent: u64,
 }
 
 impl Stats {
@@ -62,10 +65,8 @@ impl Stats {
 
     pub fn written(&mut self, written: &Written) {
         self.written += 1;
-        // A record stored without an offset (see `Located`) widens no range.
-        if let Written::Kafka { topic, at } = written
-            && let Some(offset) = at.offset
-        {
+        if let Written::Kafka { topic, at } = written {
+            let offset = at.offset;
             let range = self
                 .kafka
                 .entry((topic.clone(), at.partition))
@@ -84,16 +85,26 @@ impl Stats {
             .join(", ")
     }
 
-    /// The lines under a summary that say where Kafka put the records.
+    /// The lines under a summary that say where Kafka put the records, and which records it
+    /// may hold twice.
     pub fn kafka_lines(&self) -> Vec<String> {
-        self.kafka
+        let mut lines: Vec<String> = self
+            .kafka
             .iter()
             .map(|((topic, partition), (first, last))| {
                 let n = last - first + 1;
                 let records = if n == 1 { "record" } else { "records" };
                 format!("  {topic} partition {partition}: offsets {first}..={last} ({n} {records})")
             })
-            .collect()
+            .collect();
+        if self.resent > 0 {
+            lines.push(format!(
+                "  warning: {} record(s) sent again after Kafka reported them delivered without \
+                 an offset; any the broker did store are in the topic twice",
+                self.resent
+            ));
+        }
+        lines
     }
 }
 

@@ -474,7 +474,8 @@ async fn publish(args: PublishArgs, endpoint: Endpoint, source: Source) -> Resul
     writer.close().await;
     progress.finish();
 
-    let stats = stats.lock().unwrap();
+    let mut stats = stats.lock().unwrap();
+    stats.resent = writer.resent();
     let failed = stats.failed_total();
     if !drained {
         eprintln!(

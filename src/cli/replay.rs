@@ -873,7 +873,13 @@ impl Replay {
         }
         progress.finish();
 
-        let stats = stats.lock().unwrap();
+        let mut stats = stats.lock().unwrap();
+        stats.resent = writers
+            .fixed
+            .iter()
+            .chain(writers.by_dest.values())
+            .map(|w| w.resent())
+            .sum();
         let trouble = read_error.is_some() || !drained;
         self.print_summary(
             &stats,

@@ -9,17 +9,22 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use fnmill_connector_amqp::AmqpSink;
 use fnmill_connector_api::{Record, Sink, SinkError, Unconfirmed};
 use fnmill_connector_file::{FileSink, FileSinkConfig};
-use fnmill_connector_kafka::{KafkaSink, Located};
+use fnmill_connector_kafka::{KafkaSink, Located, is_unlocated};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::endpoint::Endpoint;
+
+/// How many times a record Kafka reported delivered without an offset is sent again before its
+/// failure counts (see [`is_unlocated`]).
+const RESEND_LIMIT: u32 = 3;
 
 /// Where a confirmed record was written; Kafka says where exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +114,8 @@ pub struct Writer {
     kind: Kind,
     /// What the records go to, for messages.
     pub description: String,
+    /// Records sent again after Kafka reported them delivered without an offset.
+    resent: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -135,7 +142,17 @@ impl Writer {
                 Kind::File(Arc::new(sink))
             }
         };
-        Ok(Self { kind, description })
+        Ok(Self {
+            kind,
+            description,
+            resent: Arc::default(),
+        })
+    }
+
+    /// How many records were sent again because Kafka reported them delivered without an
+    /// offset: each may be in the topic twice.
+    pub fn resent(&self) -> u64 {
+        self.resent.load(Ordering::Relaxed)
     }
 
     /// Hands `record` over and returns the future of its confirmation. Records with the same
@@ -144,14 +161,30 @@ impl Writer {
         match &self.kind {
             Kind::Kafka { sink, topic } => {
                 let topic = record.target.clone().or_else(|| topic.clone());
-                let confirm = sink.enqueue_located(&record).await;
-                Box::pin(confirm.map(move |r| {
-                    r.map(|at| Written::Kafka {
-                        topic: topic.unwrap_or_default(),
-                        at,
-                    })
-                    .map_err(WriteError::from)
-                }))
+                let mut confirm = sink.enqueue_located(&record).await;
+                let (sink, resent) = (sink.clone(), self.resent.clone());
+                Box::pin(async move {
+                    let mut again = 0;
+                    loop {
+                        match confirm.await {
+                            // Sent again on its own: a record the broker never stored would
+                            // otherwise count as written (at worst it is written twice).
+                            Err(e) if is_unlocated(&e) && again < RESEND_LIMIT => {
+                                again += 1;
+                                resent.fetch_add(1, Ordering::Relaxed);
+                                confirm = sink.enqueue_located(&record).await;
+                            }
+                            result => {
+                                return result
+                                    .map(|at| Written::Kafka {
+                                        topic: topic.unwrap_or_default(),
+                                        at,
+                                    })
+                                    .map_err(WriteError::from);
+                            }
+                        }
+                    }
+                })
             }
             Kind::File(sink) => enqueue(sink.as_ref(), record, lane_of(lane.as_ref())).await,
             Kind::Amqp(sink) => enqueue(sink.as_ref(), record, lane_of(lane.as_ref())).await,

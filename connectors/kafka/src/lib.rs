@@ -37,7 +37,7 @@ pub use reader::{
     KafkaReader, KafkaReaderConfig, OffsetRange, Polled, ReadRecord, THROWAWAY_GROUP_PREFIX,
     check_reachable,
 };
-pub use sink::{KafkaSink, KafkaSinkConfig, Located};
+pub use sink::{KafkaSink, KafkaSinkConfig, Located, is_unlocated};
 pub use source::{ConsumerLag, KafkaSource, KafkaSourceConfig, PartitionLag};
 
 /// What can go wrong building a Kafka source or sink.
