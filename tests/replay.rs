@@ -566,7 +566,14 @@ fn ctrl_c_prints_the_command_that_resumes() {
         200,
         "every record of the range; missing {missing:?}\n{log}\nthe resume:\n{rerun_log}"
     );
-    assert!(ids.values().all(|n| *n == 1), "none twice");
+    // Twice only what a summary says it sent again (a record Kafka reported delivered without
+    // an offset, which the broker may have stored after all).
+    let twice: usize = ids.values().map(|n| n - 1).sum();
+    let resent = common::resent(&log) + common::resent(&rerun_log);
+    assert!(
+        twice as u64 <= resent,
+        "{twice} records twice, {resent} sent again\n{log}\nthe resume:\n{rerun_log}"
+    );
 }
 
 /// Bad flags, unknown functions and sinks: one line naming the flag or key, exit 2.

@@ -64,6 +64,16 @@ pub fn printed_command(log: &str, marker: &str) -> String {
         .to_string()
 }
 
+/// How many records a `publish` or `replay` summary says it sent again after Kafka reported them
+/// delivered without an offset: each may be in the topic twice.
+pub fn resent(log: &str) -> u64 {
+    const MARK: &str = " record(s) sent again";
+    log.lines()
+        .filter_map(|l| l.find(MARK).map(|at| &l[..at]))
+        .filter_map(|head| head.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Runs, with `sh`, a command line fnmill printed (`fnmill …`), with the `fnmill` cargo built
 /// for this run first on `PATH`.
 pub fn run_printed(command: &str) -> Output {
