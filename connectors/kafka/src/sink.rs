@@ -134,11 +134,10 @@ const UNLOCATED: &str = "reported delivered without an offset";
 /// does not take as stored. librdkafka reports so when a later request of the same partition
 /// succeeded while an earlier one was still unanswered or failed ("implicitly acknowledged"),
 /// assuming the broker refuses a gap in the idempotent sequence numbers; and when the broker
-/// answered "duplicate sequence number". A broker that holds no state yet for the producer on a
-/// partition (a topic created a moment ago) takes a batch whose earlier batches it never
-/// stored, and then the records so acknowledged are lost: seen in test runs, two records to a
-/// topic the replay itself had created. Publishing such a record again costs at worst a
-/// duplicate.
+/// answered "duplicate sequence number". Neither report is proof: test runs saw two records a
+/// replay sent to a topic it had just created reported so and missing from the topic (most
+/// likely a broker with no state yet for the producer on the new partition took a later batch
+/// after refusing the earlier ones). Publishing such a record again costs at worst a duplicate.
 pub fn is_unlocated(error: &SinkError) -> bool {
     matches!(error, SinkError::Retryable(m) if m.starts_with(UNLOCATED))
 }
