@@ -226,10 +226,10 @@ fn produce_responses_held_back_lose_nothing_and_progress_resumes() {
 }
 
 /// A Produce request the broker answers "duplicate sequence number": librdkafka reports the
-/// record delivered, without an offset, though this broker never stored it (as a real broker
-/// with no state yet for the producer on a new partition can make librdkafka report records it
-/// never stored). `fnmill publish` does not count that as sent: it sends the record again, says
-/// so, and the record is in the topic once, with its offset in the summary.
+/// record delivered, without an offset, though this broker never stored it (test runs saw such
+/// reports from a real broker for records missing from a just-created topic). `fnmill publish`
+/// does not count that as sent: it sends the record again, says so, and the record is in the
+/// topic once, with its offset in the summary.
 #[test]
 fn a_record_reported_delivered_without_an_offset_is_sent_again() {
     let mock = MockCluster::new(1).expect("mock cluster");
