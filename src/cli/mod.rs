@@ -66,13 +66,12 @@ impl Stats {
     pub fn written(&mut self, written: &Written) {
         self.written += 1;
         if let Written::Kafka { topic, at } = written {
-            let offset = at.offset;
             let range = self
                 .kafka
                 .entry((topic.clone(), at.partition))
-                .or_insert((offset, offset));
-            range.0 = range.0.min(offset);
-            range.1 = range.1.max(offset);
+                .or_insert((at.offset, at.offset));
+            range.0 = range.0.min(at.offset);
+            range.1 = range.1.max(at.offset);
         }
     }
 

@@ -205,13 +205,14 @@ impl Batch {
             .remaining += 1;
     }
 
-    /// One record delivered, `at` if its report says where.
-    fn delivered(&self, at: Option<Located>) {
-        self.one_done(|inner| {
-            if at.is_some() {
-                inner.last = at;
-            }
-        });
+    /// One record delivered, to `at`.
+    fn delivered(&self, at: Located) {
+        self.one_done(|inner| inner.last = Some(at));
+    }
+
+    /// Every record of the call is handed over: drops the count `enqueue` held meanwhile.
+    fn handed_over(&self) {
+        self.one_done(|_| {});
     }
 
     /// One record failed with `error`; `record` is what to publish again.
@@ -328,10 +329,10 @@ impl ProducerContext for SinkContext {
                 )),
                 reported_record(m),
             ),
-            Ok(m) => batch.delivered(Some(Located {
+            Ok(m) => batch.delivered(Located {
                 partition: m.partition(),
                 offset: m.offset(),
-            })),
+            }),
             Err((e, m)) => batch.failed(classify(e), reported_record(m)),
         }
     }
@@ -536,7 +537,7 @@ impl KafkaSink {
                 }
             }
         }
-        batch.delivered(None);
+        batch.handed_over();
     }
 }
 
