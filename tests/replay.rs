@@ -414,15 +414,10 @@ async fn amqp_dead_letters_replayed_with_a_kill_9_halfway_lose_nothing() {
         Some(libc::SIGKILL),
         "the kill must have ended the replay: {status}"
     );
-    // The broker requeues what the killed replay took and did not ack.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let left = loop {
-        let left = broker.ready(&dead).await;
-        if left > 0 || std::time::Instant::now() > deadline {
-            break left;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The broker requeues what the killed replay took and did not ack, as it drops its consumer.
+    let left = broker
+        .ready_once_unconsumed(&dead, Duration::from_secs(30))
+        .await;
     assert!(
         left > 0 && left < 600,
         "the kill must land halfway: {left} dead letters left"

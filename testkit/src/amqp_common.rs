@@ -118,7 +118,32 @@ impl Broker {
         within(&format!("counting {queue}"), self.ready_now(queue)).await
     }
 
+    /// Messages ready in `queue` once no consumer is left on it, waiting up to `patience`. A
+    /// consumer that went away (killed, its connection cut) has its unacked messages requeued by
+    /// the queue in the same step that removes it, so the count then includes them; read any
+    /// earlier, it may miss some.
+    pub async fn ready_once_unconsumed(&self, queue: &str, patience: Duration) -> u32 {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let (ready, consumers) =
+                within(&format!("counting {queue}"), self.counts_now(queue)).await;
+            if consumers == 0 {
+                return ready;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queue} still has {consumers} consumer(s) after {patience:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn ready_now(&self, queue: &str) -> u32 {
+        self.counts_now(queue).await.0
+    }
+
+    /// `queue`'s ready messages and consumers.
+    async fn counts_now(&self, queue: &str) -> (u32, u32) {
         let channel = self.connection.create_channel().await.unwrap();
         let q = channel
             .queue_declare(
@@ -132,7 +157,7 @@ impl Broker {
             .await
             .unwrap();
         let _ = channel.close(200, "ok".into()).await;
-        q.message_count()
+        (q.message_count(), q.consumer_count())
     }
 
     /// Publishes `messages` (payload, headers) to `queue` through the default exchange,
