@@ -115,7 +115,9 @@ impl Broker {
 
     /// Messages ready in `queue` (not counting unacked ones).
     pub async fn ready(&self, queue: &str) -> u32 {
-        within(&format!("counting {queue}"), self.ready_now(queue)).await
+        within(&format!("counting {queue}"), self.counts_now(queue))
+            .await
+            .0
     }
 
     /// Messages ready in `queue` once no consumer is left on it, waiting up to `patience`. A
@@ -136,10 +138,6 @@ impl Broker {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    async fn ready_now(&self, queue: &str) -> u32 {
-        self.counts_now(queue).await.0
     }
 
     /// `queue`'s ready messages and consumers.
