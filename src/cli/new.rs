@@ -364,6 +364,11 @@ mod tests {
             let toml = &files.iter().find(|(p, _)| *p == "fnmill.toml").unwrap().1;
             assert!(toml.contains("[functions.my_fn]"), "{toml}");
             assert!(toml.contains(r#"component = "dist/my-fn.wasm""#), "{toml}");
+            // The command stands on a line of its own, so no name shifts a comment beside it.
+            assert!(
+                toml.contains("\n#   fnmill invoke my_fn --event event.json\n"),
+                "{toml}"
+            );
         }
     }
 
