@@ -1,7 +1,8 @@
 //! `kill -9` of `fnmill run` in the middle of a Kafka stream loses nothing: five kills while
 //! 50,000 events are still being produced, each proven to land mid-stream (input still growing,
-//! output growing since the restart), each followed by a restart; in the end every id is on the
-//! output, and the extra copies per kill stay within what can be in flight at a kill.
+//! output growing and the backlog committed since the restart), each followed by a restart; in
+//! the end every id is on the output, and the extra copies per kill stay within what can be in
+//! flight at a kill.
 
 use fnmill_testkit::common;
 use fnmill_testkit::kafka_support;
@@ -43,14 +44,19 @@ fn kill_nine_five_times_mid_stream_loses_nothing() {
     for n in 0..KILLS {
         let mut run = Running::start(&config, dir.path().join(format!("run{n}.log")));
         let before = count(&route.brokers, &route.output);
+        let input_at_start = count(&route.brokers, &route.input);
         let since = Instant::now();
-        // Proof that this process is working on the stream: the output grew by some hundreds.
+        // Proof that this process is working on the stream: the output grew by some hundreds,
+        // and it has committed past all the input there was when it started, so the kill lands
+        // on the live stream rather than on the redelivered backlog of the kill before (which,
+        // killed again before its first commit, would all be copied again).
         wait_until(
             Duration::from_secs(60),
-            "output to grow after the restart",
+            "output to grow and the backlog to be committed after the restart",
             || {
                 assert!(run.alive(), "fnmill exited: {}", run.log_text());
                 count(&route.brokers, &route.output) >= before + 500
+                    && committed_in_all(&route) >= input_at_start
             },
         );
         let at_kill = produced.load(Ordering::Relaxed);
@@ -91,6 +97,15 @@ fn kill_nine_five_times_mid_stream_loses_nothing() {
         "{} duplicates exceed {bounds:?} in all ({bound})",
         verdict.extra_copies()
     );
+}
+
+/// The group's committed offsets over all partitions of the input (none committed counts as 0;
+/// nothing is deleted, so offsets count events).
+fn committed_in_all(route: &KafkaRoute) -> i64 {
+    kafka_support::committed(&route.brokers, &route.group, &route.input)
+        .iter()
+        .map(|&(_, committed, _)| committed.max(0))
+        .sum()
 }
 
 /// At a kill, what can be processed but not yet committed: the route's window, the source's
