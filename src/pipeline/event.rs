@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use fnmill_connector_api::{Confirm, Event, Outcome, Record, Sink, SinkError, Unconfirmed};
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use opentelemetry::context::FutureExt as _;
 
 use super::{DeadLetter, Destination, Lent, Route, dead_letter_record};
@@ -349,12 +350,17 @@ impl Route {
         self.sleep(wait).await
     }
 
-    /// Waits `wait`, or returns false at once on shutdown.
-    async fn sleep(&self, wait: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => true,
-            _ = self.shutdown.cancelled() => false,
-        }
+    /// Waits `wait`, or returns false at once on shutdown. Boxed: waiting is the rare path
+    /// (a retry), and inline its timer and shutdown futures made every event's future larger,
+    /// which is copied as each level of it is created (an event's 1,384 bytes → 1,168, a
+    /// hand-over's 848 → 632).
+    fn sleep(&self, wait: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => true,
+                _ = self.shutdown.cancelled() => false,
+            }
+        })
     }
 
     /// Publishes `records` again until confirmed, a permanent error, or shutdown. Each try
