@@ -19,7 +19,9 @@ use crate::telemetry::CallScope;
 pub(crate) struct HostFault(pub(crate) String);
 
 pub(crate) struct Ctx {
-    wasi: WasiCtx,
+    /// Built when the guest first calls WASI: a function built WASI-free never does, and its
+    /// stores skip the context (its random-number generator seeded per store, its streams).
+    wasi: Option<WasiCtx>,
     pub(super) table: ResourceTable,
     pub(super) limiter: Limiter,
     pub(super) function: Arc<FunctionShared>,
@@ -47,18 +49,8 @@ impl Ctx {
             event: event_id.clone(),
             budget: log.clone(),
         }));
-        // No preopened directories, no sockets, no environment, no arguments: WASI here only
-        // gives the guest clocks, random numbers and stdout/stderr that become log lines.
-        let stream = |stream| guest_log::GuestLog::new(stream, &function.name, &current);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stream(guest_log::Stream::Stdout))
-            .stderr(stream(guest_log::Stream::Stderr))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         Self {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limiter: Limiter {
                 memory_bytes: memory_bytes as usize,
@@ -103,10 +95,28 @@ impl Drop for Ctx {
     }
 }
 
+/// WASI with no authority: no preopened directories, no sockets, no environment, no arguments.
+/// It gives the guest clocks, random numbers, and stdout and stderr that become log lines of the
+/// event it serves (`current`).
+fn wasi_ctx(
+    function: &FunctionShared,
+    current: &Arc<std::sync::Mutex<guest_log::Current>>,
+) -> WasiCtx {
+    let stream = |stream| guest_log::GuestLog::new(stream, &function.name, current);
+    WasiCtxBuilder::new()
+        .stdout(stream(guest_log::Stream::Stdout))
+        .stderr(stream(guest_log::Stream::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
 impl WasiView for Ctx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (function, current) = (&self.function, &self.current);
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| wasi_ctx(function, current)),
             table: &mut self.table,
         }
     }
