@@ -131,6 +131,16 @@ impl Admissions {
         {
             return Ok((slot, memory));
         }
+        // Boxed: the semaphores' wait futures would otherwise sit in every call's future, which
+        // is moved (copied) as each future around it is built.
+        Box::pin(self.wait_for_permits(pages)).await
+    }
+
+    /// [`Admissions::permits`] when the slots or the memory budget are used up.
+    async fn wait_for_permits(
+        &self,
+        pages: u32,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Failure> {
         // Counted before what is kept is given back, and checked by whoever keeps something
         // after it: either this call sees it kept and drops it, or the keeper sees this call
         // waiting and does.

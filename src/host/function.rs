@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fnmill_connector_api::{Event, Header};
 use futures::FutureExt;
+use futures::future::Either;
 use wasmtime::component::{ComponentExportIndex, Func, TypedFunc};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -222,24 +223,34 @@ impl Function {
 
     /// [`Function::invoke`], with what the call cost; its `sql` and `keyvalue` calls become
     /// spans under `trace` (the call's span, with tracing on).
-    pub async fn invoke_observed(
-        &self,
-        event: &Event,
+    ///
+    /// Not an `async fn` matching on the mode: that future was about as large as both modes'
+    /// together (1,840 bytes where the larger was 864), and it is moved whole as each future
+    /// around it is built. Each mode's future is now only as large as its own (the boxed call
+    /// in the pipeline 1,888 bytes → 760).
+    pub fn invoke_observed<'a>(
+        &'a self,
+        event: &'a Event,
         attempt: u32,
         trace: Option<CallScope>,
-    ) -> (Result<Vec<Output>, Failure>, CallStats) {
-        let mut stats = CallStats::default();
-        let result = match self.isolation {
-            Isolation::Event => self.invoke_fresh(event, attempt, trace, &mut stats).await,
+    ) -> impl Future<Output = (Result<Vec<Output>, Failure>, CallStats)> + Send + 'a {
+        match self.isolation {
+            Isolation::Event => Either::Left(async move {
+                let mut stats = CallStats::default();
+                let result = self.invoke_fresh(event, attempt, trace, &mut stats).await;
+                (result, stats)
+            }),
             Isolation::Reuse {
                 max_uses,
                 max_memory,
-            } => {
-                self.invoke_reused(event, attempt, max_uses, max_memory, trace, &mut stats)
-                    .await
-            }
-        };
-        (result, stats)
+            } => Either::Right(async move {
+                let mut stats = CallStats::default();
+                let result = self
+                    .invoke_reused(event, attempt, max_uses, max_memory, trace, &mut stats)
+                    .await;
+                (result, stats)
+            }),
+        }
     }
 
     async fn invoke_fresh(
@@ -318,18 +329,8 @@ impl Function {
                 r.store.data_mut().next_event(&event_id, trace);
                 r
             }
-            None => {
-                let admission = self.admit().await?;
-                let mut store = self.store(&event_id, trace);
-                self.ready_for_call(&mut store)?;
-                let instance = self.instantiate(&mut store, stats).await?;
-                Reusable {
-                    store,
-                    instance,
-                    uses: 0,
-                    _admission: admission,
-                }
-            }
+            // Boxed: the rare path, whose futures would otherwise make every call's larger.
+            None => Box::pin(self.new_reusable(&event_id, trace, stats)).await?,
         };
         self.ready_for_call(&mut r.store)?;
         let result = self
@@ -344,6 +345,25 @@ impl Function {
             self.admissions.keep(&self.kept.idle, r);
         }
         result
+    }
+
+    /// A new instance for `isolation = "reuse"`, in a store of its own.
+    async fn new_reusable(
+        &self,
+        event_id: &Arc<str>,
+        trace: Option<CallScope>,
+        stats: &mut CallStats,
+    ) -> Result<Reusable, Failure> {
+        let admission = self.admit().await?;
+        let mut store = self.store(event_id, trace);
+        self.ready_for_call(&mut store)?;
+        let instance = self.instantiate(&mut store, stats).await?;
+        Ok(Reusable {
+            store,
+            instance,
+            uses: 0,
+            _admission: admission,
+        })
     }
 
     /// A store for instances of this function, with its memory limiter.
