@@ -180,6 +180,61 @@ impl Topics {
     }
 }
 
+/// Counts the records on a run's output and dead-letter topics with one request for all their
+/// partitions (`ListOffsets` at the latest offset; nothing is deleted, so that is the count).
+/// The watcher counts every [`POLL`]; counting each topic's partitions one by one
+/// (`kafka_support::count`: metadata, then both watermarks of each partition) cost the broker
+/// about 1 µs of CPU per event of a 110k events/s run, charged to whichever processor ran.
+struct Written {
+    consumer: BaseConsumer,
+    partitions: TopicPartitionList,
+    output: String,
+}
+
+impl Written {
+    fn new(brokers: &str, topics: &Topics) -> Self {
+        let consumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("the watcher's client");
+        let mut partitions = TopicPartitionList::new();
+        for topic in [&topics.output, &topics.dead] {
+            for p in 0..PARTITIONS {
+                partitions
+                    .add_partition_offset(topic, p, Offset::End)
+                    .unwrap();
+            }
+        }
+        Self {
+            consumer,
+            partitions,
+            output: topics.output.clone(),
+        }
+    }
+
+    /// Records on the output and the dead-letter topic; (0, 0) while the broker does not answer.
+    fn get(&self) -> (i64, i64) {
+        let Ok(ends) = self
+            .consumer
+            .offsets_for_times(self.partitions.clone(), Duration::from_secs(5))
+        else {
+            return (0, 0);
+        };
+        let (mut out, mut dead) = (0, 0);
+        for e in ends.elements() {
+            let Offset::Offset(end) = e.offset() else {
+                continue;
+            };
+            if e.topic() == self.output {
+                out += end;
+            } else {
+                dead += end;
+            }
+        }
+        (out, dead)
+    }
+}
+
 fn create_topic(brokers: &str, name: &str, partitions: i32, log_append_time: bool) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -296,8 +351,9 @@ fn watch(
 ) -> Result<Watched, String> {
     let mut first = None;
     let (mut last, mut progress) = (0, Instant::now());
+    let counter = Written::new(brokers, topics);
     loop {
-        let (out, dead) = topics.written(brokers);
+        let (out, dead) = counter.get();
         let written = out + dead;
         if first.is_none() && written > 0 {
             first = Some((read(), written));
